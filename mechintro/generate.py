@@ -1,0 +1,280 @@
+"""Batched, seeded generation under injection, and one-forward logit readouts.
+
+:func:`generate` runs many trials as one batch (each row its own concept, strength or none,
+through a per-row :class:`~mechintro.inject.Injection`), with the KV cache of either backend,
+greedy or sampled, stopping each row at its end-of-turn token.
+
+Sampling is reproducible row by row: each row draws its noise from a counter-based hash of
+``(seed + row, step, token)``, not from a shared generator, so the same seed gives the same
+text alone or in any batch, on CPU or GPU (Gumbel-max sampling: ``argmax(logits / T + G)``
+samples exactly from ``softmax(logits / T)``).
+
+:func:`readout` reads the answer position in one forward: Godet's belief
+``b = logit(Yes) − logit(No)``, its logsumexp-over-variants form, and first-token
+probabilities of any word list.
+
+Example::
+
+    batch = encode(model.tokenizer, prompts)
+    out = generate(model, batch, injection=inj, max_new_tokens=60, temperature=1.0, seed=0)
+    out.replies
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from mechintro.inject import Injection, InjectionLog, injected
+from mechintro.models import TLModel, backend_of
+from mechintro.prompts import PromptBatch
+from mechintro.record import RunRecord, make_record
+
+END_OF_TURN = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>")
+YES_VARIANTS = ("Yes", " Yes", "yes", " yes", "YES", " YES")
+NO_VARIANTS = ("No", " No", "no", " no", "NO", " NO")
+
+
+@dataclass
+class Generation:
+    """Replies of one batched generation, with what produced them."""
+
+    replies: list[str]
+    tokens: list[list[int]]  # generated ids per row, stop token excluded
+    finished: list[bool]  # the row reached a stop token
+    seconds: float
+    steps: int
+    record: RunRecord
+
+    @property
+    def tokens_per_second(self) -> float:
+        return sum(len(t) for t in self.tokens) / max(self.seconds, 1e-9)
+
+
+def stop_token_ids(model: TLModel) -> list[int]:
+    """EOS ids of the tokenizer and generation config, plus known end-of-turn tokens."""
+    tok = model.tokenizer
+    ids: set[int] = set()
+    if tok.eos_token_id is not None:
+        ids.add(int(tok.eos_token_id))
+    hf = getattr(model, "original_model", None)
+    gen_eos = getattr(getattr(hf, "generation_config", None), "eos_token_id", None)
+    if gen_eos is not None:
+        ids.update(int(i) for i in ([gen_eos] if isinstance(gen_eos, int) else gen_eos))
+    vocab = tok.get_vocab()
+    ids.update(vocab[t] for t in END_OF_TURN if t in vocab)
+    return sorted(ids)
+
+
+def _mix(x: Tensor) -> Tensor:
+    """splitmix64 finaliser on int64 (logical shifts emulated), vectorised."""
+
+    def shr(v: Tensor, k: int) -> Tensor:
+        return (v >> k) & ((1 << (64 - k)) - 1)
+
+    x = (x ^ shr(x, 30)) * -4658895280553007687  # 0xBF58476D1CE4E5B9 as int64
+    x = (x ^ shr(x, 27)) * -7723592293110705685  # 0x94D049BB133111EB as int64
+    return x ^ shr(x, 31)
+
+
+def gumbel_noise(seeds: Tensor, step: int, vocab: int) -> Float[Tensor, "batch vocab"]:
+    """Gumbel(0, 1) noise that depends only on (seed, step, token id)."""
+    golden = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64
+    tokens = torch.arange(vocab, device=seeds.device, dtype=torch.long)
+    x = _mix(seeds[:, None] * golden + step * 1_000_003)
+    x = _mix(x + tokens[None, :] * golden)
+    u = (((x >> 11) & ((1 << 53) - 1)).double() + 0.5) / float(1 << 53)
+    return -torch.log(-torch.log(u))
+
+
+class _Runner:
+    """One forward step of either backend, with or without the KV cache."""
+
+    def __init__(self, model: TLModel, batch: PromptBatch, use_cache: bool) -> None:
+        self.model, self.use_cache = model, use_cache
+        self.backend = backend_of(model)
+        self.ids = batch.input_ids
+        self.mask = batch.attention_mask
+        self.cache: Any = None
+        if self.backend == "hooked" and use_cache:
+            from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+            self.cache = TransformerLensKeyValueCache.init_cache(
+                model.cfg, model.cfg.device, len(batch)
+            )
+
+    def _positions(self) -> Tensor:
+        return (self.mask.cumsum(-1) - 1).clamp(min=0)
+
+    def step(self, new: Tensor | None) -> Float[Tensor, "batch vocab"]:
+        """Feed the prompt (``new=None``) or one new token per row; logits of the last one."""
+        if new is not None:
+            self.ids = torch.cat([self.ids, new[:, None]], dim=1)
+            self.mask = torch.cat([self.mask, torch.ones_like(new)[:, None]], dim=1)
+        first = new is None
+        feed = self.ids if (first or not self.use_cache) else self.ids[:, -1:]
+        if self.backend == "bridge":
+            pos = self._positions()[:, -feed.shape[1] :]
+            kwargs: dict[str, Any] = {"attention_mask": self.mask, "position_ids": pos}
+            if self.use_cache:
+                kwargs.update(past_key_values=self.cache, use_cache=True)
+                logits, self.cache = self.model(feed, return_type="logits_and_cache", **kwargs)
+            else:
+                logits = self.model(feed, **kwargs)
+        else:
+            if self.use_cache:
+                mask = self.mask[:, -feed.shape[1] :]
+                logits = self.model(feed, attention_mask=mask, past_kv_cache=self.cache)
+            else:
+                logits = self.model(feed, attention_mask=self.mask)
+        return logits[:, -1, :].float()
+
+
+@torch.no_grad()
+def generate(
+    model: TLModel,
+    batch: PromptBatch,
+    *,
+    injection: Injection | Sequence[Injection] | None = None,
+    max_new_tokens: int = 100,
+    temperature: float = 0.0,
+    seed: int | Sequence[int] = 0,
+    stop_ids: Sequence[int] | None = None,
+    use_cache: bool = True,
+) -> Generation:
+    """Generate a reply for every row of ``batch``, optionally under ``injection``.
+
+    Args:
+        temperature: 0 for greedy decoding; otherwise Gumbel-max sampling at that temperature.
+        seed: one seed for the batch (row ``i`` uses ``seed + i``) or one per row.
+        stop_ids: tokens that end a row (default: :func:`stop_token_ids`).
+        use_cache: the KV cache (the injection is applied on every decode step either way).
+    """
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be at least 1")
+    if temperature < 0 or temperature != temperature:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    B = len(batch)
+    seeds = _row_seeds(seed, B)
+    device = _device(model)
+    batch = batch.to(device)
+    stops = torch.tensor(list(stop_ids) if stop_ids is not None else stop_token_ids(model))
+    stops = stops.to(device)
+    pad = model.tokenizer.pad_token_id
+    pad = int(pad if pad is not None else (stops[0] if len(stops) else 0))
+    runner = _Runner(model, batch, use_cache)
+    out = torch.empty(B, 0, dtype=torch.long, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    ctx = injected(model, injection, batch) if injection is not None else nullcontext(None)
+    t0 = time.perf_counter()
+    with ctx as log:
+        logits = runner.step(None)
+        for step in range(max_new_tokens):
+            if temperature == 0:
+                nxt = logits.argmax(-1)
+            else:
+                noise = gumbel_noise(seeds.to(device), step, logits.shape[-1]).to(logits.device)
+                nxt = (logits.double() / temperature + noise).argmax(-1)
+            nxt = torch.where(done, pad, nxt)
+            out = torch.cat([out, nxt[:, None]], dim=1)
+            done |= torch.isin(nxt, stops)
+            if bool(done.all()) or step == max_new_tokens - 1:
+                break
+            logits = runner.step(nxt)
+    seconds = time.perf_counter() - t0
+    tokens, finished = _trim(out, stops, done)
+    replies = model.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+    record = make_record(
+        model,
+        batch,
+        injection_log=log if isinstance(log, InjectionLog) else None,
+        seeds=seeds.tolist(),
+        settings={
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "use_cache": use_cache,
+            "stop_ids": stops.tolist(),
+        },
+        generated=tokens,
+    )
+    return Generation(replies, tokens, finished, seconds, out.shape[1], record)
+
+
+def _row_seeds(seed: int | Sequence[int], rows: int) -> Tensor:
+    if isinstance(seed, int):
+        return torch.arange(rows, dtype=torch.long) + seed
+    seeds = torch.as_tensor(list(seed), dtype=torch.long)
+    if seeds.shape != (rows,):
+        raise ValueError(f"{len(seeds)} seeds for {rows} rows: give one seed or one per row")
+    return seeds
+
+
+def _trim(out: Tensor, stops: Tensor, done: Tensor) -> tuple[list[list[int]], list[bool]]:
+    tokens, stop = [], set(stops.tolist())
+    for row in out.tolist():
+        cut = next((i for i, t in enumerate(row) if t in stop), len(row))
+        tokens.append(row[:cut])
+    return tokens, done.tolist()
+
+
+def _device(model: TLModel) -> torch.device:
+    return next(model.parameters()).device
+
+
+@dataclass
+class Readout:
+    """Answer-position readouts of one forward pass, one value per row."""
+
+    b: Float[Tensor, " batch"]  # logit(Yes) - logit(No), single tokens
+    b_variants: Float[Tensor, " batch"]  # logsumexp(Yes variants) - logsumexp(No variants)
+    word_probs: Float[Tensor, "batch words"]  # first-token probabilities of `words`
+    words: tuple[str, ...]
+    logits: Float[Tensor, "batch vocab"]  # at the answer position
+
+
+def first_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
+    """The first token of each word (as it would continue the prompt, no BOS)."""
+    ids = []
+    for w in words:
+        enc = tokenizer(w, add_special_tokens=False)["input_ids"]
+        if not enc:
+            raise ValueError(f"{w!r} tokenizes to nothing")
+        ids.append(int(enc[0]))
+    return ids
+
+
+@torch.no_grad()
+def readout(
+    model: TLModel,
+    batch: PromptBatch,
+    *,
+    injection: Injection | Sequence[Injection] | None = None,
+    yes: Sequence[str] = YES_VARIANTS,
+    no: Sequence[str] = NO_VARIANTS,
+    words: Sequence[str] = (),
+) -> Readout:
+    """Yes/No belief and word probabilities at the last prompt token, in one forward.
+
+    ``b`` uses the first variant of each list (``Yes`` vs ``No``); ``b_variants`` is the
+    logsumexp over the variants' first tokens, deduplicated (Godet, 2025; for the usual
+    tokenizers every variant is one token): defined even when neither answer is top-1.
+    """
+    runner = _Runner(model, batch.to(_device(model)), use_cache=False)
+    ctx = injected(model, injection, batch) if injection is not None else nullcontext()
+    with ctx:
+        logits = runner.step(None)
+    tok = model.tokenizer
+    y1, n1 = first_token_ids(tok, [yes[0], no[0]])
+    ys, ns = sorted(set(first_token_ids(tok, yes))), sorted(set(first_token_ids(tok, no)))
+    b = logits[:, y1] - logits[:, n1]
+    bv = logits[:, ys].logsumexp(-1) - logits[:, ns].logsumexp(-1)
+    probs = logits.softmax(-1)
+    wp = probs[:, first_token_ids(tok, words)] if words else probs[:, :0]
+    return Readout(b=b, b_variants=bv, word_probs=wp, words=tuple(words), logits=logits)

@@ -1,0 +1,270 @@
+"""Concept injection: add ``strength × vector`` to the residual stream at chosen positions.
+
+An :class:`Injection` is a value (frozen, printable, validated up front): a layer, one vector
+or one per batch row, one strength or one per row, a position mode and a strength unit. It
+does nothing until :func:`injected` turns it into hooks for one :class:`PromptBatch`; the
+hooks are always removed when the ``with`` block ends, exception or not.
+
+The site is the output of block ``layer`` (``blocks.{layer}.hook_resid_post``, = HF
+``hidden_states[layer + 1]``), as in Lindsey (2025) and Macar et al. (2026). Position modes
+(PROTOCOLS.md §2):
+
+============== =============================================================================
+from-trial     from the named ``start`` position (default: the token before ``Trial n``)
+               through every generated token (Macar's default)
+prompt-only    the same prompt span, no generated token
+generation-only only generated tokens
+single-token   only the last prompt token (Fonseca Rivera's transient injection)
+all            every real (non-padding) token, prompt and generation
+span           the marked span named ``start`` (e.g. retroactive injection before a prefill)
+============== =============================================================================
+
+Positions are absolute indices in the left-padded batch (generated tokens start at the padded
+prompt length), so a row's padding never shifts where it is steered. The hook works on every
+forward: the whole prompt at once, then one position per KV-cached decode step (the hook
+counts the positions it has seen, so the injection is never lost on decode steps, the bug of
+two public replications), or a full sequence again when no cache is used.
+
+Rows with strength 0 are left bit-identical (``torch.where``, not ``+ 0``): a control row can
+sit in the same batch as injected rows.
+
+Example::
+
+    inj = Injection(layer=3, vector=v, strength=4.0, mode="from-trial")
+    with injected(model, inj, batch):
+        logits = model(batch.input_ids, attention_mask=batch.attention_mask)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from mechintro.models import TLModel, check_layer, d_model, resid_post
+from mechintro.prompts import PromptBatch
+
+_NEVER = 2**62  # an "until the end" bound for position ranges
+
+
+class PositionMode(str, Enum):
+    FROM_TRIAL = "from-trial"
+    PROMPT_ONLY = "prompt-only"
+    GENERATION_ONLY = "generation-only"
+    SINGLE_TOKEN = "single-token"
+    ALL = "all"
+    SPAN = "span"
+
+    @classmethod
+    def parse(cls, value: str | PositionMode) -> PositionMode:
+        try:
+            return cls(value)
+        except ValueError:
+            valid = ", ".join(m.value for m in cls)
+            raise ValueError(f"unknown position mode {value!r}: use one of {valid}") from None
+
+
+UNITS = ("raw", "resid-norm")
+
+
+@dataclass(frozen=True, eq=False)
+class Injection:
+    """What to add, where, and how strongly. Validated on construction.
+
+    Args:
+        layer: block index; the vector is added to that block's output.
+        vector: ``[d_model]`` (same for every row) or ``[batch, d_model]`` (one per row).
+        strength: a number, or one per row (``[batch]``); 0 leaves a row untouched.
+        mode: a :class:`PositionMode` value.
+        start: the named position (from-trial, prompt-only) or span (span) to use.
+        unit: ``"raw"``: add ``strength × vector`` (Lindsey/Macar: the injected norm is
+            ``s·‖v‖``); ``"resid-norm"``: add ``strength × resid_norm × v/‖v‖``, so that
+            strengths compare across layers and models.
+        resid_norm: the reference residual norm at ``layer`` (``ConceptVector.resid_norm``);
+            required for ``unit="resid-norm"``.
+    """
+
+    layer: int
+    vector: Float[Tensor, "*rows d_model"]
+    strength: float | Sequence[float] | Tensor = 1.0
+    mode: PositionMode | str = PositionMode.FROM_TRIAL
+    start: str = "trial"
+    unit: str = "raw"
+    resid_norm: float | None = None
+    _delta: Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int):
+            raise TypeError(
+                f"layer must be an int block index, got {self.layer!r}; for a depth fraction "
+                "use mechintro.models.layer_at_depth(model, fraction)"
+            )
+        object.__setattr__(self, "mode", PositionMode.parse(self.mode))
+        if self.unit not in UNITS:
+            raise ValueError(f"unknown strength unit {self.unit!r}: use one of {UNITS}")
+        v = torch.as_tensor(self.vector)
+        if not v.is_floating_point() or v.ndim not in (1, 2) or v.shape[-1] == 0:
+            raise ValueError(
+                f"vector must be a float tensor [d_model] or [batch, d_model], got "
+                f"{tuple(v.shape)} {v.dtype}"
+            )
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError("vector contains NaN or inf: recompute it (check the layer and dtype)")
+        s = torch.as_tensor(self.strength, dtype=torch.float32)
+        if s.ndim > 1:
+            raise ValueError(f"strength must be a number or one per row, got shape {tuple(s.shape)}")
+        if not bool(torch.isfinite(s).all()):
+            raise ValueError("strength contains NaN or inf")
+        if v.ndim == 2 and s.ndim == 1 and s.shape[0] != v.shape[0]:
+            raise ValueError(f"{v.shape[0]} vectors but {s.shape[0]} strengths: give one per row")
+        vf = v.float()
+        if self.unit == "resid-norm":
+            if self.resid_norm is None or not math.isfinite(self.resid_norm) or self.resid_norm <= 0:
+                raise ValueError(
+                    "unit='resid-norm' needs resid_norm=<mean residual norm at the layer> "
+                    "(ConceptVector.resid_norm gives it)"
+                )
+            norms = torch.linalg.vector_norm(vf, dim=-1, keepdim=True)
+            if bool((norms == 0).any()):
+                raise ValueError("a zero vector cannot be scaled to a residual-norm strength")
+            vf = vf / norms * self.resid_norm
+        delta = (s[:, None] if s.ndim == 1 else s) * (vf if vf.ndim == 2 else vf[None, :])
+        object.__setattr__(self, "_delta", delta)
+
+    @property
+    def rows(self) -> int | None:
+        """Batch rows this injection is built for (``None``: any batch)."""
+        return None if self._delta.shape[0] == 1 else int(self._delta.shape[0])
+
+    def deltas(self, batch: int) -> Float[Tensor, "batch d_model"]:
+        """The vector added to each row (fp32, before casting to the model's dtype)."""
+        if self.rows not in (None, batch):
+            raise ValueError(
+                f"the injection has {self.rows} rows (vectors/strengths) but the batch has "
+                f"{batch}: give one vector or strength per prompt, or a single one"
+            )
+        return self._delta.expand(batch, -1)
+
+    def __repr__(self) -> str:
+        s = torch.as_tensor(self.strength)
+        strength = f"{float(s):g}" if s.ndim == 0 else f"[{s.shape[0]} values]"
+        v = torch.as_tensor(self.vector)
+        return (
+            f"Injection(layer={self.layer}, vector={tuple(v.shape)}, strength={strength}, "
+            f"mode={self.mode.value}, start={self.start!r}, unit={self.unit})"
+        )
+
+    def bounds(self, batch: PromptBatch) -> tuple[Tensor, Tensor]:
+        """Per-row ``[lo, hi)`` of steered absolute positions (generation continues past T)."""
+        T, B = batch.length, len(batch)
+        mode = PositionMode(self.mode)
+        full = torch.full((B,), _NEVER, dtype=torch.long)
+        if mode in (PositionMode.FROM_TRIAL, PositionMode.PROMPT_ONLY):
+            lo = batch.position(self.start).cpu()
+            return lo, full if mode is PositionMode.FROM_TRIAL else torch.full((B,), T)
+        if mode is PositionMode.GENERATION_ONLY:
+            return torch.full((B,), T), full
+        if mode is PositionMode.SINGLE_TOKEN:
+            return torch.full((B,), T - 1), torch.full((B,), T)
+        if mode is PositionMode.ALL:
+            return batch.position("first").cpu(), full
+        if self.start not in batch.spans:
+            raise KeyError(
+                f"span {self.start!r} not in the batch (spans: {sorted(batch.spans)}); mark it "
+                "with Prompt(..., marks={name: text})"
+            )
+        span = batch.spans[self.start].cpu()
+        if bool((span[:, 0] < 0).any()):
+            raise ValueError(f"span {self.start!r} is missing in some rows")
+        return span[:, 0], span[:, 1]
+
+
+@dataclass
+class InjectionLog:
+    """What the hooks did: the ``(offset, length)`` of every forward they saw, per injection."""
+
+    injections: tuple[Injection, ...]
+    bounds: tuple[tuple[Tensor, Tensor], ...]
+    calls: list[list[tuple[int, int]]]
+
+    def steered_positions(self, index: int = 0) -> list[list[int]]:
+        """Absolute positions that injection ``index`` steered, per row (deduplicated)."""
+        lo, hi = self.bounds[index]
+        seen = sorted({p for off, n in self.calls[index] for p in range(off, off + n)})
+        steered = torch.tensor(seen, dtype=torch.long)
+        out = []
+        for b in range(lo.shape[0]):
+            keep = (steered >= lo[b]) & (steered < hi[b])
+            out.append(steered[keep].tolist())
+        return out
+
+
+def _make_hook(delta: Tensor, lo: Tensor, hi: Tensor, calls: list[tuple[int, int]]) -> Any:
+    cache: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor, Tensor]] = {}
+    zero_rows = delta.abs().sum(-1) == 0
+    lo = torch.where(zero_rows, _NEVER, lo)  # strength-0 rows: never steered
+    state = {"next": 0}
+
+    def hook(x: Tensor, hook: Any) -> Tensor:
+        n = x.shape[1]
+        if x.shape[0] != delta.shape[0]:
+            raise ValueError(
+                f"injection built for {delta.shape[0]} rows ran on a batch of {x.shape[0]}"
+            )
+        offset = 0 if (n > 1 or not calls) else state["next"]
+        state["next"] = offset + n
+        calls.append((offset, n))
+        key = (x.device, x.dtype)
+        if key not in cache:  # vectors follow each hook tensor's device and dtype
+            cache[key] = (delta.to(x.device, x.dtype), lo.to(x.device), hi.to(x.device))
+        d, lo_d, hi_d = cache[key]
+        pos = torch.arange(offset, offset + n, device=x.device)
+        mask = (pos[None, :] >= lo_d[:, None]) & (pos[None, :] < hi_d[:, None])
+        return torch.where(mask[..., None], x + d[:, None, :], x)
+
+    return hook
+
+
+@contextmanager
+def injected(
+    model: TLModel, injection: Injection | Sequence[Injection], batch: PromptBatch
+) -> Iterator[InjectionLog]:
+    """Apply ``injection`` (one or several) to every forward of ``model`` inside the block.
+
+    Hooks are registered at a fresh TransformerLens hook-context level and removed in
+    ``finally``; hooks the caller added before are untouched.
+
+    Example::
+
+        with injected(model, Injection(layer=2, vector=v, strength=8.0), batch) as log:
+            out = generate(model, batch, max_new_tokens=20)
+        log.steered_positions()
+    """
+    injections = (injection,) if isinstance(injection, Injection) else tuple(injection)
+    width = d_model(model)
+    hooks, bounds, calls = [], [], []
+    for inj in injections:
+        check_layer(model, inj.layer)
+        if inj._delta.shape[-1] != width:
+            raise ValueError(
+                f"vector width {inj._delta.shape[-1]} does not match the model's d_model "
+                f"{width}: was it extracted from another model?"
+            )
+        delta = inj.deltas(len(batch))
+        lo, hi = inj.bounds(batch)
+        log: list[tuple[int, int]] = []
+        name = resid_post(inj.layer)
+        if name not in model.hook_dict:
+            raise KeyError(f"{type(model).__name__} has no hook point {name!r}")
+        hooks.append((name, _make_hook(delta, lo, hi, log)))
+        bounds.append((lo, hi))
+        calls.append(log)
+    with model.hooks(fwd_hooks=hooks):
+        yield InjectionLog(injections, tuple(bounds), calls)

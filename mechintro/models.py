@@ -1,0 +1,294 @@
+"""Load a language model on either TransformerLens backend, and describe it.
+
+Every analysis in mechintro takes "a TransformerLens model": a
+:class:`~transformer_lens.model_bridge.TransformerBridge` (the default; it wraps the real
+Hugging Face module and keeps its numerics) or a legacy
+:class:`~transformer_lens.HookedTransformer`. :func:`load_model` builds either from
+
+* an official Hub name, optionally at a ``revision`` (training checkpoints, branches);
+* a local Hugging Face folder (``config.json`` + weights + tokenizer), never asking the Hub;
+* a GGUF checkpoint file (dequantised by ``transformers`` with the ``gguf`` package);
+* a ``transformers`` model object that is already in memory (``tokenizer`` required).
+
+In every case the Hugging Face model is materialised first, by our code, and handed to
+TransformerLens as ``hf_model=``: that is the one path on which TransformerLens 3.9 asks the
+Hub nothing, and it makes local folders and GGUF files work exactly like Hub names.
+
+Example::
+
+    model = load_model("HuggingFaceTB/SmolLM2-135M-Instruct", dtype=torch.bfloat16, device="cuda")
+    hooked = load_model("path/to/folder", backend="hooked")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import weakref
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+import torch
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+    from transformer_lens.model_bridge import TransformerBridge
+
+    TLModel: TypeAlias = TransformerBridge | HookedTransformer
+else:
+    TLModel = Any
+
+logger = logging.getLogger(__name__)
+
+Backend = Literal["bridge", "hooked"]
+BACKENDS: tuple[str, ...] = ("bridge", "hooked")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Where a loaded model came from: recorded with every vector and every run."""
+
+    name: str
+    revision: str | None
+    source: str  # "hub", "local", "gguf" or "object"
+    backend: str
+    dtype: str
+    device: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_INFO: weakref.WeakKeyDictionary[Any, ModelInfo] = weakref.WeakKeyDictionary()
+
+
+def load_model(
+    source: str | os.PathLike[str] | Any,
+    *,
+    backend: Backend = "bridge",
+    revision: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    tokenizer: Any = None,
+    name: str | None = None,
+) -> TLModel:
+    """Load ``source`` as a TransformerLens model on ``backend``.
+
+    Args:
+        source: a Hub name, a local folder, a ``.gguf`` file, or a loaded ``transformers``
+            causal-LM object.
+        backend: ``"bridge"`` (TransformerBridge, HF numerics) or ``"hooked"``
+            (HookedTransformer, loaded without weight processing so its logits match HF).
+        revision: Hub revision (branch, tag or commit); only for Hub names.
+        dtype, device: explicit, never guessed.
+        tokenizer: a tokenizer object; required for a model object, optional otherwise.
+        name: the name recorded in provenance (defaults to the Hub name or folder path).
+
+    Example::
+
+        model = load_model("/models/organism", backend="bridge")
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    hf_model, tok, kind, default_name = _load_hf(source, revision, dtype, tokenizer)
+    hf_model = hf_model.to(device=device, dtype=dtype).eval()
+    model_name = name or default_name
+    if backend == "bridge":
+        model = _to_bridge(hf_model, tok, model_name, dtype)
+    else:
+        model = _to_hooked(hf_model, tok, model_name, dtype, device)
+    _INFO[model] = ModelInfo(
+        name=model_name,
+        revision=revision,
+        source=kind,
+        backend=backend,
+        dtype=str(dtype).removeprefix("torch."),
+        device=str(device),
+    )
+    return model
+
+
+def _load_hf(
+    source: Any, revision: str | None, dtype: torch.dtype, tokenizer: Any
+) -> tuple[Any, Any, str, str]:
+    """Materialise (hf_model, tokenizer, source kind, default name) without TransformerLens."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+    if isinstance(source, PreTrainedModel):
+        if tokenizer is None:
+            raise ValueError(
+                "load_model(<model object>) needs tokenizer=...: pass the tokenizer that was "
+                "loaded with the model (AutoTokenizer.from_pretrained(...))."
+            )
+        if revision is not None:
+            raise ValueError("revision= applies to Hub names only, not to a loaded model object")
+        return source, tokenizer, "object", str(source.config._name_or_path or "hf-model")
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(
+            f"load_model() takes a Hub name, a folder, a .gguf file or a transformers model; "
+            f"got {type(source).__name__}"
+        )
+    path = Path(source)
+    eager = {"attn_implementation": "eager", "dtype": dtype}
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file not found: {path}")
+        _require_gguf()
+        folder, fname = str(path.parent), path.name
+        hf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, **eager)
+        tok = tokenizer or AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+        return hf, tok, "gguf", str(path)
+    if path.is_dir():
+        if revision is not None:
+            raise ValueError(f"revision= applies to Hub names only; {path} is a local folder")
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{path} has no config.json: a local model must be a Hugging Face checkpoint "
+                "folder (save it with model.save_pretrained(folder))"
+            )
+        hf = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **eager)
+        tok = tokenizer or AutoTokenizer.from_pretrained(path, local_files_only=True)
+        return hf, tok, "local", str(path)
+    if path.exists() or str(source).startswith((".", "/", "~")):
+        raise FileNotFoundError(
+            f"{source!s} is neither a model folder nor a .gguf file; a Hub name looks like "
+            "'org/model'"
+        )
+    hf = AutoModelForCausalLM.from_pretrained(str(source), revision=revision, **eager)
+    tok = tokenizer or AutoTokenizer.from_pretrained(str(source), revision=revision)
+    return hf, tok, "hub", str(source)
+
+
+def _require_gguf() -> None:
+    try:
+        import gguf  # noqa: F401
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "Loading a .gguf checkpoint needs the gguf package: pip install gguf"
+        ) from e
+
+
+def _to_bridge(hf_model: Any, tok: Any, name: str, dtype: torch.dtype) -> TLModel:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    tok = _with_name_or_path(tok, name)
+    return TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tok, dtype=dtype)
+
+
+def _with_name_or_path(tok: Any, name: str) -> Any:
+    """TransformerBridge re-instantiates the tokenizer from ``init_kwargs['name_or_path']``."""
+    if "name_or_path" not in getattr(tok, "init_kwargs", {"name_or_path": ""}):
+        tok.init_kwargs["name_or_path"] = getattr(tok, "name_or_path", "") or name
+    return tok
+
+
+def _to_hooked(
+    hf_model: Any, tok: Any, name: str, dtype: torch.dtype, device: str | torch.device
+) -> TLModel:
+    """Build a HookedTransformer offline from an HF model, without weight processing.
+
+    ``HookedTransformer.from_pretrained`` accepts only official names and asks the Hub for
+    the config; TransformerLens's loading functions accept a folder, so the config is
+    written to a temporary one and the weights come from ``hf_model``.
+    """
+    import transformer_lens.loading_from_pretrained as loading
+    from transformer_lens import HookedTransformer
+
+    with tempfile.TemporaryDirectory(prefix="mechintro-cfg-") as tmp:
+        hf_model.config.save_pretrained(tmp)
+        cfg = loading.get_pretrained_model_config(
+            tmp, fold_ln=False, device=str(device), dtype=dtype
+        )
+        state = loading.get_pretrained_state_dict(tmp, cfg, hf_model=hf_model, dtype=dtype)
+    cfg.model_name = name.rstrip("/").split("/")[-1]
+    model = HookedTransformer(cfg, tokenizer=tok, move_to_device=True)
+    model.load_and_process_state_dict(
+        state,
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+        refactor_factored_attn_matrices=False,
+    )
+    return model.eval()
+
+
+def model_info(model: TLModel) -> ModelInfo:
+    """Provenance of ``model``: what :func:`load_model` recorded, or what its config says."""
+    info = _INFO.get(model)
+    if info is not None:
+        return info
+    p = next(model.parameters())
+    return ModelInfo(
+        name=str(getattr(model.cfg, "model_name", "unknown")),
+        revision=None,
+        source="unknown",
+        backend=backend_of(model),
+        dtype=str(p.dtype).removeprefix("torch."),
+        device=str(p.device),
+    )
+
+
+def backend_of(model: TLModel) -> Backend:
+    """``"bridge"`` or ``"hooked"``; anything else is refused with the fix named."""
+    from transformer_lens import HookedTransformer
+    from transformer_lens.model_bridge import TransformerBridge
+
+    if isinstance(model, TransformerBridge):
+        return "bridge"
+    if isinstance(model, HookedTransformer):
+        return "hooked"
+    raise TypeError(
+        f"expected a TransformerBridge or HookedTransformer, got {type(model).__name__}; "
+        "load models with mechintro.load_model(...)"
+    )
+
+
+def n_layers(model: TLModel) -> int:
+    return int(model.cfg.n_layers)
+
+
+def d_model(model: TLModel) -> int:
+    return int(model.cfg.d_model)
+
+
+def check_layer(model: TLModel, layer: Any) -> int:
+    """Validate a block index (never a fraction, never silently clamped)."""
+    n = n_layers(model)
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise TypeError(
+            f"layer must be an int block index in [0, {n}), got {layer!r}; for a depth "
+            "fraction use mechintro.models.layer_at_depth(model, fraction)"
+        )
+    if not 0 <= layer < n:
+        raise ValueError(
+            f"layer {layer} is out of range for a model with {n} blocks: use 0..{n - 1}"
+        )
+    return layer
+
+
+def layer_at_depth(model: TLModel, fraction: float) -> int:
+    """The block at ``fraction`` of the depth (0.6 → Macar's layer 37 of 62 for Gemma3-27B)."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"depth fraction must be in [0, 1), got {fraction}")
+    return min(n_layers(model) - 1, round(fraction * n_layers(model)))
+
+
+def resid_post(layer: int) -> str:
+    """Hook name of the output of block ``layer`` (= HF ``hidden_states[layer + 1]``)."""
+    return f"blocks.{layer}.hook_resid_post"
+
+
+def fingerprint(model: TLModel) -> str:
+    """A short hash of the weights, so caches never outlive a fine-tune under the same name."""
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            x = p.detach().float()
+            h.update(pname.encode())
+            h.update(repr((tuple(x.shape), round(float(x.sum()), 4))).encode())
+            h.update(repr(round(float(torch.linalg.vector_norm(x)), 4)).encode())
+    return h.hexdigest()[:16]
