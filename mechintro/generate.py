@@ -33,7 +33,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechintro.inject import Injection, InjectionLog, injected
-from mechintro.models import TLModel, backend_of
+from mechintro.models import TLModel, backend_of, tokenizer_of
 from mechintro.prompts import PromptBatch
 from mechintro.record import RunRecord, make_record
 
@@ -52,6 +52,7 @@ class Generation:
     seconds: float
     steps: int
     record: RunRecord
+    logits: list[Tensor] | None = None  # [batch, vocab] per step, with keep_logits=True
 
     @property
     def tokens_per_second(self) -> float:
@@ -60,7 +61,7 @@ class Generation:
 
 def stop_token_ids(model: TLModel) -> list[int]:
     """EOS ids of the tokenizer and generation config, plus known end-of-turn tokens."""
-    tok = model.tokenizer
+    tok = tokenizer_of(model)
     ids: set[int] = set()
     if tok.eos_token_id is not None:
         ids.add(int(tok.eos_token_id))
@@ -148,6 +149,7 @@ def generate(
     seed: int | Sequence[int] = 0,
     stop_ids: Sequence[int] | None = None,
     use_cache: bool = True,
+    keep_logits: bool = False,
 ) -> Generation:
     """Generate a reply for every row of ``batch``, optionally under ``injection``.
 
@@ -156,6 +158,7 @@ def generate(
         seed: one seed for the batch (row ``i`` uses ``seed + i``) or one per row.
         stop_ids: tokens that end a row (default: :func:`stop_token_ids`).
         use_cache: the KV cache (the injection is applied on every decode step either way).
+        keep_logits: also return the logits of every step (for parity checks and readouts).
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be at least 1")
@@ -165,18 +168,23 @@ def generate(
     seeds = _row_seeds(seed, B)
     device = _device(model)
     batch = batch.to(device)
-    stops = torch.tensor(list(stop_ids) if stop_ids is not None else stop_token_ids(model))
+    stops = torch.tensor(
+        list(stop_ids) if stop_ids is not None else stop_token_ids(model), dtype=torch.long
+    )
     stops = stops.to(device)
-    pad = model.tokenizer.pad_token_id
+    pad = tokenizer_of(model).pad_token_id
     pad = int(pad if pad is not None else (stops[0] if len(stops) else 0))
     runner = _Runner(model, batch, use_cache)
     out = torch.empty(B, 0, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     ctx = injected(model, injection, batch) if injection is not None else nullcontext(None)
+    kept: list[Tensor] = []
     t0 = time.perf_counter()
     with ctx as log:
         logits = runner.step(None)
         for step in range(max_new_tokens):
+            if keep_logits:
+                kept.append(logits)
             if temperature == 0:
                 nxt = logits.argmax(-1)
             else:
@@ -190,7 +198,7 @@ def generate(
             logits = runner.step(nxt)
     seconds = time.perf_counter() - t0
     tokens, finished = _trim(out, stops, done)
-    replies = model.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+    replies = tokenizer_of(model).batch_decode(tokens, skip_special_tokens=True)
     record = make_record(
         model,
         batch,
@@ -204,7 +212,9 @@ def generate(
         },
         generated=tokens,
     )
-    return Generation(replies, tokens, finished, seconds, out.shape[1], record)
+    return Generation(
+        replies, tokens, finished, seconds, out.shape[1], record, kept if keep_logits else None
+    )
 
 
 def _row_seeds(seed: int | Sequence[int], rows: int) -> Tensor:
@@ -270,7 +280,7 @@ def readout(
     ctx = injected(model, injection, batch) if injection is not None else nullcontext()
     with ctx:
         logits = runner.step(None)
-    tok = model.tokenizer
+    tok = tokenizer_of(model)
     y1, n1 = first_token_ids(tok, [yes[0], no[0]])
     ys, ns = sorted(set(first_token_ids(tok, yes))), sorted(set(first_token_ids(tok, no)))
     b = logits[:, y1] - logits[:, n1]

@@ -38,7 +38,7 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -119,14 +119,20 @@ class Injection:
             raise ValueError("vector contains NaN or inf: recompute it (check the layer and dtype)")
         s = torch.as_tensor(self.strength, dtype=torch.float32)
         if s.ndim > 1:
-            raise ValueError(f"strength must be a number or one per row, got shape {tuple(s.shape)}")
+            raise ValueError(
+                f"strength must be a number or one per row, got shape {tuple(s.shape)}"
+            )
         if not bool(torch.isfinite(s).all()):
             raise ValueError("strength contains NaN or inf")
         if v.ndim == 2 and s.ndim == 1 and s.shape[0] != v.shape[0]:
             raise ValueError(f"{v.shape[0]} vectors but {s.shape[0]} strengths: give one per row")
         vf = v.float()
         if self.unit == "resid-norm":
-            if self.resid_norm is None or not math.isfinite(self.resid_norm) or self.resid_norm <= 0:
+            if (
+                self.resid_norm is None
+                or not math.isfinite(self.resid_norm)
+                or self.resid_norm <= 0
+            ):
                 raise ValueError(
                     "unit='resid-norm' needs resid_norm=<mean residual norm at the layer> "
                     "(ConceptVector.resid_norm gives it)"
@@ -158,13 +164,13 @@ class Injection:
         v = torch.as_tensor(self.vector)
         return (
             f"Injection(layer={self.layer}, vector={tuple(v.shape)}, strength={strength}, "
-            f"mode={self.mode.value}, start={self.start!r}, unit={self.unit})"
+            f"mode={PositionMode.parse(self.mode).value}, start={self.start!r}, unit={self.unit})"
         )
 
     def bounds(self, batch: PromptBatch) -> tuple[Tensor, Tensor]:
         """Per-row ``[lo, hi)`` of steered absolute positions (generation continues past T)."""
         T, B = batch.length, len(batch)
-        mode = PositionMode(self.mode)
+        mode = PositionMode.parse(self.mode)
         full = torch.full((B,), _NEVER, dtype=torch.long)
         if mode in (PositionMode.FROM_TRIAL, PositionMode.PROMPT_ONLY):
             lo = batch.position(self.start).cpu()
@@ -249,7 +255,8 @@ def injected(
     """
     injections = (injection,) if isinstance(injection, Injection) else tuple(injection)
     width = d_model(model)
-    hooks, bounds, calls = [], [], []
+    hooks: list[tuple[str | Callable[..., Any], Callable[..., Any]]] = []
+    bounds, calls = [], []
     for inj in injections:
         check_layer(model, inj.layer)
         if inj._delta.shape[-1] != width:

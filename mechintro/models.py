@@ -247,6 +247,14 @@ def backend_of(model: TLModel) -> Backend:
     )
 
 
+def tokenizer_of(model: TLModel) -> Any:
+    """The model's tokenizer, or an error naming the fix."""
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        raise ValueError("the model has no tokenizer: load it with load_model(..., tokenizer=tok)")
+    return tok
+
+
 def n_layers(model: TLModel) -> int:
     return int(model.cfg.n_layers)
 

@@ -62,6 +62,8 @@ class Prompt:
     def __post_init__(self) -> None:
         if (self.raw is None) == (not self.messages):
             raise ValueError("a Prompt has either messages (chat) or raw text, not both/neither")
+        if self.raw == "":
+            raise ValueError("raw text is empty: give the text the model should read")
         if self.messages and self.messages[-1].role == "assistant":
             raise ValueError(
                 "the last message is an assistant turn: put a partial assistant reply in "
@@ -82,7 +84,7 @@ class Prompt:
         marks: Mapping[str, str] | None = None,
     ) -> Prompt:
         """A dialogue: ``history`` turns, then the ``user`` turn, then the generation prompt."""
-        msgs = tuple(Message(r, c) for r, c in history) + (Message("user", user),)
+        msgs = (*(Message(r, c) for r, c in history), Message("user", user))
         return cls(messages=msgs, system=system, prefill=prefill, marks=dict(marks or {}))
 
     @classmethod
@@ -150,9 +152,16 @@ class PromptBatch:
             input_ids=self.input_ids[idx, cut:],
             attention_mask=self.attention_mask[idx, cut:],
             texts=tuple(self.texts[i] for i in idx.tolist()),
-            positions={k: torch.where(v[idx] >= 0, v[idx] - cut, -1) for k, v in self.positions.items()},
+            positions={
+                k: torch.where(v[idx] >= 0, v[idx] - cut, -1) for k, v in self.positions.items()
+            },
             spans={k: torch.where(v[idx] >= 0, v[idx] - cut, -1) for k, v in self.spans.items()},
         )
+
+
+def _shift(pos: Tensor, by: int) -> Tensor:
+    """Move positions by ``by``, keeping the ``-1`` of absent ones."""
+    return torch.where(pos >= 0, pos + by, -1)
 
 
 _SYSTEM_SUPPORT: dict[int, str] = {}
@@ -199,7 +208,10 @@ def render(tokenizer: Any, prompt: Prompt, **template_kwargs: Any) -> tuple[str,
             msgs.insert(0, {"role": "system", "content": prompt.system})
         elif prompt.system:
             first = next(i for i, m in enumerate(msgs) if m["role"] == "user")
-            msgs[first] = {"role": "user", "content": f"{prompt.system}\n\n{msgs[first]['content']}"}
+            msgs[first] = {
+                "role": "user",
+                "content": f"{prompt.system}\n\n{msgs[first]['content']}",
+            }
     head = tokenizer.apply_chat_template(
         msgs, tokenize=False, add_generation_prompt=True, **template_kwargs
     )
@@ -216,7 +228,7 @@ def _bos_prefix(tokenizer: Any, ids: list[int]) -> list[int]:
 
 
 def _token_span(offsets: list[tuple[int, int]], start: int, end: int) -> tuple[int, int]:
-    """Tokens overlapping characters ``[start, end)``: first with end > start, last with start < end."""
+    """Token span ``[first, last + 1)`` of the tokens overlapping characters ``[start, end)``."""
     first = next(i for i, (a, b) in enumerate(offsets) if b > start and b > a)
     last = max(i for i, (a, b) in enumerate(offsets) if a < end and b > a)
     return first, last + 1

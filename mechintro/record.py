@@ -7,10 +7,10 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
+from mechintro.inject import InjectionLog, PositionMode
 from mechintro.models import TLModel, model_info
 
 if TYPE_CHECKING:
-    from mechintro.inject import InjectionLog
     from mechintro.prompts import PromptBatch
 
 _PACKAGES = ("mechintro", "torch", "transformers", "transformer-lens", "sae-lens")
@@ -62,7 +62,7 @@ def make_record(
                 {
                     "repr": repr(inj),
                     "layer": inj.layer,
-                    "mode": inj.mode.value if hasattr(inj.mode, "value") else str(inj.mode),
+                    "mode": PositionMode.parse(inj.mode).value,
                     "unit": inj.unit,
                     "strength": _plain(inj.strength),
                     # relative to each row's first real token, like prompt_ids

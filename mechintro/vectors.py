@@ -1,0 +1,409 @@
+"""Concept vectors: extract them, cache them, and build their controls.
+
+A concept vector is a residual-stream direction that stands for a word (PROTOCOLS.md §1).
+
+* ``lindsey`` (Lindsey 2025, "Emergent Introspective Awareness in Large Language Models";
+  Macar et al. 2026, arXiv:2603.21396): the user turn ``Tell me about {w}`` (no period, no
+  system message) in the chat template with the generation prompt; the output of block L
+  (``blocks.L.hook_resid_post``) at the last token of the whole templated prompt, minus the
+  mean of the same activation over 100 baseline words. Not normalised: an injection of
+  strength ``s`` adds ``s·‖v‖``.
+* ``fonseca`` (Fonseca Rivera 2025, arXiv:2511.21399): raw ``Human: Tell me about {w}.\\n\\n
+  Assistant:``, last token, minus the mean over 32 baseline words, then L2-normalised.
+* :func:`contrastive_vector` (Lindsey's "all caps" vector; Godet 2025): act(positive) −
+  act(negative) for two raw strings. :func:`random_vector`: a seeded, norm-matched control.
+
+Each vector carries its provenance, including ``resid_norm``, the mean residual norm at that
+layer and token over the extraction prompts: strengths compare across models only through
+``norm_ratio = norm / resid_norm``.
+
+Example::
+
+    vecs = extract_vectors(model, word_list("lindsey_concepts"), layer=20, cache_dir="cache")
+    inj = Injection(layer=20, vector=stack(vecs, ["Dust", "Peace"]), strength=[4.0, 4.0])
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from mechintro.models import (
+    TLModel,
+    backend_of,
+    check_layer,
+    fingerprint,
+    model_info,
+    n_layers,
+    resid_post,
+    tokenizer_of,
+)
+from mechintro.prompts import Prompt, encode
+
+logger = logging.getLogger(__name__)
+CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Method:
+    """How one extraction method builds its prompts, and what it subtracts."""
+
+    prompt_format: str  # "chat" (the model's chat template) or "text" (raw)
+    template: str  # with a ``{w}`` placeholder
+    baseline: str  # name of the default baseline word list
+    normalise: bool
+
+    def prompt(self, word: str) -> Prompt:
+        text = self.template.replace("{w}", word)
+        return Prompt.chat(text) if self.prompt_format == "chat" else Prompt.text(text)
+
+
+METHODS: dict[str, Method] = {
+    "lindsey": Method("chat", "Tell me about {w}", "lindsey_baseline", normalise=False),
+    "fonseca": Method(
+        "text", "Human: Tell me about {w}.\n\nAssistant:", "fonseca_baseline", normalise=True
+    ),
+}
+
+
+@functools.cache
+def _word_lists() -> dict[str, tuple[str, ...]]:
+    text = resources.files("mechintro").joinpath("data/concepts.json").read_text("utf-8")
+    return {k: tuple(v) for k, v in json.loads(text).items() if not k.startswith("_")}
+
+
+def word_list(name: str) -> list[str]:
+    """A word list shipped in ``mechintro/data/concepts.json`` (its ``_sources`` cite them)."""
+    lists = _word_lists()
+    if name not in lists:
+        raise ValueError(f"no word list named {name!r}: use one of {', '.join(sorted(lists))}")
+    return list(lists[name])
+
+
+@dataclass(frozen=True, eq=False)
+class ConceptVector:
+    """A direction for ``word`` at block ``layer``'s output, with where it came from.
+
+    ``vector`` is fp32 on the CPU. ``baseline`` is the baseline word list (or, for a
+    contrastive vector, the negative string). ``norm`` and ``norm_ratio`` are computed.
+    """
+
+    word: str
+    vector: Float[Tensor, " d_model"]
+    layer: int | None
+    method: str
+    model: str | None = None
+    revision: str | None = None
+    fingerprint: str | None = None
+    prompt_format: str | None = None
+    template: str | None = None
+    baseline: tuple[str, ...] | str | None = None
+    resid_norm: float | None = None
+    seed: int | None = None
+    norm: float = field(init=False)
+    norm_ratio: float | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        v = torch.as_tensor(self.vector).detach().to("cpu", torch.float32)
+        if v.ndim != 1 or v.numel() == 0:
+            raise ValueError(f"a concept vector is [d_model], got shape {tuple(v.shape)}")
+        object.__setattr__(self, "vector", v)
+        if isinstance(self.baseline, list):
+            object.__setattr__(self, "baseline", tuple(self.baseline))
+        norm = float(torch.linalg.vector_norm(v))
+        object.__setattr__(self, "norm", norm)
+        object.__setattr__(self, "norm_ratio", norm / self.resid_norm if self.resid_norm else None)
+
+    def provenance(self) -> dict[str, Any]:
+        """Every field but the tensor, JSON-ready (plus ``d_model``)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "vector"}
+        if isinstance(self.baseline, tuple):
+            out["baseline"] = list(self.baseline)
+        return {**out, "d_model": int(self.vector.numel())}
+
+
+def _last_token_acts(
+    model: TLModel, prompts: Sequence[Prompt], layer: int, batch_size: int
+) -> Float[Tensor, "n d_model"]:
+    """``hook_resid_post`` of ``layer`` at each prompt's last token, fp32 on the CPU.
+
+    Left-padded batches, one forward each with a single hook, stopped after block ``layer``.
+    """
+    name, bridge = resid_post(layer), backend_of(model) == "bridge"
+    stop = layer + 1 if layer + 1 < n_layers(model) else None
+    device = next(model.parameters()).device
+    got: list[Tensor] = []
+    where: dict[str, Tensor] = {}
+
+    def read(x: Tensor, hook: Any) -> Tensor:
+        got.append(x[where["rows"], where["last"]].detach().float().cpu())
+        return x
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(name, read)]):
+        for i in range(0, len(prompts), batch_size):
+            batch = encode(tokenizer_of(model), prompts[i : i + batch_size], device=device)
+            where.update(rows=torch.arange(len(batch), device=device), last=batch.position("last"))
+            kwargs: dict[str, Any] = {"attention_mask": batch.attention_mask}
+            if bridge:  # count real tokens only (RoPE would not care; absolute embeddings do)
+                kwargs["position_ids"] = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+            before = len(got)
+            model(batch.input_ids, stop_at_layer=stop, **kwargs)
+            if len(got) != before + 1:
+                raise RuntimeError(f"hook {name} fired {len(got) - before} times, expected 1")
+    return torch.cat(got)
+
+
+def _origin(model: TLModel, fp: str) -> dict[str, Any]:
+    info = model_info(model)
+    return {"model": info.name, "revision": info.revision, "fingerprint": fp}
+
+
+def _check_words(words: Sequence[str], what: str) -> list[str]:
+    if isinstance(words, str):
+        raise TypeError(f"{what} must be a list of words, not one string: pass [{words!r}]")
+    words = list(words)
+    bad = [w for w in words if not isinstance(w, str) or not w.strip()]
+    if bad:
+        raise ValueError(f"{what} contains empty or non-string entries {bad!r}: remove them")
+    return words
+
+
+def _spec(model: TLModel, layer: int, method: str, base: list[str], fp: str) -> dict[str, Any]:
+    """Everything a cached vector depends on, except the word itself."""
+    info, m = model_info(model), METHODS[method]
+    ids = encode(tokenizer_of(model), [m.prompt(w) for w in base]).input_ids  # template+tokenizer
+    return {
+        "format": CACHE_FORMAT,
+        "model": info.name,
+        "revision": info.revision,
+        "backend": info.backend,
+        "dtype": info.dtype,
+        "fingerprint": fp,
+        "layer": layer,
+        "method": method,
+        "prompt_format": m.prompt_format,
+        "template": m.template,
+        "baseline": base,
+        "baseline_ids_sha256": hashlib.sha256(ids.numpy().tobytes()).hexdigest(),
+    }
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write via a temp file in the same folder, then ``os.replace`` (readers never see half)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load_cache(folder: Path, key: str) -> dict[str, Tensor]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = folder / f"{key}.safetensors"
+    if not path.is_file():
+        return {}
+    with safe_open(str(path), framework="pt") as f:
+        stored_key = (f.metadata() or {}).get("key")
+    if stored_key != key:
+        logger.warning("ignoring %s: it was written for key %s", path, stored_key)
+        return {}
+    return load_file(str(path))
+
+
+def _save_cache(folder: Path, key: str, spec: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    _atomic_write(
+        folder / f"{key}.safetensors", lambda p: save_file(tensors, p, metadata={"key": key})
+    )
+    words = sorted(k.removeprefix("vector:") for k in tensors if k.startswith("vector:"))
+    side = {"key": key, "spec": spec, "words": words}
+    text = json.dumps(side, indent=2, ensure_ascii=False)
+    _atomic_write(folder / f"{key}.json", lambda p: Path(p).write_text(text, encoding="utf-8"))
+
+
+def extract_vectors(
+    model: TLModel,
+    words: Sequence[str],
+    *,
+    layer: int,
+    method: str = "lindsey",
+    baseline: Sequence[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    batch_size: int = 32,
+) -> dict[str, ConceptVector]:
+    """Concept vectors for ``words`` at the output of block ``layer`` (see the module doc).
+
+    Words and baseline words run through in left-padded batches of ``batch_size``. With
+    ``cache_dir``, vectors are stored per word under a key hashing everything else (model
+    name, revision, backend, dtype, weights fingerprint, layer, method, template, tokenised
+    baseline prompts), so a hit returns the stored tensor bit for bit with no forward pass and
+    new words extend the entry. ``resid_norm`` is shared by all vectors of one call: the mean
+    over this call's word prompts and the baseline prompts.
+    """
+    if method not in METHODS:
+        raise ValueError(
+            f"unknown method {method!r}: use one of {', '.join(METHODS)} "
+            "(contrastive_vector() and random_vector() make the other kinds)"
+        )
+    m = METHODS[method]
+    words = _check_words(words, "words")
+    if not words:
+        raise ValueError("no words given: pass at least one, e.g. word_list('lindsey_concepts')")
+    dupes = sorted(w for w, n in Counter(words).items() if n > 1)
+    if dupes:
+        raise ValueError(f"duplicate words {dupes}: pass each word once (results are keyed by it)")
+    check_layer(model, layer)
+    base = _check_words(word_list(m.baseline) if baseline is None else baseline, "baseline")
+    if not base:
+        raise ValueError(
+            f"the baseline list is empty: pass baseline=None for the default "
+            f"word_list({m.baseline!r}), or a non-empty list of words"
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+
+    fp = fingerprint(model)
+    folder = Path(cache_dir) if cache_dir is not None else None
+    spec, key, store = {}, "", {}
+    if folder is not None:
+        spec = _spec(model, layer, method, base, fp)
+        canon = json.dumps(spec, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+        key = hashlib.sha256(canon.encode()).hexdigest()[:32]
+        store = _load_cache(folder, key)
+    missing = [w for w in words if f"vector:{w}" not in store]
+    if missing:
+        need_base = "baseline_mean" not in store
+        prompts = [m.prompt(w) for w in missing + (base if need_base else [])]
+        logger.info(
+            "extracting %d words (%d prompts) at layer %d", len(missing), len(prompts), layer
+        )
+        acts = _last_token_acts(model, prompts, layer, batch_size)
+        if need_base:
+            store["baseline_mean"] = acts[len(missing) :].mean(dim=0)
+            store["baseline_norms"] = torch.linalg.vector_norm(acts[len(missing) :], dim=-1)
+        for w, a in zip(missing, acts):
+            v = a - store["baseline_mean"]
+            if m.normalise:
+                n = float(torch.linalg.vector_norm(v))
+                if not math.isfinite(n) or n == 0.0:
+                    raise ValueError(
+                        f"the vector of {w!r} is zero (its activation equals the baseline "
+                        f"mean) and cannot be normalised: remove {w!r} from the baseline list"
+                    )
+                v = v / n
+            store[f"vector:{w}"] = v.clone()
+            store[f"act_norm:{w}"] = torch.linalg.vector_norm(a).reshape(1)
+        if folder is not None:
+            _save_cache(folder, key, spec, store)
+    elif folder is not None:
+        logger.info("concept vector cache hit: %s (%d words)", folder / key, len(words))
+    norms = torch.cat([*(store[f"act_norm:{w}"] for w in words), store["baseline_norms"]])
+    common = dict(_origin(model, fp), prompt_format=m.prompt_format, template=m.template)
+    resid = float(norms.double().mean())
+    return {
+        w: ConceptVector(
+            w, store[f"vector:{w}"], layer, method, baseline=tuple(base), resid_norm=resid, **common
+        )
+        for w in words
+    }
+
+
+def contrastive_vector(
+    model: TLModel, positive: str, negative: str, *, layer: int
+) -> ConceptVector:
+    """act(positive) − act(negative) at block ``layer``'s output, last token, raw strings.
+
+    Lindsey's "all caps" vector is ``contrastive_vector(m, "HI! HOW ARE YOU?", "Hi! How are
+    you?", layer=L)``; Godet injects it at the layer it was taken from. Not normalised.
+    """
+    for name, s in (("positive", positive), ("negative", negative)):
+        if not isinstance(s, str) or not s:
+            raise ValueError(f"{name} must be a non-empty string, got {s!r}")
+    if positive == negative:
+        raise ValueError("positive and negative are the same string: the vector would be zero")
+    check_layer(model, layer)
+    acts = _last_token_acts(model, [Prompt.text(positive), Prompt.text(negative)], layer, 1)
+    return ConceptVector(
+        positive,
+        acts[0] - acts[1],
+        layer,
+        "contrastive",
+        **_origin(model, fingerprint(model)),
+        prompt_format="text",
+        template="{positive} − {negative}",
+        baseline=negative,
+        resid_norm=float(torch.linalg.vector_norm(acts, dim=-1).double().mean()),
+    )
+
+
+def random_vector(
+    like: ConceptVector | int, *, norm: float | None = None, seed: int, layer: int | None = None
+) -> ConceptVector:
+    """A seeded Gaussian direction scaled to ``norm`` (default: the norm of ``like``).
+
+    ``like`` is a :class:`ConceptVector` (its width, layer, model and ``resid_norm`` are kept)
+    or a width ``d_model`` (then ``norm`` is required). The same seed gives the same vector.
+    """
+    ref = like if isinstance(like, ConceptVector) else None
+    if ref is None and (isinstance(like, bool) or not isinstance(like, int) or like < 1):
+        raise TypeError(f"like must be a ConceptVector or a positive d_model, got {like!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    target = norm if norm is not None else (ref.norm if ref is not None else None)
+    if target is None:
+        raise ValueError("random_vector(d_model, ...) needs norm=<float>, or pass a ConceptVector")
+    if not math.isfinite(target) or target < 0:
+        raise ValueError(f"norm must be finite and >= 0, got {target}")
+    width = ref.vector.numel() if ref is not None else int(like)  # type: ignore[arg-type]
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(width, generator=g, dtype=torch.float32)
+    keep = ("model", "revision", "fingerprint", "resid_norm")
+    origin = {k: getattr(ref, k) for k in keep} if ref is not None else {}
+    return ConceptVector(
+        f"random(seed={seed})",
+        v / torch.linalg.vector_norm(v) * target,
+        ref.layer if ref is not None else layer,
+        "random",
+        seed=seed,
+        **origin,
+    )
+
+
+def stack(vectors: Mapping[str, ConceptVector], words: Sequence[str]) -> Float[Tensor, "n d"]:
+    """Rows ``vectors[w].vector`` for ``words``: a per-row ``Injection(vector=...)``."""
+    words = _check_words(words, "words")
+    if not words:
+        raise ValueError("stack() needs at least one word")
+    missing = [w for w in words if w not in vectors]
+    if missing:
+        raise KeyError(f"no vectors for {missing}: extract them first (extract_vectors(...))")
+    chosen = [vectors[w] for w in words]
+    layers = {c.layer for c in chosen if c.layer is not None}
+    if len(layers) > 1:
+        raise ValueError(f"vectors come from layers {sorted(layers)}: one Injection has one layer")
+    if len({c.vector.numel() for c in chosen}) > 1:
+        raise ValueError("vectors have different widths: were they taken from different models?")
+    return torch.stack([c.vector for c in chosen])

@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny random checkpoints of every target architecture, built once, offline."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+sys.path.insert(0, str(Path(__file__).parent))  # tiny_models, whatever pytest's import mode
+
+import pytest
+from tiny_models import ARCHS, make_all, make_tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """arch -> folder of a tiny random checkpoint; each folder is named after its arch."""
+    return make_all(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(params=ARCHS, ids=list(ARCHS))
+def tiny_dir(request: pytest.FixtureRequest, tiny_dirs: dict[str, Path]) -> Path:
+    """One tiny checkpoint folder per architecture (``tiny_dir.name`` is the arch)."""
+    return tiny_dirs[request.param]
+
+
+@pytest.fixture(scope="session")
+def notemplate_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding only a byte-level tokenizer with chatml specials and no chat template."""
+    folder = tmp_path_factory.mktemp("notemplate")
+    make_tokenizer(folder, "none")
+    return folder

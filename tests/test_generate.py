@@ -1,0 +1,110 @@
+"""Generation and readouts: seeding, batching, stopping, and the Yes/No belief."""
+
+from __future__ import annotations
+
+import torch
+
+from mechintro.generate import generate, gumbel_noise, readout
+from mechintro.inject import Injection
+from mechintro.prompts import Prompt, encode
+
+PROMPTS = [
+    Prompt.chat("Trial 1: Do you detect an injected thought?"),
+    Prompt.chat("Trial 22: What is on your mind right now, if anything at all?"),
+    Prompt.chat("Trial 3: ?"),
+]
+
+
+def test_same_seed_same_text_and_batched_equals_alone(model):
+    batch = encode(model.tokenizer, PROMPTS)
+    a = generate(model, batch, max_new_tokens=8, temperature=1.0, seed=11, stop_ids=[])
+    b = generate(model, batch, max_new_tokens=8, temperature=1.0, seed=11, stop_ids=[])
+    c = generate(model, batch, max_new_tokens=8, temperature=1.0, seed=12, stop_ids=[])
+    assert a.tokens == b.tokens
+    assert a.tokens != c.tokens
+    for i, p in enumerate(PROMPTS):
+        alone = generate(
+            model,
+            encode(model.tokenizer, [p]),
+            max_new_tokens=8,
+            temperature=1.0,
+            seed=[11 + i],
+            stop_ids=[],
+        )
+        assert alone.tokens[0] == a.tokens[i]
+    assert a.record.seeds == [11, 12, 13]
+
+
+def test_gumbel_max_samples_from_the_softmax():
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, 0.5])
+    n = 20000
+    seeds = torch.arange(n)
+    draws = (logits[None, :] + gumbel_noise(seeds, step=3, vocab=5).float()).argmax(-1)
+    freq = torch.bincount(draws, minlength=5).float() / n
+    assert torch.allclose(freq, logits.softmax(-1), atol=0.015), freq
+
+
+def test_rows_stop_at_their_stop_token(model):
+    batch = encode(model.tokenizer, PROMPTS)
+    free = generate(model, batch, max_new_tokens=6, stop_ids=[])
+    stop = free.tokens[0][2]  # the third greedy token of row 0 becomes a stop token
+    out = generate(model, batch, max_new_tokens=6, stop_ids=[stop])
+    assert out.tokens[0] == free.tokens[0][: free.tokens[0].index(stop)]
+    assert out.finished[0]
+    for i in range(1, len(PROMPTS)):
+        want = free.tokens[i]
+        cut = want.index(stop) if stop in want else len(want)
+        assert out.tokens[i] == want[:cut]
+
+
+def test_readout_is_the_logit_difference_at_the_last_prompt_token(model):
+    batch = encode(model.tokenizer, PROMPTS)
+    r = readout(model, batch, words=["Dust", "Bread"])
+    tok = model.tokenizer
+    logits = generate(model, batch, max_new_tokens=1, keep_logits=True, stop_ids=[]).logits[0]
+    yes = tok("Yes", add_special_tokens=False)["input_ids"][0]
+    no = tok("No", add_special_tokens=False)["input_ids"][0]
+    assert torch.allclose(r.b, logits[:, yes] - logits[:, no], atol=1e-5)
+    ys = sorted(
+        {
+            tok(w, add_special_tokens=False)["input_ids"][0]
+            for w in ("Yes", " Yes", "yes", " yes", "YES", " YES")
+        }
+    )
+    ns = sorted(
+        {
+            tok(w, add_special_tokens=False)["input_ids"][0]
+            for w in ("No", " No", "no", " no", "NO", " NO")
+        }
+    )
+    want = logits[:, ys].logsumexp(-1) - logits[:, ns].logsumexp(-1)
+    assert torch.allclose(r.b_variants, want, atol=1e-5)
+    dust = tok("Dust", add_special_tokens=False)["input_ids"][0]
+    assert torch.allclose(r.word_probs[:, 0], logits.softmax(-1)[:, dust], atol=1e-6)
+
+
+def test_readout_under_zero_and_nonzero_injection(model):
+    batch = encode(model.tokenizer, PROMPTS)
+    plain = readout(model, batch)
+    v = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0)) * 5
+    zero = readout(model, batch, injection=Injection(1, v, 0.0, mode="single-token"))
+    assert torch.equal(zero.logits, plain.logits)
+    steered = readout(model, batch, injection=Injection(1, v, 3.0, mode="single-token"))
+    assert not torch.allclose(steered.b, plain.b)
+
+
+def test_record_holds_exact_inputs(model):
+    batch = encode(model.tokenizer, PROMPTS)
+    inj = Injection(1, torch.ones(model.cfg.d_model), [1.0, 0.0, 2.0], mode="generation-only")
+    out = generate(model, batch, injection=inj, max_new_tokens=3, stop_ids=[])
+    rec = out.record.to_dict()
+    for i in range(len(PROMPTS)):
+        real = batch.input_ids[i, int(batch.n_pad[i]) :].tolist()
+        assert rec["prompt_ids"][i] == real
+        n = len(real)
+        # generation-only: the two generated tokens fed back (positions n, n+1), not row 1
+        want = [] if i == 1 else [n, n + 1]
+        assert rec["injections"][0]["steered_positions"][i] == want
+    assert {"torch", "transformers", "transformer-lens", "mechintro"} <= rec["versions"].keys()
+    assert rec["model"]["backend"] in ("bridge", "hooked")
+    assert rec["settings"]["max_new_tokens"] == 3

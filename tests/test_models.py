@@ -1,0 +1,101 @@
+"""Loading on both backends, offline, and the parity identities."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from mechintro.inject import Injection, injected
+from mechintro.models import check_layer, load_model, model_info
+from mechintro.parity import _forward, parity_check
+from mechintro.prompts import Prompt, encode
+
+
+def test_bridge_equals_hf_exactly(tiny_dir):
+    model = load_model(tiny_dir)
+    hf = AutoModelForCausalLM.from_pretrained(tiny_dir, attn_implementation="eager").eval()
+    batch = encode(model.tokenizer, [Prompt.chat("Trial 1: hello"), Prompt.chat("hi")])
+    with torch.no_grad():
+        ref = hf(
+            batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=(batch.attention_mask.cumsum(-1) - 1).clamp(min=0),
+        ).logits
+        got = _forward(model, batch.input_ids, batch.attention_mask)
+    assert torch.equal(got, ref)
+
+
+def test_bridge_and_hooked_agree_with_and_without_injection(tiny_dir, hooked_archs):
+    arch = tiny_dir.name
+    if arch not in hooked_archs:
+        pytest.skip(f"HookedTransformer cannot load {arch}: {hooked_archs.get(arch, '')}")
+    bridge, hooked = load_model(tiny_dir), load_model(tiny_dir, backend="hooked")
+    batch = encode(bridge.tokenizer, [Prompt.chat("Trial 1: hello"), Prompt.chat("Trial 2: hi")])
+    v = torch.randn(bridge.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    inj = Injection(1, v, [4.0, 0.0], mode="from-trial")
+    with torch.no_grad():
+        assert torch.allclose(
+            _forward(bridge, batch.input_ids, batch.attention_mask),
+            _forward(hooked, batch.input_ids, batch.attention_mask),
+            atol=1e-4,
+        )
+        outs = []
+        for m in (bridge, hooked):
+            with injected(m, inj, batch):
+                outs.append(_forward(m, batch.input_ids, batch.attention_mask))
+    assert torch.allclose(outs[0], outs[1], atol=1e-4)
+
+
+def test_load_from_object_and_offline_folder(tiny_dirs, monkeypatch):
+    import huggingface_hub
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the Hub was asked for something")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_hub)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", no_hub)
+    folder = tiny_dirs["llama"]
+    from_folder = load_model(folder)
+    assert model_info(from_folder).source == "local"
+    hf = AutoModelForCausalLM.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    from_obj = load_model(hf, tokenizer=tok, name="tiny-llama")
+    info = model_info(from_obj)
+    assert (info.name, info.source, info.backend) == ("tiny-llama", "object", "bridge")
+    ids = encode(tok, [Prompt.chat("hello")]).input_ids
+    with torch.no_grad():
+        assert torch.equal(from_folder(ids), from_obj(ids))
+
+
+def test_loading_errors_name_the_fix(tmp_path, tiny_dirs):
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        load_model(tmp_path)
+    with pytest.raises(FileNotFoundError, match="neither a model folder nor a .gguf"):
+        load_model(tmp_path / "missing")
+    hf = AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"])
+    with pytest.raises(ValueError, match="needs tokenizer="):
+        load_model(hf)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        load_model(tiny_dirs["llama"], backend="jax")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="revision= applies to Hub names only"):
+        load_model(tiny_dirs["llama"], revision="main")
+
+
+def test_layer_validation(model):
+    n = model.cfg.n_layers
+    assert check_layer(model, n - 1) == n - 1
+    with pytest.raises(ValueError, match=f"use 0..{n - 1}"):
+        check_layer(model, n)
+    with pytest.raises(ValueError, match="out of range"):
+        check_layer(model, -1)
+    with pytest.raises(TypeError, match="layer_at_depth"):
+        check_layer(model, 0.6)
+
+
+def test_parity_check_passes_on_fp32(model):
+    report = parity_check(model, "Trial 1: Do you detect an injected thought?", layer=1)
+    assert report.ok(atol=1e-4), report
+    assert report.batch_vs_single <= 1e-4 and report.cache_vs_nocache <= 1e-4
+    if report.backend == "bridge":
+        assert report.backend_vs_hf == 0.0

@@ -1,0 +1,101 @@
+"""Prompt rendering and exact named positions, on the tiny models' real tokenizers."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AutoTokenizer
+
+from mechintro.prompts import Message, Prompt, encode, render, system_support
+
+
+def _tok(tiny_dirs, arch):
+    return AutoTokenizer.from_pretrained(tiny_dirs[arch])
+
+
+def test_positions_in_a_batch_are_each_rows_own_positions_shifted_by_padding(tiny_dirs):
+    tok = _tok(tiny_dirs, "llama")
+    prompts = [
+        Prompt.chat("Trial 1: yes?", prefill="Yes, I", marks={"q": "yes?"}),
+        Prompt.chat(
+            "Trial 10: yes?",
+            history=[("user", "a long first turn " * 4), ("assistant", "Ok.")],
+            prefill="Yes, I",
+            marks={"q": "yes?"},
+        ),
+    ]
+    together = encode(tok, prompts)
+    for i, p in enumerate(prompts):
+        alone = encode(tok, [p])
+        pad = int(together.n_pad[i])
+        real = together.input_ids[i, pad:]
+        assert real.tolist() == alone.input_ids[0].tolist()
+        for name in ("trial", "last", "prefill", "q"):
+            assert int(together.positions[name][i]) - pad == int(alone.positions[name][0]), name
+        assert (together.spans["q"][i] - pad).tolist() == alone.spans["q"][0].tolist()
+    assert together.positions["last"].tolist() == [together.length - 1] * 2
+
+
+def test_named_positions_point_at_the_right_tokens(tiny_dirs):
+    tok = _tok(tiny_dirs, "llama")
+    batch = encode(
+        tok, [Prompt.chat("Hello. Trial 7: go", prefill="Yes, I", marks={"h": "Hello."})]
+    )
+    ids = batch.input_ids[0]
+    t = int(batch.position("trial")[0])
+    assert tok.decode(ids[t + 1 :]).startswith("Trial 7")
+    assert not tok.decode(ids[t:]).startswith("Trial")
+    assert tok.decode(ids[int(batch.position("prefill")[0]) :]) == "Yes, I"
+    lo, hi = batch.spans["h"][0].tolist()
+    assert tok.decode(ids[lo:hi]) == "Hello."
+
+
+def test_no_double_bos(tiny_dirs):
+    for arch in ("llama", "gemma3"):
+        tok = _tok(tiny_dirs, arch)
+        ids = encode(tok, [Prompt.chat("hi")]).input_ids[0].tolist()
+        assert ids.count(tok.bos_token_id) == 1, arch
+        assert ids[0] == tok.bos_token_id
+
+
+def test_system_role_handling(tiny_dirs):
+    native = _tok(tiny_dirs, "llama")
+    gemma = _tok(tiny_dirs, "gemma3")
+    assert system_support(native) == "native"
+    assert system_support(gemma) == "folded"
+    # native: an empty system message is kept (PROTOCOLS.md §3)
+    with_empty, _ = render(native, Prompt.chat("hi", system=""))
+    without, _ = render(native, Prompt.chat("hi"))
+    assert with_empty != without and "system" in with_empty
+    # Gemma: an empty system message is dropped, a non-empty one folded into the user turn
+    assert render(gemma, Prompt.chat("hi", system=""))[0] == render(gemma, Prompt.chat("hi"))[0]
+    folded, _ = render(gemma, Prompt.chat("hi", system="Be brief."))
+    assert "Be brief.\n\nhi" in folded
+
+
+def test_raw_prompt_positions(tiny_dirs):
+    tok = _tok(tiny_dirs, "llama")
+    batch = encode(tok, [Prompt.text("Human: Tell me about dust.\n\nAssistant:")])
+    assert tok.decode(batch.input_ids[0, -1:]) == ":"
+
+
+def test_missing_mark_and_missing_template_are_refused(tiny_dirs, notemplate_tokenizer_dir):
+    tok = _tok(tiny_dirs, "llama")
+    with pytest.raises(ValueError, match="marks must be exact substrings"):
+        encode(tok, [Prompt.chat("hello", marks={"x": "absent text"})])
+    bare = AutoTokenizer.from_pretrained(notemplate_tokenizer_dir)
+    with pytest.raises(ValueError, match="has no chat template: use Prompt.text"):
+        encode(bare, [Prompt.chat("hello")])
+    batch = encode(tok, [Prompt.chat("no trial here")])
+    with pytest.raises(KeyError, match="no position named 'trial'"):
+        batch.position("trial")
+
+
+def test_bad_prompts_are_refused():
+    with pytest.raises(ValueError, match="either messages"):
+        Prompt(messages=(), raw=None)
+    with pytest.raises(ValueError, match="raw text is empty"):
+        Prompt.text("")
+    with pytest.raises(ValueError, match="prefill="):
+        Prompt(messages=(Message("user", "a"), Message("assistant", "b")))
+    with pytest.raises(ValueError, match="role must be"):
+        Message("narrator", "x")  # type: ignore[arg-type]
