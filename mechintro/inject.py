@@ -214,8 +214,6 @@ class InjectionLog:
 
 def _make_hook(delta: Tensor, lo: Tensor, hi: Tensor, calls: list[tuple[int, int]]) -> Any:
     cache: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor, Tensor]] = {}
-    zero_rows = delta.abs().sum(-1) == 0
-    lo = torch.where(zero_rows, _NEVER, lo)  # strength-0 rows: never steered
     state = {"next": 0}
 
     def hook(x: Tensor, hook: Any) -> Tensor:
@@ -266,6 +264,7 @@ def injected(
             )
         delta = inj.deltas(len(batch))
         lo, hi = inj.bounds(batch)
+        lo = torch.where(delta.abs().sum(-1) == 0, _NEVER, lo)  # strength-0 rows: never steered
         log: list[tuple[int, int]] = []
         name = resid_post(inj.layer)
         if name not in model.hook_dict:

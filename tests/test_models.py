@@ -26,25 +26,21 @@ def test_bridge_equals_hf_exactly(tiny_dir):
     assert torch.equal(got, ref)
 
 
-def test_bridge_and_hooked_agree_with_and_without_injection(tiny_dir, hooked_archs):
-    arch = tiny_dir.name
-    if arch not in hooked_archs:
-        pytest.skip(f"HookedTransformer cannot load {arch}: {hooked_archs.get(arch, '')}")
+def test_bridge_and_hooked_agree_with_and_without_injection(tiny_dir):
     bridge, hooked = load_model(tiny_dir), load_model(tiny_dir, backend="hooked")
     batch = encode(bridge.tokenizer, [Prompt.chat("Trial 1: hello"), Prompt.chat("Trial 2: hi")])
+    real = batch.attention_mask.bool()  # padded positions hold no defined value on either side
     v = torch.randn(bridge.cfg.d_model, generator=torch.Generator().manual_seed(0))
     inj = Injection(1, v, [4.0, 0.0], mode="from-trial")
+    plain, steered = [], []
     with torch.no_grad():
-        assert torch.allclose(
-            _forward(bridge, batch.input_ids, batch.attention_mask),
-            _forward(hooked, batch.input_ids, batch.attention_mask),
-            atol=1e-4,
-        )
-        outs = []
         for m in (bridge, hooked):
+            plain.append(_forward(m, batch.input_ids, batch.attention_mask)[real])
             with injected(m, inj, batch):
-                outs.append(_forward(m, batch.input_ids, batch.attention_mask))
-    assert torch.allclose(outs[0], outs[1], atol=1e-4)
+                steered.append(_forward(m, batch.input_ids, batch.attention_mask)[real])
+    assert torch.allclose(plain[0], plain[1], atol=1e-4)
+    assert torch.allclose(steered[0], steered[1], atol=1e-4)
+    assert not torch.allclose(steered[0], plain[0], atol=1e-2)  # the injection did something
 
 
 def test_load_from_object_and_offline_folder(tiny_dirs, monkeypatch):
@@ -99,3 +95,14 @@ def test_parity_check_passes_on_fp32(model):
     assert report.batch_vs_single <= 1e-4 and report.cache_vs_nocache <= 1e-4
     if report.backend == "bridge":
         assert report.backend_vs_hf == 0.0
+
+
+@pytest.mark.parametrize("backend", ["bridge", "hooked"])
+def test_model_keeps_the_checkpoint_tokenizer(tiny_dirs, backend):
+    """Both backends would swap in an add_bos_token=True copy; raw text must tokenise as HF."""
+    for arch, folder in tiny_dirs.items():
+        model = load_model(folder, backend=backend)
+        ref = AutoTokenizer.from_pretrained(folder)
+        text = "Human: Tell me about dust.\n\nAssistant:"
+        assert model.tokenizer(text).input_ids == ref(text).input_ids, arch
+        assert model.cfg.d_vocab == AutoModelForCausalLM.from_pretrained(folder).config.vocab_size
