@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +19,8 @@ from typing import Any
 
 import pandas as pd
 import torch
+
+from mechintro.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -153,13 +153,6 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "config": asdict(cfg),
         "wall_seconds": time.perf_counter() - t0,
     }
-    _write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
-    _write_atomic(out / "report.html", demo_report(metrics, trials, noise))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    atomic_write_text(out / "report.html", demo_report(metrics, trials, noise))
     return metrics
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -31,7 +31,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -43,6 +42,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechintro.io import atomic_write, atomic_write_text
 from mechintro.models import (
     TLModel,
     backend_of,
@@ -203,18 +203,6 @@ def _spec(model: TLModel, layer: int, method: str, base: list[str], fp: str) -> 
     }
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write via a temp file in the same folder, then ``os.replace`` (readers never see half)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _load_cache(folder: Path, key: str) -> dict[str, Tensor]:
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -235,13 +223,13 @@ def _save_cache(folder: Path, key: str, spec: dict[str, Any], tensors: dict[str,
 
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous() for k, v in tensors.items()}
-    _atomic_write(
+    atomic_write(
         folder / f"{key}.safetensors", lambda p: save_file(tensors, p, metadata={"key": key})
     )
     words = sorted(k.removeprefix("vector:") for k in tensors if k.startswith("vector:"))
     side = {"key": key, "spec": spec, "words": words}
     text = json.dumps(side, indent=2, ensure_ascii=False)
-    _atomic_write(folder / f"{key}.json", lambda p: Path(p).write_text(text, encoding="utf-8"))
+    atomic_write_text(folder / f"{key}.json", text)
 
 
 def extract_vectors(
