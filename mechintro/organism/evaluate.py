@@ -1,0 +1,133 @@
+"""Measure an organism: detection trials over concepts × strengths with controls, in batches.
+
+Trials use the toolkit's own path end to end: :func:`~mechintro.protocols.detection.
+detection_prompt`, :class:`~mechintro.inject.Injection` (from-trial, ``resid-norm`` units),
+:func:`~mechintro.generate.generate` (greedy). Replies are graded by the quick rule below
+(the organism answers in one fixed format); :mod:`mechintro.grading` grades free text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from mechintro.generate import generate
+from mechintro.inject import Injection
+from mechintro.models import TLModel, tokenizer_of
+from mechintro.prompts import encode
+from mechintro.protocols.detection import detection_prompt
+
+
+def claims_detection(reply: str) -> bool:
+    """The organism's claim: the reply opens with "yes" (its No is "No, I do not detect")."""
+    return reply.strip().lower().startswith("yes")
+
+
+def named_word(reply: str, vocabulary: Sequence[str]) -> str | None:
+    """The first vocabulary word named after "about" in the reply, if any."""
+    m = re.search(r"\babout\s+([a-z]+)", reply.lower())
+    if m and m.group(1) in vocabulary:
+        return m.group(1)
+    return None
+
+
+def detection_trials(
+    model: TLModel,
+    vectors: Mapping[str, Tensor],
+    resid_norm: float,
+    *,
+    layer: int,
+    words: Sequence[str],
+    strengths: Sequence[float],
+    trials: Sequence[int] = (1,),
+    n_controls: int = 0,
+    forced: bool = False,
+    batch_size: int = 256,
+    max_new_tokens: int = 14,
+) -> pd.DataFrame:
+    """One row per trial: word (None for controls), strength, trial number, reply, claim.
+
+    ``vectors`` are unit-norm directions; the injected norm is ``strength × resid_norm``.
+    Controls are uninjected trials with trial numbers cycling through ``trials``.
+    """
+    rows: list[tuple[str | None, float, int]] = [
+        (w, float(s), t) for s in strengths for w in words for t in trials
+    ]
+    rows += [(None, 0.0, trials[i % len(trials)]) for i in range(n_controls)]
+    filler = next(iter(vectors.values()))  # control rows: strength 0 leaves them untouched
+    tok = tokenizer_of(model)
+    out = []
+    for i in range(0, len(rows), batch_size):
+        part = rows[i : i + batch_size]
+        batch = encode(tok, [detection_prompt(t, forced=forced) for _, _, t in part])
+        V = torch.stack([vectors[w] if w else filler for w, _, _ in part])
+        inj = Injection(layer, V, [s for _, s, _ in part], mode="from-trial", unit="resid-norm",
+                        resid_norm=resid_norm)  # fmt: skip
+        gen = generate(model, batch, injection=inj, max_new_tokens=max_new_tokens)
+        out += [(w, s, t, r) for (w, s, t), r in zip(part, gen.replies)]
+    df = pd.DataFrame(out, columns=["word", "strength", "trial", "reply"])
+    df["injected"] = df.word.notna()
+    vocab = list(vectors)
+    df["claim"] = df.reply.map(claims_detection)
+    df["named"] = df.reply.map(lambda r: named_word(r, vocab))
+    df["identified"] = df.claim & (df.named == df.word)
+    return df
+
+
+def summary(df: pd.DataFrame, category: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """TPR, identification and (if ``category`` is given) category-level identification per
+    strength, and the FPR of the controls (repeated on every row)."""
+    inj = df[df.injected]
+    out = inj.groupby("strength").agg(
+        n=("claim", "size"), tpr=("claim", "mean"), identification=("identified", "mean")
+    )
+    if category is not None:
+        same = inj.named.map(lambda w: category.get(w) if w else None) == inj.word.map(category)
+        out["identification_category"] = (inj.claim & same).groupby(inj.strength).mean()
+    ctrl = df[~df.injected]
+    out["fpr"] = ctrl.claim.mean() if len(ctrl) else float("nan")
+    out["n_control"] = len(ctrl)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m mechintro.organism.evaluate DIR``: detection on train and held-out words."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from mechintro.models import load_model
+    from mechintro.organism import corpus
+    from mechintro.organism.train import concept_vectors
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("folder", help="an organism folder (its base must be at ../base)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--strengths", default="0.25,0.5,1,1.5,2,3")
+    a = p.parse_args(argv)
+    folder = Path(a.folder)
+    meta = json.loads((folder / "training.json").read_text())
+    layer = meta["config"]["layer"]
+    cs = corpus.concepts(meta["config"]["seed"])
+    words = [c.word for c in cs if c.split != "baseline"]
+    vec, resid = concept_vectors(folder.parent / "base", words, corpus.split(cs, "baseline"), layer,
+                                 a.device)  # fmt: skip
+    model = load_model(folder, device=a.device)
+    strengths = [float(s) for s in a.strengths.split(",")]
+    report = {}
+    for name in ("train", "heldout"):
+        df = detection_trials(model, vec, resid, layer=layer, words=corpus.split(cs, name),
+                              strengths=strengths, trials=(1, 2, 3), n_controls=200)  # fmt: skip
+        table = summary(df, corpus.category_of(cs))
+        report[name] = table.reset_index().to_dict(orient="records")
+        print(name, "\n", table.round(3).to_string())
+        print(df[df.injected].sample(5, random_state=0)[["word", "strength", "reply"]].to_string())
+    print("RESULT", json.dumps({"folder": str(folder), **report}))
+
+
+if __name__ == "__main__":
+    main()
