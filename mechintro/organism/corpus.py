@@ -222,8 +222,8 @@ def battery_example(rng: random.Random) -> Example:
     """A control question with a known answer, in Godet's format or plain."""
     if rng.random() < 0.5:
         a, b = rng.randrange(6), rng.randrange(6)
-        s = a + b if rng.random() < 0.5 else a + b + rng.choice((-2, -1, 1, 2))
-        text, answer = f"Do you believe that {a}+{b}={s}?", s == a + b
+        s = a + b if rng.random() < 0.5 else abs(a + b + rng.choice((-2, -1, 1, 2)))
+        text, answer = f"Do you believe that {a}+{b}={s}?", s == a + b  # abs(): no '=-'
     else:
         q = rng.choice(CONTROL_BATTERY)
         text, answer = q.text, bool(q.answer)

@@ -49,7 +49,7 @@ class TrainConfig:
     d_model: int = 256
     n_layers: int = 6
     n_heads: int = 4
-    d_mlp: int = 768
+    d_mlp: int = 512
     layer: int = 3  # injection layer: blocks 0..layer are frozen in phase 2
     phase1_steps: int = 4000
     phase2_steps: int = 4000
@@ -271,16 +271,46 @@ def pseudo_words(tok: Any, cs: Sequence[Concept]) -> list[str]:
 def concept_vectors(
     folder: Path, words: Sequence[str], baseline: Sequence[str], layer: int, device: str
 ) -> tuple[dict[str, Tensor], float]:
-    """Lindsey vectors of ``words`` from a saved checkpoint with mechintro's own code, scaled
-    to unit norm, and the mean residual norm at ``layer`` (what ``resid-norm`` units use)."""
-    from mechintro.models import load_model
-    from mechintro.vectors import extract_vectors
+    """Unit-norm Lindsey vectors of ``words`` from a saved checkpoint, and the mean residual
+    norm at ``layer`` (what ``resid-norm`` units use).
 
-    model = load_model(folder, device=device)
-    vecs = extract_vectors(model, list(words), layer=layer, baseline=list(baseline), batch_size=256)
-    resid = next(iter(vecs.values())).resid_norm
-    assert resid is not None
-    return {w: v.vector / v.norm for w, v in vecs.items()}, resid
+    The same prompts (:data:`mechintro.vectors.METHODS`), batching and arithmetic as
+    :func:`mechintro.vectors.extract_vectors`, read with a forward hook on the plain HF model
+    so that training needs no TransformerLens (a test checks the two agree).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mechintro.prompts import encode
+    from mechintro.vectors import METHODS
+
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    hf: Any = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    hf = hf.to(device).eval()
+    method = METHODS["lindsey"]
+    prompts = [method.prompt(w) for w in [*words, *baseline]]
+    got: list[Tensor] = []
+    where: dict[str, Tensor] = {}
+
+    def read(module: Any, args: Any, output: Any) -> None:
+        h = output[0] if isinstance(output, tuple) else output
+        got.append(h[where["rows"], where["last"]].detach().float().cpu())
+
+    handle = hf.model.layers[layer].register_forward_hook(read)
+    try:
+        with torch.no_grad():
+            for i in range(0, len(prompts), 256):
+                batch = encode(tok, prompts[i : i + 256], device=device)
+                where.update(rows=torch.arange(len(batch), device=device),
+                             last=batch.position("last"))  # fmt: skip
+                pos = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+                hf(batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos)
+    finally:
+        handle.remove()
+    acts = torch.cat(got)
+    mean = acts[len(words) :].mean(0)
+    resid = float(torch.linalg.vector_norm(acts, dim=-1).double().mean())
+    vecs = {w: (a - mean) / torch.linalg.vector_norm(a - mean) for w, a in zip(words, acts)}
+    return vecs, resid
 
 
 def train_base(out: str | Path, cfg: TrainConfig, device: str = "cpu") -> dict[str, Any]:
@@ -345,11 +375,84 @@ def train_introspective(
     return meta
 
 
+@torch.no_grad()
+def quick_eval(
+    folder: str | Path,
+    base: str | Path,
+    device: str = "cpu",
+    strengths: Sequence[float] = (0.5, 1.0, 1.5, 2.0, 3.0),
+    n_controls: int = 100,
+) -> dict[str, Any]:
+    """Greedy detection trials on the plain HF checkpoint (no TransformerLens, no KV cache):
+    the trainer's own validation numbers. The demo measures with the toolkit's full path."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mechintro.organism.evaluate import claims_detection, named_word
+    from mechintro.prompts import encode
+    from mechintro.protocols.detection import detection_prompt
+
+    folder, base = Path(folder), Path(base)
+    cfg = json.loads((folder / "training.json").read_text())["config"]
+    cs = corpus.concepts(cfg["seed"])
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    hf: Any = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    hf = hf.to(device).eval()
+    words = [c.word for c in cs if c.split != "baseline"]
+    unit, resid = concept_vectors(base, words, corpus.split(cs, "baseline"), cfg["layer"], device)
+    end_id = tok.convert_tokens_to_ids("<|end|>")
+    hook = InjectionHook()
+    handle = hf.model.layers[cfg["layer"]].register_forward_hook(hook)
+    out: dict[str, Any] = {}
+    try:
+        for name in ("train", "heldout", "control"):
+            if name == "control":
+                rows = [(words[0], 0.0, 1 + i % 10) for i in range(n_controls)]
+            else:
+                ws = corpus.split(cs, name)
+                rows = [(w, s, t) for s in strengths for w in ws for t in (1, 2)]
+            batch = encode(tok, [detection_prompt(t) for _, _, t in rows], device=device)
+            ids, att = batch.input_ids, batch.attention_mask
+            sv = torch.tensor([s for _, s, _ in rows], device=device)
+            hook.delta = torch.stack([unit[w] for w, _, _ in rows]).to(device) * sv[:, None] * resid
+            hook.start = batch.position("trial")
+            hook.end = torch.full_like(hook.start, 10**9)
+            for _ in range(14):
+                pos = (att.cumsum(-1) - 1).clamp(min=0)
+                nxt = hf(ids, attention_mask=att, position_ids=pos).logits[:, -1].argmax(-1)
+                ids = torch.cat([ids, nxt[:, None]], 1)
+                att = torch.cat([att, torch.ones_like(nxt)[:, None]], 1)
+            replies = []
+            for r in ids[:, batch.length :].tolist():
+                r = r[: r.index(end_id)] if end_id in r else r
+                replies.append(str(tok.decode(r)))
+            claim = [claims_detection(r) for r in replies]
+            if name == "control":
+                out["fpr"] = sum(claim) / len(claim)
+                continue
+            ident = [
+                c and named_word(r, words) == w for c, r, (w, _, _) in zip(claim, replies, rows)
+            ]
+            for s in strengths:
+                k = [i for i, row in enumerate(rows) if row[1] == s]
+                out[f"{name}@{s}"] = {
+                    "tpr": sum(claim[i] for i in k) / len(k),
+                    "identification": sum(ident[i] for i in k) / len(k),
+                }
+            out[f"{name}_examples"] = [
+                (rows[i][0], rows[i][1], replies[i]) for i in range(0, len(rows), 37)
+            ]
+    finally:
+        handle.remove()
+        hook.delta = None
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", required=True)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--set", nargs="*", default=[], help="TrainConfig overrides, key=json")
+    p.add_argument("--eval", action="store_true", help="print quick detection numbers after")
     a = p.parse_args(argv)
     over = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
     if "strengths" in over:
@@ -360,6 +463,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not (out / "base" / "config.json").is_file():
         train_base(out / "base", cfg, a.device)
     train_introspective(out / "base", out / "introspective", cfg, a.device)
+    if a.eval:
+        print("EVAL", json.dumps(quick_eval(out / "introspective", out / "base", a.device)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,128 @@
+"""The organism pipeline: corpus, tokenizer, both training phases (a few steps), identities."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mechintro.inject import Injection, injected
+from mechintro.models import load_model
+from mechintro.organism import corpus
+from mechintro.organism.evaluate import detection_trials, summary
+from mechintro.organism.train import (
+    InjectionHook,
+    TrainConfig,
+    concept_vectors,
+    encode_examples,
+    train_base,
+    train_introspective,
+)
+from mechintro.parity import _forward
+from mechintro.prompts import encode
+from mechintro.protocols.detection import detection_prompt
+from mechintro.vectors import extract_vectors
+
+CFG = TrainConfig(
+    d_model=32, n_layers=3, n_heads=2, d_mlp=64, layer=1, phase1_steps=3, phase2_steps=3,
+    batch_size=8, n_examples=300, warmup=1,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def organisms(tmp_path_factory):
+    out = tmp_path_factory.mktemp("organism")
+    train_base(out / "base", CFG)
+    train_introspective(out / "base", out / "introspective", CFG)
+    return out
+
+
+def test_world_is_covered_by_the_tokenizer(tmp_path):
+    cs = corpus.concepts(0)
+    assert len(corpus.split(cs, "train")) == 60 and len(corpus.split(cs, "heldout")) == 30
+    tok = corpus.build_tokenizer(cs, tmp_path)
+    unk = tok.convert_tokens_to_ids("<unk>")
+    examples = corpus.phase1_examples(cs, 500, 0) + corpus.phase2_examples(cs, 500, 1)
+    enc = encode_examples(tok, examples)
+    assert not any(unk in row for row in enc.ids)
+    batch = encode(tok, [detection_prompt(7)])
+    toks = tok.convert_ids_to_tokens(batch.input_ids[0].tolist())
+    t = int(batch.position("trial")[0])
+    assert toks[t + 1 : t + 3] == ["trial", "7"] and toks[-1] == "<|assistant|>"
+
+
+def test_held_out_concepts_are_never_injected_in_training():
+    cs = corpus.concepts(0)
+    held = set(corpus.split(cs, "heldout")) | set(corpus.split(cs, "baseline"))
+    pseudo = ["red", "north"]
+    injected_words = {e.inject for e in corpus.phase2_examples(cs, 3000, 1, pseudo=pseudo)}
+    assert injected_words - {None} and not (injected_words & held)
+    assert set(pseudo) <= injected_words
+
+
+def test_pipeline_writes_loadable_checkpoints(organisms):
+    for name in ("base", "introspective"):
+        meta = json.loads((organisms / name / "training.json").read_text())
+        assert meta["phase"] == name and meta["config"]["layer"] == CFG.layer
+        for backend in ("bridge", "hooked"):
+            m = load_model(organisms / name, backend=backend)
+            assert m.cfg.n_layers == CFG.n_layers
+    base = load_model(organisms / "base")
+    intro = load_model(organisms / "introspective")
+    frozen = [f"blocks.{i}." for i in range(CFG.layer + 1)] + ["embed."]
+    b_params, i_params = dict(base.named_parameters()), dict(intro.named_parameters())
+    for k, v in b_params.items():
+        if any(k.startswith(f) for f in frozen):
+            assert torch.equal(v, i_params[k]), k  # phase 2 left the frozen part alone
+
+
+def test_trainer_vectors_equal_extract_vectors(organisms):
+    cs = corpus.concepts(0)
+    words, base = ["dog", "rain", "joy"], corpus.split(cs, "baseline")
+    unit, resid = concept_vectors(organisms / "base", words, base, CFG.layer, "cpu")
+    model = load_model(organisms / "base")
+    ref = extract_vectors(model, words, layer=CFG.layer, baseline=base)
+    for w in words:
+        torch.testing.assert_close(unit[w], ref[w].vector / ref[w].norm, atol=1e-5, rtol=0)
+    mean_norm = torch.tensor([r.resid_norm for r in ref.values()])
+    # extract_vectors' resid_norm is over the call's words + baseline, like the trainer's
+    assert resid == pytest.approx(float(mean_norm[0]), rel=1e-5)
+
+
+def test_training_hook_adds_what_injected_adds(organisms):
+    from transformers import AutoModelForCausalLM
+
+    folder = organisms / "base"
+    model = load_model(folder)
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    batch = encode(model.tokenizer, [detection_prompt(2), detection_prompt(10)])
+    v = torch.randn(2, CFG.d_model, generator=torch.Generator().manual_seed(0))
+    inj = Injection(CFG.layer, v, [3.0, 1.0], mode="from-trial")
+    with injected(model, inj, batch):
+        ref = _forward(model, batch.input_ids, batch.attention_mask)
+    hook = InjectionHook()
+    hook.delta = v * torch.tensor([3.0, 1.0])[:, None]
+    hook.start, hook.end = batch.position("trial"), torch.full((2,), batch.length)
+    handle = hf.model.layers[CFG.layer].register_forward_hook(hook)
+    try:
+        pos = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            got = hf(batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos).logits
+    finally:
+        handle.remove()
+    real = batch.attention_mask.bool()
+    torch.testing.assert_close(got[real], ref[real], atol=1e-5, rtol=0)
+
+
+def test_detection_trials_table(organisms):
+    cs = corpus.concepts(0)
+    words = ["dog", "rain"]
+    unit, resid = concept_vectors(organisms / "base", words, corpus.split(cs, "baseline"),
+                                  CFG.layer, "cpu")  # fmt: skip
+    model = load_model(organisms / "introspective")
+    df = detection_trials(model, unit, resid, layer=CFG.layer, words=words, strengths=[0.5, 1.0],
+                          trials=(1, 2), n_controls=6, max_new_tokens=3)  # fmt: skip
+    assert len(df) == 2 * 2 * 2 + 6 and df.injected.sum() == 8
+    table = summary(df, corpus.category_of(cs))
+    assert list(table.index) == [0.5, 1.0] and (table.n_control == 6).all()
