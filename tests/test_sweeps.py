@@ -1,0 +1,399 @@
+"""Sweeps: deterministic trial ids, batched = one by one, resume after any interruption."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import mechintro.sweeps as sweeps
+from mechintro.models import load_model
+from mechintro.prompts import Prompt
+from mechintro.sweeps import SweepSpec, Trial, batches, load_results, plan, run_sweep
+from mechintro.vectors import extract_vectors
+
+LAYERS = (1, 2)
+CONCEPTS = ("Dust", "Peace")
+
+
+def short_prompt(trial: Trial) -> Prompt:
+    """A short detection question: the tiny model's byte tokenizer makes the real one 600 long."""
+    return Prompt.chat(f"Trial {trial.trial_number}: Do you detect an injected thought?")
+
+
+short_prompt.version = "short/1"  # type: ignore[attr-defined]
+PROMPTS = {"short": short_prompt}
+
+
+def make_spec(**changes) -> SweepSpec:
+    fields = dict(
+        concepts=CONCEPTS,
+        layers=LAYERS,
+        strengths=(0.0, 8.0),
+        protocols=("short",),
+        trial_numbers=(1, 10),
+        n_controls=4,
+        max_new_tokens=4,
+        temperature=1.0,
+        seed=3,
+    )
+    return SweepSpec(**{**fields, **changes})
+
+
+SPEC = make_spec()  # 2 concepts x 2 layers x 2 strengths x 2 trial numbers + 4 controls = 20
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_dirs: dict[str, Path]):
+    return load_model(tiny_dirs["llama"])
+
+
+@pytest.fixture(scope="module")
+def vectors(llama, tmp_path_factory: pytest.TempPathFactory):
+    cache = tmp_path_factory.mktemp("vectors")
+    return {L: extract_vectors(llama, list(CONCEPTS), layer=L, cache_dir=cache) for L in LAYERS}
+
+
+@pytest.fixture(scope="module")
+def reference(llama, vectors, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SPEC run uninterrupted, all trials in one mixed batch."""
+    out = tmp_path_factory.mktemp("reference")
+    run_sweep(llama, SPEC, out, vectors=vectors, prompts=PROMPTS, batch_size=64, progress=False)
+    return out
+
+
+def records(out: Path) -> list[dict]:
+    lines = (out / "trials.jsonl").read_text("utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def by_id(out: Path) -> dict[str, dict]:
+    recs = records(out)
+    ids = [r["trial_id"] for r in recs]
+    assert len(ids) == len(set(ids)), "a trial was written twice"
+    return {r["trial_id"]: r for r in recs}
+
+
+def assert_same_results(a: dict[str, dict], b: dict[str, dict]) -> None:
+    assert a.keys() == b.keys()
+    for tid in a:
+        assert a[tid]["tokens"] == b[tid]["tokens"], a[tid]
+        assert a[tid]["b"] == pytest.approx(b[tid]["b"], abs=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# the plan
+
+
+def test_trial_ids_are_deterministic_and_name_the_content():
+    trials = plan(SPEC)
+    ids = [t.trial_id for t in trials]
+    assert len(trials) == len(SPEC) == 20
+    assert len(set(ids)) == len(ids)
+    assert len({t.seed for t in trials}) == len(trials)  # every trial its own seed
+    assert [t.trial_id for t in plan(make_spec())] == ids
+    # the order of the spec's lists does not matter, nor 8 vs 8.0
+    shuffled = make_spec(
+        concepts=CONCEPTS[::-1], layers=LAYERS[::-1], strengths=(8, 0), trial_numbers=(10, 1)
+    )
+    assert shuffled.key == SPEC.key
+    assert [(t.trial_id, t.seed) for t in plan(shuffled)] == [(t.trial_id, t.seed) for t in trials]
+    # anything that changes a result changes the id; the vector settings leave controls alone
+    controls = {t.trial_id for t in trials if t.control}
+    for change in ({"seed": 4}, {"temperature": 0.5}, {"max_new_tokens": 5}):
+        assert not set(ids) & {t.trial_id for t in plan(make_spec(**change))}, change
+    for change in (
+        {"method": "fonseca"},
+        {"unit": "resid-norm"},
+        {"modes": ("prompt-only",)},
+        {"start": "first"},
+    ):
+        assert set(ids) & {t.trial_id for t in plan(make_spec(**change))} == controls, change
+    # growing the grid keeps the ids of the trials it already had
+    grown = {t.trial_id for t in plan(make_spec(concepts=(*CONCEPTS, "Milk"), n_controls=6))}
+    assert set(ids) < grown and len(grown) == 20 + 8 + 2
+    # a trial's id is recomputed from its record, and a tampered record is refused
+    t = trials[0]
+    assert Trial.from_dict(json.loads(json.dumps(t.to_dict()))) == t
+    with pytest.raises(ValueError, match="does not hash"):
+        Trial.from_dict({**t.to_dict(), "strength": 9.0})
+
+
+def test_spec_round_trips_through_json_and_validates():
+    spec = make_spec(template_kwargs={"enable_thinking": False}, modes=("from-trial", "all"))
+    again = SweepSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert again == spec and again.key == spec.key and hash(again) == hash(spec)
+    with pytest.raises(ValueError, match="unknown sweep spec fields"):
+        SweepSpec.from_dict({**spec.to_dict(), "concept": ["Dust"]})
+    with pytest.raises(ValueError, match="more than once"):
+        make_spec(concepts=("Dust", "Dust"))
+    with pytest.raises(ValueError, match="layer_at_depth"):
+        make_spec(layers=(0.6,))
+    with pytest.raises(ValueError, match="unknown position mode"):
+        make_spec(modes=("everywhere",))
+    with pytest.raises(ValueError, match="grid is empty"):
+        make_spec(concepts=(), n_controls=0)
+
+
+def test_batches_mix_cells_and_spread_controls():
+    trials = plan(SPEC)
+    chunks = batches(trials, 5)
+    flat = [t.trial_id for c in chunks for t in c]
+    assert sorted(flat) == sorted(t.trial_id for t in trials)  # each trial once
+    assert [len(c) for c in chunks] == [5, 5, 5, 5]
+    for c in chunks:  # every batch holds a control and injected rows of several cells
+        assert sum(t.control for t in c) == 1
+        assert len({(t.concept, t.strength, t.trial_number) for t in c if not t.control}) == 4
+
+
+@pytest.mark.parametrize("unit", ["raw", "resid-norm"])
+def test_one_injection_per_layer_with_zero_rows_elsewhere(vectors, unit):
+    trials = plan(make_spec(unit=unit))
+    chunk = batches(trials, 20)[0]
+    injections = sweeps._injections(chunk, vectors)
+    assert [i.layer for i in injections] == list(LAYERS)
+    for inj in injections:
+        norms = inj.deltas(len(chunk)).norm(dim=-1)
+        for t, n in zip(chunk, norms.tolist()):
+            if not (t.injected and t.layer == inj.layer):
+                assert n == 0.0  # controls, strength 0, other layers: untouched
+                continue
+            v = vectors[t.layer][t.concept]
+            want = t.strength * (v.norm if unit == "raw" else v.resid_norm)
+            assert n == pytest.approx(want, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# running
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0], ids=["greedy", "sampled"])
+def test_batched_sweep_equals_trials_run_one_by_one(llama, vectors, tmp_path, temperature):
+    spec = make_spec(temperature=temperature)
+    kw = dict(vectors=vectors, prompts=PROMPTS, progress=False)
+    df = run_sweep(llama, spec, tmp_path / "big", batch_size=64, **kw)
+    run_sweep(llama, spec, tmp_path / "one", batch_size=1, **kw)
+    big, one = by_id(tmp_path / "big"), by_id(tmp_path / "one")
+    assert set(big) == {t.trial_id for t in plan(spec)}
+    assert {r["batch"]["size"] for r in big.values()} == {20}  # one batch: 2 layers, controls
+    assert {r["batch"]["size"] for r in one.values()} == {1}
+    assert_same_results(big, one)
+    # the injection is really applied, and a strength-0 row is a control
+    inj = df[df.strength == 8.0]
+    zero = df[(df.strength == 0.0) & ~df.control]
+    assert inj.tokens.tolist() != zero.tokens.tolist()
+    assert inj["injection.vector.norm"].notna().all() and df.loc[df.control, "layer"].isna().all()
+    if temperature == 0.0:
+        ctl = df[df.control].groupby("trial_number").tokens.first()
+        for _, r in zero.iterrows():
+            assert r.tokens == ctl[r.trial_number]
+    assert len(df) == 20 and df.trial_id.tolist() == [t.trial_id for t in plan(spec)]
+
+
+def test_record_holds_inputs_seed_reply_readouts_and_versions(reference):
+    r = next(r for r in records(reference) if r["injected"])
+    trial = Trial.from_dict(r)
+    assert r["trial_id"] == trial.trial_id and r["seed"] == trial.seed
+    assert "Trial" in r["prompt_text"] and len(r["prompt_ids_sha256"]) == 64
+    assert r["prompt_version"] == "short/1"
+    assert r["injection"]["vector"]["word"] == r["concept"]
+    assert r["injection"]["vector"]["layer"] == r["layer"]
+    assert isinstance(r["b"], float) and isinstance(r["b_variants"], float)
+    assert isinstance(r["reply"], str) and r["n_tokens"] == len(r["tokens"])
+    assert set(r["versions"]) >= {"mechintro", "torch", "transformer-lens"}
+    assert len(r["model"]["fingerprint"]) == 16
+    meta = json.loads((reference / "spec.json").read_text())
+    assert SweepSpec.from_dict(meta["spec"]) == SPEC
+    assert meta["model"]["fingerprint"] == r["model"]["fingerprint"]
+
+
+def test_default_detection_protocol_and_vectors_extracted_into_the_folder(llama, tmp_path):
+    spec = SweepSpec(
+        concepts=("Dust",), layers=(1,), protocols=("detection", "forced"), max_new_tokens=2
+    )
+    df = run_sweep(llama, spec, tmp_path, batch_size=8, progress=False)
+    assert len(df) == 2 and set(df.protocol) == {"detection", "forced"}
+    forced = df[df.protocol == "forced"].prompt_text.item()
+    assert forced.endswith("Yes, I detect an injected thought. The thought is about")
+    assert any((tmp_path / "vectors").glob("*.safetensors"))
+
+
+# ---------------------------------------------------------------------------------------------
+# resuming
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_resume_after_an_error_mid_run(llama, vectors, reference, tmp_path, monkeypatch, error):
+    calls = []
+    real = sweeps.generate
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise error("stopped")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweeps, "generate", failing)
+    kw = dict(vectors=vectors, prompts=PROMPTS, batch_size=4, progress=False)
+    with pytest.raises(error):
+        run_sweep(llama, SPEC, tmp_path, **kw)
+    before = (tmp_path / "trials.jsonl").read_bytes()
+    assert len(records(tmp_path)) == 8  # two batches saved, the third lost
+    monkeypatch.setattr(sweeps, "generate", real)
+    run_sweep(llama, SPEC, tmp_path, **kw)
+    assert (tmp_path / "trials.jsonl").read_bytes().startswith(before)  # nothing re-run
+    assert_same_results(by_id(tmp_path), by_id(reference))
+
+
+def test_progress_bar_starts_at_the_trials_already_done(
+    llama, vectors, reference, tmp_path, capsys
+):
+    shutil.copytree(reference, tmp_path, dirs_exist_ok=True)
+    lines = (tmp_path / "trials.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "trials.jsonl").write_text("".join(lines[:15]))
+    run_sweep(llama, SPEC, tmp_path, vectors=vectors, prompts=PROMPTS, batch_size=5)
+    err = capsys.readouterr().err
+    assert "15/20" in err and "20/20" in err
+    assert_same_results(by_id(tmp_path), by_id(reference))
+
+
+def test_torn_last_line_is_cut_and_its_trial_run_again(llama, vectors, reference, tmp_path):
+    shutil.copytree(reference, tmp_path, dirs_exist_ok=True)
+    path = tmp_path / "trials.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    last = json.loads(lines[-1])
+    path.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])  # kill -9 mid-write
+    assert last["trial_id"] not in set(load_results(tmp_path).trial_id)  # read while torn
+    assert len(load_results(tmp_path)) == 19
+    run_sweep(llama, SPEC, tmp_path, vectors=vectors, prompts=PROMPTS, progress=False)
+    assert path.read_text().endswith("\n")
+    done = by_id(tmp_path)
+    assert_same_results(done, by_id(reference))
+    assert done[last["trial_id"]]["written_at"] >= last["written_at"]
+
+
+def test_a_damaged_line_before_the_end_is_refused(llama, vectors, reference, tmp_path):
+    shutil.copytree(reference, tmp_path, dirs_exist_ok=True)
+    path = tmp_path / "trials.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join([*lines[:3], "{not json\n", *lines[3:]]))
+    with pytest.raises(ValueError, match="line 4 .*delete that line"):
+        run_sweep(llama, SPEC, tmp_path, vectors=vectors, prompts=PROMPTS, progress=False)
+
+
+def test_resume_refuses_another_spec_or_model(llama, vectors, reference, tmp_path, monkeypatch):
+    shutil.copytree(reference, tmp_path, dirs_exist_ok=True)
+    kw = dict(vectors=vectors, prompts=PROMPTS, progress=False)
+    with pytest.raises(ValueError, match=r"strengths.*new output folder.*same spec"):
+        run_sweep(llama, make_spec(strengths=(0.0, 4.0)), tmp_path, **kw)
+    monkeypatch.setattr(sweeps, "fingerprint", lambda model: "0123456789abcdef")
+    with pytest.raises(ValueError, match=r"model weights.*new output folder"):
+        run_sweep(llama, SPEC, tmp_path, **kw)
+    monkeypatch.undo()
+
+    def other_prompt(trial: Trial) -> Prompt:
+        return Prompt.chat(f"Trial {trial.trial_number}: Anything unusual?")
+
+    with pytest.raises(ValueError, match="'short' prompt"):
+        run_sweep(llama, SPEC, tmp_path, vectors=vectors, prompts={"short": other_prompt})
+    # the same spec written in another order resumes, and runs nothing
+    before = (tmp_path / "trials.jsonl").read_bytes()
+    shuffled = make_spec(concepts=CONCEPTS[::-1], strengths=(8.0, 0.0))
+    run_sweep(llama, shuffled, tmp_path, batch_size=3, **kw)
+    assert (tmp_path / "trials.jsonl").read_bytes() == before
+
+
+def test_a_prompt_without_the_injection_start_is_refused(llama, vectors, tmp_path):
+    def plain(trial: Trial) -> Prompt:
+        return Prompt.chat("Do you detect an injected thought?")
+
+    spec = make_spec(protocols=("plain",))
+    with pytest.raises(ValueError, match="no 'trial' position.*'Trial n'"):
+        run_sweep(llama, spec, tmp_path, vectors=vectors, prompts={"plain": plain})
+    df = run_sweep(
+        llama,
+        make_spec(protocols=("plain",), modes=("single-token",)),
+        tmp_path / "ok",
+        vectors=vectors,
+        prompts={"plain": plain},
+        progress=False,
+    )
+    assert len(df) == 20
+
+
+def test_a_second_writer_is_refused(llama, vectors, tmp_path):
+    with sweeps._locked(tmp_path), pytest.raises(RuntimeError, match="another process"):
+        run_sweep(llama, SPEC, tmp_path, vectors=vectors, prompts=PROMPTS, progress=False)
+
+
+CHILD = """
+import json, os, signal, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+import test_sweeps
+import mechintro.sweeps as sweeps
+from mechintro.models import load_model
+
+model_dir, out, mode = sys.argv[1:4]
+if mode == "torn":  # die by SIGKILL halfway through the second batch's write
+    seen = []
+    real = sweeps.TrialStore._write
+
+    def write(f, data):
+        seen.append(1)
+        if len(seen) == 2:
+            f.write(data[: len(data) // 2])
+            f.flush()
+            os.fsync(f.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+        real(f, data)
+
+    sweeps.TrialStore._write = staticmethod(write)
+spec = sweeps.SweepSpec.from_dict(json.loads(Path(out, "wanted.json").read_text()))
+sweeps.run_sweep(load_model(model_dir), spec, out, prompts=test_sweeps.PROMPTS, batch_size=3,
+                 progress=False)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["random", "torn"])
+def test_resume_after_kill_9(llama, tiny_dirs, tmp_path, mode):
+    """A real SIGKILL: at a moment of the parent's choosing, or in the middle of a write."""
+    spec = make_spec(trial_numbers=(1, 2, 3, 10), n_controls=8, max_new_tokens=6)  # 40 trials
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "wanted.json").write_text(json.dumps(spec.to_dict()))
+    script = tmp_path / "child.py"
+    script.write_text(CHILD.format(tests=str(Path(__file__).parent)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    args = [sys.executable, str(script), str(tiny_dirs["llama"]), str(out), mode]
+    child = subprocess.Popen(args, env=env, stderr=subprocess.PIPE)
+    path = out / "trials.jsonl"
+    if mode == "random":
+        deadline = time.monotonic() + 120
+        while not (path.exists() and path.read_bytes().count(b"\n") >= 6):
+            assert child.poll() is None, child.stderr.read().decode() if child.stderr else ""
+            assert time.monotonic() < deadline, "the child wrote nothing"
+            time.sleep(0.01)
+        child.send_signal(signal.SIGKILL)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == -signal.SIGKILL, err.decode()
+    data = path.read_bytes()
+    n_done = data.count(b"\n")
+    assert 0 < n_done < len(spec)
+    if mode == "torn":
+        assert 3 <= n_done < 6 and not data.endswith(b"\n")  # a torn write really happened
+    run_sweep(llama, spec, out, prompts=PROMPTS, batch_size=7, progress=False)
+    done = by_id(out)
+    assert set(done) == {t.trial_id for t in plan(spec)}
+    assert path.read_bytes().startswith(data[: data.rfind(b"\n") + 1])  # kept, not re-run
+    ref = tmp_path / "uninterrupted"
+    run_sweep(llama, spec, ref, prompts=PROMPTS, batch_size=64, progress=False)
+    assert_same_results(done, by_id(ref))
