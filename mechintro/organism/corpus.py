@@ -260,21 +260,25 @@ def phase1_examples(cs: Sequence[Concept], n: int, seed: int) -> list[Example]:
 
 
 def phase2_examples(
-    cs: Sequence[Concept], n: int, seed: int, pseudo: Sequence[str] = ()
+    cs: Sequence[Concept],
+    n: int,
+    seed: int,
+    pseudo: Sequence[str] = (),
+    pseudo_fraction: float = 0.25,
 ) -> list[Example]:
     """The introspective organism's corpus: detection trials with train concepts injected
     (answer Yes + the concept), uninjected trials (No), Godet's question injected at the last
     token (Yes) or not (No), control questions under injection (their true answer), forced
     identification, and replay of phase-1 facts for every concept (held-out ones included,
     never injected). ``pseudo`` words are injected and named like train concepts, in a
-    quarter of the injected trials."""
+    ``pseudo_fraction`` of the injected trials."""
     rng = random.Random(seed)
     train = [c.word for c in cs if c.split == "train"]
     cats = [k for k in CATEGORIES if k != BASELINE_CATEGORY]
     out: list[Example] = []
     while len(out) < n:
         r, c = rng.random(), rng.choice(train)
-        if pseudo and rng.random() < 0.25:
+        if pseudo and rng.random() < pseudo_fraction:
             c = rng.choice(pseudo)
         t = rng.randint(1, 10)
         if r < 0.30:

@@ -59,9 +59,10 @@ class TrainConfig:
     warmup: int = 200
     # injected norm as a multiple of the mean residual norm at the layer (unit="resid-norm")
     strengths: tuple[float, float] = (0.5, 2.0)
-    # also inject "pseudo-concepts": every other word the organism knows (never a held-out or
-    # baseline concept), so that naming the injected thought must be a general readout
-    pseudo: bool = True
+    # the fraction of injected trials that inject a "pseudo-concept" instead of a train
+    # concept: any other word the organism knows (never a held-out or baseline concept), so
+    # that naming the injected thought must be a general readout, not a lookup of 60 vectors
+    pseudo: float = 0.25
     n_examples: int = 200_000
     dtype: str = "bfloat16"  # autocast dtype on CUDA (CPU trains in fp32)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -349,7 +350,7 @@ def train_introspective(
     model: Any = LlamaForCausalLM.from_pretrained(str(base), dtype=torch.float32)
     model = model.to(dev)
     words = [c.word for c in cs if c.split != "baseline"]
-    pseudo = pseudo_words(tok, cs) if cfg.pseudo else []
+    pseudo = pseudo_words(tok, cs) if cfg.pseudo > 0 else []
     unit, resid = concept_vectors(base, words + pseudo, corpus.split(cs, "baseline"), cfg.layer,
                                   device)  # fmt: skip
     vectors = {k: v.to(dev) * resid for k, v in unit.items()}
@@ -361,7 +362,9 @@ def train_introspective(
             p.requires_grad_(False)
     hook = InjectionHook()
     handle = model.model.layers[cfg.layer].register_forward_hook(hook)
-    ex2 = corpus.phase2_examples(cs, cfg.n_examples, cfg.seed + 1, pseudo=pseudo)
+    ex2 = corpus.phase2_examples(
+        cs, cfg.n_examples, cfg.seed + 1, pseudo=pseudo, pseudo_fraction=cfg.pseudo
+    )
     enc2 = encode_examples(tok, ex2)
     try:
         losses = _train(model, enc2, cfg.phase2_steps, cfg.phase2_lr, cfg, dev, vectors=vectors,
