@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-import mechintro.sweeps as sweeps
 from mechintro.models import load_model
 from mechintro.prompts import Prompt
 from mechintro.sweeps import SweepSpec, Trial, batches, load_results, plan, run_sweep
+from mechintro.sweeps import runner as sweeps  # where run_sweep looks up generate, fingerprint
 from mechintro.vectors import extract_vectors
 
 LAYERS = (1, 2)

@@ -1,1 +1,30 @@
-"""Introspection protocols: the prompts and trials of the source studies (PROTOCOLS.md §3–§6)."""
+"""Introspection protocols: the prompts and trials of the source studies (PROTOCOLS.md §3–§6).
+
+Generation protocols (named, versioned :class:`~mechintro.protocols.base.PromptProtocol`
+values in :data:`PROTOCOLS`, usable as ``SweepSpec(protocols=...)``):
+
+* :mod:`~mechintro.protocols.detection`: Lindsey/Macar's detection dialogue and forced
+  identification;
+* :mod:`~mechintro.protocols.variants`: the prompt variants of Macar et al.'s table;
+* :mod:`~mechintro.protocols.formats`: the dialogue formats (chat, raw, roles swapped,
+  characters, plain, story; Fonseca's raw format);
+* :mod:`~mechintro.protocols.transient`: Fonseca Rivera's single-token injection;
+* :mod:`~mechintro.protocols.intention`: Lindsey's prefill intention ("bread"), with a runner.
+
+Forward-only protocols: :mod:`~mechintro.protocols.noise` (Godet's noise controls,
+:class:`~mechintro.protocols.noise.NoiseControls`) and :mod:`~mechintro.protocols.control`
+(Lindsey's intentional control, :func:`~mechintro.protocols.control.intentional_control`).
+
+Example::
+
+    from mechintro.protocols import get, names
+    names()[:4]
+    get("detection/characters").prompt(2)
+"""
+
+from __future__ import annotations
+
+from mechintro.protocols.base import PromptProtocol, grade_results
+from mechintro.protocols.registry import PROTOCOLS, get, names
+
+__all__ = ["PROTOCOLS", "PromptProtocol", "get", "grade_results", "names"]

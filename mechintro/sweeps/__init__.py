@@ -1,0 +1,82 @@
+"""Sweeps: a grid of trials, run in mixed batches, stored append-only, resumable at any moment.
+
+A :class:`SweepSpec` names a grid (protocols × concepts × layers × strengths × position modes
+× trial numbers × samples, plus uninjected controls) and the settings every trial shares
+(temperature, reply length, vector method, strength unit, seed). :func:`plan` expands it into
+:class:`Trial` values, each with a deterministic ``trial_id`` (a hash of everything that
+determines its result) and its own sampling seed, so a trial's reply does not depend on the
+batch it ran in (:func:`mechintro.generate.generate` draws each row's noise from its own seed).
+
+:func:`run_sweep` runs the pending trials in batches that mix cells: different concepts,
+strengths, trial numbers and controls side by side through per-row injections, and, where a
+batch spans layers or modes, one :class:`~mechintro.inject.Injection` per (layer, mode) with
+strength 0 (bit-identical to no injection) on the rows that belong elsewhere. Batches follow
+the layer order, so most batches hook one layer; controls are spread evenly over them.
+
+The package: :mod:`~mechintro.sweeps.spec` (the grid, trials, batches),
+:mod:`~mechintro.sweeps.builders` (prompt builders: every protocol of
+:data:`mechintro.protocols.PROTOCOLS` by name), :mod:`~mechintro.sweeps.store` (the results
+folder) and :mod:`~mechintro.sweeps.runner` (:func:`run_sweep`).
+
+The results folder holds::
+
+    spec.json        the spec, the model (name, fingerprint) and each protocol's prompt hash
+    trials.jsonl     one JSON record per finished trial, appended batch by batch
+    vectors/         the concept-vector cache (mechintro.vectors.extract_vectors)
+
+Each batch's records are appended with one write, flushed and fsynced. A run stopped at any
+moment (Ctrl-C, an exception, ``kill -9``, a power cut) loses at most the batch in flight:
+on the next run the torn last line, if any, is cut off, the trial ids already present are
+skipped, and the rest run. A folder is bound to one spec and one model: resuming with another
+is refused. A lock file stops two processes from writing one folder.
+
+Example::
+
+    spec = SweepSpec(concepts=("Dust", "Peace"), layers=(20, 24), strengths=(2.0, 4.0),
+                     trial_numbers=tuple(range(1, 11)), n_controls=20, max_new_tokens=100)
+    df = run_sweep(model, spec, "runs/detection")  # rerun the same line to resume
+    df.groupby(["layer", "strength"]).reply.count()
+"""
+
+from __future__ import annotations
+
+from mechintro.sweeps.builders import (
+    PROMPT_VERSIONS,
+    PROMPTS,
+    PromptBuilder,
+    ProtocolBuilder,
+    build_prompt,
+    prompt_version,
+)
+from mechintro.sweeps.runner import Vectors, run_sweep
+from mechintro.sweeps.spec import STORE_FORMAT, SweepSpec, Trial, batches, plan
+from mechintro.sweeps.store import (
+    LOCK_FILE,
+    SPEC_FILE,
+    TRIALS_FILE,
+    TrialStore,
+    load_results,
+    load_spec,
+)
+
+__all__ = [
+    "LOCK_FILE",
+    "PROMPTS",
+    "PROMPT_VERSIONS",
+    "SPEC_FILE",
+    "STORE_FORMAT",
+    "TRIALS_FILE",
+    "PromptBuilder",
+    "ProtocolBuilder",
+    "SweepSpec",
+    "Trial",
+    "TrialStore",
+    "Vectors",
+    "batches",
+    "build_prompt",
+    "load_results",
+    "load_spec",
+    "plan",
+    "prompt_version",
+    "run_sweep",
+]

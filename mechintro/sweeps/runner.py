@@ -1,0 +1,325 @@
+"""Running a sweep: batches of mixed cells through per-row injections, records, resuming.
+
+:func:`run_sweep` is the entry point; see :mod:`mechintro.sweeps` for the design.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mechintro.generate import generate, readout
+from mechintro.inject import Injection
+from mechintro.models import TLModel, check_layer, fingerprint, model_info, tokenizer_of
+from mechintro.prompts import encode
+from mechintro.record import library_versions
+from mechintro.sweeps.builders import PROMPTS, PromptBuilder, build_prompt, prompt_version
+from mechintro.sweeps.spec import STORE_FORMAT, SweepSpec, Trial, _canon, batches, plan
+from mechintro.sweeps.store import (
+    TRIALS_FILE,
+    TrialStore,
+    _bind_folder,
+    _locked,
+    load_results,
+)
+from mechintro.vectors import ConceptVector, extract_vectors
+
+logger = logging.getLogger(__name__)
+
+Vectors = Mapping[int, Mapping[str, ConceptVector]]
+
+
+def _vector_info(v: ConceptVector) -> dict[str, Any]:
+    return {
+        "word": v.word,
+        "method": v.method,
+        "layer": v.layer,
+        "norm": v.norm,
+        "norm_ratio": v.norm_ratio,
+        "resid_norm": v.resid_norm,
+        "fingerprint": v.fingerprint,
+        "sha256": hashlib.sha256(v.vector.numpy().tobytes()).hexdigest()[:16],
+    }
+
+
+def _row_vector(v: ConceptVector, unit: str) -> torch.Tensor:
+    """The vector a strength multiplies: ``v`` (raw) or ``resid_norm·v/‖v‖`` (resid-norm)."""
+    if unit == "raw":
+        return v.vector
+    if not v.resid_norm or v.norm == 0:
+        raise ValueError(
+            f"unit='resid-norm' needs a non-zero vector with resid_norm; {v.word!r} has "
+            f"norm {v.norm} and resid_norm {v.resid_norm}"
+        )
+    return v.vector / v.norm * v.resid_norm
+
+
+def _injections(trials: Sequence[Trial], vectors: Vectors) -> list[Injection]:
+    """One per-row Injection per (layer, mode, start) in the batch; other rows get strength 0.
+
+    A strength-0 row is never steered (bit-identical to no hook), so rows of other layers,
+    controls and within-cell controls can share the batch.
+    """
+    groups = sorted({(t.layer, t.mode, t.start) for t in trials if t.injected}, key=str)
+    out = []
+    for key in groups:
+        layer, mode, start = key
+        assert layer is not None and mode is not None and start is not None
+        mine = [t.injected and (t.layer, t.mode, t.start) == key for t in trials]
+        rows = [
+            _row_vector(vectors[layer][t.concept], t.unit or "raw") if m and t.concept else None
+            for t, m in zip(trials, mine)
+        ]
+        filler = next(r for r in rows if r is not None)  # multiplied by strength 0
+        out.append(
+            Injection(
+                layer,
+                torch.stack([filler if r is None else r for r in rows]),
+                [t.strength if m else 0.0 for t, m in zip(trials, mine)],
+                mode=mode,
+                start=start,
+            )
+        )
+    return out
+
+
+def _run_batch(
+    model: TLModel,
+    spec: SweepSpec,
+    trials: Sequence[Trial],
+    builders: Mapping[str, PromptBuilder],
+    vectors: Vectors,
+    common: Mapping[str, Any],
+) -> list[dict[str, Any]]:
+    tok = tokenizer_of(model)
+    prompts = [build_prompt(builders[t.protocol], t, tok) for t in trials]
+    batch = encode(tok, prompts, **spec.template_kwargs)
+    injections = _injections(trials, vectors)
+    inj = injections or None
+    t0 = time.perf_counter()
+    gen = generate(
+        model,
+        batch,
+        injection=inj,
+        max_new_tokens=spec.max_new_tokens,
+        temperature=spec.temperature,
+        seed=[t.seed for t in trials],
+    )
+    b: list[float | None] = [None] * len(trials)
+    bv: list[float | None] = [None] * len(trials)
+    read_s = 0.0
+    if spec.readout:
+        t1 = time.perf_counter()
+        r = readout(model, batch, injection=inj)
+        b, bv = r.b.tolist(), r.b_variants.tolist()
+        read_s = time.perf_counter() - t1
+    wall = time.perf_counter() - t0
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    ids, pad = batch.input_ids.tolist(), batch.n_pad.tolist()
+    starts = batch.positions.get(spec.start)
+    records = []
+    for i, t in enumerate(trials):
+        prompt_ids = ids[i][pad[i] :]
+        injection = None
+        if t.concept is not None:
+            at = None if starts is None or int(starts[i]) < 0 else int(starts[i]) - pad[i]
+            injection = {
+                "layer": t.layer,
+                "strength": t.strength,
+                "mode": t.mode,
+                "unit": t.unit,
+                "start": t.start,
+                "start_position": at,
+                "vector": common["vectors"][(t.layer, t.concept)],
+            }
+        records.append(
+            {
+                **t.to_dict(),
+                "injected": t.injected,
+                "control": t.control,
+                "reply": gen.replies[i],
+                "tokens": gen.tokens[i],
+                "n_tokens": len(gen.tokens[i]),
+                "finished": gen.finished[i],
+                "b": b[i],
+                "b_variants": bv[i],
+                "prompt_text": batch.texts[i],
+                "prompt_ids_sha256": hashlib.sha256(_canon(prompt_ids).encode()).hexdigest(),
+                "n_prompt_tokens": len(prompt_ids),
+                "prompt_version": common["prompt_versions"][t.protocol],
+                "injection": injection,
+                "batch": {
+                    "size": len(trials),
+                    "generate_seconds": gen.seconds,
+                    "readout_seconds": read_s,
+                    "seconds_per_trial": wall / len(trials),
+                },
+                "written_at": now,
+                "spec_key": common["spec_key"],
+                "model": common["model"],
+                "versions": common["versions"],
+            }
+        )
+    return records
+
+
+def _resolve_vectors(
+    model: TLModel, spec: SweepSpec, pending: Sequence[Trial], given: Vectors | None, out: Path
+) -> Vectors:
+    need: dict[int, list[str]] = {}
+    for t in pending:
+        if t.concept is not None and t.layer is not None:
+            words = need.setdefault(t.layer, [])
+            if t.concept not in words:
+                words.append(t.concept)
+    if given is not None:
+        missing = [(L, w) for L, ws in need.items() for w in ws if w not in given.get(L, {})]
+        if missing:
+            raise KeyError(
+                f"vectors= lacks (layer, concept) {missing[:5]}{'...' if len(missing) > 5 else ''}"
+                ": pass {layer: {concept: ConceptVector}} for every layer and concept of the spec"
+            )
+        for L, ws in need.items():
+            for w in ws:
+                v = given[L][w]
+                if v.layer is not None and v.layer != L:
+                    raise ValueError(f"the vector of {w!r} given for layer {L} is from {v.layer}")
+        return given
+    return {
+        L: extract_vectors(
+            model, sorted(ws), layer=L, method=spec.method, cache_dir=out / "vectors"
+        )
+        for L, ws in sorted(need.items())
+    }
+
+
+def _run_meta(
+    model: TLModel, spec: SweepSpec, trials: Sequence[Trial], builders: Mapping[str, PromptBuilder]
+) -> dict[str, Any]:
+    """What ``spec.json`` binds a folder to: spec, model, and a hash of each protocol's prompt.
+
+    Each protocol's first prompt is encoded here, so a prompt that lacks the position where
+    the injection starts is refused before anything runs.
+    """
+    probes = {}
+    tok = tokenizer_of(model)
+    for name in spec.protocols:
+        first = next(t for t in trials if t.protocol == name)
+        batch = encode(tok, [build_prompt(builders[name], first, tok)], **spec.template_kwargs)
+        probes[name] = hashlib.sha256(_canon(batch.input_ids[0].tolist()).encode()).hexdigest()
+        needs = {"from-trial", "prompt-only", "span"} & set(spec.modes) if spec.concepts else ()
+        for mode in sorted(needs):
+            where = batch.spans if mode == "span" else batch.positions
+            if spec.start not in where or int(where[spec.start].min()) < 0:
+                raise ValueError(
+                    f"the {name!r} prompt has no {spec.start!r} position, where {mode} "
+                    f"injection starts: use a prompt with 'Trial n' (or the marked span), "
+                    f"start= another position, or modes such as 'all' or 'generation-only'"
+                )
+    return {
+        "format": STORE_FORMAT,
+        "spec": spec.to_dict(),
+        "spec_key": spec.key,
+        "model": {**model_info(model).to_dict(), "fingerprint": fingerprint(model)},
+        "prompts": probes,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": library_versions(),
+    }
+
+
+def run_sweep(
+    model: TLModel,
+    spec: SweepSpec,
+    out_dir: str | os.PathLike[str],
+    *,
+    vectors: Vectors | None = None,
+    prompts: Mapping[str, PromptBuilder] | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> Any:
+    """Run every trial of ``spec`` not yet in ``out_dir``; return all results as a DataFrame.
+
+    Args:
+        vectors: ``{layer: {concept: ConceptVector}}``; by default extracted once per layer
+            with ``spec.method`` and cached in ``out_dir/vectors``.
+        prompts: extra prompt builders ``{name: (Trial) -> Prompt}`` for ``spec.protocols``
+            (a builder's ``version`` attribute, if any, is recorded).
+        batch_size: trials per generation; it does not change any result, so a run may be
+            resumed with another.
+        progress: show a tqdm bar over trials (starting at those already done).
+
+    Rerunning the same call after an interruption resumes it: no trial is lost or repeated.
+
+    Example::
+
+        df = run_sweep(model, SweepSpec(concepts=("Dust",), layers=(2,)), "runs/a", batch_size=64)
+    """
+    from tqdm.auto import tqdm
+
+    builders = {**PROMPTS, **(prompts or {})}
+    unknown = [p for p in spec.protocols if p not in builders]
+    if unknown:
+        raise ValueError(
+            f"no prompt builder for protocols {unknown}: use {sorted(builders)} or pass "
+            "prompts={name: builder}"
+        )
+    for layer in spec.layers:
+        check_layer(model, layer)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    trials = plan(spec)
+    with _locked(out):
+        store = TrialStore(out / TRIALS_FILE)
+        has_trials = bool(store.read())
+        meta = _run_meta(model, spec, trials, builders)
+        _bind_folder(out, meta, has_trials)
+        done = {r["trial_id"] for r in store.repair()}
+        planned = {t.trial_id for t in trials}
+        extra = done - planned
+        if extra:
+            logger.warning("%s holds %d trials that this spec does not plan", out, len(extra))
+        pending = [t for t in trials if t.trial_id not in done]
+        if done:
+            logger.info(
+                "resuming %s: %d of %d trials done", out, len(trials) - len(pending), len(trials)
+            )
+        vecs = _resolve_vectors(model, spec, pending, vectors, out)
+        common = {
+            "spec_key": spec.key,
+            "model": meta["model"],
+            "versions": meta["versions"],
+            "prompt_versions": {n: prompt_version(n, builders[n]) for n in spec.protocols},
+            "vectors": {(L, w): _vector_info(v) for L, ws in vecs.items() for w, v in ws.items()},
+        }
+        bar = tqdm(
+            total=len(trials),
+            initial=len(trials) - len(pending),
+            unit="trial",
+            desc="sweep",
+            disable=not progress,
+        )
+        try:
+            for chunk in batches(pending, batch_size):
+                store.append(_run_batch(model, spec, chunk, builders, vecs, common))
+                bar.update(len(chunk))
+        except KeyboardInterrupt:
+            logger.warning(
+                "interrupted: %d of %d trials are saved in %s; run the same call again to resume",
+                bar.n,
+                len(trials),
+                out,
+            )
+            raise
+        finally:
+            bar.close()
+    return load_results(out)
