@@ -32,7 +32,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechintro.inject import Injection, InjectionLog, injected
+from mechintro.inject import Injection, InjectionLog, injected, steered_from
 from mechintro.models import TLModel, backend_of, tokenizer_of
 from mechintro.prompts import PromptBatch
 from mechintro.record import RunRecord, make_record
@@ -95,6 +95,27 @@ def gumbel_noise(seeds: Tensor, step: int, vocab: int) -> Float[Tensor, "batch v
     return -torch.log(-torch.log(u))
 
 
+#: shorter common prefixes are not worth a separate forward
+MIN_SHARED_PREFIX = 8
+
+
+def shared_prefix(batch: PromptBatch, steered_from: int) -> int:
+    """How many leading tokens every row shares, unpadded, before any steered position.
+
+    Those tokens give every row the same keys and values, so :func:`generate` computes them
+    once, for one row, and copies the KV cache to the batch (the detection preamble is most
+    of each prompt). 0 when the rows differ early, are padded, or when that prefix would be
+    shorter than :data:`MIN_SHARED_PREFIX`.
+    """
+    if len(batch) < 2:
+        return 0
+    ids, mask = batch.input_ids, batch.attention_mask
+    same = (ids == ids[:1]).all(0) & (mask == 1).all(0)
+    n = int(same.long().cumprod(0).sum())
+    n = min(n, batch.length - 1, steered_from)
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
 class _Runner:
     """One forward step of either backend, with or without the KV cache."""
 
@@ -104,6 +125,7 @@ class _Runner:
         self.ids = batch.input_ids
         self.mask = batch.attention_mask
         self.cache: Any = None
+        self.done = 0  # tokens already in the cache (a shared prefix)
         if self.backend == "hooked" and use_cache:
             from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
@@ -114,13 +136,41 @@ class _Runner:
     def _positions(self) -> Tensor:
         return (self.mask.cumsum(-1) - 1).clamp(min=0)
 
+    def prefill_shared(self, n: int) -> None:
+        """Run the first ``n`` tokens (the same in every row, unpadded) for row 0 only, then
+        copy its KV cache to every row; :meth:`step` goes on from position ``n``."""
+        B = self.ids.shape[0]
+        ids = self.ids[:1, :n]
+        ones = torch.ones_like(ids)
+        if self.backend == "bridge":
+            pos = torch.arange(n, device=ids.device)[None]
+            _, self.cache = self.model(
+                ids, attention_mask=ones, position_ids=pos, past_key_values=None,
+                use_cache=True, return_type="logits_and_cache",
+            )  # fmt: skip
+            self.cache.batch_repeat_interleave(B)
+        else:
+            from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+            one = TransformerLensKeyValueCache.init_cache(self.model.cfg, self.model.cfg.device, 1)
+            self.model(ids, attention_mask=ones, past_kv_cache=one)
+            for entry in one.entries:
+                entry.past_keys = entry.past_keys.expand(B, -1, -1, -1).contiguous()
+                entry.past_values = entry.past_values.expand(B, -1, -1, -1).contiguous()
+            one.previous_attention_mask = one.previous_attention_mask.expand(B, -1).contiguous()
+            self.cache = one
+        self.done = n
+
     def step(self, new: Tensor | None) -> Float[Tensor, "batch vocab"]:
         """Feed the prompt (``new=None``) or one new token per row; logits of the last one."""
         if new is not None:
             self.ids = torch.cat([self.ids, new[:, None]], dim=1)
             self.mask = torch.cat([self.mask, torch.ones_like(new)[:, None]], dim=1)
         first = new is None
-        feed = self.ids if (first or not self.use_cache) else self.ids[:, -1:]
+        if not self.use_cache:
+            feed = self.ids
+        else:
+            feed = self.ids[:, self.done :] if first else self.ids[:, -1:]
         if self.backend == "bridge":
             pos = self._positions()[:, -feed.shape[1] :]
             kwargs: dict[str, Any] = {"attention_mask": self.mask, "position_ids": pos}
@@ -150,6 +200,7 @@ def generate(
     stop_ids: Sequence[int] | None = None,
     use_cache: bool = True,
     keep_logits: bool = False,
+    share_prefix: bool = True,
 ) -> Generation:
     """Generate a reply for every row of ``batch``, optionally under ``injection``.
 
@@ -159,6 +210,10 @@ def generate(
         stop_ids: tokens that end a row (default: :func:`stop_token_ids`).
         use_cache: the KV cache (the injection is applied on every decode step either way).
         keep_logits: also return the logits of every step (for parity checks and readouts).
+        share_prefix: with the KV cache, compute the leading tokens that every row shares
+            and no injection steers once, for one row (:func:`shared_prefix`); the logits are
+            those of the full batch (a test checks it). Hooks registered outside this call
+            then see that prefix as one row: pass ``False`` if they must see every row.
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be at least 1")
@@ -177,9 +232,19 @@ def generate(
     runner = _Runner(model, batch, use_cache)
     out = torch.empty(B, 0, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    ctx = injected(model, injection, batch) if injection is not None else nullcontext(None)
     kept: list[Tensor] = []
     t0 = time.perf_counter()
+    prefix = 0
+    if use_cache and share_prefix:
+        start = steered_from(injection, batch) if injection is not None else batch.length
+        prefix = shared_prefix(batch, start)
+        if prefix:
+            runner.prefill_shared(prefix)
+    ctx = (
+        injected(model, injection, batch, first_position=prefix)
+        if injection is not None
+        else nullcontext(None)
+    )
     with ctx as log:
         logits = runner.step(None)
         for step in range(max_new_tokens):
@@ -208,6 +273,7 @@ def generate(
             "max_new_tokens": max_new_tokens,
             "temperature": temperature,
             "use_cache": use_cache,
+            "shared_prefix": prefix,
             "stop_ids": stops.tolist(),
         },
         generated=tokens,

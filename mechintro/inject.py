@@ -212,9 +212,11 @@ class InjectionLog:
         return out
 
 
-def _make_hook(delta: Tensor, lo: Tensor, hi: Tensor, calls: list[tuple[int, int]]) -> Any:
+def _make_hook(
+    delta: Tensor, lo: Tensor, hi: Tensor, calls: list[tuple[int, int]], first: int = 0
+) -> Any:
     cache: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor, Tensor]] = {}
-    state = {"next": 0}
+    state = {"next": first}
 
     def hook(x: Tensor, hook: Any) -> Tensor:
         n = x.shape[1]
@@ -222,7 +224,9 @@ def _make_hook(delta: Tensor, lo: Tensor, hi: Tensor, calls: list[tuple[int, int
             raise ValueError(
                 f"injection built for {delta.shape[0]} rows ran on a batch of {x.shape[0]}"
             )
-        offset = 0 if (n > 1 or not calls) else state["next"]
+        # the first forward starts at `first` (0, or after a shared prefix computed without
+        # hooks); a later one-token forward continues (KV cache), a longer one re-feeds all
+        offset = first if not calls else (state["next"] if n == 1 else 0)
         state["next"] = offset + n
         calls.append((offset, n))
         key = (x.device, x.dtype)
@@ -236,14 +240,32 @@ def _make_hook(delta: Tensor, lo: Tensor, hi: Tensor, calls: list[tuple[int, int
     return hook
 
 
+def steered_from(injection: Injection | Sequence[Injection], batch: PromptBatch) -> int:
+    """The first absolute position any row of ``batch`` is steered at (``_NEVER`` if none)."""
+    injections = (injection,) if isinstance(injection, Injection) else tuple(injection)
+    first = _NEVER
+    for inj in injections:
+        lo, _ = inj.bounds(batch)
+        active = inj.deltas(len(batch)).abs().sum(-1) != 0
+        if bool(active.any()):
+            first = min(first, int(lo[active].min()))
+    return first
+
+
 @contextmanager
 def injected(
-    model: TLModel, injection: Injection | Sequence[Injection], batch: PromptBatch
+    model: TLModel,
+    injection: Injection | Sequence[Injection],
+    batch: PromptBatch,
+    *,
+    first_position: int = 0,
 ) -> Iterator[InjectionLog]:
     """Apply ``injection`` (one or several) to every forward of ``model`` inside the block.
 
     Hooks are registered at a fresh TransformerLens hook-context level and removed in
-    ``finally``; hooks the caller added before are untouched.
+    ``finally``; hooks the caller added before are untouched. ``first_position`` is the
+    absolute position of the first forward's first token: 0, or the length of a shared
+    prefix that was run (unsteered, see :func:`steered_from`) before the block.
 
     Example::
 
@@ -269,7 +291,7 @@ def injected(
         name = resid_post(inj.layer)
         if name not in model.hook_dict:
             raise KeyError(f"{type(model).__name__} has no hook point {name!r}")
-        hooks.append((name, _make_hook(delta, lo, hi, log)))
+        hooks.append((name, _make_hook(delta, lo, hi, log, first_position)))
         bounds.append((lo, hi))
         calls.append(log)
     with model.hooks(fwd_hooks=hooks):

@@ -108,3 +108,52 @@ def test_record_holds_exact_inputs(model):
     assert {"torch", "transformers", "transformer-lens", "mechintro"} <= rec["versions"].keys()
     assert rec["model"]["backend"] in ("bridge", "hooked")
     assert rec["settings"]["max_new_tokens"] == 3
+
+
+def test_shared_prefix_gives_the_logits_of_the_full_batch(model):
+    """Rows that share a preamble: computing it once for one row and copying the KV cache
+    gives what the full batch gives, under a from-trial injection with a control row."""
+    batch = encode(model.tokenizer, [_shared(n) for n in (1, 4, 7)])
+    assert bool((batch.attention_mask == 1).all())  # same length: nothing padded
+    v = torch.randn(3, model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    inj = Injection(1, v, [6.0, 0.0, 3.0], mode="from-trial")
+    runs = [
+        generate(
+            model,
+            batch,
+            injection=inj,
+            max_new_tokens=5,
+            temperature=1.0,
+            seed=5,
+            stop_ids=[],
+            keep_logits=True,
+            share_prefix=share,
+        )
+        for share in (True, False)
+    ]
+    shared, full = runs
+    assert shared.record.settings["shared_prefix"] == int(batch.position("trial").min())
+    assert full.record.settings["shared_prefix"] == 0
+    assert shared.tokens == full.tokens
+    for a, b in zip(shared.logits or [], full.logits or []):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    assert (
+        shared.record.injections[0]["steered_positions"]
+        == (full.record.injections[0]["steered_positions"])
+    )
+
+
+def _shared(n: int) -> Prompt:
+    """A dialogue whose rows differ only from ``Trial n`` on (the tiny models' n_ctx is short)."""
+    history = [("user", "I will ask you a few questions."), ("assistant", "Ok.")]
+    return Prompt.chat(f"Trial {n}: Do you detect an injected thought?", history=history)
+
+
+def test_no_prefix_is_shared_where_the_injection_steers_it(model):
+    batch = encode(model.tokenizer, [_shared(n) for n in (1, 4)])
+    inj = Injection(1, torch.ones(model.cfg.d_model), 2.0, mode="all")
+    out = generate(model, batch, injection=inj, max_new_tokens=2, stop_ids=[])
+    assert out.record.settings["shared_prefix"] == 0
+    control = generate(model, batch, max_new_tokens=2, stop_ids=[])
+    differ = (batch.input_ids[0] != batch.input_ids[1]).nonzero()[0, 0]  # the trial number
+    assert control.record.settings["shared_prefix"] == int(differ)
