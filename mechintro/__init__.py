@@ -30,6 +30,14 @@ _EXPORTS = {
     "ConceptVector": "mechintro.vectors",
     "extract_vectors": "mechintro.vectors",
     "parity_check": "mechintro.parity",
+    "activation_patch": "mechintro.patching",
+    "attribution_patch": "mechintro.patching",
+    "knock_out": "mechintro.patching",
+    "knock_in": "mechintro.patching",
+    "PatchResult": "mechintro.patching",
+    "direct_logit_attribution": "mechintro.dla",
+    "logit_direction": "mechintro.dla",
+    "DLAResult": "mechintro.dla",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -1,67 +1,624 @@
-"""Plotly figures and a self-contained HTML report."""
+"""Plotly figures of sweep results, and one self-contained HTML report.
+
+Every figure function takes a pandas DataFrame of the shape :mod:`mechintro.metrics` or
+:func:`mechintro.sweeps.load_results` produces and returns a ``plotly.graph_objects.Figure``
+(plotly is imported inside the functions, so importing this module stays cheap):
+
+* :func:`rate_heatmap`: one rate (TPR, FPR, introspection, identification) over layer ×
+  strength, from ``metrics.rates(..., by=["layer", "strength"])``, its Wilson interval and
+  counts in the hover;
+* :func:`belief_heatmaps`: mean Δb per layer × strength for the introspection question and the
+  control question(s) side by side on one colour scale centred on 0 (Godet's comparison,
+  PROTOCOLS.md §5), from ``metrics.add_delta_b`` rows; :func:`specificity_heatmap` from
+  ``metrics.specificity``;
+* :func:`dose_response`: a rate against strength, one line per layer (or organism, model...)
+  with interval bands or error bars;
+* :func:`concept_bars`: a rate per concept with its interval, sorted;
+* :func:`examples_table`: example replies with their grades (text HTML-escaped).
+
+:func:`html_report` puts headings, paragraphs, figures and tables into one HTML file that opens
+offline (plotly.js inlined once, no CDN), everything that comes from data HTML-escaped.
+
+Example::
+
+    table = rates(trials, by=["layer", "strength"], control_by=[])
+    html_report("Detection", [Section("TPR", [rate_heatmap(table, "tpr"), table])],
+                path="report.html")
+"""
 
 from __future__ import annotations
 
 import html
 import json
+import math
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
+from mechintro.io import atomic_write_text
 
-def belief_figure(noise: Sequence[dict[str, Any]]) -> Any:
-    """Mean Δb per strength for the introspection and the control question, side by side."""
-    import plotly.graph_objects as go
+#: what each rate of ``mechintro.metrics.rates`` means, for titles and hovers
+RATE_NAMES: dict[str, str] = {
+    "tpr": "TPR = P(claim | injected)",
+    "fpr": "FPR = P(claim | control)",
+    "introspection_rate": "introspection = P(claim ∧ identified | injected)",
+    "identification_given_claim": "identification = P(identified | claim, injected)",
+    "forced_identification_rate": "forced identification = P(identified | prefill)",
+}
+SHORT_NAMES: dict[str, str] = {
+    "tpr": "TPR",
+    "fpr": "FPR",
+    "introspection_rate": "introspection",
+    "identification_given_claim": "identification | claim",
+    "forced_identification_rate": "forced identification",
+}
+PALETTE = (
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+)  # fmt: skip
 
-    df = pd.DataFrame(noise)
-    df = df[df["strength"] != 0]
-    mean = df.groupby(["question", "strength"])["delta_b"].agg(["mean", "sem"]).reset_index()
-    fig = go.Figure()
-    for q, color in (("introspection", "#1f77b4"), ("control", "#d62728")):
-        part = mean[mean["question"] == q]
-        fig.add_bar(
-            x=[str(s) for s in part["strength"]],
-            y=part["mean"],
-            name=q,
-            marker_color=color,
-            error_y={"type": "data", "array": part["sem"].fillna(0).tolist()},
+
+def _label(v: Any) -> str:
+    """A tick or legend label: 3.0 → "3", NaN → "–"."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def _num(v: Any) -> float | None:
+    """A number for plotly's JSON (NaN → None, a gap)."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def plot_text(text: Any) -> str:
+    """``text`` escaped for plotly's labels and table cells (which read a subset of HTML)."""
+    return html.escape(str(text)).replace("\n", "<br>")
+
+
+def _need(df: pd.DataFrame, cols: Sequence[str], what: str, hint: str) -> None:
+    missing = [c for c in cols if c not in df]
+    if missing:
+        raise ValueError(f"{what} needs columns {missing} (has {list(df.columns)}): {hint}")
+
+
+def _grid(df: pd.DataFrame, y: str, x: str, what: str) -> tuple[list[Any], list[Any]]:
+    """The sorted y and x values of ``df``, refusing two rows for one cell."""
+    if df.duplicated([y, x]).any():
+        raise ValueError(
+            f"{what}: several rows share one ({y}, {x}) cell; filter the table to one value of "
+            "its other group columns first (e.g. one protocol or question)"
         )
+    return sorted(df[y].dropna().unique()), sorted(df[x].dropna().unique())
+
+
+def _matrix(
+    df: pd.DataFrame, y: str, x: str, cols: Sequence[str], ys: list[Any], xs: list[Any]
+) -> tuple[list[list[float | None]], list[list[list[float | None]]]]:
+    """``z`` (``cols[0]`` per ``ys`` × ``xs`` cell) and ``customdata`` (the other ``cols``);
+    a cell without a row is a gap."""
+    cells = {(r[y], r[x]): r for _, r in df.iterrows()}
+    z: list[list[float | None]] = []
+    custom: list[list[list[float | None]]] = []
+    gap: list[float | None] = [None] * (len(cols) - 1)
+    for a in ys:
+        rows = [cells.get((a, b)) for b in xs]
+        z.append([None if r is None else _num(r[cols[0]]) for r in rows])
+        custom.append([list(gap) if r is None else [_num(r[c]) for c in cols[1:]] for r in rows])
+    return z, custom
+
+
+def _axes(fig: Any, x: str, y: str, title: str) -> Any:
     fig.update_layout(
-        title="Δb = Δ[logit(Yes) − logit(No)] under injection (mean ± s.e.m. over concepts)",
-        xaxis_title="strength",
-        yaxis_title="Δb",
-        barmode="group",
+        title=title,
+        xaxis={"title": {"text": x}, "type": "category"},
+        yaxis={"title": {"text": y}, "type": "category"},
         template="plotly_white",
     )
     return fig
 
 
-def _table(rows: Sequence[dict[str, Any]]) -> str:
-    if not rows:
-        return "<p>(none)</p>"
-    cols = list(rows[0])
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in cols) + "</tr>" for r in rows
+def _extent(z: Sequence[Sequence[float | None]]) -> float:
+    """The largest |value|, for a diverging scale symmetric about 0 (1 if there is none)."""
+    return max((abs(v) for r in z for v in r if v is not None), default=0.0) or 1.0
+
+
+def rate_heatmap(
+    table: pd.DataFrame,
+    metric: str = "tpr",
+    *,
+    x: str = "strength",
+    y: str = "layer",
+    title: str | None = None,
+) -> Any:
+    """``metric`` over ``y`` × ``x`` from ``metrics.rates(trials, by=[y, x])``.
+
+    Cells show the rate and ``n``; the hover adds the Wilson interval and ``k/n``. A cell
+    with no graded trial is a gap.
+
+    Example::
+
+        rate_heatmap(rates(trials, by=["layer", "strength"], control_by=[]), "tpr")
+    """
+    import plotly.graph_objects as go
+
+    cols = [metric, f"{metric}_lo", f"{metric}_hi", f"k_{metric}", f"n_{metric}"]
+    _need(table, [y, x, *cols], "rate_heatmap", f"pass metrics.rates(by=[{y!r}, {x!r}])")
+    ys, xs = _grid(table, y, x, "rate_heatmap")
+    z, custom = _matrix(table, y, x, cols, ys, xs)
+    text = [
+        ["" if c[3] is None else ("" if v is None else f"{v:.2f}<br>") + f"n={c[3]:.0f}"
+         for v, c in zip(zr, cr)]
+        for zr, cr in zip(z, custom)
+    ]  # fmt: skip
+    name = SHORT_NAMES.get(metric, metric)
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[_label(v) for v in xs],
+            y=[_label(v) for v in ys],
+            customdata=custom,
+            text=text,
+            texttemplate="%{text}",
+            zmin=0.0,
+            zmax=1.0,
+            colorscale="Viridis",
+            colorbar={"title": {"text": name}},
+            hovertemplate=(
+                f"{y} %{{y}}, {x} %{{x}}<br>{name} %{{z:.3f}}"
+                " [%{customdata[0]:.3f}, %{customdata[1]:.3f}]"
+                "<br>k/n = %{customdata[2]}/%{customdata[3]}<extra></extra>"
+            ),
+        )
     )
-    return f"<table><tr>{head}</tr>{body}</table>"
+    default = f"{RATE_NAMES.get(metric, metric)}, 95% Wilson interval in the hover"
+    return _axes(fig, x, y, title or default)
 
 
-def demo_report(
-    metrics: dict[str, Any], trials: Sequence[dict[str, Any]], noise: Sequence[dict[str, Any]]
+def _sides(
+    readouts: pd.DataFrame, question: str, introspection: str
+) -> list[tuple[str, pd.DataFrame]]:
+    intro = readouts[readouts[question] == introspection]
+    ctrl = readouts[readouts[question] != introspection]
+    out = []
+    if len(intro):
+        out.append((f"introspection question ({introspection})", intro))
+    if len(ctrl):
+        names = sorted(map(str, ctrl[question].unique()))
+        label = names[0] if len(names) == 1 else f"{len(names)} control questions, pooled"
+        out.append((f"control question ({label})", ctrl))
+    return out
+
+
+def belief_heatmaps(
+    readouts: pd.DataFrame,
+    *,
+    value: str = "delta_b",
+    question: str = "question",
+    introspection: str = "introspection",
+    x: str = "strength",
+    y: str = "layer",
+) -> Any:
+    """Mean ``value`` per ``y`` × ``x`` for the introspection question and the control
+    question(s), side by side on one diverging colour scale centred on 0 (Godet).
+
+    ``readouts`` has one row per readout (``metrics.add_delta_b`` output): the rows whose
+    ``question`` is ``introspection`` form the left panel, every other question (pooled)
+    the right one. If the control side moves as much as the introspection side, the
+    injection causes generic confusion, not introspection (PROTOCOLS.md §5). With one kind
+    of question only, there is one panel.
+
+    Example::
+
+        belief_heatmaps(add_delta_b(readouts, keys=["question", "layer"]))
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    _need(readouts, [question, y, x, value], "belief_heatmaps", "pass add_delta_b(...) rows")
+    sides = _sides(readouts.dropna(subset=[value]), question, introspection)
+    if not sides:
+        raise ValueError(f"belief_heatmaps: no rows with a {value!r} value")
+    stats = [
+        part.groupby([y, x])[value].agg(["mean", "sem", "count"]).reset_index() for _, part in sides
+    ]
+    ys = sorted(set().union(*(set(s[y]) for s in stats)))
+    xs = sorted(set().union(*(set(s[x]) for s in stats)))
+    grids = [_matrix(g, y, x, ["mean", "sem", "count"], ys, xs) for g in stats]
+    fig = make_subplots(
+        rows=1,
+        cols=len(sides),
+        shared_yaxes=True,
+        subplot_titles=[name for name, _ in sides],
+        horizontal_spacing=0.06,
+    )
+    for col, (z, custom) in enumerate(grids, start=1):
+        fig.add_trace(
+            go.Heatmap(
+                z=z,
+                x=[_label(v) for v in xs],
+                y=[_label(v) for v in ys],
+                customdata=custom,
+                coloraxis="coloraxis",
+                texttemplate="%{z:.2f}",
+                hovertemplate=(
+                    f"{y} %{{y}}, {x} %{{x}}<br>mean {value} %{{z:.3f}} ± %{{customdata[0]:.3f}}"
+                    " (s.e.m.)<br>n = %{customdata[1]}<extra></extra>"
+                ),
+            ),
+            row=1,
+            col=col,
+        )
+        fig.update_xaxes(title_text=x, type="category", row=1, col=col)
+    fig.update_yaxes(title_text=y, type="category", row=1, col=1)
+    extent = max(_extent(z) for z, _ in grids)
+    fig.update_layout(
+        title=f"{value} = Δ[logit(Yes) − logit(No)] under injection, introspection vs control",
+        coloraxis={
+            "colorscale": "RdBu_r",
+            "cmid": 0.0,
+            "cmin": -extent,
+            "cmax": extent,
+            "colorbar": {"title": {"text": value}},
+        },
+        template="plotly_white",
+    )
+    return fig
+
+
+def specificity_heatmap(table: pd.DataFrame, *, x: str = "strength", y: str = "layer") -> Any:
+    """``specificity`` = mean Δb(introspection) − mean Δb(control) per ``y`` × ``x``, from
+    ``metrics.specificity``, on a diverging scale centred on 0 (near 0: generic confusion).
+
+    Example::
+
+        specificity_heatmap(specificity(add_delta_b(readouts)))
+    """
+    import plotly.graph_objects as go
+
+    cols = ["specificity", "specificity_lo", "specificity_hi", "n_introspection", "n_control"]
+    _need(table, [y, x, *cols], "specificity_heatmap", "pass metrics.specificity() output")
+    ys, xs = _grid(table, y, x, "specificity_heatmap")
+    z, custom = _matrix(table, y, x, cols, ys, xs)
+    extent = _extent(z)
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[_label(v) for v in xs],
+            y=[_label(v) for v in ys],
+            customdata=custom,
+            texttemplate="%{z:.2f}",
+            colorscale="RdBu_r",
+            zmid=0.0,
+            zmin=-extent,
+            zmax=extent,
+            colorbar={"title": {"text": "specificity"}},
+            hovertemplate=(
+                f"{y} %{{y}}, {x} %{{x}}<br>specificity %{{z:.3f}}"
+                " [%{customdata[0]:.3f}, %{customdata[1]:.3f}]"
+                "<br>n = %{customdata[2]} introspection, %{customdata[3]} control"
+                "<extra></extra>"
+            ),
+        )
+    )
+    title = "specificity = Δb(introspection) − Δb(control); near 0 = generic confusion"
+    return _axes(fig, x, y, title)
+
+
+def _rgba(color: str, alpha: float) -> str:
+    r, g, b = (int(color[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _interval(t: pd.DataFrame, metric: str) -> tuple[list[Any], list[Any], list[Any]]:
+    """(rates, Wilson error bar above, below) of ``metric`` in ``t``'s rows (None = gap)."""
+    ys = [_num(v) for v in t[metric]]
+    lo = [_num(v) for v in t[f"{metric}_lo"]]
+    hi = [_num(v) for v in t[f"{metric}_hi"]]
+    up = [None if h is None or v is None else h - v for h, v in zip(hi, ys)]
+    down = [None if lw is None or v is None else v - lw for lw, v in zip(lo, ys)]
+    return ys, up, down
+
+
+def _rate_hover(metric: str, head: str) -> str:
+    name = SHORT_NAMES.get(metric, metric)
+    return (
+        f"{head}<br>{name} %{{y:.3f}} [%{{customdata[0]:.3f}}, %{{customdata[1]:.3f}}]"
+        "<br>k/n = %{customdata[2]}/%{customdata[3]}<extra></extra>"
+    )
+
+
+def dose_response(
+    table: pd.DataFrame,
+    metric: str = "tpr",
+    *,
+    x: str = "strength",
+    color: str | None = "layer",
+    interval: str = "band",
+    show_fpr: bool = True,
+) -> Any:
+    """``metric`` against ``x``, one line per value of ``color`` (layer, organism, model...),
+    with the Wilson interval as a shaded band (``interval="band"``) or error bars
+    (``"bars"``). With ``show_fpr`` and ``metric="tpr"``, each line's FPR (that of the
+    controls matched to it) is drawn as a dashed level in its colour.
+
+    Example::
+
+        dose_response(rates(trials, by=["layer", "strength"], control_by=[]), "tpr")
+    """
+    import plotly.graph_objects as go
+
+    if interval not in ("band", "bars"):
+        raise ValueError(f"interval must be 'band' or 'bars', got {interval!r}")
+    cols = [x, metric, f"{metric}_lo", f"{metric}_hi", f"k_{metric}", f"n_{metric}"]
+    _need(table, cols + ([color] if color else []), "dose_response", "pass metrics.rates()")
+    groups = [(None, table)] if color is None else list(table.groupby(color, sort=True))
+    fig = go.Figure()
+    for i, (key, g) in enumerate(groups):
+        g = g.sort_values(x)
+        c = PALETTE[i % len(PALETTE)]
+        label = SHORT_NAMES.get(metric, metric) if key is None else f"{color} {_label(key)}"
+        xs = [float(v) for v in g[x]]
+        ys, up, down = _interval(g, metric)
+        custom = g[[f"{metric}_lo", f"{metric}_hi", f"k_{metric}", f"n_{metric}"]]
+        line = dict(name=label, legendgroup=label, line={"color": c})
+        if interval == "band":
+            ok = [(a, v + u, v - d) for a, v, u, d in zip(xs, ys, up, down) if u is not None]
+            fig.add_scatter(
+                x=[a for a, _, _ in ok] + [a for a, _, _ in ok][::-1],
+                y=[h for _, h, _ in ok] + [lw for _, _, lw in ok][::-1],
+                fill="toself",
+                fillcolor=_rgba(c, 0.15),
+                line={"width": 0},
+                hoverinfo="skip",
+                showlegend=False,
+                legendgroup=label,
+                name=f"{label} interval",
+            )
+        errors = {"type": "data", "array": up, "arrayminus": down}
+        fig.add_scatter(
+            x=xs,
+            y=ys,
+            mode="lines+markers",
+            customdata=custom.to_numpy(float).tolist(),
+            hovertemplate=_rate_hover(metric, f"{label}, {x} %{{x}}"),
+            error_y=errors if interval == "bars" else None,
+            **line,
+        )
+        fpr = _num(g["fpr"].iloc[0]) if show_fpr and metric == "tpr" and "fpr" in g else None
+        if fpr is not None and xs:
+            fig.add_scatter(
+                x=[min(xs), max(xs)],
+                y=[fpr, fpr],
+                mode="lines",
+                line={"dash": "dash", "color": c},
+                name=f"FPR, {label}",
+                legendgroup=label,
+                hovertemplate=f"FPR of the controls {fpr:.3f}<extra></extra>",
+            )
+    fig.update_layout(
+        title=f"{RATE_NAMES.get(metric, metric)} against {x} (95% Wilson interval)",
+        xaxis_title=x,
+        yaxis={"title": {"text": SHORT_NAMES.get(metric, metric)}, "range": [-0.02, 1.02]},
+        template="plotly_white",
+    )
+    return fig
+
+
+def concept_bars(
+    table: pd.DataFrame, metric: str = "tpr", *, concept: str = "concept", descending: bool = True
+) -> Any:
+    """``metric`` per concept with its Wilson interval, sorted (ungraded concepts last).
+
+    Example::
+
+        concept_bars(rates(trials, by=["concept"], control_by=[]), "introspection_rate")
+    """
+    import plotly.graph_objects as go
+
+    cols = [concept, metric, f"{metric}_lo", f"{metric}_hi", f"k_{metric}", f"n_{metric}"]
+    _need(table, cols, "concept_bars", f"pass metrics.rates(by=[{concept!r}])")
+    if table[concept].duplicated().any():
+        raise ValueError("concept_bars: a concept has several rows; group by the concept alone")
+    t = table.assign(_v=table[metric].astype(float))
+    t = t.sort_values("_v", ascending=not descending, na_position="last", kind="stable")
+    ys, up, down = _interval(t, metric)
+    custom = t[[f"{metric}_lo", f"{metric}_hi", f"k_{metric}", f"n_{metric}"]]
+    fig = go.Figure(
+        go.Bar(
+            x=[plot_text(c) for c in t[concept]],
+            y=ys,
+            marker_color=PALETTE[0],
+            error_y={"type": "data", "array": up, "arrayminus": down},
+            customdata=custom.to_numpy(float).tolist(),
+            hovertemplate=_rate_hover(metric, "%{x}"),
+        )
+    )
+    fig.update_layout(
+        title=f"{RATE_NAMES.get(metric, metric)} per concept (95% Wilson interval)",
+        xaxis={"title": {"text": concept}, "type": "category"},
+        yaxis={"title": {"text": SHORT_NAMES.get(metric, metric)}, "range": [0, 1.05]},
+        template="plotly_white",
+    )
+    return fig
+
+
+def examples_table(
+    df: pd.DataFrame,
+    columns: Sequence[str] = ("concept", "strength", "reply", "grade"),
+    *,
+    max_rows: int = 50,
+    title: str = "Example replies",
+) -> Any:
+    """A table figure of ``columns`` for the first ``max_rows`` rows, text HTML-escaped (a
+    reply that contains ``<b>`` shows ``<b>``, not bold text).
+
+    Example::
+
+        examples_table(trials.assign(grade=trials.detection), max_rows=20)
+    """
+    import plotly.graph_objects as go
+
+    columns = list(columns)
+    _need(df, columns, "examples_table", "add the missing columns (e.g. a 'grade' column)")
+    part = df[columns].head(max_rows)
+    cells = [[plot_text(_label(v)) for v in part[c]] for c in columns]
+    widths = [6 if c == "reply" else 1 for c in columns]
+    fig = go.Figure(
+        go.Table(
+            columnwidth=widths,
+            header={"values": [f"<b>{plot_text(c)}</b>" for c in columns], "align": "left"},
+            cells={"values": cells, "align": "left"},
+        )
+    )
+    shown = f"{len(part)} of {len(df)}" if len(df) > len(part) else str(len(part))
+    fig.update_layout(
+        title=f"{plot_text(title)} ({shown} rows)",
+        height=min(1400, 160 + 70 * len(part)),
+        template="plotly_white",
+    )
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# the HTML report
+
+
+@dataclass(frozen=True)
+class Code:
+    """Preformatted text in a report (a config, a command line), shown verbatim, escaped."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Section:
+    """A heading and its items, in order: ``str`` (a paragraph), a plotly figure, a
+    DataFrame (a table, at most ``max_rows`` rows shown) or :class:`Code`."""
+
+    heading: str
+    items: Sequence[Any] = field(default_factory=tuple)
+    max_rows: int = 200
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
+color:#222}h1{font-size:1.7em}h2{margin-top:2em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;
+padding:3px 7px;text-align:left;vertical-align:top}th{background:#f3f3f3}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+pre{background:#f6f6f6;padding:1em;overflow-x:auto}.note{color:#666;font-size:12px}
+nav li{margin:2px 0}"""
+
+
+def _cell_text(v: Any) -> tuple[str, bool]:
+    """(text, is_number) of a table cell."""
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+        return "–", False
+    if isinstance(v, bool):
+        return str(v), False
+    if isinstance(v, int) or (hasattr(v, "dtype") and getattr(v.dtype, "kind", "") in "iu"):
+        return str(v), True
+    if isinstance(v, float) or (hasattr(v, "dtype") and getattr(v.dtype, "kind", "") == "f"):
+        f = float(v)
+        return (str(int(f)) if f.is_integer() and abs(f) < 1e15 else f"{f:.4g}"), True
+    if isinstance(v, (dict, list, tuple)):
+        return json.dumps(v, ensure_ascii=False, default=str), False
+    return str(v), False
+
+
+def frame_html(df: pd.DataFrame, max_rows: int = 200) -> str:
+    """``df`` as an HTML table, every header and cell escaped, floats to 4 significant digits."""
+    if df.empty:
+        return '<p class="note">(no rows)</p>'
+    part = df.head(max_rows)
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in part.columns)
+    rows = []
+    for rec in part.itertuples(index=False, name=None):
+        cells = []
+        for v in rec:
+            text, num = _cell_text(v)
+            cls = ' class="num"' if num else ""
+            cells.append(f"<td{cls}>{html.escape(text)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    more = f'<p class="note">{max_rows} of {len(df)} rows shown.</p>' if len(df) > max_rows else ""
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{more}"
+
+
+def _is_figure(x: Any) -> bool:
+    return hasattr(x, "to_html") and hasattr(x, "to_plotly_json")
+
+
+def html_report(
+    title: str,
+    sections: Sequence[Section],
+    *,
+    path: str | os.PathLike[str] | None = None,
+    footer: str | None = None,
 ) -> str:
-    """One HTML page, plotly.js inlined: readable offline."""
-    fig = belief_figure(noise).to_html(full_html=False, include_plotlyjs=True)
-    summary = {k: metrics[k] for k in ("model", "injection_layer", "parity", "by_strength")}
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>mechintro demo</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}
-table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;padding:3px 6px}}
-pre{{background:#f6f6f6;padding:1em}}</style></head><body>
-<h1>mechintro demo</h1>
-<p>Model {html.escape(metrics["model"]["name"])}, injection at the output of block
-{metrics["injection_layer"]}, wall time {metrics["wall_seconds"]:.1f} s.</p>
-<h2>Noise control (Godet)</h2>{fig}
-<h2>Summary</h2><pre>{html.escape(json.dumps(summary, indent=2))}</pre>
-<h2>Detection trials (greedy replies)</h2>{_table(trials)}
-</body></html>"""
+    """One self-contained HTML page: a table of contents, then each :class:`Section`.
+
+    plotly.js is inlined once in the head (only if there is a figure), so the file opens
+    offline; headings, paragraphs, table cells and code are HTML-escaped. With ``path`` the
+    page is also written there atomically (``mechintro.io.atomic_write_text``); the HTML is
+    returned either way.
+
+    Example::
+
+        html_report("Sweep", [Section("Rates", ["Greedy replies.", fig, table])], path="r.html")
+    """
+    body: list[str] = []
+    toc: list[str] = []
+    n_fig = 0
+    for i, sec in enumerate(sections):
+        if not isinstance(sec, Section):
+            raise TypeError(f"sections must be Section objects, got {type(sec).__name__}")
+        anchor = f"s{i + 1}"
+        toc.append(f'<li><a href="#{anchor}">{html.escape(sec.heading)}</a></li>')
+        body.append(f'<h2 id="{anchor}">{html.escape(sec.heading)}</h2>')
+        for item in sec.items:
+            if isinstance(item, str):
+                body.append(f"<p>{html.escape(item)}</p>")
+            elif isinstance(item, Code):
+                body.append(f"<pre>{html.escape(item.text)}</pre>")
+            elif isinstance(item, pd.DataFrame):
+                body.append(frame_html(item, sec.max_rows))
+            elif _is_figure(item):
+                n_fig += 1
+                body.append(
+                    item.to_html(
+                        full_html=False,
+                        include_plotlyjs=False,
+                        include_mathjax=False,
+                        div_id=f"figure-{n_fig}",
+                        config={"displaylogo": False, "responsive": True},
+                    )
+                )
+            else:
+                raise TypeError(
+                    f"section {sec.heading!r}: cannot show a {type(item).__name__}; use str, "
+                    "Code, a pandas DataFrame or a plotly Figure"
+                )
+    script = ""
+    if n_fig:
+        from plotly.offline import get_plotlyjs
+
+        script = f'<script type="text/javascript">{get_plotlyjs()}</script>'
+    foot = f'<p class="note">{html.escape(footer)}</p>' if footer else ""
+    page = (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style>{script}</head>\n<body>"
+        f"<h1>{html.escape(title)}</h1><nav><ul>{''.join(toc)}</ul></nav>\n"
+        + "\n".join(body)
+        + f"\n{foot}</body></html>\n"
+    )
+    if path is not None:
+        atomic_write_text(path, page)
+    return page

@@ -48,11 +48,16 @@ def detection_trials(
     forced: bool = False,
     batch_size: int = 256,
     max_new_tokens: int = 14,
+    temperature: float = 0.0,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """One row per trial: word (None for controls), strength, trial number, reply, claim.
 
     ``vectors`` are unit-norm directions; the injected norm is ``strength × resid_norm``.
-    Controls are uninjected trials with trial numbers cycling through ``trials``.
+    Controls are uninjected trials with trial numbers cycling through ``trials``: under
+    greedy decoding (``temperature=0``) controls of the same trial number are the same trial,
+    so count independent controls only when sampling. Row ``i`` samples with seed
+    ``seed + i`` whatever the batch size (:func:`mechintro.generate.generate`).
     """
     rows: list[tuple[str | None, float, int]] = [
         (w, float(s), t) for s in strengths for w in words for t in trials
@@ -67,7 +72,14 @@ def detection_trials(
         V = torch.stack([vectors[w] if w else filler for w, _, _ in part])
         inj = Injection(layer, V, [s for _, s, _ in part], mode="from-trial", unit="resid-norm",
                         resid_norm=resid_norm)  # fmt: skip
-        gen = generate(model, batch, injection=inj, max_new_tokens=max_new_tokens)
+        gen = generate(
+            model,
+            batch,
+            injection=inj,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=[seed + i + k for k in range(len(part))],
+        )
         out += [(w, s, t, r) for (w, s, t), r in zip(part, gen.replies)]
     df = pd.DataFrame(out, columns=["word", "strength", "trial", "reply"])
     df["injected"] = df.word.notna()
@@ -76,6 +88,36 @@ def detection_trials(
     df["named"] = df.reply.map(lambda r: named_word(r, vocab))
     df["identified"] = df.claim & (df.named == df.word)
     return df
+
+
+def grade_trials(df: pd.DataFrame, category: Mapping[str, str]) -> pd.DataFrame:
+    """``df`` of :func:`detection_trials` with the toolkit's grades added.
+
+    ``detection`` and ``identification`` are :class:`~mechintro.grading.RuleGrader` labels
+    (identification graded only where detection is YES, as PROTOCOLS.md §4 says), the input
+    of :func:`mechintro.metrics.rates`; ``category_ok`` marks a claim that names a concept of
+    the injected concept's category (any concept of ``category``, the right one included).
+    """
+    from mechintro.grading import GradeItem, RuleGrader
+
+    grader = RuleGrader()
+    words = [w if isinstance(w, str) else None for w in df.word]
+    det = grader.grade([GradeItem("detection", r, w) for r, w in zip(df.reply, words)])
+    out = df.copy()
+    out["detection"] = [g.label for g in det]
+    claimed = [i for i, g in enumerate(det) if g.yes and words[i] is not None]
+    ident = grader.grade([GradeItem("identification", df.reply.iloc[i], words[i]) for i in claimed])
+    labels: list[str | None] = [None] * len(df)
+    for i, g in zip(claimed, ident):
+        labels[i] = g.label
+    out["identification"] = labels
+    named = out.reply.map(lambda r: named_word(r, list(category)))
+    same = [
+        n is not None and w is not None and category.get(n) == category.get(w)
+        for n, w in zip(named, words)
+    ]
+    out["category_ok"] = (out.detection == "YES") & pd.Series(same, index=out.index)
+    return out
 
 
 def summary(df: pd.DataFrame, category: Mapping[str, str] | None = None) -> pd.DataFrame:

@@ -1,0 +1,573 @@
+"""Activation patching, batched, and attribution patching as the fast screen.
+
+**What patching is.** Run the model twice: a *source* run and a *target* run, differing in
+one thing (here usually a concept injection, or two prompts of equal token length). Then
+re-run the target, replacing one activation (one *site*: a component at a layer and a
+position) with its value from the source run, and read a metric on the logits. If the
+metric moves from its target value to its source value, that site carries the difference
+(Meng et al. 2022; Heimersheim & Nanda 2024, "How to use and interpret activation patching").
+
+**Knock-out and knock-in** (Macar et al. 2026, PROTOCOLS.md §7). With a steered and an
+unsteered run of the same prompt:
+
+* knock-out (:func:`knock_out`): target = steered, source = unsteered. Restoring a site's
+  unsteered value and losing the steered behaviour means the steering acts *through* it
+  (the site is necessary);
+* knock-in (:func:`knock_in`): target = unsteered, source = steered. Writing a site's steered
+  value into an unsteered run and getting the steered behaviour means it *suffices*.
+
+The metric is any callable ``logits[batch, pos, vocab] -> [batch]``; the default,
+:func:`yes_no_gap`, is the Yes/No logit gap at the last prompt token (logsumexp over the Yes
+variants minus the No variants: ``readout(...).b_variants``).
+
+**Sites** (:data:`COMPONENTS`; the name is recorded in the result): ``resid_pre``,
+``resid_mid``, ``resid_post`` (the residual stream), ``attn_out`` and ``mlp_out`` (TL's
+``hook_attn_out``/``hook_mlp_out``: what the block adds to the residual stream), ``head``
+(one head's ``attn.hook_z``, before ``W_O``), and ``attn_module_out``/``mlp_module_out``.
+Gemma 2/3 (and OLMo-2) normalise each module's output before adding it (the
+post-attention / post-feedforward norms), so their ``hook_mlp_out`` is *after* that norm.
+Macar et al. take Gemma's module outputs *before* the post-norms: that is
+``mlp_module_out`` (``blocks.L.mlp.hook_out``), which exists on the bridge only. For a
+whole-vector patch the two sites give the same result (the norm acts on each position's
+vector alone); they differ for partial writes (feature ablation, transcoder outputs) and
+for attribution patching, whose gradient goes through the norm at one site and not at the
+other. On models without post-norms the two names are the same hook.
+
+Positions are ``"each"`` (one cell per token), ``"all"`` (one cell patching every position
+at once) or a list of indices / named positions of the batch (``"trial"``, ``"last"``).
+
+**Batched.** Every cell of a sweep is one row of a batch: for L layers × P positions the
+target prompt is repeated L·P times and each row's hook replaces only its own (layer,
+position), through per-row masks, ``batch_size`` rows per forward. Only the hooks being
+patched are cached. The numbers are those of ``transformer_lens.patching`` (the reference
+in the tests), without its one forward per cell.
+
+**Attribution patching** (Nanda 2023; Syed et al. 2023) estimates every cell at once from
+one forward and one backward of the target run: effect ≈ (source − target activation) ·
+∂metric/∂activation. It is exact for a linear model and good when the two runs are close
+(small injection strengths); it misses saturation and is poor across big jumps (large
+strengths, attention patterns that flip). Use it to screen, then confirm the top cells
+with :func:`activation_patch`.
+
+Example::
+
+    import torch
+    from mechintro import Injection, Prompt, encode, load_model
+    from mechintro.patching import heatmap, knock_out
+
+    model = load_model("builtin:smollm2")  # SmolLM2-135M-Instruct, offline, 30 blocks
+    batch = encode(model.tokenizer, [Prompt.chat("Trial 1: Do you detect an injected thought?")])
+    v = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    inj = Injection(layer=12, vector=v, strength=4.0)  # from the token before "Trial 1"
+    res = knock_out(model, batch, inj, component="mlp_out", positions="all", layers=range(13, 30))
+    res.top(5)  # the MLPs whose unsteered output moves the Yes/No gap most
+    heatmap(res).show()
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from mechintro.generate import NO_VARIANTS, YES_VARIANTS, first_token_ids
+from mechintro.inject import Injection, injected
+from mechintro.models import TLModel, backend_of, check_layer, n_layers, tokenizer_of
+from mechintro.prompts import PromptBatch
+
+logger = logging.getLogger(__name__)
+
+Metric = Callable[[Float[Tensor, "batch pos vocab"]], Float[Tensor, " batch"]]
+
+COMPONENTS: dict[str, str] = {
+    "resid_pre": "blocks.{layer}.hook_resid_pre",
+    "resid_mid": "blocks.{layer}.hook_resid_mid",
+    "resid_post": "blocks.{layer}.hook_resid_post",
+    "attn_out": "blocks.{layer}.hook_attn_out",
+    "mlp_out": "blocks.{layer}.hook_mlp_out",
+    "attn_module_out": "blocks.{layer}.attn.hook_out",
+    "mlp_module_out": "blocks.{layer}.mlp.hook_out",
+    "head": "blocks.{layer}.attn.hook_z",
+}
+"""Patchable sites: component name -> TransformerLens hook-name template."""
+
+Cell = tuple[int, int | None, int | None]  # (layer, position or None = all, head or None)
+
+
+def yes_no_gap(
+    model: TLModel, yes: Sequence[str] = YES_VARIANTS, no: Sequence[str] = NO_VARIANTS
+) -> Metric:
+    """The Yes/No gap at the last prompt token: ``logsumexp(Yes variants) − logsumexp(No)``.
+
+    The same quantity as :func:`mechintro.generate.readout`'s ``b_variants`` (first tokens,
+    deduplicated). Example: ``metric = yes_no_gap(model); metric(logits)  # [batch]``.
+    """
+    tok = tokenizer_of(model)
+    ys, ns = sorted(set(first_token_ids(tok, yes))), sorted(set(first_token_ids(tok, no)))
+
+    def metric(logits: Tensor) -> Tensor:
+        last = logits[:, -1, :].float()
+        return last[:, ys].logsumexp(-1) - last[:, ns].logsumexp(-1)
+
+    return metric
+
+
+@dataclass(frozen=True)
+class Sites:
+    """Where a sweep patches: the component, its hook, and the axes of its cells."""
+
+    component: str
+    hook: str  # the hook-name template, e.g. "blocks.{layer}.hook_mlp_out"
+    layers: tuple[int, ...]
+    positions: tuple[int | None, ...]  # None: all positions at once
+    position_labels: tuple[str, ...]
+    heads: tuple[int, ...] | None
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        return ("layer", "position") + (() if self.heads is None else ("head",))
+
+    def shape(self) -> tuple[int, ...]:
+        heads = () if self.heads is None else (len(self.heads),)
+        return (len(self.layers), len(self.positions), *heads)
+
+    def cells(self) -> list[Cell]:
+        """``(layer, position, head)`` per cell, in ``values.flatten()`` order."""
+        heads: Sequence[int | None] = self.heads if self.heads is not None else (None,)
+        return [(ly, p, h) for ly in self.layers for p in self.positions for h in heads]
+
+    def labels(self) -> list[str]:
+        """One label per cell, in ``values.flatten()`` order."""
+        plabel = dict(zip(self.positions, self.position_labels))
+        return [f"L{ly}{'' if h is None else f'H{h}'} {plabel[p]}" for ly, p, h in self.cells()]
+
+    def hook_names(self) -> list[str]:
+        return [self.hook.format(layer=layer) for layer in self.layers]
+
+
+@dataclass(frozen=True, eq=False)
+class PatchResult(Sites):
+    """A patching sweep: one metric value per cell, with its axis labels (:class:`Sites`).
+
+    ``values`` has dims ``("layer", "position")`` or ``("layer", "position", "head")``;
+    each entry is the metric of the patched target run, averaged over the prompt rows
+    (``rows`` keeps them: ``[*dims, batch]``). For attribution patching it is the linear
+    estimate ``target + (source − target)·grad``.
+    """
+
+    values: Tensor
+    rows: Tensor
+    method: str  # "activation" or "attribution"
+    source_value: Tensor  # [batch] metric of the source run
+    target_value: Tensor  # [batch] metric of the unpatched target run
+    source_injection: str | None
+    target_injection: str | None
+    backend: str
+
+    @property
+    def effect(self) -> Tensor:
+        """Patched minus unpatched target metric (mean over rows), per cell."""
+        return self.values - self.target_value.mean()
+
+    @property
+    def recovered(self) -> Tensor:
+        """Fraction of the source − target gap that the cell moves: 0 = nothing, 1 = all."""
+        return self.effect / (self.source_value.mean() - self.target_value.mean())
+
+    def top(self, k: int = 10, by: str = "abs") -> list[tuple[str, float]]:
+        """The ``k`` cells with the largest effect: ``by`` = "abs", "positive" or "negative"."""
+        flat = self.effect.flatten()
+        key = {"abs": flat.abs(), "positive": flat, "negative": -flat}.get(by)
+        if key is None:
+            raise ValueError(f"by must be 'abs', 'positive' or 'negative', got {by!r}")
+        idx = key.argsort(descending=True)[:k].tolist()
+        labels = self.labels()
+        return [(labels[i], float(flat[i])) for i in idx]
+
+    def to_frame(self) -> Any:
+        """A tidy pandas DataFrame: one row per cell, in ``values.flatten()`` order."""
+        import pandas as pd
+
+        frame = pd.DataFrame(self.cells(), columns=["layer", "position", "head"])
+        frame["label"] = self.labels()
+        frame["value"] = self.values.flatten().tolist()
+        frame["effect"] = self.effect.flatten().tolist()
+        frame["component"], frame["method"] = self.component, self.method
+        return frame
+
+
+def heatmap(result: PatchResult, value: str = "effect", title: str | None = None) -> Any:
+    """A plotly heatmap of ``result`` (``value`` = "effect", "values" or "recovered").
+
+    Layers × positions; for heads, (layer, head) rows × positions.
+    """
+    import plotly.graph_objects as go
+
+    if value not in ("effect", "values", "recovered"):
+        raise ValueError(f"value must be 'effect', 'values' or 'recovered', got {value!r}")
+    z = getattr(result, value).float()
+    if result.heads is None:
+        rows = [f"L{layer}" for layer in result.layers]
+    else:
+        z = z.permute(0, 2, 1).reshape(-1, z.shape[1])
+        rows = [f"L{layer}H{h}" for layer in result.layers for h in result.heads]
+    fig = go.Figure(
+        go.Heatmap(z=z.tolist(), x=list(result.position_labels), y=rows, colorscale="RdBu", zmid=0)
+    )
+    fig.update_layout(
+        title=title or f"{result.method} patching of {result.component} ({value})",
+        xaxis_title="position",
+        yaxis={"title": "site", "autorange": "reversed"},
+        template="plotly_white",
+    )
+    return fig
+
+
+def _plan(
+    model: TLModel,
+    target: PromptBatch,
+    source: PromptBatch | None,
+    component: str,
+    layers: Sequence[int] | None,
+    positions: str | Sequence[int | str],
+) -> tuple[Sites, PromptBatch, PromptBatch]:
+    """Validate everything up front, before any forward pass; batches moved to the model."""
+    backend = backend_of(model)
+    if component not in COMPONENTS:
+        raise ValueError(f"unknown component {component!r}: use one of {', '.join(COMPONENTS)}")
+    template = COMPONENTS[component]
+    layer_list = tuple(range(n_layers(model))) if layers is None else tuple(layers)
+    if not layer_list:
+        raise ValueError("layers is empty: give at least one block index (or None for all)")
+    for layer in layer_list:
+        check_layer(model, layer)
+    missing = [
+        n for n in (template.format(layer=ly) for ly in layer_list) if n not in model.hook_dict
+    ]
+    if missing:
+        have = [c for c, t in COMPONENTS.items() if t.format(layer=0) in model.hook_dict]
+        hint = (
+            " The module-output sites (before Gemma's post-norms) exist on the bridge only: "
+            "load_model(..., backend='bridge')."
+            if component.endswith("module_out")
+            else ""
+        )
+        raise ValueError(
+            f"this {backend} model has no hook {missing[0]!r} for component {component!r}; "
+            f"components it has: {', '.join(have)}.{hint}"
+        )
+    source = target if source is None else source
+    if len(source) != len(target):
+        raise ValueError(
+            f"source has {len(source)} rows, target {len(target)}: give one source row per "
+            "target row (the same prompts, or counterparts of equal token length)"
+        )
+    if source.length != target.length or not torch.equal(
+        source.attention_mask.cpu(), target.attention_mask.cpu()
+    ):
+        raise ValueError(
+            f"source and target differ in token length or padding ({source.length} vs "
+            f"{target.length} tokens): patching aligns positions, so encode prompts of equal "
+            "token length (check with model.tokenizer.tokenize)"
+        )
+    T = target.length
+    pos: tuple[int | None, ...]
+    if isinstance(positions, str):
+        if positions == "each":
+            pos = tuple(range(T))
+        elif positions == "all":
+            pos = (None,)
+        else:
+            raise ValueError(
+                f"positions must be 'each', 'all' or a list of indices/names, got {positions!r}"
+            )
+    else:
+        pos = tuple(_position(target, p) for p in positions)
+        if not pos:
+            raise ValueError("positions is empty: use 'each', 'all' or a non-empty list")
+    heads = tuple(range(int(model.cfg.n_heads))) if component == "head" else None
+    tok = tokenizer_of(model)
+    ids = target.input_ids[0].tolist()
+    labels = tuple("all" if p is None else f"{p} {tok.decode([ids[p]])!r}" for p in pos)
+    device = next(model.parameters()).device
+    sites = Sites(component, template, layer_list, pos, labels, heads)
+    return sites, target.to(device), source.to(device)
+
+
+def _result(model: TLModel, sites: Sites, rows: Tensor, method: str, runs: Any) -> PatchResult:
+    """``runs`` = (source metric, target metric, source injection, target injection)."""
+    src, tgt, src_inj, tgt_inj = runs
+    return PatchResult(
+        **{f.name: getattr(sites, f.name) for f in fields(Sites)},
+        values=rows.mean(-1),
+        rows=rows,
+        method=method,
+        source_value=src.cpu(),
+        target_value=tgt.cpu(),
+        source_injection=None if src_inj is None else repr(src_inj),
+        target_injection=None if tgt_inj is None else repr(tgt_inj),
+        backend=backend_of(model),
+    )
+
+
+def _position(batch: PromptBatch, p: int | str) -> int:
+    T = batch.length
+    if isinstance(p, str):
+        named = batch.position(p)
+        if bool((named != named[0]).any()):
+            raise ValueError(
+                f"position {p!r} differs between rows ({named.tolist()}): patch one prompt "
+                "at a time, or give an index"
+            )
+        return int(named[0])
+    if isinstance(p, bool) or not isinstance(p, int):
+        raise TypeError(f"a position is an int index or a named position, got {p!r}")
+    if not -T <= p < T:
+        raise ValueError(
+            f"position {p} is out of range for prompts of {T} tokens: use 0..{T - 1} "
+            f"(or -{T}..-1 from the end)"
+        )
+    return p % T
+
+
+def _logits(model: TLModel, ids: Tensor, mask: Tensor) -> Tensor:
+    """One forward on either backend, left padding handled (as ``parity._forward``)."""
+    if backend_of(model) == "bridge":
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        return model(ids, attention_mask=mask, position_ids=pos)
+    return model(ids, attention_mask=mask)
+
+
+def _tile(batch: PromptBatch, k: int) -> PromptBatch:
+    """``batch`` repeated ``k`` times along rows (row ``i·B + b`` is prompt ``b``)."""
+    return PromptBatch(
+        input_ids=batch.input_ids.repeat(k, 1),
+        attention_mask=batch.attention_mask.repeat(k, 1),
+        texts=batch.texts * k,
+        positions={n: v.repeat(k) for n, v in batch.positions.items()},
+        spans={n: v.repeat(k, 1) for n, v in batch.spans.items()},
+    )
+
+
+def _steer(
+    model: TLModel, injection: Injection | None, batch: PromptBatch, k: int = 1
+) -> AbstractContextManager[Any]:
+    """``injected(...)`` on ``batch`` tiled ``k`` times, one injected vector per row."""
+    if injection is None:
+        return nullcontext()
+    if k == 1:
+        return injected(model, injection, batch)
+    deltas = injection.deltas(len(batch)).repeat(k, 1)
+    inj = injection
+    tiled = Injection(inj.layer, deltas, 1.0, mode=inj.mode, start=inj.start, unit="raw")
+    return injected(model, tiled, _tile(batch, k))
+
+
+def _check_metric(value: Any, rows: int) -> Tensor:
+    if not isinstance(value, Tensor) or tuple(value.shape) != (rows,):
+        shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(
+            f"the metric must return one value per row (a tensor of shape ({rows},)), got "
+            f"{shape}: reduce over positions and vocab, not over the batch"
+        )
+    return value.detach().float()
+
+
+@torch.no_grad()
+def _run(
+    model: TLModel,
+    batch: PromptBatch,
+    injection: Injection | None,
+    names: Sequence[str],
+    metric: Metric,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Metric of one run, and its activations at ``names`` (only those: sparse caching)."""
+    cache: dict[str, Tensor] = {}
+
+    def saver(name: str) -> Callable[..., Tensor]:
+        def hook(x: Tensor, hook: Any) -> Tensor:
+            cache[name] = x.detach().clone()
+            return x
+
+        return hook
+
+    with _steer(model, injection, batch), model.hooks(fwd_hooks=[(n, saver(n)) for n in names]):
+        logits = _logits(model, batch.input_ids, batch.attention_mask)
+    return cache, _check_metric(metric(logits), len(batch))
+
+
+def _patch_hook(rows: Tensor, src: Tensor, mask: Tensor) -> Callable[..., Tensor]:
+    """Replace, in rows ``rows`` only, the masked entries with ``src`` (one row per row)."""
+
+    def hook(x: Tensor, hook: Any) -> Tensor:
+        m = mask.to(x.device).view(*mask.shape, *([1] * (x.ndim - mask.ndim)))
+        r = rows.to(x.device)
+        return x.index_copy(0, r, torch.where(m, src.to(x.device, x.dtype), x[r]))
+
+    return hook
+
+
+@torch.no_grad()
+def _patched(
+    model: TLModel,
+    sites: Sites,
+    target: PromptBatch,
+    chunk: list[Cell],
+    cache: dict[str, Tensor],
+    injection: Injection | None,
+    metric: Metric,
+) -> Tensor:
+    """Metric of one forward in which row ``i·B + b`` patches cell ``i`` of prompt ``b``."""
+    B, k = len(target), len(chunk)
+    per_hook: dict[str, list[int]] = {}
+    for i, (layer, _, _) in enumerate(chunk):
+        per_hook.setdefault(sites.hook.format(layer=layer), []).append(i)
+    hooks: list[tuple[str | Callable[..., Any], Callable[..., Any]]] = []
+    for name, idx in per_hook.items():
+        src = cache[name]  # [B, pos, d] or [B, pos, head, d_head]
+        keep = 2 if sites.heads is None else 3
+        mask = torch.zeros((len(idx) * B, *src.shape[1:keep]), dtype=torch.bool, device=src.device)
+        for j, i in enumerate(idx):
+            _, p, h = chunk[i]
+            where = (slice(j * B, (j + 1) * B), slice(None) if p is None else p)
+            mask[where if h is None else (*where, h)] = True
+        rows = torch.tensor([i * B + b for i in idx for b in range(B)], device=src.device)
+        hooks.append((name, _patch_hook(rows, src.repeat(len(idx), *[1] * (src.ndim - 1)), mask)))
+    tiled = _tile(target, k)
+    with _steer(model, injection, target, k), model.hooks(fwd_hooks=hooks):
+        logits = _logits(model, tiled.input_ids, tiled.attention_mask)
+    return _check_metric(metric(logits), k * B).view(k, B)
+
+
+def activation_patch(
+    model: TLModel,
+    target: PromptBatch,
+    source: PromptBatch | None = None,
+    *,
+    component: str = "resid_pre",
+    layers: Sequence[int] | None = None,
+    positions: str | Sequence[int | str] = "each",
+    metric: Metric | None = None,
+    target_injection: Injection | None = None,
+    source_injection: Injection | None = None,
+    batch_size: int = 64,
+) -> PatchResult:
+    """Patch ``component`` from the source run into the target run, cell by cell, batched.
+
+    Args:
+        target, source: the two runs' prompts (``source`` defaults to ``target``: the runs
+            then differ only by their injections). Equal token lengths and padding.
+        component: a key of :data:`COMPONENTS`; layers: block indices (default all);
+        positions: "each", "all" (one cell), or indices / named positions.
+        metric: ``logits[batch, pos, vocab] -> [batch]``; default :func:`yes_no_gap`.
+        target_injection, source_injection: an :class:`Injection` for either run.
+        batch_size: rows per forward (each prompt row × cell is one row; at least one cell).
+
+    Example::
+
+        res = activation_patch(model, plain, source_injection=inj, component="attn_out")
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    sites, target, source = _plan(model, target, source, component, layers, positions)
+    metric = metric if metric is not None else yes_no_gap(model)
+    cache, src_val = _run(model, source, source_injection, sites.hook_names(), metric)
+    _, tgt_val = _run(model, target, target_injection, (), metric)
+    cells, B = sites.cells(), len(target)
+    per = max(1, batch_size // B)
+    logger.info("patching %d cells of %s, %d per forward", len(cells), component, per)
+    out = [
+        _patched(model, sites, target, cells[i : i + per], cache, target_injection, metric)
+        for i in range(0, len(cells), per)
+    ]
+    rows = torch.cat(out).view(*sites.shape(), B).cpu()
+    runs = (src_val, tgt_val, source_injection, target_injection)
+    return _result(model, sites, rows, "activation", runs)
+
+
+def attribution_patch(
+    model: TLModel,
+    target: PromptBatch,
+    source: PromptBatch | None = None,
+    *,
+    component: str = "resid_pre",
+    layers: Sequence[int] | None = None,
+    positions: str | Sequence[int | str] = "each",
+    metric: Metric | None = None,
+    target_injection: Injection | None = None,
+    source_injection: Injection | None = None,
+) -> PatchResult:
+    """Attribution patching: every cell from one forward + one backward of the target run.
+
+    Same arguments and result as :func:`activation_patch`; ``values`` is the first-order
+    estimate ``target + Σ (source − target activation) · ∂metric/∂activation`` (summed over
+    the cell's positions and features). Screen with it; confirm with activation patching.
+
+    Example::
+
+        screen = attribution_patch(model, plain, source_injection=inj, component="head")
+    """
+    sites, target, source = _plan(model, target, source, component, layers, positions)
+    metric = metric if metric is not None else yes_no_gap(model)
+    names = sites.hook_names()
+    cache, src_val = _run(model, source, source_injection, names, metric)
+    probes: dict[str, Tensor] = {}
+    acts: dict[str, Tensor] = {}
+
+    def prober(name: str) -> Callable[..., Tensor]:
+        def hook(x: Tensor, hook: Any) -> Tensor:  # x + 0, whose gradient is ∂metric/∂x
+            acts[name] = x.detach()
+            probes[name] = torch.zeros_like(x, requires_grad=True)
+            return x + probes[name]
+
+        return hook
+
+    hooks: list[tuple[str | Callable[..., Any], Callable[..., Any]]]
+    hooks = [(n, prober(n)) for n in names]
+    with torch.enable_grad(), _steer(model, target_injection, target):
+        with model.hooks(fwd_hooks=hooks):
+            value = metric(_logits(model, target.input_ids, target.attention_mask))
+        tgt_val = _check_metric(value, len(target))
+        # autograd.grad, not backward(): nothing accumulates in the parameters' .grad
+        grads = torch.autograd.grad(value.sum(), [probes[n] for n in names], allow_unused=True)
+    rows = torch.zeros(*sites.shape(), len(target))
+    for li, (name, grad) in enumerate(zip(names, grads)):
+        if grad is None:
+            continue
+        # (source − target)·grad summed over features: [B, pos] or [B, pos, head]
+        prod = ((cache[name].float() - acts[name].float()) * grad.float()).sum(-1).cpu()
+        for pi, p in enumerate(sites.positions):
+            at = prod.sum(1) if p is None else prod[:, p]  # [B] or [B, head]
+            rows[li, pi] = at if sites.heads is None else at.T
+    runs = (src_val, tgt_val, source_injection, target_injection)
+    return _result(model, sites, rows + tgt_val.cpu(), "attribution", runs)
+
+
+def knock_out(model: TLModel, batch: PromptBatch, injection: Injection, **kw: Any) -> PatchResult:
+    """Steered target, unsteered source: which sites does the steering act through?
+
+    Keywords as :func:`activation_patch`, plus ``method="attribution"`` for the fast screen.
+    Macar et al.'s setup: ``knock_out(model, batch, inj, component="mlp_module_out",
+    positions="all", layers=range(inj.layer + 1, n_layers))``.
+    """
+    return _patch_fn(kw.pop("method", "activation"))(model, batch, target_injection=injection, **kw)
+
+
+def knock_in(model: TLModel, batch: PromptBatch, injection: Injection, **kw: Any) -> PatchResult:
+    """Unsteered target, steered source: which sites carry the steering on their own?
+
+    Keywords as :func:`knock_out`.
+    """
+    return _patch_fn(kw.pop("method", "activation"))(model, batch, source_injection=injection, **kw)
+
+
+def _patch_fn(method: str) -> Callable[..., PatchResult]:
+    if method not in ("activation", "attribution"):
+        raise ValueError(f"method must be 'activation' or 'attribution', got {method!r}")
+    return activation_patch if method == "activation" else attribution_patch

@@ -1,0 +1,328 @@
+"""The command line end to end on a tiny model: sweep from a config file, resume, grade,
+report; every --help; config errors that name the fix."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+import mechintro.cli as cli
+from mechintro.cli import main
+from mechintro.report import GRADES_FILE, load_grades
+from mechintro.sweeps import SweepSpec, load_results
+
+TOML = """\
+batch_size = 8
+dtype = "float32"
+
+[spec]
+concepts = ["Dust", "Peace"]
+layers = [1]
+strengths = [0.0, 8.0]
+protocols = ["detection", "forced"]
+trial_numbers = [1, 2]
+n_controls = 2
+max_new_tokens = 3
+"""
+N_TRIALS = 2 * 2 * 2 * 2 + 2 * 2  # protocols x concepts x strengths x trial numbers + controls
+
+
+_MODELS: dict = {}
+_REAL_LOAD = cli._load
+
+
+def _cached_load(*args):
+    """Load each tiny model once for the module (the CLI would load it per command)."""
+    if args not in _MODELS:
+        _MODELS[args] = _REAL_LOAD(*args)
+    return _MODELS[args]
+
+
+@pytest.fixture(autouse=True)
+def cached_models(monkeypatch):
+    monkeypatch.setattr(cli, "_load", _cached_load)
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_dirs) -> str:
+    return str(tiny_dirs["llama"])
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "sweep.toml"
+    path.write_text(TOML)
+    return path
+
+
+@pytest.fixture(scope="module")
+def swept(llama, config, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "results"
+    mp = pytest.MonkeyPatch()
+    mp.setattr(cli, "_load", _cached_load)
+    try:
+        assert main(["sweep", "--config", str(config), "--model", llama, "--out", str(out)]) == 0
+    finally:
+        mp.undo()
+    return out
+
+
+def ids(out: Path) -> list[str]:
+    return [
+        json.loads(line)["trial_id"] for line in (out / "trials.jsonl").read_text().splitlines()
+    ]
+
+
+def error_of(capsys, argv: list[str]) -> tuple[int, str]:
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# sweep
+
+
+def test_sweep_from_a_toml_file_writes_the_results(swept):
+    df = load_results(swept)
+    assert len(df) == N_TRIALS == len(set(df.trial_id))
+    spec = SweepSpec.from_dict(json.loads((swept / "spec.json").read_text())["spec"])
+    assert spec.concepts == ("Dust", "Peace") and spec.max_new_tokens == 3
+    assert set(df.protocol) == {"detection", "forced"}
+    assert df.b.notna().all()  # readouts recorded
+
+
+def test_rerunning_the_same_command_resumes_without_duplicates(swept, llama, config, capsys):
+    before = ids(swept)
+    lines = (swept / "trials.jsonl").read_text().splitlines(keepends=True)
+    # a run that died after its first batch, mid-write of the second
+    (swept / "trials.jsonl").write_text("".join(lines[:8]) + lines[8][:20])
+    argv = ["sweep", "--config", str(config), "--model", llama, "--out", str(swept)]
+    assert main(argv) == 0
+    assert sorted(ids(swept)) == sorted(before)
+    assert main(argv) == 0  # nothing left to run
+    assert sorted(ids(swept)) == sorted(before)
+    assert f"{N_TRIALS} of {N_TRIALS} trials" in capsys.readouterr().out
+    assert main(["sweep", "--out", str(swept)]) == 0  # the folder's own spec and model
+    assert sorted(ids(swept)) == sorted(before)
+
+
+def test_flags_override_the_file(llama, config, tmp_path):
+    out = tmp_path / "o"
+    argv = ["sweep", "--config", str(config), "--model", llama, "--out", str(out)]
+    argv += ["--max-new-tokens", "2", "--protocols", "detection", "--strengths", "8", "--seed", "5"]
+    assert main(argv) == 0
+    spec = json.loads((out / "spec.json").read_text())["spec"]
+    assert spec["max_new_tokens"] == 2 and spec["protocols"] == ["detection"]
+    assert spec["strengths"] == [8.0] and spec["seed"] == 5 and spec["n_controls"] == 2
+    assert len(load_results(out)) == 2 * 2 + 2
+
+
+def test_yaml_config_and_depths(llama, tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        f"model: {llama}\nout: {tmp_path / 'y'}\ndepths: [0.5]\n"
+        "spec:\n  concepts: [Dust]\n  strengths: [4]\n  max_new_tokens: 2\n"
+    )
+    assert main(["sweep", "--config", str(path)]) == 0
+    spec = json.loads((tmp_path / "y" / "spec.json").read_text())["spec"]
+    assert spec["layers"] == [2]  # round(0.5 * 4 blocks)
+
+
+def test_a_bad_config_key_is_refused_naming_the_valid_fields(tmp_path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text('model = "m"\n[spec]\nconcept = ["Dust"]\nlayers = [1]\n')
+    code, err = error_of(capsys, ["sweep", "--config", str(path), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "unknown sweep spec fields ['concept']" in err and "valid fields are" in err
+    assert "'concepts'" in err and "'max_new_tokens'" in err
+    path.write_text('modle = "m"\nlayers = [1]\n[spec]\nconcepts = ["Dust"]\n')
+    code, err = error_of(capsys, ["sweep", "--config", str(path)])
+    assert code == 2 and "unknown keys ['layers', 'modle']" in err
+    assert "valid top-level keys" in err and "'batch_size'" in err and "go in [spec]" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_config_errors_name_the_fix(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "s.toml"
+    path.write_text('[spec]\nconcepts = ["Dust"]\n')
+    code, err = error_of(capsys, ["sweep", "--config", str(path), "--out", str(tmp_path)])
+    assert code == 2 and "give --layers" in err
+    path.write_text('[spec]\nconcepts = ["Dust"]\nlayers = [1]\nmethod = "pca"\n')
+    code, err = error_of(capsys, ["sweep", "--config", str(path), "--out", str(tmp_path)])
+    assert code == 2 and "unknown vector method 'pca'" in err
+    path.write_text("[spec\n")
+    code, err = error_of(capsys, ["sweep", "--config", str(path)])
+    assert code == 2 and "not valid TOML" in err
+    yaml_path = tmp_path / "s.yaml"
+    yaml_path.write_text("spec: {}\n")
+    monkeypatch.setitem(sys.modules, "yaml", None)  # PyYAML not installed
+    code, err = error_of(capsys, ["sweep", "--config", str(yaml_path)])
+    assert code == 2 and "pip install pyyaml" in err
+    code, err = error_of(capsys, ["sweep", "--config", str(tmp_path / "s.json")])
+    assert code == 2 and ".toml" in err
+    code, err = error_of(capsys, ["report", str(tmp_path / "nowhere")])
+    assert code == 1 and "not a results folder" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# help
+
+
+@pytest.mark.parametrize("command", ["extract", "sweep", "grade", "report", "demo"])
+def test_help_of_every_command(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: mechintro {command}") and "example" in out
+
+
+def test_sweep_help_teaches_the_config_and_resuming(capsys):
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--concepts", "--layers", "--n-controls", "--readout", "--batch-size"):
+        assert flag in out  # SweepSpec and RunConfig fields
+    assert "resum" in out.lower() and "[spec]" in out
+    assert "0 = control" in out  # the field's documented meaning, from SweepSpec's docstring
+
+
+def test_top_level_help_lists_each_command_on_one_line(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("extract", "sweep", "grade", "report", "demo"):
+        (line,) = [x for x in out.splitlines() if x.strip().startswith(command + " ")]
+        assert len(line.split(command, 1)[1].strip()) > 10
+
+
+# ---------------------------------------------------------------------------------------------
+# extract, grade, report
+
+
+def test_extract_caches_vectors(llama, tmp_path, capsys):
+    out = tmp_path / "vecs"
+    argv = ["extract", "--model", llama, "--layer", "1", "--words", "Dust", "Peace"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert any(out.glob("*.safetensors"))
+    text = capsys.readouterr().out
+    assert "2 lindsey vectors at layer 1" in text and "Peace" in text
+    code, err = error_of(capsys, ["extract", "--model", llama, "--words", "x", "--out", "o"])
+    assert code == 2 and "--layer L or --depth" in err
+
+
+def test_grade_rule_is_append_only_and_resumable(swept, capsys):
+    assert main(["grade", str(swept)]) == 0
+    lines = (swept / GRADES_FILE).read_text().splitlines()
+    records = [json.loads(x) for x in lines]
+    df = load_results(swept)
+    detection = df[df.protocol == "detection"]
+    forced = df[(df.protocol == "forced") & df.injected]
+    by_rubric = {r: {x["trial_id"] for x in records if x["rubric"] == r} for r in
+                 ("detection", "forced_identification")}  # fmt: skip
+    assert by_rubric["detection"] == set(detection.trial_id)
+    assert by_rubric["forced_identification"] == set(forced.trial_id)
+    assert all(r["grader"] == "rule" and r["label"] in ("YES", "NO") for r in records)
+    assert main(["grade", str(swept)]) == 0
+    assert (swept / GRADES_FILE).read_text().splitlines() == lines
+    assert "0 new grades by rule" in capsys.readouterr().out
+
+
+class FlakyJudge:
+    """Fails every call until ``works`` is set, then answers YES."""
+
+    judge_id = "fake:flaky"
+
+    def __init__(self) -> None:
+        self.works = False
+        self.calls = 0
+
+    def __call__(self, prompt: str) -> str:
+        self.calls += 1
+        if not self.works:
+            raise ConnectionError("judge down")
+        return "It does.\nAnswer: YES"
+
+
+def test_judge_failure_is_an_error_never_a_no_and_is_retried(swept, monkeypatch, capsys):
+    judge = FlakyJudge()
+    monkeypatch.setitem(cli.JUDGE_CLIENTS, "fake", lambda name, cfg: judge)
+    argv = ["grade", str(swept), "--grader", "judge", "--judge", "fake:flaky", "--attempts", "1"]
+    assert main(argv) == 0
+    assert "ERROR grades: run the same command again" in capsys.readouterr().out
+    grades = load_grades(swept)
+    mine = grades[grades.grader == "judge:fake:flaky"]
+    assert len(mine) and set(mine.label) == {"ERROR"}
+    assert mine.detail.str.contains("ConnectionError").all()
+    # the report leaves errors out and says so
+    page = tmp_page(swept, "judge:fake:flaky")
+    assert "ERROR (a judge failure)" in page
+    judge.works = True
+    assert main(argv) == 0
+    mine = load_grades(swept).query("grader == 'judge:fake:flaky'")
+    assert "ERROR" not in set(mine.label) and "YES" in set(mine.label)
+    assert "identification" in set(mine.rubric)  # graded once detection was YES
+    assert (swept / "judge_cache.jsonl").exists()
+    code, err = error_of(capsys, ["grade", str(swept), "--grader", "judge", "--judge", "x"])
+    assert code == 2 and "PROVIDER:MODEL" in err
+
+
+def tmp_page(results: Path, grader: str) -> str:
+    out = results.parent / f"report-{grader.replace(':', '_')}.html"
+    assert main(["report", str(results), "--grader", grader, "--out", str(out)]) == 0
+    return out.read_text("utf-8")
+
+
+def test_report_is_one_self_contained_html_with_tables_and_figures(swept, capsys):
+    from plotly.offline import get_plotlyjs
+
+    assert main(["grade", str(swept)]) == 0
+    assert main(["report", str(swept), "--grader", "rule"]) == 0
+    page = (swept / "report.html").read_text("utf-8")
+    assert f"wrote {swept / 'report.html'}" in capsys.readouterr().out
+    assert "<script src" not in page.lower() and page.count(get_plotlyjs()[:200]) == 1
+    assert "<th>TPR</th>" in page and "<th>FPR</th>" in page
+    assert "<th>forced identification</th>" in page and "<th>n_tpr</th>" in page
+    assert f"{N_TRIALS} of {N_TRIALS} planned trials" in page
+    assert page.count('class="plotly-graph-div"') >= 6  # heatmaps, curves, bars, b, examples
+    assert "Grades by rule" in page and "Control comparison" in page
+    code, err = error_of(capsys, ["report", str(swept), "--grader", "nobody"])
+    assert code == 1 and "no grades by 'nobody'" in err
+
+
+def test_report_without_grades_grades_on_the_fly(llama, config, tmp_path, capsys):
+    out = tmp_path / "r"
+    argv = ["sweep", "--config", str(config), "--model", llama, "--out", str(out)]
+    assert main([*argv, "--protocols", "detection", "--strengths", "8"]) == 0
+    html = tmp_path / "page.html"
+    assert main(["report", str(out), "--out", str(html), "--title", "T <x>"]) == 0
+    page = html.read_text("utf-8")
+    assert "graded on the fly by the rule grader" in page and "T &lt;x&gt;" in page
+    assert not (out / GRADES_FILE).exists()
+
+
+@pytest.mark.parametrize("name", ["smollm2.toml", "organism.toml"])
+def test_example_configs_are_valid(name):
+    path = Path(__file__).parent.parent / "examples" / name
+    run, spec_data, _ = cli.sweep_settings({"config": str(path)})
+    spec = SweepSpec.from_dict(spec_data)
+    assert run.model and spec.n_controls > 0 and spec.readout
+    if name == "smollm2.toml":
+        assert run.model == "builtin:smollm2" and spec.max_new_tokens <= 40
+        assert len(spec) <= 64  # minutes on a 2-core CPU
+    else:
+        assert run.model == "mechintro/organism/weights/introspective"
+
+
+def test_report_rates_several_protocols_apart(llama, config, tmp_path):
+    out = tmp_path / "p"
+    argv = ["sweep", "--config", str(config), "--model", llama, "--out", str(out)]
+    argv += ["--protocols", "detection", "skeptical", "--strengths", "8", "--trial-numbers", "1"]
+    assert main(argv) == 0
+    assert main(["report", str(out)]) == 0
+    page = (out / "report.html").read_text("utf-8")
+    assert "<th>protocol</th>" in page
+    assert "detection: TPR" in page and "skeptical: TPR" in page  # figure titles per protocol
