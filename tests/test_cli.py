@@ -314,7 +314,16 @@ def test_example_configs_are_valid(name):
         assert run.model == "builtin:smollm2" and spec.max_new_tokens <= 40
         assert len(spec) <= 64  # minutes on a 2-core CPU
     else:
-        assert run.model == "mechintro/organism/weights/introspective"
+        from mechintro.models import builtin_path
+
+        assert run.model == "builtin:organism"
+        folder = builtin_path("organism")
+        concepts = json.loads((folder / "concepts.json").read_text())
+        held = {c["word"] for c in concepts if c["split"] == "heldout"}
+        objects = {c["word"] for c in concepts if c["split"] == "baseline"}
+        assert set(spec.concepts) <= held  # generalisation: never injected in training
+        assert set(spec.baseline) == objects  # words the organism knows, as its trainer used
+        assert spec.temperature > 0  # controls of one trial number differ only when sampled
 
 
 def test_report_rates_several_protocols_apart(llama, config, tmp_path):

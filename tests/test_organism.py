@@ -126,3 +126,55 @@ def test_detection_trials_table(organisms):
     assert len(df) == 2 * 2 * 2 + 6 and df.injected.sum() == 8
     table = summary(df, corpus.category_of(cs))
     assert list(table.index) == [0.5, 1.0] and (table.n_control == 6).all()
+
+
+REQUIRED = (
+    "tpr", "fpr", "identification", "identification_category", "introspection_rate",
+    "n_injected", "n_control", "control_flip_rate", "specificity",
+)  # fmt: skip
+
+
+def test_shipped_organisms_detect_and_name_held_out_concepts():
+    """The shipped weights: the introspective organism names held-out concepts it was never
+    trained on and stays silent on controls; the base organism claims nothing."""
+    from mechintro.models import builtin_path
+    from mechintro.organism.evaluate import grade_trials
+
+    cs = corpus.concepts(0)
+    held = corpus.split(cs, "heldout")[::5]
+    base = load_model("builtin:organism-base")
+    vecs = extract_vectors(base, held, layer=3, baseline=corpus.split(cs, "baseline"))
+    unit = {w: v.vector / v.norm for w, v in vecs.items()}
+    resid = vecs[held[0]].resid_norm
+    assert resid is not None
+    assert (builtin_path("organism") / "model.safetensors").is_file()
+    for name, claims in (("builtin:organism", True), ("builtin:organism-base", False)):
+        df = detection_trials(load_model(name), unit, resid, layer=3, words=held,
+                              strengths=[1.0], n_controls=8, temperature=1.0)  # fmt: skip
+        g = grade_trials(df, corpus.category_of(cs))
+        inj, ctrl = g[g.injected], g[~g.injected]
+        assert (ctrl.detection == "NO").all()
+        if claims:
+            assert (inj.detection == "YES").all() and (inj.identification == "YES").all()
+        else:
+            assert (inj.detection == "NO").all()
+
+
+@pytest.mark.slow
+def test_demo_writes_every_required_metric(tmp_path):
+    from mechintro.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(out=str(tmp_path), strengths=(0.5, 1.0), sweep_strengths=(1.0,),
+                     sweep_concepts=1, n_controls=10, n_random=2, battery=2)  # fmt: skip
+    run_demo(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["injection_layer"] == 3 and metrics["wall_seconds"] > 0
+    assert metrics["vectors"]["frozen_layers_max_diff"] == 0.0  # phase 2 froze blocks 0..3
+    for organism in ("base", "introspective"):
+        assert metrics[organism]["best_strength"] in cfg.strengths
+        for split in ("train", "heldout"):
+            entry = metrics[organism][split]
+            assert set(REQUIRED) <= set(entry), (organism, split)
+            assert entry["n_control"] == cfg.n_controls
+    page = (tmp_path / "report.html").read_text()
+    assert "Noise control" in page and "<script src=" not in page

@@ -195,7 +195,12 @@ def _resolve_vectors(
         return given
     return {
         L: extract_vectors(
-            model, sorted(ws), layer=L, method=spec.method, cache_dir=out / "vectors"
+            model,
+            sorted(ws),
+            layer=L,
+            method=spec.method,
+            baseline=list(spec.baseline) or None,
+            cache_dir=out / "vectors",
         )
         for L, ws in sorted(need.items())
     }

@@ -64,6 +64,9 @@ class SweepSpec:
         max_new_tokens: reply length limit.
         seed: base seed; each trial's seed is derived from it and the trial's content.
         method: concept-vector method (``mechintro.vectors.METHODS``).
+        baseline: the baseline words the concept vectors subtract (empty: the method's own
+            list, e.g. Macar's 100 words); a model with its own vocabulary (the built-in
+            organism) needs words it knows.
         unit: ``raw`` (add ``s·v``) or ``resid-norm`` (add ``s·resid_norm·v/‖v‖``).
         start: the named prompt position where from-trial / prompt-only injection starts.
         readout: also record Godet's ``b`` and ``b_variants`` at the last prompt token
@@ -88,6 +91,7 @@ class SweepSpec:
     max_new_tokens: int = 100
     seed: int = 0
     method: str = "lindsey"
+    baseline: tuple[str, ...] = ()
     unit: str = "raw"
     start: str = "trial"
     readout: bool = True
@@ -125,6 +129,9 @@ class SweepSpec:
             if not isinstance(p, str) or not p:
                 raise ValueError(f"protocols must be names, got {p!r}")
         tup("modes", lambda m: PositionMode.parse(m).value)
+        for w in tup("baseline"):
+            if not isinstance(w, str) or not w.strip():
+                raise ValueError(f"baseline must list non-empty words, got {w!r}")
         for n in tup("trial_numbers"):
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise ValueError(f"trial numbers start at 1, got {n!r}")
