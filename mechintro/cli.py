@@ -14,41 +14,30 @@ import argparse
 import dataclasses
 import json
 import logging
-import re
 import sys
-import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mechintro.demo import DemoConfig, run_demo
 from mechintro.inject import UNITS, PositionMode
 from mechintro.models import BACKENDS
+from mechintro.options import (
+    UsageError,
+    _build,
+    add_fields,
+    arg,
+    opt,
+    read_config,
+)
 from mechintro.sweeps import SweepSpec
 from mechintro.vectors import METHODS
 
 logger = logging.getLogger("mechintro")
 
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
-CONFIG_SUFFIXES: tuple[str, ...] = (".toml", ".yaml", ".yml")
-
-
-class UsageError(Exception):
-    """A bad command line or config file: reported in one line, exit status 2."""
-
-
-def opt(default: Any, help: str, **metadata: Any) -> Any:
-    """A config field with its default and its help text (the option's --help)."""
-    if isinstance(default, tuple):
-        return field(default_factory=lambda: default, metadata={"help": help, **metadata})
-    return field(default=default, metadata={"help": help, **metadata})
-
-
-def arg(help: str, **metadata: Any) -> Any:
-    """A required config field (``positional=True``: an argument rather than an option)."""
-    return field(metadata={"help": help, **metadata})
 
 
 MODEL_HELP = "model folder, .gguf file, Hub name, or builtin:smollm2"
@@ -138,6 +127,35 @@ class GradeConfig:
 
 
 @dataclass(frozen=True)
+class NoiseConfig:
+    """Godet's noise controls into RESULTS/noise.csv (mechintro report shows them)."""
+
+    model: str = arg(MODEL_HELP)
+    out: str = arg("results folder (a sweep's, to report both together)")
+    layers: tuple[int, ...] = opt((), "block indices")
+    depths: tuple[float, ...] = opt((), "or depth fractions, e.g. 0.6")
+    strengths: tuple[float, ...] = opt((0.0, 2.0, 4.0, 8.0), "raw strengths; 0 is the baseline")
+    concepts: tuple[str, ...] = opt((), "Lindsey concept vectors (default: the all-caps vector)")
+    baseline: tuple[str, ...] = opt((), "baseline words of the concept vectors (default: Macar's)")
+    battery: int = opt(20, "control questions with known answers (at most 20)")
+    n_random: int = opt(1, "norm-matched random vectors per vector (the baseline)")
+    seed: int = opt(0, "seed of the random vectors")
+    backend: str = opt("bridge", "TransformerLens model class")
+    dtype: str = opt("float32", "weights and activations dtype")
+    device: str = opt("cpu", "torch device, e.g. cuda")
+    batch_size: int = opt(64, "readouts per forward pass")
+
+    def __post_init__(self) -> None:
+        _check_model_options(self.backend, self.dtype, self.batch_size)
+        if not self.layers and not self.depths:
+            raise ValueError("give --layers L1 L2 ... or --depths F1 F2 ...")
+        if 0.0 not in self.strengths:
+            raise ValueError("--strengths must include 0: Δb is measured from it")
+        if not 1 <= self.battery <= 20:
+            raise ValueError("--battery must be between 1 and 20")
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     """Write the HTML report of a results folder."""
 
@@ -147,178 +165,7 @@ class ReportConfig:
     title: str = opt("", "page title")
     max_examples: int = opt(30, "example replies shown")
     control_protocols: tuple[str, ...] = opt((), "protocols whose readout is a control question")
-    noise: str = opt("", "Godet noise controls (NoiseControls.run) as .csv/.jsonl/.parquet")
-
-
-# ---------------------------------------------------------------------------------------------
-# options from dataclasses
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """Per-field help from a dataclass docstring's ``Args:`` block (one line per field)."""
-    docs: dict[str, str] = {}
-    lines = (cls.__doc__ or "").splitlines()
-    if not any(line.strip() == "Args:" for line in lines):
-        return docs
-    start = next(i for i, line in enumerate(lines) if line.strip() == "Args:") + 1
-    indent, name = None, None
-    for line in lines[start:]:
-        if not line.strip():
-            continue
-        depth = len(line) - len(line.lstrip())
-        indent = depth if indent is None else indent
-        m = re.match(r"(\w+): (.*)", line.strip())
-        if depth == indent and m:
-            name = m.group(1)
-            docs[name] = m.group(2)
-        elif depth > indent and name:
-            docs[name] += " " + line.strip()
-        else:
-            break
-    return {k: _plain(v) for k, v in docs.items()}
-
-
-def _plain(text: str) -> str:
-    """reST roles and literals as plain text: ``:func:`~a.b``` → ``a.b``."""
-    text = re.sub(r":(?:class|func|meth|data|mod|attr|obj):", "", text)
-    return re.sub(r"~(?=\w)", "", text.replace("``", "").replace("`", ""))
-
-
-def _base_type(hint: Any) -> Any:
-    """``int | None`` → int; other hints unchanged."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return args[0] if len(args) == 1 else str
-    return hint
-
-
-def add_fields(
-    parser: Any,
-    cls: Any,
-    *,
-    suppress: bool = False,
-    choices: Mapping[str, Sequence[Any]] | None = None,
-) -> None:
-    """One option per field of dataclass ``cls``: ``--field-name``, typed from the field's
-    annotation, help from ``metadata["help"]`` or the docstring's ``Args:``, and the default
-    shown. ``positional`` metadata makes an argument. With ``suppress``, options that are not
-    given are absent from the parsed namespace (so they can override a config file).
-    """
-    try:
-        hints = typing.get_type_hints(cls)
-    except Exception:  # an annotation that does not resolve: fall back to the defaults' types
-        hints = {}
-    docs = field_docs(cls)
-    choices = choices or {}
-    for f in dataclasses.fields(cls):
-        help_text = (f.metadata.get("help") or docs.get(f.name, "")).replace("%", "%%")
-        has_default = f.default is not dataclasses.MISSING or (
-            f.default_factory is not dataclasses.MISSING
-        )
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        if f.metadata.get("positional"):
-            parser.add_argument(f.name, help=help_text, metavar=f.name.upper())
-            continue
-        hint = _base_type(hints.get(f.name, type(default) if default is not None else str))
-        origin = typing.get_origin(hint)
-        kw: dict[str, Any] = {}
-        if f.name in choices:
-            kw["choices"] = list(choices[f.name])
-        empty = default is None or default == "" or default == ()
-        shown = "" if not has_default or empty else f" (default: {_show(default)})"
-        flag = "--" + f.name.replace("_", "-")
-        if hint is bool or isinstance(default, bool):
-            parser.add_argument(
-                flag,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS if suppress else default,
-                help=help_text + (shown if suppress else ""),
-            )
-            continue
-        if origin is tuple or isinstance(default, tuple):
-            args = typing.get_args(hint)
-            kind = args[0] if args else (type(default[0]) if default else str)
-            kw.update(nargs="+", type=kind, metavar=f.name.upper().removesuffix("S"))
-            if "choices" in kw:
-                help_text += f" (each one of: {', '.join(map(str, kw['choices']))})"
-        elif origin in (dict, Mapping) or hint in (dict, Mapping) or isinstance(default, dict):
-            kw.update(type=json.loads, metavar="JSON")
-        else:
-            kw["type"] = hint if hint in (int, float, str) else str
-            if "choices" not in kw:
-                kw["metavar"] = {int: "N", float: "X"}.get(kw["type"], f.name.upper())
-        required = not has_default and not suppress
-        parser.add_argument(
-            flag,
-            default=argparse.SUPPRESS if suppress else default,
-            required=required,
-            help=help_text + shown,
-            **kw,
-        )
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, tuple):
-        return " ".join(map(str, value)) if value else "none"
-    if isinstance(value, dict):
-        return json.dumps(value)
-    return "none" if value in (None, "") else str(value)
-
-
-def _tuples(args: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
-
-
-def _build(cls: Any, args: Mapping[str, Any]) -> Any:
-    try:
-        return cls(**_tuples(args))
-    except (TypeError, ValueError) as e:
-        raise UsageError(str(e)) from None
-
-
-# ---------------------------------------------------------------------------------------------
-# config files
-
-
-def read_config(path: str | Path) -> dict[str, Any]:
-    """A ``.toml`` (tomllib, or tomli before Python 3.11) or ``.yaml`` (PyYAML) file's mapping."""
-    p = Path(path)
-    if p.suffix not in CONFIG_SUFFIXES:
-        raise UsageError(f"{p}: a config file must end in {', '.join(CONFIG_SUFFIXES)}")
-    if not p.is_file():
-        raise UsageError(f"config file {p} not found")
-    if p.suffix == ".toml":
-        try:
-            import tomllib
-        except ImportError:  # Python 3.10
-            try:
-                import tomli as tomllib  # type: ignore[no-redef]
-            except ImportError:
-                raise UsageError(
-                    "reading TOML on Python 3.10 needs tomli: pip install tomli"
-                ) from None
-        try:
-            data = tomllib.loads(p.read_text("utf-8"))
-        except tomllib.TOMLDecodeError as e:
-            raise UsageError(f"{p} is not valid TOML: {e}") from None
-    else:
-        try:
-            import yaml
-        except ImportError:
-            raise UsageError(
-                f"reading {p} needs PyYAML: pip install pyyaml (or write the config as .toml)"
-            ) from None
-        try:
-            data = yaml.safe_load(p.read_text("utf-8"))
-        except yaml.YAMLError as e:
-            raise UsageError(f"{p} is not valid YAML: {e}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise UsageError(f"{p} must hold a mapping of keys, got a {type(data).__name__}")
-    return data
+    noise: str = opt("", "noise-control table (default: RESULTS/noise.csv if there)")
 
 
 RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig))
@@ -503,6 +350,16 @@ def read_table(path: str) -> Any:
     return readers[p.suffix](p)
 
 
+NOISE_FILE = "noise.csv"
+
+
+def _noise_table(cfg: ReportConfig) -> Any:
+    if cfg.noise:
+        return read_table(cfg.noise)
+    default = Path(cfg.results) / NOISE_FILE
+    return read_table(str(default)) if default.is_file() else None
+
+
 def cmd_report(args: Mapping[str, Any]) -> int:
     from mechintro.report import write_report
 
@@ -514,9 +371,49 @@ def cmd_report(args: Mapping[str, Any]) -> int:
         title=cfg.title or None,
         max_examples=cfg.max_examples,
         controls=cfg.control_protocols,
-        noise=read_table(cfg.noise) if cfg.noise else None,
+        noise=_noise_table(cfg),
     )
     print(f"wrote {path}")
+    return 0
+
+
+def cmd_noise(args: Mapping[str, Any]) -> int:
+    from mechintro.io import atomic_write_text
+    from mechintro.models import layer_at_depth
+    from mechintro.protocols.noise import (
+        CONTROL_BATTERY,
+        INTROSPECTION,
+        NoiseControls,
+        godet_vectors,
+    )
+    from mechintro.vectors import extract_vectors
+
+    cfg = _build(NoiseConfig, args)
+    model = _load(cfg.model, cfg.backend, cfg.dtype, cfg.device)
+    layers = sorted({*cfg.layers, *(layer_at_depth(model, d) for d in cfg.depths)})
+    out = Path(cfg.out)
+    vectors: Any
+    if cfg.concepts:
+        vectors = {
+            L: extract_vectors(model, cfg.concepts, layer=L, baseline=cfg.baseline or None,
+                               cache_dir=out / "vectors")
+            for L in layers
+        }  # fmt: skip
+    else:
+        vectors = godet_vectors(model, layers)
+    controls = NoiseControls(
+        layers=tuple(layers),
+        strengths=cfg.strengths,
+        questions=(INTROSPECTION, *CONTROL_BATTERY[: cfg.battery]),
+        n_random=cfg.n_random,
+        seed=cfg.seed,
+    )
+    df = controls.run(model, vectors, batch_size=cfg.batch_size)
+    path = out / NOISE_FILE
+    atomic_write_text(path, df.to_csv(index=False))
+    cells = controls.specificity(df)
+    print(cells[cells.strength > 0].round(3).to_string(index=False))
+    print(f"wrote {path}; mechintro report {out} shows it")
     return 0
 
 
@@ -585,9 +482,22 @@ rates with Wilson intervals per layer x strength and per concept, dose-response 
 the belief shift of the introspection vs control questions (if the sweep recorded
 readouts), metrics tables and example replies. Without stored grades, replies are graded
 on the fly by the rule grader.""",
+    "noise": """\
+examples:
+  mechintro noise --model builtin:smollm2 --layers 16 18 --concepts Dust Peace --out runs/smol
+  mechintro noise --model M --depths 0.4 0.6 0.8 --strengths 0 2 4 8 --out runs/m
+
+Without --concepts the vector is Godet's all-caps contrastive vector taken at each layer.
+Specificity = mean Δb(introspection) − mean Δb(control questions) per layer x strength x
+vector: near 0, the injection moves every Yes/No belief alike (confusion, not
+introspection).""",
     "demo": """\
 example:
-  mechintro demo --out demo_out""",
+  mechintro demo --out demo_out
+
+Measures the built-in organisms (builtin:organism-base, builtin:organism) in about a minute
+on a CPU: detection and identification of train and held-out concepts with intervals, the
+layer x strength sweep, Godet's noise control; writes metrics.json and report.html.""",
 }
 
 
@@ -645,6 +555,15 @@ a typical run:
         "Write the HTML report of a results folder: metrics, figures, example replies.",
     )
     add_fields(p, ReportConfig)
+    p = command(
+        "noise",
+        "Godet's noise controls: introspection vs control questions",
+        "Read the Yes/No belief of the introspection question and of control questions with "
+        "known answers under injection at the last prompt token (one forward, no "
+        "generation), over layers × strengths, with norm-matched random vectors; writes "
+        "OUT/noise.csv, which mechintro report OUT shows with the specificity.",
+    )
+    add_fields(p, NoiseConfig, choices=_MODEL_CHOICES)
     p = command("demo", "run the offline demo (DIR/report.html, DIR/metrics.json)",
                 "Measure the built-in model organisms end to end, offline.")  # fmt: skip
     add_fields(p, DemoConfig)
@@ -662,6 +581,7 @@ COMMANDS: dict[str, Callable[[Mapping[str, Any]], int]] = {
     "sweep": cmd_sweep,
     "grade": cmd_grade,
     "report": cmd_report,
+    "noise": cmd_noise,
     "demo": cmd_demo,
 }
 

@@ -335,3 +335,30 @@ def test_report_rates_several_protocols_apart(llama, config, tmp_path):
     page = (out / "report.html").read_text("utf-8")
     assert "<th>protocol</th>" in page
     assert "detection: TPR" in page and "skeptical: TPR" in page  # figure titles per protocol
+
+
+def test_noise_command_feeds_the_report(llama, swept, tmp_path):
+    """`mechintro noise` writes Godet's readouts next to a sweep; the report then shows the
+    control side and the specificity, which it computes from that table."""
+    import shutil
+
+    import pandas as pd
+
+    from mechintro.metrics import specificity
+
+    out = tmp_path / "results"
+    shutil.copytree(swept, out)
+    argv = ["noise", "--model", llama, "--layers", "1", "--strengths", "0", "4",
+            "--concepts", "Dust", "--baseline", "Bread", "Milk", "--battery", "3",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    table = pd.read_csv(out / "noise.csv")
+    # introspection + 3 controls, 2 strengths, the concept and one random vector
+    assert len(table) == 4 * 2 * 2
+    assert set(table.kind) == {"concept", "random"}
+    assert (table[table.strength == 0].delta_b == 0).all()
+    assert main(["report", str(out)]) == 0
+    page = (out / "report.html").read_text("utf-8")
+    concept = table[(table.kind == "concept") & (table.strength == 4)]
+    want = specificity(concept, by=("layer", "strength")).specificity.iloc[0]
+    assert "Noise controls" in page and f"{want:.4g}"[:4] in page
