@@ -14,11 +14,15 @@ import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mechintro.models import BACKENDS
+from mechintro.vectors import METHODS
+
 CONFIG_SUFFIXES: tuple[str, ...] = (".toml", ".yaml", ".yml")
+DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
 
 class UsageError(Exception):
@@ -206,3 +210,134 @@ def read_config(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UsageError(f"{p} must hold a mapping of keys, got a {type(data).__name__}")
     return data
+
+
+# ---------------------------------------------------------------------------------------------
+# the commands' configs
+
+MODEL_HELP = "model folder, .gguf file, Hub name, or builtin:smollm2"
+
+# ---------------------------------------------------------------------------------------------
+# the commands' configs
+
+
+def _check_model_options(backend: str, dtype: str, batch_size: int) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How a sweep runs: the model, the results folder, batching. In a config file these are
+    the top-level keys; the grid goes in a ``[spec]`` table of SweepSpec fields."""
+
+    model: str = opt("", MODEL_HELP)
+    out: str = opt("", "results folder (spec.json, trials.jsonl)")
+    backend: str = opt("bridge", "TransformerLens model class")
+    dtype: str = opt("float32", "weights and activations dtype")
+    device: str = opt("cpu", "torch device, e.g. cuda")
+    batch_size: int = opt(32, "trials per generation batch; results do not depend on it")
+    depths: tuple[float, ...] = opt((), "also inject at these depth fractions (0.6: 60% deep)")
+
+    def __post_init__(self) -> None:
+        _check_model_options(self.backend, self.dtype, self.batch_size)
+        object.__setattr__(self, "depths", tuple(float(d) for d in self.depths))
+        bad = [d for d in self.depths if not 0 <= d < 1]
+        if bad:
+            raise ValueError(f"depths are fractions in [0, 1), got {bad}")
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Extract concept vectors into a cache folder (a sweep reads RESULTS/vectors)."""
+
+    model: str = arg(MODEL_HELP)
+    out: str = arg("cache folder; use RESULTS/vectors to prefill a sweep's")
+    words: tuple[str, ...] = opt((), "concept words")
+    word_list: str = opt("", "a shipped word list instead (e.g. lindsey_concepts)")
+    layer: int | None = opt(None, "block index")
+    depth: float | None = opt(None, "or a depth fraction, e.g. 0.6")
+    method: str = opt("lindsey", "extraction method (PROTOCOLS.md §1)")
+    backend: str = opt("bridge", "TransformerLens model class")
+    dtype: str = opt("float32", "weights and activations dtype")
+    device: str = opt("cpu", "torch device, e.g. cuda")
+    batch_size: int = opt(32, "prompts per forward pass")
+
+    def __post_init__(self) -> None:
+        _check_model_options(self.backend, self.dtype, self.batch_size)
+        if bool(self.words) == bool(self.word_list):
+            raise ValueError("give --words W1 W2 ... or --word-list NAME (one of the two)")
+        if (self.layer is None) == (self.depth is None):
+            raise ValueError("give --layer L or --depth FRACTION (one of the two)")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
+
+
+@dataclass(frozen=True)
+class GradeConfig:
+    """Grade a results folder's replies into RESULTS/grades.jsonl."""
+
+    results: str = arg("results folder", positional=True)
+    grader: str = opt("rule", "rule (deterministic) or judge (an LLM)")
+    judge: str = opt("", "with --grader judge: openai:MODEL, anthropic:MODEL or local:MODEL")
+    attempts: int = opt(3, "judge calls per reply before an ERROR")
+    workers: int = opt(1, "parallel judge calls")
+    batch_size: int = opt(64, "replies per batch written")
+    device: str = opt("cpu", "device of a local judge model")
+
+    def __post_init__(self) -> None:
+        if self.grader not in ("rule", "judge"):
+            raise ValueError(f"grader must be rule or judge, got {self.grader!r}")
+        if (self.grader == "judge") != bool(self.judge):
+            raise ValueError(
+                "--grader judge needs --judge PROVIDER:MODEL (e.g. openai:gpt-4o-mini), "
+                "and --judge needs --grader judge"
+            )
+        if self.attempts < 1 or self.workers < 1 or self.batch_size < 1:
+            raise ValueError("--attempts, --workers and --batch-size must be at least 1")
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Godet's noise controls into RESULTS/noise.csv (mechintro report shows them)."""
+
+    model: str = arg(MODEL_HELP)
+    out: str = arg("results folder (a sweep's, to report both together)")
+    layers: tuple[int, ...] = opt((), "block indices")
+    depths: tuple[float, ...] = opt((), "or depth fractions, e.g. 0.6")
+    strengths: tuple[float, ...] = opt((0.0, 2.0, 4.0, 8.0), "raw strengths; 0 is the baseline")
+    concepts: tuple[str, ...] = opt((), "Lindsey concept vectors (default: the all-caps vector)")
+    baseline: tuple[str, ...] = opt((), "baseline words of the concept vectors (default: Macar's)")
+    battery: int = opt(20, "control questions with known answers (at most 20)")
+    n_random: int = opt(1, "norm-matched random vectors per vector (the baseline)")
+    seed: int = opt(0, "seed of the random vectors")
+    backend: str = opt("bridge", "TransformerLens model class")
+    dtype: str = opt("float32", "weights and activations dtype")
+    device: str = opt("cpu", "torch device, e.g. cuda")
+    batch_size: int = opt(64, "readouts per forward pass")
+
+    def __post_init__(self) -> None:
+        _check_model_options(self.backend, self.dtype, self.batch_size)
+        if not self.layers and not self.depths:
+            raise ValueError("give --layers L1 L2 ... or --depths F1 F2 ...")
+        if 0.0 not in self.strengths:
+            raise ValueError("--strengths must include 0: Δb is measured from it")
+        if not 1 <= self.battery <= 20:
+            raise ValueError("--battery must be between 1 and 20")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Write the HTML report of a results folder."""
+
+    results: str = arg("results folder", positional=True)
+    out: str = opt("", "HTML file (default RESULTS/report.html)")
+    grader: str = opt("", "whose grades: rule, judge:openai:MODEL... (default: the most)")
+    title: str = opt("", "page title")
+    max_examples: int = opt(30, "example replies shown")
+    control_protocols: tuple[str, ...] = opt((), "protocols whose readout is a control question")
+    noise: str = opt("", "noise-control table (default: RESULTS/noise.csv if there)")

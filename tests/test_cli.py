@@ -362,3 +362,37 @@ def test_noise_command_feeds_the_report(llama, swept, tmp_path):
     concept = table[(table.kind == "concept") & (table.strength == 4)]
     want = specificity(concept, by=("layer", "strength")).specificity.iloc[0]
     assert "Noise controls" in page and f"{want:.4g}"[:4] in page
+
+
+def test_patch_command_writes_resumes_and_refuses_other_settings(llama, tmp_path, monkeypatch):
+    import pandas as pd
+    import torch
+
+    from mechintro.patching import knock_out
+    from mechintro.prompts import encode
+    from mechintro.protocols import PROTOCOLS
+    from mechintro.vectors import extract_vectors
+
+    out = tmp_path / "patch"
+    argv = ["patch", "--model", llama, "--out", str(out), "--concept", "Dust", "--layer", "1",
+            "--baseline", "Bread", "Milk", "--components", "resid_post", "mlp_out",
+            "--positions", "all", "--strength", "6"]  # fmt: skip
+    assert main(argv) == 0
+    frame = pd.read_csv(out / "patch_mlp_out.csv")
+    model = _cached_load(llama, "bridge", "float32", "cpu")
+    vec = extract_vectors(model, ["Dust"], layer=1, baseline=["Bread", "Milk"])["Dust"]
+    batch = encode(model.tokenizer, [PROTOCOLS["detection"].prompt(1, concept="Dust")])
+    inj = PROTOCOLS["detection"].injection(1, vec.vector, 6.0)
+    want = knock_out(model, batch, inj, component="mlp_out", positions="all",
+                     layers=range(2, model.cfg.n_layers))  # fmt: skip
+    torch.testing.assert_close(
+        torch.tensor(frame.effect.to_numpy()), want.effect.flatten().double(), atol=1e-4, rtol=0
+    )
+    assert (out / "patch.html").is_file()
+
+    def no_patching(*a, **k):
+        raise AssertionError("a finished component was patched again")
+
+    monkeypatch.setattr("mechintro.patching.knock_out", no_patching)
+    assert main(argv) == 0  # resumed: both components were already written
+    assert main([*argv[:-1], "8"]) != 0  # another strength in the same folder: refused
