@@ -38,6 +38,13 @@ _EXPORTS = {
     "direct_logit_attribution": "mechintro.dla",
     "logit_direction": "mechintro.dla",
     "DLAResult": "mechintro.dla",
+    "Transcoder": "mechintro.transcoders",
+    "load_transcoder": "mechintro.transcoders",
+    "organism_transcoders": "mechintro.transcoders",
+    "splice": "mechintro.transcoders",
+    "feature_activations": "mechintro.transcoders",
+    "FeatureActivations": "mechintro.transcoders",
+    "ReconstructionResult": "mechintro.transcoders",
 }
 
 __all__ = ["__version__", *_EXPORTS]

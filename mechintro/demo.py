@@ -212,6 +212,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     noise_grid, noise_best = _noise(models, vectors, resid, layer, words, best, cfg)
 
     step("writing metrics.json and report.html")
+    transcoders = _transcoder_fvu(models["introspective"], words, unit, resid, layer, best)
     metrics: dict[str, Any] = {
         "injection_layer": layer,
         "strength_unit": "mean residual norm at the layer (resid-norm)",
@@ -255,6 +256,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             org[split] = entry
         org["noise_delta_b_correlation"] = _correlation(noise_grid[noise_grid.organism == name])
         metrics[name] = org
+    metrics["transcoders"] = transcoders
     metrics["rates"] = table.to_dict(orient="records")
     metrics["config"] = asdict(cfg)
     metrics["wall_seconds"] = time.perf_counter() - t0
@@ -264,6 +266,38 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     demo_report(metrics, table, tdf, sdf, noise_grid, path=out / "report.html")
     steps.close()
     return metrics
+
+
+def _transcoder_fvu(
+    model: Any,
+    words: dict[str, list[str]],
+    unit: dict[int, dict[str, Any]],
+    resid: dict[int, float],
+    layer: int,
+    best: dict[str, float],
+) -> dict[str, Any]:
+    """FVU of the shipped organism transcoders on fresh activations: the concept prompts
+    and detection trials, unsteered and with a held-out concept injected at the best
+    strength (the activations the circuit analyses read)."""
+    from mechintro.inject import Injection
+    from mechintro.prompts import Prompt
+    from mechintro.protocols.detection import detection_prompt
+    from mechintro.transcoders import evaluate, organism_transcoders
+
+    tcs = organism_transcoders()
+    prompts = [Prompt.chat(f"Tell me about {w}") for w in words["train"] + words["heldout"]]
+    trials = [detection_prompt(n) for n in range(1, 11)]
+    plain = evaluate(model, tcs, prompts + trials)
+    w = words["heldout"][0]
+    inj = Injection(layer, unit[layer][w], best["introspective"], mode="from-trial",
+                    unit="resid-norm", resid_norm=resid[layer])  # fmt: skip
+    steered = evaluate(model, tcs, trials, injection=inj)
+    return {
+        "layers": sorted(tcs),
+        "fvu": {str(L): float(plain[L]["fvu"]) for L in sorted(tcs)},
+        "fvu_steered": {str(L): float(steered[L]["fvu"]) for L in sorted(tcs)},
+        "steered_by": {"concept": w, "strength": best["introspective"]},
+    }
 
 
 def _split_of(word: str, words: dict[str, list[str]]) -> str:

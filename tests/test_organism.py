@@ -176,5 +176,7 @@ def test_demo_writes_every_required_metric(tmp_path):
             entry = metrics[organism][split]
             assert set(REQUIRED) <= set(entry), (organism, split)
             assert entry["n_control"] == cfg.n_controls
+    fvu = metrics["transcoders"]["fvu"]
+    assert set(fvu) == {"3", "4", "5"} and all(0 <= v <= 0.15 for v in fvu.values())
     page = (tmp_path / "report.html").read_text()
     assert "Noise control" in page and "<script src=" not in page
