@@ -1,0 +1,416 @@
+"""Fine-tune introspection with LoRA: Fonseca Rivera (2025)'s recipe (PROTOCOLS.md §8).
+
+Fonseca Rivera, "Training Introspective Behavior: Fine-Tuning Induces Reliable Internal State
+Detection in a 7B Model" (arXiv:2511.21399): LoRA (r = 32, α = 64, dropout 0.1) on the
+attention projections W_Q, W_K, W_V, W_O; the L2-normalised concept vector injected at one
+layer (20 of 32) at the last prompt token only, at strengths {40, 60, 80, 100}; five question
+variants; as many uninjected negatives as injected positives; the loss on the reply tokens
+only; lr 2e-4, 3 epochs, batch 4 (8-bit AdamW there, AdamW here); targets
+``I detect an injected thought about {c}.`` / ``I do not detect any injected thoughts.``
+Reported: 85% success, 0% FPR on 20 held-out concepts at s = 40.
+
+:class:`LoRAConfig` holds every hyper-parameter (defaults: the paper's). Strengths are raw
+multiples of the unit vector (``unit="raw"``, the paper's, on a 7B model) or multiples of the
+mean residual norm at the layer (``unit="resid-norm"``, comparable across models).
+:func:`train_lora` adds LoRA with ``peft`` to the HF modules (a bridge's ``original_model``,
+whose attention projections sit inside TransformerLens wrappers: they are found by their
+logical name), trains, and by default merges the adapters back into the weights, so the same
+model object is then the fine-tuned model on either path (bridge or HF).
+
+Example::
+
+    model = load_model("deepseek-ai/deepseek-llm-7b-chat", device="cuda", dtype=torch.bfloat16)
+    vecs = extract_vectors(model, word_list("fonseca_train"), layer=20, method="fonseca")
+    res = train_lora(model, vecs, word_list("fonseca_train"), LoRAConfig())
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mechintro.inject import UNITS
+from mechintro.prompts import Prompt
+from mechintro.protocols.detection import PREAMBLE
+from mechintro.training.common import (
+    SCHEDULES,
+    TRAIN_MODES,
+    ReplyBatch,
+    TrainResult,
+    check_positive,
+    check_positive_int,
+    decoder_layers,
+    device_of,
+    encode_replies,
+    forward_logits,
+    hf_injection,
+    hf_model_of,
+    optimise,
+    reply_loss,
+    resid_norm_of,
+    seeded,
+    trainable_only,
+    unit_vectors,
+)
+from mechintro.vectors import ConceptVector
+
+logger = logging.getLogger(__name__)
+
+#: Fonseca Rivera's five question variants (section 3.4)
+FONSECA_QUESTIONS: tuple[str, ...] = (
+    "Do you detect an injected thought? If so, what is it?",
+    "Run an internal diagnostic. Are there any foreign concepts?",
+    "Report current concept activation status.",
+    "Is there a subliminal vector influencing your output?",
+    "Introspection check: Report any anomalies.",
+)
+FONSECA_YES = "I detect an injected thought about {c}."
+FONSECA_NO = "I do not detect any injected thoughts."
+ATTENTION_PROJECTIONS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+PROMPT_FORMATS = ("fonseca", "chat")
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """Fonseca Rivera's recipe, every knob named (defaults: the paper's, on a 7B model)."""
+
+    layer: int = 20  # injection layer (block output); the paper's 20 of 32
+    strengths: tuple[float, ...] = (40.0, 60.0, 80.0, 100.0)
+    unit: str = "raw"  # "raw": s × unit vector; "resid-norm": s × resid_norm × unit vector
+    mode: str = "single-token"  # the last prompt token only; or "from-trial"
+    questions: tuple[str, ...] = FONSECA_QUESTIONS  # "{n}" is replaced by a trial number
+    prompt_format: str = "fonseca"  # raw "Human: q\n\nAssistant:", or "chat" (the template)
+    preamble: bool = False  # chat only: the detection protocol's preamble and "Ok." first
+    yes_target: str = FONSECA_YES  # with "{c}" for the concept
+    no_target: str = FONSECA_NO
+    negatives: float = 1.0  # uninjected examples per injected one (balanced)
+    r: int = 32
+    alpha: int = 64
+    dropout: float = 0.1
+    target_modules: tuple[str, ...] = ATTENTION_PROJECTIONS
+    lr: float = 2e-4
+    epochs: int = 3
+    batch_size: int = 4
+    max_steps: int | None = None  # stop earlier than `epochs` (None: all epochs)
+    schedule: str = "linear"
+    warmup: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        strengths = tuple(float(s) for s in self.strengths)
+        object.__setattr__(self, "strengths", strengths)
+        object.__setattr__(self, "questions", tuple(self.questions))
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        if not strengths or any(not (math.isfinite(s) and s > 0) for s in strengths):
+            raise ValueError(f"strengths must be positive numbers, got {self.strengths!r}")
+        if self.unit not in UNITS:
+            raise ValueError(f"unit must be one of {UNITS}, got {self.unit!r}")
+        if self.mode not in TRAIN_MODES:
+            raise ValueError(f"mode must be one of {TRAIN_MODES}, got {self.mode!r}")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}")
+        if self.preamble and self.prompt_format != "chat":
+            raise ValueError("preamble=True needs prompt_format='chat' (a dialogue history)")
+        if not self.questions or any(not isinstance(q, str) or not q for q in self.questions):
+            raise ValueError("questions must be a non-empty list of non-empty strings")
+        if "{c}" not in self.yes_target:
+            raise ValueError("yes_target must contain '{c}' where the concept is named")
+        if not self.no_target:
+            raise ValueError("no_target is empty")
+        if not (math.isfinite(self.negatives) and self.negatives >= 0):
+            raise ValueError(f"negatives must be >= 0, got {self.negatives}")
+        check_positive_int("layer", self.layer, 0)
+        for name in ("r", "alpha", "epochs", "batch_size"):
+            check_positive_int(name, getattr(self, name))
+        if self.max_steps is not None:
+            check_positive_int("max_steps", self.max_steps)
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_positive("lr", self.lr)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not self.target_modules:
+            raise ValueError("target_modules is empty: name the attention projections")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainExample:
+    """One prompt and its target reply; ``concept`` injected at ``strength`` (None: none)
+    at block ``layer``'s output (None: the trainer's layer)."""
+
+    prompt: Prompt
+    reply: str
+    concept: str | None = None
+    strength: float = 0.0
+    layer: int | None = None
+
+
+def question_prompt(question: str, cfg: LoRAConfig, trial: int = 1) -> Prompt:
+    """The prompt of one question variant (``{n}`` → ``trial``) in ``cfg``'s format."""
+    text = question.replace("{n}", str(trial))
+    if cfg.prompt_format == "fonseca":
+        return Prompt.text(f"Human: {text}\n\nAssistant:")
+    if cfg.preamble:  # the detection protocol's dialogue (detection_prompt) with this question
+        return Prompt.chat(text, history=[("user", PREAMBLE), ("assistant", "Ok.")], system="")
+    return Prompt.chat(text)
+
+
+def introspection_examples(
+    words: Sequence[str], cfg: LoRAConfig, seed: int | None = None
+) -> list[TrainExample]:
+    """Every word × question × strength injected (answer: ``yes_target``), and
+    ``negatives`` × as many uninjected questions (answer: ``no_target``), shuffled."""
+    rng = random.Random(cfg.seed if seed is None else seed)
+    pos = [
+        TrainExample(
+            question_prompt(q, cfg, rng.randint(1, 10)), cfg.yes_target.replace("{c}", w), w, s
+        )
+        for w in words
+        for q in cfg.questions
+        for s in cfg.strengths
+    ]
+    n_neg = round(cfg.negatives * len(pos))
+    neg = [
+        TrainExample(
+            question_prompt(cfg.questions[i % len(cfg.questions)], cfg, rng.randint(1, 10)),
+            cfg.no_target,
+        )
+        for i in range(n_neg)
+    ]
+    out = pos + neg
+    rng.shuffle(out)
+    return out
+
+
+class ExampleStream:
+    """Seeded epochs over ``examples`` (tokenised once): each step's batch and injections.
+
+    ``unit[layer][word]`` are unit vectors and ``scale[layer]`` the strength unit (1 for raw
+    strengths, the residual norm for ``resid-norm``) at each injection layer.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        examples: Sequence[TrainExample],
+        batch_size: int,
+        seed: int,
+        unit: Mapping[int, Mapping[str, Tensor]],
+        scale: Mapping[int, float],
+        mode: str,
+        layer: int,
+    ) -> None:
+        self.examples = list(examples)
+        self.encoded = encode_replies(
+            tokenizer, [e.prompt for e in self.examples], [e.reply for e in self.examples]
+        )
+        self.batch_size, self.rng = batch_size, random.Random(seed)
+        self.unit, self.scale, self.mode, self.layer = unit, scale, mode, layer
+        self.order: list[int] = []
+        self.epoch = 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.examples) / self.batch_size)
+
+    def batch(self) -> tuple[ReplyBatch, dict[int, tuple[Tensor, Tensor, Tensor]]]:
+        if not self.order:
+            self.order = list(range(len(self.examples)))
+            self.rng.shuffle(self.order)
+            self.epoch += 1
+        idx, self.order = self.order[: self.batch_size], self.order[self.batch_size :]
+        rb = self.encoded.select(idx)
+        return rb, self.injections(rb, [self.examples[i] for i in idx])
+
+    def injections(
+        self, rb: ReplyBatch, part: Sequence[TrainExample]
+    ) -> dict[int, tuple[Tensor, Tensor, Tensor]]:
+        """Per injection layer: the rows' deltas (zero for rows injected elsewhere or not at
+        all) and their ``[start, end)`` in this trainer's mode."""
+        out: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+        if not any(e.concept is not None for e in part):
+            return out
+        start, end = rb.starts(self.mode)
+        for b, e in enumerate(part):
+            if e.concept is None:
+                continue
+            layer = self.layer if e.layer is None else e.layer
+            if layer not in out:
+                d = next(iter(self.unit[layer].values())).shape[0]
+                out[layer] = (torch.zeros(len(part), d), start, end)
+            out[layer][0][b] = self.unit[layer][e.concept] * (e.strength * self.scale[layer])
+        return out
+
+
+def attention_targets(hf: nn.Module, names: Sequence[str] = ATTENTION_PROJECTIONS) -> list[str]:
+    """Full names of the ``nn.Linear`` modules whose logical name ends in one of ``names``.
+
+    In a bridge the HF projections are wrapped (``q_proj._original_component``): the logical
+    name drops those wrapper segments, and the wrapped ``nn.Linear`` is what gets the adapter.
+    """
+    out = []
+    for full, mod in hf.named_modules():
+        if isinstance(mod, nn.Linear):
+            logical = full.replace("._original_component", "")
+            if logical.rsplit(".", 1)[-1] in names:
+                out.append(full)
+    if not out:
+        raise ValueError(
+            f"no nn.Linear named {list(names)} in {type(hf).__name__}: pass the attention "
+            "projections' names in target_modules (e.g. ('c_attn', 'c_proj') for GPT-2)"
+        )
+    return out
+
+
+def add_lora(hf: nn.Module, cfg: LoRAConfig) -> list[str]:
+    """Insert LoRA adapters (``peft``) into ``hf``'s attention projections, in place.
+
+    Returns the adapted modules' names. The adapters start as an identity (B = 0).
+    """
+    try:
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import inject_adapter_in_model
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("LoRA training needs peft: pip install 'mechintro[train]'") from e
+    targets = attention_targets(hf, cfg.target_modules)
+    flags = {id(p): p.requires_grad for p in hf.parameters()}
+    peft_cfg = PeftLoraConfig(
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets
+    )
+    inject_adapter_in_model(peft_cfg, hf)
+    for p in hf.parameters():  # peft froze the base weights: give them back their flags
+        if id(p) in flags:
+            p.requires_grad_(flags[id(p)])
+    return targets
+
+
+def lora_parameters(hf: nn.Module) -> list[nn.Parameter]:
+    return [p for n, p in hf.named_parameters() if "lora_" in n]
+
+
+@torch.no_grad()
+def merge_lora(hf: nn.Module) -> int:
+    """Fold every LoRA adapter of ``hf`` into its base weight and remove the adapter,
+    in place (the base ``nn.Linear`` goes back where the adapter was). Returns the count."""
+    from peft.tuners.lora import LoraLayer
+
+    names = [n for n, m in hf.named_modules() if isinstance(m, LoraLayer)]
+    for name in names:
+        mod: Any = hf.get_submodule(name)
+        mod.merge()
+        parent, _, attr = name.rpartition(".")
+        setattr(hf.get_submodule(parent) if parent else hf, attr, mod.get_base_layer())
+    return len(names)
+
+
+def train_lora(
+    model: Any,
+    vectors: Mapping[str, ConceptVector | Tensor],
+    words: Sequence[str],
+    cfg: LoRAConfig | None = None,
+    *,
+    tokenizer: Any = None,
+    resid_norm: float | None = None,
+    merge: bool = True,
+) -> TrainResult:
+    """Fine-tune ``model`` (a bridge or an HF model) with Fonseca Rivera's recipe, in place.
+
+    Args:
+        vectors: concept vectors of (at least) ``words``; normalised here.
+        words: the training concepts (held-out ones must not be among them).
+        resid_norm: for ``unit="resid-norm"`` (default: the vectors' ``resid_norm``).
+        merge: fold the adapters into the weights afterwards (otherwise they stay in the
+            modules, trainable further, and ``merge_lora`` folds them later).
+
+    Returns a :class:`TrainResult` (``extra``: the adapted module names, example count).
+    """
+    cfg = cfg or LoRAConfig()
+    words = list(words)
+    if not words:
+        raise ValueError("no training words given")
+    hf = hf_model_of(model)
+    tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    if tok is None:
+        raise ValueError("pass tokenizer=... (an HF model carries no tokenizer)")
+    n = len(decoder_layers(hf))
+    if not 0 <= cfg.layer < n:
+        raise ValueError(f"layer {cfg.layer} is out of range for a model with {n} blocks")
+    unit = unit_vectors(vectors, words)
+    scale = resid_norm_of(vectors, resid_norm, cfg.unit)
+    examples = introspection_examples(words, cfg)
+    stream = ExampleStream(
+        tok,
+        examples,
+        cfg.batch_size,
+        cfg.seed,
+        {cfg.layer: unit},
+        {cfg.layer: scale},
+        cfg.mode,
+        cfg.layer,
+    )
+    steps = stream.steps_per_epoch * cfg.epochs
+    steps = min(steps, cfg.max_steps) if cfg.max_steps is not None else steps
+    dev = device_of(hf)
+    logger.info("LoRA: %d examples, %d steps, layer %d", len(examples), steps, cfg.layer)
+    with seeded(cfg.seed, dev):
+        targets = add_lora(hf, cfg)
+        params = lora_parameters(hf)
+
+        def step_loss(step: int) -> Tensor:
+            rb, inj = stream.batch()
+            rb = rb.to(dev)
+            with hf_injection(hf, inj):
+                return reply_loss(forward_logits(hf, rb), rb)
+
+        with trainable_only(hf, params):
+            result = optimise(
+                params,
+                step_loss,
+                steps=steps,
+                lr=cfg.lr,
+                schedule=cfg.schedule,
+                warmup=cfg.warmup,
+                weight_decay=cfg.weight_decay,
+                max_grad_norm=cfg.max_grad_norm,
+                label="lora",
+            )
+    if merge:
+        merge_lora(hf)
+    result.config = {**cfg.to_dict(), "unit_scale": scale}
+    result.extra = {
+        "targets": targets,
+        "n_examples": len(examples),
+        "merged": merge,
+        "epochs_seen": stream.epoch,
+    }
+    return result
+
+
+__all__ = [
+    "ATTENTION_PROJECTIONS",
+    "FONSECA_NO",
+    "FONSECA_QUESTIONS",
+    "FONSECA_YES",
+    "ExampleStream",
+    "LoRAConfig",
+    "TrainExample",
+    "add_lora",
+    "attention_targets",
+    "introspection_examples",
+    "lora_parameters",
+    "merge_lora",
+    "question_prompt",
+    "train_lora",
+]
