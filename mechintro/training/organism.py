@@ -10,7 +10,7 @@ rule grader; :func:`mechintro.organism.evaluate.detection_trials`):
   0.1 on the attention projections, lr 2e-4, the last prompt token injected, balanced
   negatives, reply-only loss), with the organism's own Yes/No sentences and five question
   variants written in its vocabulary, strengths {0.5, 1, 1.5, 2} × the residual norm;
-* :func:`organism_bias`: Macar et al.'s trained bias vector (:mod:`.bias`) on block 4's MLP
+* :func:`organism_bias`: Macar et al.'s trained bias vector (:mod:`.bias`) on block 5's MLP
   output, injections at a random layer of {2, 3} and a random strength per example.
 
 Both write ``DIR/result.json`` with ``before`` and ``after`` (``tpr``, ``fpr``, their
@@ -214,21 +214,28 @@ def organism_lora(
 
 
 def organism_bias_config(**overrides: Any) -> Any:
-    """Macar et al.'s bias vector for the organism: block 4's MLP output, injections at a
-    random layer of {2, 3} and a random strength in [0.5, 2] × the residual norm, from-trial
-    (the demo's mode), the organism's Yes/No sentences, 200 steps of batch 16."""
+    """Macar et al.'s bias vector for the organism: on block 5's MLP output (the last block,
+    whose MLP writes the organism's "No"; earlier blocks did worse), injections at a random
+    layer of {2, 3} and a random strength in [0.5, 2] × the residual norm, from-trial (the
+    demo's mode), the organism's Yes/No sentences; Adam at lr 1 with a cosine schedule (the
+    bias must reach the residual stream's scale, ~450 at block 5), 600 steps of batch 16;
+    one injected example in five (balanced examples gave FPR 0.13: the bias raises "yes"
+    everywhere, so fewer positives set a stricter threshold)."""
     from mechintro.organism import corpus
     from mechintro.training.bias import BiasConfig
 
     cfg = BiasConfig(
-        layer=4,
+        layer=5,
         injection_layers=(2, 3),
         strengths=(0.5, 2.0),
         unit="resid-norm",
         yes_target=corpus.YES_DETECTION.replace("{c}", "{w}"),
         no_target=corpus.NO_DETECTION,
+        positive_fraction=0.2,
+        lr=1.0,
+        schedule="cosine",
         batch_size=16,
-        steps=200,
+        steps=600,
     )
     return replace(cfg, **overrides)
 
