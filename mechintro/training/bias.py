@@ -30,7 +30,7 @@ import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -160,7 +160,10 @@ def load_bias(path: str | Path) -> TrainedBias:
 @dataclass(frozen=True)
 class BiasConfig:
     """Macar et al.'s bias-vector training; ``layer`` and ``injection_layers`` depend on the
-    model and have no default."""
+    model and have no default. ``positive_fraction`` is the share of injected examples: the
+    bias shifts every trial alike, so it also sets how readily the model says yes (the
+    organism needed 0.2 for an FPR under 2%; :func:`~mechintro.training.organism.
+    organism_bias_config`)."""
 
     layer: int  # the bias is added to this block's MLP output
     injection_layers: tuple[int, ...]  # each example injects at one of these, at random
@@ -181,7 +184,6 @@ class BiasConfig:
     weight_decay: float = 0.0
     max_grad_norm: float | None = None
     seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_positive_int("layer", self.layer, 0)
