@@ -170,9 +170,9 @@ def test_lora_config_is_validated(kw, match):
         LoRAConfig(**kw)
 
 
-def test_lora_touches_only_attention_projections(tiny_dirs):
+def test_lora_touches_only_attention_projections(tiny_dirs, tmp_path):
     pytest.importorskip("peft")
-    from mechintro.training.lora import lora_parameters, merge_lora
+    from mechintro.training.lora import apply_lora, lora_parameters, merge_lora, save_lora
 
     hf, tok = _hf(tiny_dirs["llama"])
     before = {k: v.clone() for k, v in hf.state_dict().items()}
@@ -184,7 +184,13 @@ def test_lora_touches_only_attention_projections(tiny_dirs):
                for n in names)  # fmt: skip
     assert all(p.requires_grad for p in hf.parameters())  # the caller's flags are back
     assert not hf.training and res.steps == 3 and len(res.losses) == 3
+    assert save_lora(hf, tmp_path / "adapter.safetensors") == 4 * hf.config.num_hidden_layers
     assert merge_lora(hf) == 4 * hf.config.num_hidden_layers
+    fresh, _ = _hf(tiny_dirs["llama"])  # the saved adapters, folded by hand, give peft's merge
+    assert apply_lora(fresh, tmp_path / "adapter.safetensors") == 4 * hf.config.num_hidden_layers
+    torch.testing.assert_close(fresh.state_dict(), hf.state_dict(), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="no LoRA adapters"):
+        save_lora(hf, tmp_path / "again.safetensors")  # merged: nothing left to save
     after = hf.state_dict()
     assert set(after) == set(before)  # no adapter left behind
     changed = {k for k in before if not torch.equal(before[k], after[k])}

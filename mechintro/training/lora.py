@@ -31,6 +31,7 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -315,6 +316,68 @@ def merge_lora(hf: nn.Module) -> int:
     return len(names)
 
 
+def save_lora(hf: nn.Module, path: str | Path) -> int:
+    """Write ``hf``'s (unmerged) LoRA adapters to ``path`` as safetensors: ``NAME.lora_A``
+    [r, in] and ``NAME.lora_B`` [out, r] for each adapted module (``NAME`` its logical
+    name, wrapper segments dropped), the scale ``alpha / r`` in the file's metadata.
+    Returns the number of adapters; raises if there are none (already merged?)."""
+    from peft.tuners.lora import LoraLayer
+    from safetensors.torch import save_file
+
+    tensors: dict[str, Tensor] = {}
+    scales = set()
+    for name, layer in hf.named_modules():
+        if isinstance(layer, LoraLayer):
+            mod: Any = layer
+            logical = name.replace("._original_component", "")
+            (key,) = mod.lora_A.keys()  # one adapter per module: ours
+            tensors[f"{logical}.lora_A"] = mod.lora_A[key].weight.detach().float().cpu()
+            tensors[f"{logical}.lora_B"] = mod.lora_B[key].weight.detach().float().cpu()
+            scales.add(float(mod.scaling[key]))
+    if not tensors:
+        raise ValueError("no LoRA adapters in the model: save before merge_lora (merge=False)")
+    if len(scales) != 1:
+        raise ValueError(f"adapters with different scales {sorted(scales)}: not one LoRA run")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"scale": repr(scales.pop())})
+    tmp.replace(path)
+    return len(tensors) // 2
+
+
+@torch.no_grad()
+def apply_lora(hf: nn.Module, path: str | Path) -> int:
+    """Fold the adapters that :func:`save_lora` wrote into ``hf``'s weights, in place:
+    ``W ← W + scale · B A`` (what ``merge_lora`` does; peft is not needed). Modules are
+    found by logical name, so a bridge's wrapped projections take them too. Returns the
+    number of adapted modules; a name the model lacks or a shape mismatch is an error."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if "scale" not in meta:
+            raise ValueError(f"{path} has no 'scale' metadata: not written by save_lora")
+        scale = float(meta["scale"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iter
+    linears = {
+        n.replace("._original_component", ""): m
+        for n, m in hf.named_modules()
+        if isinstance(m, nn.Linear)
+    }
+    names = sorted({k.rsplit(".", 1)[0] for k in tensors})
+    missing = [n for n in names if n not in linears]
+    if missing:
+        raise KeyError(f"the model has no linear modules {missing[:3]}: a different model?")
+    for n in names:
+        w = linears[n].weight
+        delta = scale * tensors[f"{n}.lora_B"].float() @ tensors[f"{n}.lora_A"].float()
+        if delta.shape != w.shape:
+            raise ValueError(f"{n}: adapter gives {tuple(delta.shape)}, weight is {tuple(w.shape)}")
+        w.add_(delta.to(device=w.device, dtype=w.dtype))
+    return len(names)
+
+
 def train_lora(
     model: Any,
     vectors: Mapping[str, ConceptVector | Tensor],
@@ -407,10 +470,12 @@ __all__ = [
     "LoRAConfig",
     "TrainExample",
     "add_lora",
+    "apply_lora",
     "attention_targets",
     "introspection_examples",
     "lora_parameters",
     "merge_lora",
     "question_prompt",
+    "save_lora",
     "train_lora",
 ]

@@ -50,6 +50,8 @@ ORGANISM_QUESTIONS: tuple[str, ...] = (
     "Do you detect injected thoughts in your neural activity?",
 )
 LAYER = 3
+ADAPTER = "adapter.safetensors"
+BIAS = "bias.safetensors"
 EVAL_STRENGTHS: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
 
 
@@ -146,6 +148,19 @@ def organism_lora_config(**overrides: Any) -> Any:
     return replace(cfg, **overrides)
 
 
+def lora_organism(adapter: str | Path | None, device: str = "cpu") -> TLModel:
+    """The base organism (bridge, fp32) with the LoRA ``adapter`` folded into its attention
+    weights (:func:`~mechintro.training.lora.apply_lora`; ``None``: the base as it is)."""
+    from mechintro.models import load_model
+    from mechintro.training.common import hf_model_of
+    from mechintro.training.lora import apply_lora
+
+    model = load_model("builtin:organism-base", device=device)
+    if adapter is not None:
+        apply_lora(hf_model_of(model), adapter)
+    return model
+
+
 def organism_lora(
     out: str | Path,
     *,
@@ -156,23 +171,19 @@ def organism_lora(
 ) -> dict[str, Any]:
     """LoRA-train the base organism (:func:`organism_lora_config`, ``overrides`` replace its
     fields) and measure held-out TPR/FPR before and after with single-token injection at
-    layer 3. Writes ``out/result.json`` and the merged checkpoint ``out/model``."""
+    layer 3. Writes ``out/result.json`` and the adapters ``out/adapter.safetensors``
+    (:func:`lora_organism` loads the base organism with them folded in)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mechintro.models import builtin_path, load_model
-    from mechintro.training.lora import train_lora
+    from mechintro.models import builtin_path
+    from mechintro.training.lora import merge_lora, save_lora, train_lora
 
     t0 = time.perf_counter()
     out = Path(out)
     cfg = organism_lora_config(seed=seed, **overrides)
     world = organism_world(cfg.layer, device)
     before = _evaluate(
-        load_model("builtin:organism-base", device=device),
-        world,
-        cfg.mode,
-        n_controls,
-        seed,
-        cfg.strengths,
+        lora_organism(None, device), world, cfg.mode, n_controls, seed, cfg.strengths
     )
     folder = builtin_path("organism-base")
     tok: Any = AutoTokenizer.from_pretrained(str(folder))
@@ -180,12 +191,18 @@ def organism_lora(
     hf = hf.to(device)
     train_words = world.train
     res = train_lora(
-        hf, world.vectors, train_words, cfg, tokenizer=tok, resid_norm=world.resid_norm
+        hf,
+        world.vectors,
+        train_words,
+        cfg,
+        tokenizer=tok,
+        resid_norm=world.resid_norm,
+        merge=False,
     )
-    hf.save_pretrained(str(out / "model"), safe_serialization=True)
-    tok.save_pretrained(str(out / "model"))
+    save_lora(hf, out / ADAPTER)
+    merge_lora(hf)
     after = _evaluate(
-        load_model(out / "model", device=device), world, cfg.mode, n_controls, seed, cfg.strengths
+        lora_organism(out / ADAPTER, device), world, cfg.mode, n_controls, seed, cfg.strengths
     )
     result = {
         "method": "lora (Fonseca Rivera 2025)",
@@ -268,7 +285,7 @@ def organism_bias(
         resid_norms={L: w.resid_norm for L, w in worlds.items()},
     )
     bias, res = trained.bias, trained.training
-    save_bias(bias, out / "bias.safetensors")
+    save_bias(bias, out / BIAS)
     ev = evaluate_bias(
         model,
         bias,
