@@ -1,4 +1,31 @@
 """circuits: gates, evidence carriers, steering attribution and attribution graphs.
 
-Assembles mechintro's primitives into the circuit analyses of Macar et al. (2026).
+Assembles mechintro's primitives into the circuit analyses of Macar et al. (2026). Names
+load on first use, so ``import circuits`` is instant::
+
+    from circuits import AttributionGraph, Node, Edge
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AttributionGraph": "circuits.graph",
+    "Node": "circuits.graph",
+    "Edge": "circuits.graph",
+    "EdgeCheck": "circuits.graph",
+    "pearson_r": "circuits.graph",
+    "to_viewer_json": "circuits.viewer",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'circuits' has no attribute {name!r}")
