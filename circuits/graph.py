@@ -122,6 +122,8 @@ class Node:
             raise ValueError(f"node {self.id!r}: kind {self.kind!r} is not one of {KINDS}")
         if self.role not in ROLES:
             raise ValueError(f"node {self.id!r}: role {self.role!r} is not one of {ROLES}")
+        if self.position < -1:
+            raise ValueError(f"node {self.id!r}: position {self.position} (use -1 for all)")
         object.__setattr__(self, "layer", int(self.layer))
         object.__setattr__(self, "position", int(self.position))
         object.__setattr__(self, "feature", None if self.feature is None else int(self.feature))

@@ -9,9 +9,11 @@ label and numbers, hovering an edge's midpoint its weight.
 **Viewer files** (:func:`to_viewer_json`): the graph JSON of circuit-tracer's frontend (Hanna
 & Piotrowski, derived from Anthropic's attribution-graphs frontend), matched field for field
 against ``circuit_tracer/frontend/graph_models.py`` (pydantic ``Metadata``, ``QParams``,
-``Node``, ``Link``, ``Model``) and ``circuit_tracer/utils/create_graph_files.py``
-(safety-research/circuit-tracer at 196e2ce and 21ab88a, decoderesearch/circuit-tracer at
-2f8eb2b), with the reading side checked in the frontend's ``util-cg.js`` ``formatData``:
+``Node``, ``Link``, ``Model``; safety-research/circuit-tracer at 196e2ce and 21ab88a),
+``circuit_tracer/utils/create_graph_files.py`` (decoderesearch/circuit-tracer at 2f8eb2b),
+``circuit_tracer/frontend/utils.py`` ``add_graph_metadata`` (read in the vibhusapra fork at
+8b6d10a) and ``circuit_tracer/frontend/local_server.py`` (decoderesearch at 7683107); the
+reading side was checked in the frontend's ``util-cg.js`` ``formatData``:
 
 * ``{"metadata", "qParams", "nodes", "links"}``; links are ``{source, target, weight}`` by
   ``node_id``;
@@ -37,7 +39,7 @@ against ``circuit_tracer/frontend/graph_models.py`` (pydantic ``Metadata``, ``QP
   ``prompt_tokens``, ``prompt``, ``node_threshold``, ``schema_version`` = 1), plus ``info``
   (the generator) and ``mechintro`` (our metadata) as extra keys, which the viewer ignores;
   ``graph-metadata.json`` is ``{"graphs": [metadata, ...]}`` with the model's fields only, one
-  entry per slug (``circuit_tracer/frontend/utils.py`` ``add_graph_metadata``).
+  entry per slug, as ``add_graph_metadata`` writes it.
 
 Serve the folder with ``circuit_tracer.frontend.local_server.serve(data_dir=path)``.
 """

@@ -67,6 +67,8 @@ def test_construction_checks() -> None:
         Node("x", "neuron", 0)
     with pytest.raises(ValueError, match="role"):
         Node("x", "feature", 0, role="hero")
+    with pytest.raises(ValueError, match="position"):
+        Node("x", "feature", 0, position=-2)
     with pytest.raises(ValueError, match="weight"):
         Edge("a", "b", float("nan"))
     n = nodes()
