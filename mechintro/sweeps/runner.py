@@ -5,34 +5,51 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import socket
 import time
-from collections.abc import Mapping, Sequence
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
+from mechintro import distributed
+from mechintro.distributed import Ranks
 from mechintro.generate import generate, readout
 from mechintro.inject import Injection
+from mechintro.memory import (
+    ModelShape,
+    device_memory,
+    estimate,
+    model_devices,
+    no_fit_message,
+    plan_batch,
+)
 from mechintro.models import TLModel, check_layer, fingerprint, model_info, tokenizer_of
 from mechintro.prompts import encode
 from mechintro.record import library_versions
 from mechintro.sweeps.builders import PROMPTS, PromptBuilder, build_prompt, prompt_version
 from mechintro.sweeps.spec import STORE_FORMAT, SweepSpec, Trial, _canon, batches, plan
 from mechintro.sweeps.store import (
-    TRIALS_FILE,
     TrialStore,
     _bind_folder,
     _locked,
     load_results,
+    log_run,
+    read_trials,
+    shard_path,
 )
 from mechintro.vectors import ConceptVector, extract_vectors
 
 logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 Vectors = Mapping[int, Mapping[str, ConceptVector]]
 
@@ -161,6 +178,7 @@ def _run_batch(
                     "generate_seconds": gen.seconds,
                     "readout_seconds": read_s,
                     "seconds_per_trial": wall / len(trials),
+                    **common["ranks"],
                 },
                 "written_at": now,
                 "spec_key": common["spec_key"],
@@ -240,6 +258,79 @@ def _run_meta(
     }
 
 
+def _prompt_tokens(
+    model: TLModel, spec: SweepSpec, trials: Sequence[Trial], builders: Mapping[str, PromptBuilder]
+) -> int:
+    """The longest prompt of ``trials``, in tokens (each distinct prompt encoded once)."""
+    tok = tokenizer_of(model)
+    seen: dict[tuple[str, int, str | None], Trial] = {}
+    for t in trials:
+        seen.setdefault((t.protocol, t.trial_number, t.concept), t)
+    prompts = [build_prompt(builders[t.protocol], t, tok) for t in seen.values()]
+    return int(encode(tok, prompts, **spec.template_kwargs).length)
+
+
+def _memory_plan(
+    model: TLModel,
+    spec: SweepSpec,
+    trials: Sequence[Trial],
+    builders: Mapping[str, PromptBuilder],
+    batch_size: int | str,
+    max_batch: int,
+) -> tuple[int, dict[str, Any]]:
+    """(batch size, its memory plan) for this process's model and device.
+
+    ``batch_size="auto"``: the largest batch (at most ``max_batch``) that the memory plan
+    fits on the device; an int is kept, with a warning if the plan says it will not fit.
+    """
+    devices = model_devices(model)
+    free = [device_memory(d) for d in devices]
+    memory = None if None in free else min(f for f in free if f is not None)
+    kw: dict[str, Any] = dict(
+        prompt_tokens=_prompt_tokens(model, spec, trials, builders),
+        new_tokens=spec.max_new_tokens,
+        dtype=next(model.parameters()).dtype,
+        n_devices=len(devices),
+        weights_resident=True,
+    )
+    shape = ModelShape.from_model(model)
+    if batch_size == "auto":
+        if memory is None:
+            raise ValueError(
+                f"batch_size='auto' needs the free memory of {devices[0]}, which is unknown: "
+                "give batch_size=N"
+            )
+        plan = plan_batch(shape, memory=memory, max_batch=max_batch, **kw)
+    else:
+        assert isinstance(batch_size, int)
+        plan = estimate(shape, batch_size=batch_size, memory=memory, **kw)
+        if plan.fits is False:
+            logger.warning("%s", no_fit_message(plan))
+    return plan.batch_size, {
+        **plan.to_dict(),
+        "requested": batch_size,
+        "devices": [str(d) for d in devices],
+    }
+
+
+def _on_main(ranks: Ranks, fn: Callable[[], R]) -> R | None:
+    """Run ``fn`` on rank 0 while the others wait; an error there stops every rank.
+
+    Returns ``fn()`` on rank 0 and ``None`` on the others.
+    """
+    result, status = None, ("ok", "")
+    if ranks.is_main:
+        try:
+            result = fn()
+        except BaseException as e:
+            ranks.broadcast(("error", f"{type(e).__name__}: {e}"))
+            raise
+    status = ranks.broadcast(status)
+    if status[0] == "error":
+        raise RuntimeError(f"rank 0 stopped the sweep: {status[1]}")
+    return result
+
+
 def run_sweep(
     model: TLModel,
     spec: SweepSpec,
@@ -247,8 +338,10 @@ def run_sweep(
     *,
     vectors: Vectors | None = None,
     prompts: Mapping[str, PromptBuilder] | None = None,
-    batch_size: int = 32,
+    batch_size: int | str = 32,
+    max_batch: int = 512,
     progress: bool = True,
+    ranks: Ranks | None = None,
 ) -> Any:
     """Run every trial of ``spec`` not yet in ``out_dir``; return all results as a DataFrame.
 
@@ -258,10 +351,19 @@ def run_sweep(
         prompts: extra prompt builders ``{name: (Trial) -> Prompt}`` for ``spec.protocols``
             (a builder's ``version`` attribute, if any, is recorded).
         batch_size: trials per generation; it does not change any result, so a run may be
-            resumed with another.
+            resumed with another. ``"auto"``: the largest batch, up to ``max_batch``, that
+            the memory plan (:mod:`mechintro.memory`) fits on the model's device(s).
         progress: show a tqdm bar over trials (starting at those already done).
+        ranks: the process's place in a data-parallel job (default:
+            :func:`mechintro.distributed.current`, a world of one outside ``torchrun``).
 
     Rerunning the same call after an interruption resumes it: no trial is lost or repeated.
+    In a job of several ranks, each runs the same call on its own copy of the model: rank 0
+    locks and checks the folder, repairs torn shard files and lists the pending trials;
+    every rank then takes every ``world_size``-th batch of them and appends its records to
+    its own ``trials.rank{r}.jsonl``. Each trial keeps its id and seed, so the merged results
+    equal a single process's run trial for trial. ``runs.jsonl`` records every run: ranks,
+    devices, the batch size and its memory plan.
 
     Example::
 
@@ -278,53 +380,108 @@ def run_sweep(
         )
     for layer in spec.layers:
         check_layer(model, layer)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if batch_size != "auto" and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise ValueError(f"batch_size must be a positive int or 'auto', got {batch_size!r}")
+    ranks = ranks or distributed.current()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     trials = plan(spec)
-    with _locked(out):
-        store = TrialStore(out / TRIALS_FILE)
-        has_trials = bool(store.read())
-        meta = _run_meta(model, spec, trials, builders)
-        _bind_folder(out, meta, has_trials)
-        done = {r["trial_id"] for r in store.repair()}
-        planned = {t.trial_id for t in trials}
-        extra = done - planned
-        if extra:
-            logger.warning("%s holds %d trials that this spec does not plan", out, len(extra))
+    with _locked(out) if ranks.is_main else contextlib.nullcontext():
+        found = _on_main(ranks, lambda: _open_folder(model, spec, trials, builders, out))
+        meta, done = typing.cast(tuple[dict[str, Any], set[str]], ranks.broadcast(found))
         pending = [t for t in trials if t.trial_id not in done]
-        if done:
+        if ranks.is_main and done:
             logger.info(
                 "resuming %s: %d of %d trials done", out, len(trials) - len(pending), len(trials)
             )
-        vecs = _resolve_vectors(model, spec, pending, vectors, out)
+        # rank 0 extracts the vectors into the folder's cache; the others then read them
+        vecs = _on_main(ranks, lambda: _resolve_vectors(model, spec, pending, vectors, out))
+        if vecs is None:
+            vecs = _resolve_vectors(model, spec, pending, vectors, out)
+        per_rank = max(1, -(-len(pending) // ranks.world_size))
+        size, memory = _memory_plan(
+            model, spec, pending, builders, batch_size, min(max_batch, per_rank)
+        ) if pending else (1 if batch_size == "auto" else batch_size, None)  # fmt: skip
+        assert isinstance(size, int)
+        here: dict[str, Any] = {
+            "rank": ranks.rank,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
+        everyone = ranks.all_gather({**here, "batch_size": size, "memory": memory})
+        size = min(r["batch_size"] for r in everyone)  # one batching for every rank
+        mine = ranks.share(batches(pending, size))
+        if ranks.is_main:
+            log_run(out, _run_record(ranks, size, batch_size, len(trials), len(pending), everyone))
         common = {
             "spec_key": spec.key,
             "model": meta["model"],
             "versions": meta["versions"],
             "prompt_versions": {n: prompt_version(n, builders[n]) for n in spec.protocols},
             "vectors": {(L, w): _vector_info(v) for L, ws in vecs.items() for w, v in ws.items()},
+            "ranks": {"rank": ranks.rank, "world_size": ranks.world_size},
         }
+        alone = ranks.world_size == 1
         bar = tqdm(
-            total=len(trials),
-            initial=len(trials) - len(pending),
+            total=len(trials) if alone else sum(map(len, mine)),
+            initial=len(trials) - len(pending) if alone else 0,
             unit="trial",
-            desc="sweep",
-            disable=not progress,
+            desc="sweep" if alone else f"sweep, rank 0 of {ranks.world_size}",
+            disable=not (progress and ranks.is_main),
         )
+        store = TrialStore(shard_path(out, ranks.rank, ranks.world_size))
         try:
-            for chunk in batches(pending, batch_size):
+            for chunk in mine:
                 store.append(_run_batch(model, spec, chunk, builders, vecs, common))
                 bar.update(len(chunk))
         except KeyboardInterrupt:
             logger.warning(
-                "interrupted: %d of %d trials are saved in %s; run the same call again to resume",
-                bar.n,
-                len(trials),
+                "interrupted: the finished batches are saved in %s; run the same call again "
+                "to resume",
                 out,
             )
             raise
         finally:
             bar.close()
+        ranks.barrier()  # rank 0 holds the folder's lock until every rank is done
     return load_results(out)
+
+
+def _open_folder(
+    model: TLModel,
+    spec: SweepSpec,
+    trials: Sequence[Trial],
+    builders: Mapping[str, PromptBuilder],
+    out: Path,
+) -> tuple[dict[str, Any], set[str]]:
+    """Bind ``out`` to this sweep, cut torn last lines, and return (meta, ids already done)."""
+    has_trials = bool(read_trials(out))
+    meta = _run_meta(model, spec, trials, builders)
+    _bind_folder(out, meta, has_trials)
+    done = {r["trial_id"] for r in read_trials(out, repair=True)}
+    extra = done - {t.trial_id for t in trials}
+    if extra:
+        logger.warning("%s holds %d trials that this spec does not plan", out, len(extra))
+    return meta, done
+
+
+def _run_record(
+    ranks: Ranks,
+    size: int,
+    requested: int | str,
+    n_trials: int,
+    n_pending: int,
+    everyone: Sequence[Mapping[str, Any]],
+) -> dict[str, Any]:
+    return {
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "world_size": ranks.world_size,
+        "batch_size": size,
+        "batch_size_requested": requested,
+        "trials": n_trials,
+        "pending": n_pending,
+        "ranks": list(everyone),
+        "versions": library_versions(),
+    }

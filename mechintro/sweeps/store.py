@@ -2,7 +2,10 @@
 
 ``trials.jsonl`` holds one JSON record per finished trial, appended batch by batch with one
 write, flushed and fsynced; a torn last line (a process killed mid-write) is cut off on the
-next run. ``spec.json`` binds the folder to one spec, model and set of prompts.
+next run. A data-parallel run (:mod:`mechintro.distributed`) writes one such file per rank,
+``trials.rank{r}.jsonl``; every reader merges all of them (:func:`read_trials`), so a folder
+may hold the shards of runs of any world sizes. ``spec.json`` binds the folder to one spec,
+model and set of prompts; ``runs.jsonl`` logs each run (world size, batch size, memory plan).
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from mechintro.sweeps.spec import SweepSpec, plan
 logger = logging.getLogger(__name__)
 
 TRIALS_FILE = "trials.jsonl"
+SHARD_FILE = "trials.rank{rank}.jsonl"
 SPEC_FILE = "spec.json"
+RUNS_FILE = "runs.jsonl"
 LOCK_FILE = ".lock"
 
 
@@ -79,20 +84,70 @@ class TrialStore:
 
     def append(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Append ``records`` with one write, then flush and fsync."""
-        if not records:
-            return
-        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        new = not self.path.exists()
-        with open(self.path, "ab") as f:
-            self._write(f, data.encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
-        if new:
-            _fsync_dir(self.path.parent)
+        if records:
+            _append_lines(self.path, records, self._write)
 
     @staticmethod
     def _write(f: Any, data: bytes) -> None:
         f.write(data)
+
+
+def _append_lines(path: Path, records: Sequence[Mapping[str, Any]], write: Any) -> None:
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    new = not path.exists()
+    with open(path, "ab") as f:
+        write(f, data.encode("utf-8"))
+        f.flush()
+        os.fsync(f.fileno())
+    if new:
+        _fsync_dir(path.parent)
+
+
+def shard_path(folder: str | os.PathLike[str], rank: int, world_size: int) -> Path:
+    """The trial file that rank ``rank`` of ``world_size`` processes appends to.
+
+    One process writes ``trials.jsonl``; each rank of several writes ``trials.rank{r}.jsonl``.
+    """
+    name = TRIALS_FILE if world_size == 1 else SHARD_FILE.format(rank=rank)
+    return Path(folder) / name
+
+
+def trial_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Every trial file in ``folder``: ``trials.jsonl``, then the rank shards by rank."""
+    folder = Path(folder)
+    shards = []
+    for p in folder.glob(SHARD_FILE.format(rank="*")):
+        rank = p.name.removeprefix("trials.rank").removesuffix(".jsonl")
+        if rank.isdigit():
+            shards.append((int(rank), p))
+    main = [folder / TRIALS_FILE] if (folder / TRIALS_FILE).exists() else []
+    return main + [p for _, p in sorted(shards)]
+
+
+def read_trials(folder: str | os.PathLike[str], *, repair: bool = False) -> list[dict[str, Any]]:
+    """The complete records of every trial file of ``folder`` (:func:`trial_files` order).
+
+    Torn last lines are ignored, or, with ``repair``, cut off (only while no process writes).
+    """
+    out: list[dict[str, Any]] = []
+    for path in trial_files(folder):
+        store = TrialStore(path)
+        out += store.repair() if repair else store.read()
+    return out
+
+
+def log_run(folder: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
+    """Append one run's record (settings, ranks, memory plan) to ``runs.jsonl``."""
+    _append_lines(Path(folder) / RUNS_FILE, [record], lambda f, data: f.write(data))
+
+
+def load_runs(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The run records of a results folder, oldest first (a torn last line is ignored)."""
+    path = Path(folder) / RUNS_FILE
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    return [json.loads(line) for line in data[: data.rfind(b"\n") + 1].splitlines()]
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -178,12 +233,13 @@ def load_results(out_dir: str | os.PathLike[str]) -> Any:
     """The trials of a results folder as a pandas DataFrame, one row per trial, in plan order.
 
     Nested fields are flattened with dots (``injection.vector.norm``, ``model.fingerprint``).
-    Works while a sweep is still running (a torn last line is ignored).
+    The shards of a data-parallel run are merged (a trial present in several files counts
+    once). Works while a sweep is still running (torn last lines are ignored).
     """
     import pandas as pd
 
     out = Path(out_dir)
-    records = TrialStore(out / TRIALS_FILE).read()
+    records = read_trials(out)
     seen: set[str] = set()
     unique = []
     for r in records:
