@@ -18,12 +18,17 @@ generation, the rule grader, Wilson intervals):
 5. Godet's noise control: the Yes/No belief ``b`` for "Do you detect an injected thought?"
    and for "Do you believe that 1+1=3?" (and a battery of control questions) under
    last-token injection, over layers × strengths and at the best strength, with the
-   specificity ``Δb_introspection − Δb_control`` and the rate at which the control answer flips.
+   specificity ``Δb_introspection − Δb_control`` and the rate at which the control answer flips;
+6. introspection trained into the base organism: the shipped LoRA adapter (Fonseca Rivera's
+   recipe) and bias vector (Macar et al.), held-out TPR/FPR before and after
+   (:func:`mechintro.training.organism.measure_trained`).
 
 It writes ``DIR/metrics.json`` (for each organism and concept split, at the organism's best
 strength: ``tpr``, ``fpr``, ``identification``, ``identification_category``,
 ``introspection_rate``, ``n_injected``, ``n_control``, ``control_flip_rate``,
-``specificity``, each rate with its interval) and ``DIR/report.html``.
+``specificity``, each rate with its interval; ``training.lora.heldout`` and
+``training.bias.heldout``: ``before`` and ``after``, each with ``tpr``, ``fpr`` and
+intervals; ``transcoders.fvu`` per layer) and ``DIR/report.html``.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 ORGANISMS = {"base": "builtin:organism-base", "introspective": "builtin:organism"}
 SPLITS = ("train", "heldout")
+N_STEPS = 8
 
 
 @dataclass
@@ -119,10 +125,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    steps = tqdm(total=7, desc="demo", unit="step", bar_format="{desc}: {n}/{total} {postfix}")
+    steps = tqdm(
+        total=N_STEPS, desc="demo", unit="step", bar_format="{desc}: {n}/{total} {postfix}"
+    )
 
     def step(what: str) -> None:
-        logger.info("[%d/7] %s (%.0f s)", steps.n + 1, what, time.perf_counter() - t0)
+        logger.info("[%d/%d] %s (%.0f s)", steps.n + 1, N_STEPS, what, time.perf_counter() - t0)
         steps.set_postfix_str(what)
         steps.update(1)
 
@@ -211,6 +219,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     best = {name: _best_strength(table[table.organism == name]) for name in models}
     noise_grid, noise_best = _noise(models, vectors, resid, layer, words, best, cfg)
 
+    step("trained introspection: LoRA and bias vector on the base organism")
+    from mechintro.training.organism import measure_trained
+
+    trained = measure_trained(n_controls=cfg.n_controls, seed=cfg.seed)
+
     step("writing metrics.json and report.html")
     transcoders = _transcoder_fvu(models["introspective"], words, unit, resid, layer, best)
     metrics: dict[str, Any] = {
@@ -257,6 +270,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         org["noise_delta_b_correlation"] = _correlation(noise_grid[noise_grid.organism == name])
         metrics[name] = org
     metrics["transcoders"] = transcoders
+    metrics["training"] = trained
     metrics["rates"] = table.to_dict(orient="records")
     metrics["config"] = asdict(cfg)
     metrics["wall_seconds"] = time.perf_counter() - t0

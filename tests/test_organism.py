@@ -178,5 +178,12 @@ def test_demo_writes_every_required_metric(tmp_path):
             assert entry["n_control"] == cfg.n_controls
     fvu = metrics["transcoders"]["fvu"]
     assert set(fvu) == {"3", "4", "5"} and all(0 <= v <= 0.15 for v in fvu.values())
+    for method in ("lora", "bias"):  # the shipped adapter and bias teach the base organism
+        held = metrics["training"][method]["heldout"]
+        assert held["before"]["tpr"] == 0.0 and held["before"]["n_control"] == cfg.n_controls
+        assert held["after"]["tpr"] > 0.1 and held["after"]["fpr_ci"][0] <= 0.02, (method, held)
+    lora = metrics["training"]["lora"]["heldout"]["after"]
+    assert lora["tpr"] >= 0.8 and lora["fpr"] == 0.0
     page = (tmp_path / "report.html").read_text()
+    assert "Introspection trained into the base organism" in page
     assert "Noise control" in page and "<script src=" not in page

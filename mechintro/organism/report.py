@@ -51,6 +51,25 @@ def headline_table(metrics: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def training_table(training: dict[str, Any]) -> pd.DataFrame:
+    """TPR and FPR before and after each trained intervention, with intervals."""
+    rows = []
+    for method, entry in training.items():
+        for when in ("before", "after"):
+            e = entry["heldout"][when]
+            rows.append(
+                {
+                    "method": method,
+                    "when": when,
+                    "tpr": f"{e['tpr']:.3f} [{e['tpr_ci'][0]:.3f}, {e['tpr_ci'][1]:.3f}]",
+                    "fpr": f"{e['fpr']:.3f} [{e['fpr_ci'][0]:.3f}, {e['fpr_ci'][1]:.3f}]",
+                    "n_injected": e["n_injected"],
+                    "n_control": e["n_control"],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
 def demo_report(
     metrics: dict[str, Any],
     table: pd.DataFrame,
@@ -145,6 +164,19 @@ def demo_report(
             [examples_table(ex, ("organism", "split", "concept", "strength", "reply", "grade"))],
         )
     )
+    if "training" in metrics:
+        sections.append(
+            Section(
+                "Introspection trained into the base organism",
+                [
+                    "Held-out concepts, the rule grader, 200 uninjected controls sampled at "
+                    "T=1. LoRA: Fonseca Rivera's recipe (r 32, α 64 on the attention "
+                    "projections), last-token injection at block 3. Bias: Macar et al.'s "
+                    "trained bias vector on block 5's MLP output, from-trial injection.",
+                    training_table(metrics["training"]),
+                ],
+            )
+        )
     sections.append(Section("Parity self-check", [pd.DataFrame([metrics["parity"]])]))
     return html_report("mechintro demo: the built-in model organisms", sections, path=path)
 

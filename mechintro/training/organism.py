@@ -117,6 +117,65 @@ def _evaluate(
     return detection_rates(df, world.category)
 
 
+def trained_path(method: str) -> Path:
+    """The folder of the shipped run of ``method`` ("lora" or "bias"): its weights and
+    ``result.json``, written by ``python -m mechintro.training organism-<method>``."""
+    if method not in ("lora", "bias"):
+        raise ValueError(f"method must be 'lora' or 'bias', got {method!r}")
+    return Path(__file__).resolve().parents[1] / "organism" / "trained" / method
+
+
+def measure_trained(
+    *, n_controls: int = 200, seed: int = 0, device: str = "cpu"
+) -> dict[str, dict[str, Any]]:
+    """Held-out TPR/FPR before and after, re-measured here for the shipped LoRA adapter and
+    bias vector (:func:`trained_path`) exactly as their training run measured them (the
+    same trials, seeds and grader; CPU sampling may differ from a GPU run's). Returns
+    ``{"lora": {"heldout": {"before", "after"}, "run": ...}, "bias": ...}``, ``run`` being
+    the training run's own record (steps, seconds, its before/after, the config)."""
+    from mechintro.models import load_model
+    from mechintro.training.bias import evaluate_bias, load_bias
+
+    out: dict[str, dict[str, Any]] = {}
+    world = organism_world(LAYER, device)
+    for method in ("lora", "bias"):
+        folder = trained_path(method)
+        run = json.loads((folder / "result.json").read_text("utf-8"))
+        if method == "lora":
+            mode, strengths = run["mode"], run["config"]["strengths"]
+            before = _evaluate(
+                lora_organism(None, device), world, mode, n_controls, seed, strengths
+            )
+            after = _evaluate(
+                lora_organism(folder / ADAPTER, device), world, mode, n_controls, seed, strengths
+            )
+        else:
+            ev = evaluate_bias(
+                load_model("builtin:organism-base", device=device),
+                load_bias(folder / BIAS),
+                world.vectors,
+                world.resid_norm,
+                world.heldout,
+                layer=LAYER,
+                strengths=EVAL_STRENGTHS,
+                baseline=world.baseline,
+                train_words=world.train,
+                n_controls=n_controls,
+                seed=seed,
+                category=world.category,
+            )
+            before, after = ev.before, ev.after
+        keep = ("tpr", "tpr_ci", "fpr", "fpr_ci", "n_injected", "n_control", "tpr_by_strength")
+        out[method] = {
+            "heldout": {
+                "before": {k: before[k] for k in keep},
+                "after": {k: after[k] for k in keep},
+            },
+            "run": {k: v for k, v in run.items() if k not in ("train_words",)},
+        }
+    return out
+
+
 def _write(out: Path, result: dict[str, Any]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "result.json", json.dumps(result, indent=2))
