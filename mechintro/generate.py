@@ -2,7 +2,9 @@
 
 :func:`generate` runs many trials as one batch (each row its own concept, strength or none,
 through a per-row :class:`~mechintro.inject.Injection`), with the KV cache of either backend,
-greedy or sampled, stopping each row at its end-of-turn token.
+greedy or sampled, stopping each row at its end-of-turn token. On a TransformerBridge it runs
+on the bridge's plain HF twin (:mod:`mechintro.twin`: the same weights and logits, without
+the hook points that double the cost of a forward), with a static KV cache on CUDA.
 
 Sampling is reproducible row by row: each row draws its noise from a counter-based hash of
 ``(seed + row, step, token)``, not from a shared generator, so the same seed gives the same
@@ -36,6 +38,7 @@ from mechintro.inject import Injection, InjectionLog, injected, steered_from
 from mechintro.models import TLModel, backend_of, tokenizer_of
 from mechintro.prompts import PromptBatch
 from mechintro.record import RunRecord, make_record
+from mechintro.twin import fast_twin, positions
 
 END_OF_TURN = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>")
 YES_VARIANTS = ("Yes", " Yes", "yes", " yes", "YES", " YES")
@@ -117,15 +120,31 @@ def shared_prefix(batch: PromptBatch, steered_from: int) -> int:
 
 
 class _Runner:
-    """One forward step of either backend, with or without the KV cache."""
+    """One forward step of either backend, with or without the KV cache.
 
-    def __init__(self, model: TLModel, batch: PromptBatch, use_cache: bool) -> None:
-        self.model, self.use_cache = model, use_cache
+    With ``twin`` (a bridge's plain HF twin, :mod:`mechintro.twin`) every forward runs on the
+    twin instead of the bridge, with the same inputs; ``cache_len > 0`` then makes the KV
+    cache a transformers ``StaticCache`` of that many positions (written in place, no
+    concatenation per step) instead of a ``DynamicCache``.
+    """
+
+    def __init__(
+        self,
+        model: TLModel,
+        batch: PromptBatch,
+        use_cache: bool,
+        twin: Any = None,
+        cache_len: int = 0,
+    ) -> None:
+        self.model, self.use_cache, self.twin = model, use_cache, twin
         self.backend = backend_of(model)
         self.ids = batch.input_ids
         self.mask = batch.attention_mask
         self.cache: Any = None
+        self.cache_len = cache_len if twin is not None and use_cache else 0
         self.done = 0  # tokens already in the cache (a shared prefix)
+        if self.cache_len:
+            self.cache = self._static()
         if self.backend == "hooked" and use_cache:
             from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
@@ -133,8 +152,10 @@ class _Runner:
                 model.cfg, model.cfg.device, len(batch)
             )
 
-    def _positions(self) -> Tensor:
-        return (self.mask.cumsum(-1) - 1).clamp(min=0)
+    def _static(self) -> Any:
+        from transformers import StaticCache
+
+        return StaticCache(config=self.twin.config, max_cache_len=self.cache_len)
 
     def prefill_shared(self, n: int) -> None:
         """Run the first ``n`` tokens (the same in every row, unpadded) for row 0 only, then
@@ -142,7 +163,15 @@ class _Runner:
         B = self.ids.shape[0]
         ids = self.ids[:1, :n]
         ones = torch.ones_like(ids)
-        if self.backend == "bridge":
+        if self.twin is not None:
+            pos = torch.arange(n, device=ids.device)[None]
+            one = self._static() if self.cache_len else None
+            out = self.twin(
+                ids, attention_mask=ones, position_ids=pos, past_key_values=one,
+                use_cache=True, logits_to_keep=1,
+            )  # fmt: skip
+            self.cache = _repeat_rows(out.past_key_values, B)
+        elif self.backend == "bridge":
             pos = torch.arange(n, device=ids.device)[None]
             _, self.cache = self.model(
                 ids, attention_mask=ones, position_ids=pos, past_key_values=None,
@@ -171,8 +200,16 @@ class _Runner:
             feed = self.ids
         else:
             feed = self.ids[:, self.done :] if first else self.ids[:, -1:]
-        if self.backend == "bridge":
-            pos = self._positions()[:, -feed.shape[1] :]
+        if self.twin is not None:
+            pos = positions(self.mask)[:, -feed.shape[1] :]
+            out = self.twin(
+                feed, attention_mask=self.mask, position_ids=pos, use_cache=self.use_cache,
+                past_key_values=self.cache, logits_to_keep=1,
+            )  # fmt: skip
+            self.cache = out.past_key_values if self.use_cache else None
+            logits = out.logits
+        elif self.backend == "bridge":
+            pos = positions(self.mask)[:, -feed.shape[1] :]
             kwargs: dict[str, Any] = {"attention_mask": self.mask, "position_ids": pos}
             if self.use_cache:
                 kwargs.update(past_key_values=self.cache, use_cache=True)
@@ -188,6 +225,21 @@ class _Runner:
         return logits[:, -1, :].float()
 
 
+def _repeat_rows(cache: Any, rows: int) -> Any:
+    """A one-row KV cache (dynamic or static) repeated to ``rows`` rows."""
+    from transformers import StaticCache
+
+    if not isinstance(cache, StaticCache):
+        cache.batch_repeat_interleave(rows)
+        return cache
+    layers: list[Any] = cache.layers
+    for layer in layers:
+        layer.keys = layer.keys.repeat(rows, 1, 1, 1)
+        layer.values = layer.values.repeat(rows, 1, 1, 1)
+        layer.batch_size = rows
+    return cache
+
+
 @torch.no_grad()
 def generate(
     model: TLModel,
@@ -201,6 +253,8 @@ def generate(
     use_cache: bool = True,
     keep_logits: bool = False,
     share_prefix: bool = True,
+    fast: bool | None = None,
+    static_cache: bool | None = None,
 ) -> Generation:
     """Generate a reply for every row of ``batch``, optionally under ``injection``.
 
@@ -214,6 +268,12 @@ def generate(
             and no injection steers once, for one row (:func:`shared_prefix`); the logits are
             those of the full batch (a test checks it). Hooks registered outside this call
             then see that prefix as one row: pass ``False`` if they must see every row.
+        fast: on a bridge, run on its plain HF twin (:mod:`mechintro.twin`: the same
+            weights without TransformerLens's hook points; the same logits, a test checks
+            it). ``None``: unless ``MECHINTRO_FAST=0`` or a hook is registered on the bridge
+            (it must fire, so the bridge runs); ``False``: always the bridge.
+        static_cache: on the twin with the KV cache, a preallocated ``StaticCache``
+            written in place instead of a growing ``DynamicCache``. ``None``: on CUDA only.
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be at least 1")
@@ -229,7 +289,11 @@ def generate(
     stops = stops.to(device)
     pad = tokenizer_of(model).pad_token_id
     pad = int(pad if pad is not None else (stops[0] if len(stops) else 0))
-    runner = _Runner(model, batch, use_cache)
+    twin = fast_twin(model, fast)
+    static = static_cache if static_cache is not None else device.type == "cuda"
+    cache_len = batch.length + max_new_tokens if static else 0
+    runner = _Runner(model, batch, use_cache, twin, cache_len)
+    row_seeds = seeds.to(device)
     out = torch.empty(B, 0, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     kept: list[Tensor] = []
@@ -241,7 +305,7 @@ def generate(
         if prefix:
             runner.prefill_shared(prefix)
     ctx = (
-        injected(model, injection, batch, first_position=prefix)
+        injected(model, injection, batch, first_position=prefix, twin=twin)
         if injection is not None
         else nullcontext(None)
     )
@@ -253,7 +317,7 @@ def generate(
             if temperature == 0:
                 nxt = logits.argmax(-1)
             else:
-                noise = gumbel_noise(seeds.to(device), step, logits.shape[-1]).to(logits.device)
+                noise = gumbel_noise(row_seeds, step, logits.shape[-1]).to(logits.device)
                 nxt = (logits.double() / temperature + noise).argmax(-1)
             nxt = torch.where(done, pad, nxt)
             out = torch.cat([out, nxt[:, None]], dim=1)
@@ -275,6 +339,8 @@ def generate(
             "use_cache": use_cache,
             "shared_prefix": prefix,
             "stop_ids": stops.tolist(),
+            "path": "twin" if twin is not None else backend_of(model),
+            "static_cache": bool(runner.cache_len),
         },
         generated=tokens,
     )
@@ -335,15 +401,18 @@ def readout(
     yes: Sequence[str] = YES_VARIANTS,
     no: Sequence[str] = NO_VARIANTS,
     words: Sequence[str] = (),
+    fast: bool | None = None,
 ) -> Readout:
     """Yes/No belief and word probabilities at the last prompt token, in one forward.
 
     ``b`` uses the first variant of each list (``Yes`` vs ``No``); ``b_variants`` is the
     logsumexp over the variants' first tokens, deduplicated (Godet, 2025; for the usual
     tokenizers every variant is one token): defined even when neither answer is top-1.
+    ``fast`` as in :func:`generate`.
     """
-    runner = _Runner(model, batch.to(_device(model)), use_cache=False)
-    ctx = injected(model, injection, batch) if injection is not None else nullcontext()
+    twin = fast_twin(model, fast)
+    runner = _Runner(model, batch.to(_device(model)), use_cache=False, twin=twin)
+    ctx = injected(model, injection, batch, twin=twin) if injection is not None else nullcontext()
     with ctx:
         logits = runner.step(None)
     tok = tokenizer_of(model)

@@ -252,26 +252,16 @@ def steered_from(injection: Injection | Sequence[Injection], batch: PromptBatch)
     return first
 
 
-@contextmanager
-def injected(
+def injection_hooks(
     model: TLModel,
     injection: Injection | Sequence[Injection],
     batch: PromptBatch,
-    *,
     first_position: int = 0,
-) -> Iterator[InjectionLog]:
-    """Apply ``injection`` (one or several) to every forward of ``model`` inside the block.
+) -> tuple[list[tuple[str | Callable[..., Any], Callable[..., Any]]], InjectionLog]:
+    """The ``(hook name, hook)`` pairs that apply ``injection`` to ``batch``, and their log.
 
-    Hooks are registered at a fresh TransformerLens hook-context level and removed in
-    ``finally``; hooks the caller added before are untouched. ``first_position`` is the
-    absolute position of the first forward's first token: 0, or the length of a shared
-    prefix that was run (unsteered, see :func:`steered_from`) before the block.
-
-    Example::
-
-        with injected(model, Injection(layer=2, vector=v, strength=8.0), batch) as log:
-            out = generate(model, batch, max_new_tokens=20)
-        log.steered_positions()
+    Validated against ``model`` (layer range, vector width); registered by :func:`injected`
+    on either tree (the bridge, or its plain HF twin: :mod:`mechintro.twin`).
     """
     injections = (injection,) if isinstance(injection, Injection) else tuple(injection)
     width = d_model(model)
@@ -294,5 +284,39 @@ def injected(
         hooks.append((name, _make_hook(delta, lo, hi, log, first_position)))
         bounds.append((lo, hi))
         calls.append(log)
-    with model.hooks(fwd_hooks=hooks):
-        yield InjectionLog(injections, tuple(bounds), calls)
+    return hooks, InjectionLog(injections, tuple(bounds), calls)
+
+
+@contextmanager
+def injected(
+    model: TLModel,
+    injection: Injection | Sequence[Injection],
+    batch: PromptBatch,
+    *,
+    first_position: int = 0,
+    twin: Any = None,
+) -> Iterator[InjectionLog]:
+    """Apply ``injection`` (one or several) to every forward of ``model`` inside the block.
+
+    Hooks are registered at a fresh TransformerLens hook-context level and removed in
+    ``finally``; hooks the caller added before are untouched. ``first_position`` is the
+    absolute position of the first forward's first token: 0, or the length of a shared
+    prefix that was run (unsteered, see :func:`steered_from`) before the block. With
+    ``twin`` (:func:`mechintro.twin.twin_of`), the same hooks go on the plain HF twin
+    instead, as forward hooks on its decoder layers: forwards of the twin are steered.
+
+    Example::
+
+        with injected(model, Injection(layer=2, vector=v, strength=8.0), batch) as log:
+            out = generate(model, batch, max_new_tokens=20)
+        log.steered_positions()
+    """
+    hooks, log = injection_hooks(model, injection, batch, first_position)
+    if twin is None:
+        with model.hooks(fwd_hooks=hooks):
+            yield log
+    else:
+        from mechintro.twin import twin_hooks
+
+        with twin_hooks(model, twin, hooks):
+            yield log

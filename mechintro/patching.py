@@ -40,7 +40,9 @@ at once) or a list of indices / named positions of the batch (``"trial"``, ``"la
 target prompt is repeated L·P times and each row's hook replaces only its own (layer,
 position), through per-row masks, ``batch_size`` rows per forward. Only the hooks being
 patched are cached. The numbers are those of ``transformer_lens.patching`` (the reference
-in the tests), without its one forward per cell.
+in the tests), without its one forward per cell. On a bridge the forwards run on its
+plain HF twin (:mod:`mechintro.twin`), with the hooks at the modules the bridge's hook points
+wrap, and give the same values (``tests/test_twin.py``); ``fast=False`` keeps the bridge.
 
 **Attribution patching** (Nanda 2023; Syed et al. 2023) estimates every cell at once from
 one forward and one backward of the target run: effect ≈ (source − target activation) ·
@@ -78,8 +80,9 @@ from torch import Tensor
 
 from mechintro.generate import NO_VARIANTS, YES_VARIANTS, first_token_ids
 from mechintro.inject import Injection, injected
-from mechintro.models import TLModel, backend_of, check_layer, n_layers, tokenizer_of
+from mechintro.models import TLModel, backend_of, check_layer, n_layers, resid_post, tokenizer_of
 from mechintro.prompts import PromptBatch
+from mechintro.twin import fast_twin, positions, twin_hooks, twin_logits
 
 logger = logging.getLogger(__name__)
 
@@ -336,12 +339,24 @@ def _position(batch: PromptBatch, p: int | str) -> int:
     return p % T
 
 
-def _logits(model: TLModel, ids: Tensor, mask: Tensor) -> Tensor:
-    """One forward on either backend, left padding handled (as ``parity._forward``)."""
+def _logits(model: TLModel, ids: Tensor, mask: Tensor, twin: Any = None) -> Tensor:
+    """One forward on either backend or the bridge's twin, left padding handled (as
+    ``parity._forward``)."""
+    if twin is not None:
+        return twin_logits(twin, ids, mask)
     if backend_of(model) == "bridge":
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        return model(ids, attention_mask=mask, position_ids=pos)
+        return model(ids, attention_mask=mask, position_ids=positions(mask))
     return model(ids, attention_mask=mask)
+
+
+Hooks = list[tuple[str | Callable[..., Any], Callable[..., Any]]]
+
+
+def _hooks(model: TLModel, hooks: Hooks, twin: Any = None) -> AbstractContextManager[Any]:
+    """``hooks`` registered on the model, or (``twin``) on its plain HF twin."""
+    if twin is None:
+        return model.hooks(fwd_hooks=hooks)
+    return twin_hooks(model, twin, hooks)
 
 
 def _tile(batch: PromptBatch, k: int) -> PromptBatch:
@@ -356,17 +371,17 @@ def _tile(batch: PromptBatch, k: int) -> PromptBatch:
 
 
 def _steer(
-    model: TLModel, injection: Injection | None, batch: PromptBatch, k: int = 1
+    model: TLModel, injection: Injection | None, batch: PromptBatch, k: int = 1, twin: Any = None
 ) -> AbstractContextManager[Any]:
     """``injected(...)`` on ``batch`` tiled ``k`` times, one injected vector per row."""
     if injection is None:
         return nullcontext()
     if k == 1:
-        return injected(model, injection, batch)
+        return injected(model, injection, batch, twin=twin)
     deltas = injection.deltas(len(batch)).repeat(k, 1)
     inj = injection
     tiled = Injection(inj.layer, deltas, 1.0, mode=inj.mode, start=inj.start, unit="raw")
-    return injected(model, tiled, _tile(batch, k))
+    return injected(model, tiled, _tile(batch, k), twin=twin)
 
 
 def _check_metric(value: Any, rows: int) -> Tensor:
@@ -386,6 +401,7 @@ def _run(
     injection: Injection | None,
     names: Sequence[str],
     metric: Metric,
+    twin: Any = None,
 ) -> tuple[dict[str, Tensor], Tensor]:
     """Metric of one run, and its activations at ``names`` (only those: sparse caching)."""
     cache: dict[str, Tensor] = {}
@@ -397,8 +413,9 @@ def _run(
 
         return hook
 
-    with _steer(model, injection, batch), model.hooks(fwd_hooks=[(n, saver(n)) for n in names]):
-        logits = _logits(model, batch.input_ids, batch.attention_mask)
+    hooks: Hooks = [(n, saver(n)) for n in names]
+    with _steer(model, injection, batch, twin=twin), _hooks(model, hooks, twin):
+        logits = _logits(model, batch.input_ids, batch.attention_mask, twin)
     return cache, _check_metric(metric(logits), len(batch))
 
 
@@ -422,13 +439,14 @@ def _patched(
     cache: dict[str, Tensor],
     injection: Injection | None,
     metric: Metric,
+    twin: Any = None,
 ) -> Tensor:
     """Metric of one forward in which row ``i·B + b`` patches cell ``i`` of prompt ``b``."""
     B, k = len(target), len(chunk)
     per_hook: dict[str, list[int]] = {}
     for i, (layer, _, _) in enumerate(chunk):
         per_hook.setdefault(sites.hook.format(layer=layer), []).append(i)
-    hooks: list[tuple[str | Callable[..., Any], Callable[..., Any]]] = []
+    hooks: Hooks = []
     for name, idx in per_hook.items():
         src = cache[name]  # [B, pos, d] or [B, pos, head, d_head]
         keep = 2 if sites.heads is None else 3
@@ -440,8 +458,8 @@ def _patched(
         rows = torch.tensor([i * B + b for i in idx for b in range(B)], device=src.device)
         hooks.append((name, _patch_hook(rows, src.repeat(len(idx), *[1] * (src.ndim - 1)), mask)))
     tiled = _tile(target, k)
-    with _steer(model, injection, target, k), model.hooks(fwd_hooks=hooks):
-        logits = _logits(model, tiled.input_ids, tiled.attention_mask)
+    with _steer(model, injection, target, k, twin), _hooks(model, hooks, twin):
+        logits = _logits(model, tiled.input_ids, tiled.attention_mask, twin)
     return _check_metric(metric(logits), k * B).view(k, B)
 
 
@@ -457,6 +475,7 @@ def activation_patch(
     target_injection: Injection | None = None,
     source_injection: Injection | None = None,
     batch_size: int = 64,
+    fast: bool | None = None,
 ) -> PatchResult:
     """Patch ``component`` from the source run into the target run, cell by cell, batched.
 
@@ -468,6 +487,10 @@ def activation_patch(
         metric: ``logits[batch, pos, vocab] -> [batch]``; default :func:`yes_no_gap`.
         target_injection, source_injection: an :class:`Injection` for either run.
         batch_size: rows per forward (each prompt row × cell is one row; at least one cell).
+        fast: on a bridge, run the forwards on its plain HF twin with plain PyTorch hooks at
+            the same sites (:mod:`mechintro.twin`; the same numbers, a test checks it).
+            ``None``: whenever every site has a place in the HF model, unless
+            ``MECHINTRO_FAST=0`` or a hook is registered on the bridge; ``False``: never.
 
     Example::
 
@@ -477,13 +500,15 @@ def activation_patch(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     sites, target, source = _plan(model, target, source, component, layers, positions)
     metric = metric if metric is not None else yes_no_gap(model)
-    cache, src_val = _run(model, source, source_injection, sites.hook_names(), metric)
-    _, tgt_val = _run(model, target, target_injection, (), metric)
+    injs = [i for i in (source_injection, target_injection) if i is not None]
+    twin = fast_twin(model, fast, [*sites.hook_names(), *(resid_post(i.layer) for i in injs)])
+    cache, src_val = _run(model, source, source_injection, sites.hook_names(), metric, twin)
+    _, tgt_val = _run(model, target, target_injection, (), metric, twin)
     cells, B = sites.cells(), len(target)
     per = max(1, batch_size // B)
     logger.info("patching %d cells of %s, %d per forward", len(cells), component, per)
     out = [
-        _patched(model, sites, target, cells[i : i + per], cache, target_injection, metric)
+        _patched(model, sites, target, cells[i : i + per], cache, target_injection, metric, twin)
         for i in range(0, len(cells), per)
     ]
     rows = torch.cat(out).view(*sites.shape(), B).cpu()
@@ -528,8 +553,7 @@ def attribution_patch(
 
         return hook
 
-    hooks: list[tuple[str | Callable[..., Any], Callable[..., Any]]]
-    hooks = [(n, prober(n)) for n in names]
+    hooks: Hooks = [(n, prober(n)) for n in names]
     with torch.enable_grad(), _steer(model, target_injection, target):
         with model.hooks(fwd_hooks=hooks):
             value = metric(_logits(model, target.input_ids, target.attention_mask))

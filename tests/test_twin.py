@@ -1,0 +1,268 @@
+"""The fast path: a bridge's plain HF twin gives the bridge's numbers, for every architecture.
+
+Each test runs the same call twice, ``fast=False`` (the TransformerBridge itself) and
+``fast=True`` (its twin), and compares: logits (fp32 on the CPU: bit-equal where both compute
+the same thing, else within 1e-5), greedy and sampled tokens, steered positions, patching
+values. Every test also checks that the fast run did take the twin path.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import ARCHS
+
+from mechintro.generate import generate, readout
+from mechintro.inject import Injection, PositionMode, injected
+from mechintro.models import load_model, resid_post
+from mechintro.patching import COMPONENTS, activation_patch, knock_in, knock_out
+from mechintro.prompts import Prompt, encode
+from mechintro.twin import FAST_ENV, fast_twin, hf_site, twin_hooks, twin_logits, twin_of
+
+LAYER = 1
+ATOL = 1e-5  # last-position-only logits on the twin vs all positions on the bridge
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def bridge(request, tiny_dirs):
+    return load_model(tiny_dirs[request.param], backend="bridge")
+
+
+def _shared(n: int) -> Prompt:
+    history = [("user", "I will ask you a few questions."), ("assistant", "Ok.")]
+    return Prompt.chat(f"Trial {n}: Do you detect an injected thought?", history=history)
+
+
+def _mixed() -> list[Prompt]:
+    """Left padding: rows of different lengths, one with a marked span."""
+    return [
+        Prompt.chat("Trial 1: Do you detect an injected thought?"),
+        Prompt.chat("Hi. Trial 3: anything?", marks={"greeting": "Hi."}),
+        _shared(10),
+    ]
+
+
+def _vectors(model, n: int, seed: int = 0) -> torch.Tensor:
+    return 4.0 * torch.randn(n, model.cfg.d_model, generator=torch.Generator().manual_seed(seed))
+
+
+def _both(model, batch, **kw):
+    slow = generate(model, batch, fast=False, keep_logits=True, stop_ids=[], **kw)
+    fast = generate(model, batch, fast=True, keep_logits=True, stop_ids=[], **kw)
+    assert slow.record.settings["path"] == "bridge"
+    assert fast.record.settings["path"] == "twin"
+    return slow, fast
+
+
+def _same_generation(slow, fast) -> None:
+    assert fast.tokens == slow.tokens
+    for a, b in zip(slow.logits or [], fast.logits or []):
+        torch.testing.assert_close(b, a, atol=ATOL, rtol=0)
+    assert fast.record.injections == slow.record.injections
+    assert fast.record.settings["shared_prefix"] == slow.record.settings["shared_prefix"]
+
+
+# --- the twin itself ------------------------------------------------------------------------
+
+
+def test_the_twin_shares_every_tensor_and_has_no_hook_point(bridge):
+    from transformer_lens.hook_points import HookPoint
+
+    twin = twin_of(bridge)
+    assert twin_of(bridge) is twin  # built once
+    hf = bridge.original_model
+    assert type(twin) is type(hf)
+    assert twin.config._attn_implementation == hf.config._attn_implementation
+    assert not any(isinstance(m, HookPoint) for m in twin.modules())
+    ours = dict(twin.named_parameters(remove_duplicate=False))
+    ours |= dict(twin.named_buffers(remove_duplicate=False))
+    theirs = dict(hf.named_parameters(remove_duplicate=False))
+    theirs |= dict(hf.named_buffers(remove_duplicate=False))
+    theirs = {n.replace("._original_component", ""): t for n, t in theirs.items()}
+    assert set(ours) <= set(theirs)  # the bridge also names some modules twice (aliases)
+    for name, t in ours.items():
+        assert not t.is_meta, name
+        assert t.data_ptr() == theirs[name].data_ptr(), name
+    assert {id(p) for p in twin.parameters()} == {id(p) for p in bridge.parameters()}
+
+
+def test_the_twin_forward_is_the_bridge_forward_bit_for_bit(bridge):
+    batch = encode(bridge.tokenizer, _mixed())
+    ids, mask = batch.input_ids, batch.attention_mask
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        want = bridge(ids, attention_mask=mask, position_ids=pos)
+        got = twin_logits(twin_of(bridge), ids, mask)
+    assert torch.equal(got, want)
+
+
+def test_weights_changed_on_the_bridge_are_the_twins(bridge):
+    batch = encode(bridge.tokenizer, _mixed()[:1])
+    twin = twin_of(bridge)
+    weight = twin.model.layers[LAYER].mlp.down_proj.weight
+    assert any(weight is p for p in bridge.parameters())  # the bridge's own Parameter
+    before = twin_logits(twin, batch.input_ids, batch.attention_mask)
+    with torch.no_grad():
+        weight.mul_(2.0)
+        changed = twin_logits(twin, batch.input_ids, batch.attention_mask)
+        weight.div_(2.0)
+    assert not torch.allclose(changed, before)
+    assert torch.equal(twin_logits(twin, batch.input_ids, batch.attention_mask), before)
+
+
+# --- generation -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_shared_prefix_per_row_injections_greedy_and_sampled(bridge, static):
+    """One preamble computed once; rows steered with their own vector and strength, one
+    control row at strength 0; greedy and sampled runs give the bridge's tokens."""
+    batch = encode(bridge.tokenizer, [_shared(n) for n in (1, 4, 7)])
+    inj = Injection(LAYER, _vectors(bridge, 3), [6.0, 0.0, 3.0], mode="from-trial")
+    for temperature in (0.0, 1.0):
+        kw = {"max_new_tokens": 8, "temperature": temperature, "seed": 3}
+        slow, fast = _both(bridge, batch, injection=inj, static_cache=static, **kw)
+        assert slow.record.settings["shared_prefix"] > 8
+        assert fast.record.settings["static_cache"] is static
+        _same_generation(slow, fast)
+        plain = generate(bridge, batch, fast=True, stop_ids=[], keep_logits=True, **kw)
+        assert not torch.allclose((plain.logits or [])[0][0], (fast.logits or [])[0][0])
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["kv", "nokv"])
+def test_every_position_mode_on_a_padded_batch(bridge, use_cache):
+    batch = encode(bridge.tokenizer, _mixed())
+    for mode in PositionMode:
+        b, start = (batch.rows([1]), "greeting") if mode is PositionMode.SPAN else (batch, "trial")
+        vecs = _vectors(bridge, len(b))
+        inj = Injection(LAYER, vecs, [2.0, -3.0, 1.5][: len(b)], mode=mode, start=start)
+        slow, fast = _both(bridge, b, injection=inj, max_new_tokens=4, use_cache=use_cache)
+        _same_generation(slow, fast)
+        assert any(any(rows) for rows in fast.record.injections[0]["steered_positions"]), mode
+
+
+def test_zero_strength_is_bit_identical_to_no_injection_on_the_twin(bridge):
+    batch = encode(bridge.tokenizer, _mixed())
+    for mode in (PositionMode.ALL, PositionMode.FROM_TRIAL, PositionMode.SINGLE_TOKEN):
+        inj = Injection(LAYER, _vectors(bridge, 3), 0.0, mode=mode)
+        kw = {"max_new_tokens": 4, "stop_ids": [], "keep_logits": True, "fast": True}
+        zero = generate(bridge, batch, injection=inj, **kw)
+        plain = generate(bridge, batch, **kw)
+        assert zero.record.settings["path"] == "twin"
+        for a, b in zip(zero.logits or [], plain.logits or []):
+            assert torch.equal(a, b), mode
+
+
+def test_several_injections_and_readout(bridge):
+    batch = encode(bridge.tokenizer, _mixed())
+    injs = [
+        Injection(LAYER, _vectors(bridge, 3), 2.0, mode="prompt-only"),
+        Injection(LAYER + 1, _vectors(bridge, 1, seed=1)[0], 1.0, mode="generation-only"),
+    ]
+    _same_generation(*_both(bridge, batch, injection=injs, max_new_tokens=4))
+    slow = readout(bridge, batch, injection=injs, words=["Dust"], fast=False)
+    fast = readout(bridge, batch, injection=injs, words=["Dust"], fast=True)
+    torch.testing.assert_close(fast.logits, slow.logits, atol=ATOL, rtol=0)
+    torch.testing.assert_close(fast.word_probs, slow.word_probs, atol=ATOL, rtol=0)
+
+
+def test_the_bridge_path_runs_when_it_must(bridge, monkeypatch, tiny_dirs):
+    """A hook a caller put on the bridge must fire, so it forces the bridge path; so do
+    MECHINTRO_FAST=0 and fast=False. A HookedTransformer has no twin."""
+    batch = encode(bridge.tokenizer, _mixed()[:1])
+    seen = []
+    with bridge.hooks(fwd_hooks=[(resid_post(LAYER), lambda x, hook: seen.append(x.shape))]):
+        assert fast_twin(bridge) is None
+        out = generate(bridge, batch, max_new_tokens=3, stop_ids=[])
+    assert out.record.settings["path"] == "bridge" and len(seen) == 3
+    assert fast_twin(bridge) is not None
+    monkeypatch.setenv(FAST_ENV, "0")
+    assert generate(bridge, batch, max_new_tokens=1).record.settings["path"] == "bridge"
+    assert fast_twin(bridge, fast=True) is not None  # an explicit argument wins
+    monkeypatch.delenv(FAST_ENV)
+    hooked = load_model(tiny_dirs["llama"], backend="hooked")
+    assert fast_twin(hooked, fast=True) is None
+
+
+def test_no_hook_left_on_the_twin_after_an_exception(bridge, monkeypatch):
+    import mechintro.generate as gen
+
+    batch = encode(bridge.tokenizer, _mixed())
+    inj = Injection(LAYER, _vectors(bridge, 3), 2.0)
+    real_step = gen._Runner.step
+    calls = {"n": 0}
+
+    def failing_step(self, new):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            assert any(m._forward_hooks for m in twin_of(bridge).modules())  # steered
+            raise RuntimeError("boom")
+        return real_step(self, new)
+
+    monkeypatch.setattr(gen._Runner, "step", failing_step)
+    with pytest.raises(RuntimeError, match="boom"):
+        generate(bridge, batch, injection=inj, max_new_tokens=5, fast=True)
+    assert calls["n"] == 3
+    twin = twin_of(bridge)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in twin.modules())
+
+
+def test_injected_on_the_twin_steers_what_it_does_on_the_bridge(bridge):
+    batch = encode(bridge.tokenizer, _mixed())
+    inj = Injection(LAYER, _vectors(bridge, 3), [1.0, 0.0, -2.0], mode="from-trial")
+    pos = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    with injected(bridge, inj, batch) as slow_log, torch.no_grad():
+        want = bridge(batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos)
+    twin = twin_of(bridge)
+    with injected(bridge, inj, batch, twin=twin) as fast_log, torch.no_grad():
+        got = twin_logits(twin, batch.input_ids, batch.attention_mask)
+    assert torch.equal(got, want)
+    assert fast_log.steered_positions() == slow_log.steered_positions()
+
+
+# --- patching ---------------------------------------------------------------------------------
+
+
+def test_every_patching_site_gives_the_bridges_values(bridge):
+    """Every component, at chosen positions and at all positions at once, knock-in and
+    knock-out with one injection vector per (left-padded) row: bit-equal values."""
+    batch = encode(bridge.tokenizer, [Prompt.text("Is it?"), Prompt.text("Is it red, or?")])
+    inj = Injection(LAYER, _vectors(bridge, 2), [1.0, 0.5], mode="all")
+    for component in COMPONENTS:
+        assert hf_site(bridge, COMPONENTS[component].format(layer=2)) is not None
+        for run, positions in ((knock_in, [-3, -1]), (knock_out, "all")):
+            kw = {"component": component, "positions": positions, "layers": [1, 2, 3]}
+            slow = run(bridge, batch, inj, fast=False, **kw)
+            fast = run(bridge, batch, inj, fast=True, **kw)
+            assert torch.equal(fast.rows, slow.rows), (component, run.__name__)
+            assert torch.equal(fast.target_value, slow.target_value)
+            assert float(slow.effect.abs().max()) > 1e-3, component
+
+
+def test_patching_takes_the_twin_path(bridge, monkeypatch):
+    """The fast sweep runs no bridge forward: a bridge whose forward fails still patches."""
+    batch = encode(bridge.tokenizer, [Prompt.text("Is it?")])
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the bridge ran")
+
+    monkeypatch.setattr(type(bridge), "forward", fail)
+    res = activation_patch(bridge, batch, component="head", layers=[0], positions="all")
+    assert res.values.shape == (1, 1, bridge.cfg.n_heads)
+    with pytest.raises(AssertionError, match="the bridge ran"):
+        activation_patch(bridge, batch, component="head", layers=[0], fast=False)
+
+
+def test_hooks_on_the_twin_follow_the_bridges_order_and_conversion(bridge):
+    """Per-head activations arrive as [batch, pos, head, d_head], as the bridge's hook_z."""
+    batch = encode(bridge.tokenizer, _mixed()[:1])
+    seen: dict[str, torch.Size] = {}
+    name = COMPONENTS["head"].format(layer=0)
+
+    def grab(x, hook):
+        seen[hook.name] = x.shape
+
+    with twin_hooks(bridge, twin_of(bridge), [(name, grab)]), torch.no_grad():
+        twin_logits(twin_of(bridge), batch.input_ids, batch.attention_mask)
+    (shape,) = seen.values()
+    assert tuple(shape[2:]) == (bridge.cfg.n_heads, bridge.cfg.d_head)
