@@ -14,6 +14,8 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
+import shlex
 import sys
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -98,14 +100,59 @@ def _spec(spec_data: Mapping[str, Any], where: str, layers: Sequence[int] = ()) 
 # the commands
 
 
-def _load(model: str, backend: str, dtype: str, device: str) -> Any:
+def _load(model: str, backend: str, dtype: str, device: str, n_devices: int = 1) -> Any:
     import torch
 
     from mechintro.models import Backend, load_model
 
-    logger.info("loading %s (%s, %s, %s)", model, backend, dtype, device)
+    split = f" over {n_devices} GPUs" if n_devices > 1 else ""
+    logger.info("loading %s (%s, %s, %s%s)", model, backend, dtype, device, split)
     kind = typing.cast(Backend, backend)  # checked by the config
-    return load_model(model, backend=kind, dtype=getattr(torch, dtype), device=device)
+    if n_devices > 1 and backend == "bridge":
+        device = "cpu"  # the default: accelerate's map places the modules
+    return load_model(
+        model, backend=kind, dtype=getattr(torch, dtype), device=device, n_devices=n_devices
+    )
+
+
+def _check_memory(model: str, run: RunConfig, device: str, dtype: str, new_tokens: int) -> None:
+    """Before loading: refuse a model whose weights and one prompt cannot fit the device(s).
+
+    The batch size is planned after loading, with the real prompts (run_sweep)."""
+    from mechintro.memory import (
+        MemoryPlanError,
+        ModelShape,
+        device_memory,
+        estimate,
+        no_fit_message,
+    )
+
+    n = run.n_devices
+    free = [device_memory(d) for d in ([f"cuda:{i}" for i in range(n)] if n > 1 else [device])]
+    if None in free:
+        return
+    try:
+        shape = ModelShape.from_config(model)
+    except (OSError, ValueError, KeyError) as e:  # no config to read: plan after loading
+        logger.debug("no memory plan before loading %s: %s", model, e)
+        return
+    one = estimate(
+        shape,
+        batch_size=1,
+        prompt_tokens=PLAN_PROMPT_TOKENS,
+        new_tokens=new_tokens,
+        dtype=dtype,
+        n_devices=n,
+        memory=min(f for f in free if f is not None),
+    )
+    if not one.fits:
+        raise MemoryPlanError(no_fit_message(one))
+    logger.info("memory plan for one prompt, GiB: %s", one.to_dict()["gib"])
+
+
+#: the prompt length of the memory check before loading (the tokenizer is not loaded yet);
+#: run_sweep plans again with the real prompts
+PLAN_PROMPT_TOKENS = 256
 
 
 def cmd_extract(args: Mapping[str, Any]) -> int:
@@ -131,12 +178,35 @@ def cmd_extract(args: Mapping[str, Any]) -> int:
 
 
 def cmd_sweep(args: Mapping[str, Any]) -> int:
+    from mechintro.distributed import (
+        init_from_env,
+        launch,
+        rank_device,
+        shutdown,
+        torchrun_command,
+    )
     from mechintro.models import layer_at_depth
     from mechintro.sweeps import SPEC_FILE, load_spec, plan, run_sweep
 
+    args = dict(args)
+    argv = args.pop("argv", None)
     run, spec_data, where = sweep_settings(args)
     if not run.out:
         raise UsageError('give --out DIR (or out = "DIR" in the config file)')
+    if run.nproc > 1 and "WORLD_SIZE" not in os.environ:  # start the ranks: each runs this
+        if argv is None:
+            raise UsageError("--nproc relaunches the command line: call main(argv) with it")
+        child = _without_option(argv, "--nproc")  # the ranks know their world from torchrun
+        cmd = shlex.join(torchrun_command(child, run.nproc))
+        logger.info("starting %d ranks: %s", run.nproc, cmd)
+        return launch(child, run.nproc)
+    ranks = init_from_env()
+    if ranks.world_size > 1 and run.n_devices > 1:
+        raise UsageError(
+            "--nproc with --n-devices (ranks that each split a model) is not supported: use "
+            "--nproc N with a model that fits one GPU, or one process with --n-devices N"
+        )
+    device = rank_device(run.device, ranks)
     out = Path(run.out)
     stored = out / SPEC_FILE
     if not spec_data and stored.exists():  # `mechintro sweep --out DIR` resumes DIR's sweep
@@ -144,12 +214,17 @@ def cmd_sweep(args: Mapping[str, Any]) -> int:
         spec = load_spec(out)
         model_name = run.model or meta["model"]["name"]
         logger.info("resuming the sweep stored in %s", stored)
-        model = _load(model_name, meta["model"]["backend"], meta["model"]["dtype"], run.device)
+        _check_memory(model_name, run, device, meta["model"]["dtype"], spec.max_new_tokens)
+        model = _load(
+            model_name, meta["model"]["backend"], meta["model"]["dtype"], device, run.n_devices
+        )
     else:
         _spec(spec_data, where, layers=[0] if run.depths else ())  # fail before loading
         if not run.model:
             raise UsageError('give --model M (or model = "M" in the config file)')
-        model = _load(run.model, run.backend, run.dtype, run.device)
+        new_tokens = int(spec_data.get("max_new_tokens", 100))
+        _check_memory(run.model, run, device, run.dtype, new_tokens)
+        model = _load(run.model, run.backend, run.dtype, device, run.n_devices)
         spec = _spec(spec_data, where, layers=[layer_at_depth(model, d) for d in run.depths])
     n = len(plan(spec))
     logger.info(
@@ -163,9 +238,24 @@ def cmd_sweep(args: Mapping[str, Any]) -> int:
         out,
     )
     df = run_sweep(model, spec, out, batch_size=run.batch_size, progress=True)
+    shutdown()
+    if not ranks.is_main:
+        return 0
     print(f"{len(df)} of {n} trials in {out}")
     print(f"next: mechintro grade {out} && mechintro report {out}")
     return 0
+
+
+def _without_option(argv: Sequence[str], flag: str) -> list[str]:
+    """``argv`` less ``flag VALUE`` and ``flag=VALUE``."""
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip or a == flag or a.startswith(flag + "="):
+            skip = a == flag
+            continue
+        out.append(a)
+    return out
 
 
 #: judge clients by provider: name -> (model name, GradeConfig) -> client
@@ -501,6 +591,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     command = args.pop("command")
+    if command == "sweep":  # --nproc relaunches it through torchrun
+        args["argv"] = list(sys.argv[1:] if argv is None else argv)
     try:
         return COMMANDS[command](args)
     except UsageError as e:

@@ -110,6 +110,14 @@ def init_from_env(timeout: timedelta = TIMEOUT) -> Ranks:
     return current()
 
 
+def shutdown() -> None:
+    """Leave the process group, if one was initialised (at the end of a rank's work)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def rank_device(device: str, ranks: Ranks) -> str:
     """The device of this rank's model: ``cuda`` (or ``cuda:N``) → ``cuda:LOCAL_RANK`` in a job
     of several ranks; any other device unchanged (several CPU ranks share the CPU)."""
@@ -146,8 +154,8 @@ def torchrun_command(args: Sequence[str], nproc: int) -> list[str]:
 def launch(args: Sequence[str], nproc: int, env: dict[str, str] | None = None) -> int:
     """Run ``mechintro ARGS`` as ``nproc`` ranks through torchrun; its exit status.
 
-    Each rank's threads are capped (``OMP_NUM_THREADS``: the CPU cores over the ranks, unless
-    set), as torchrun would otherwise leave one thread per rank without saying so.
+    Unless ``OMP_NUM_THREADS`` is set, each rank gets the CPU cores over the ranks (torchrun
+    alone would give each one thread, with a warning).
     """
     environ = dict(os.environ if env is None else env)
     environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))

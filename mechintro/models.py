@@ -76,6 +76,8 @@ def load_model(
     device: str | torch.device = "cpu",
     tokenizer: Any = None,
     name: str | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    n_devices: int = 1,
 ) -> TLModel:
     """Load ``source`` as a TransformerLens model on ``backend``.
 
@@ -89,20 +91,36 @@ def load_model(
         dtype, device: explicit, never guessed.
         tokenizer: a tokenizer object; required for a model object, optional otherwise.
         name: the name recorded in provenance (defaults to the Hub name or folder path).
+        device_map: split a bridge's Hugging Face model over devices: ``"auto"``,
+            ``"balanced"``, ``"sequential"`` or ``{module name: device}``, given to
+            ``from_pretrained`` (accelerate must be installed) before the bridge wraps the
+            model; ``device`` is then left at its default. Every hook receives activations
+            on its layer's device, and mechintro's hooks move their tensors there.
+        n_devices: split over GPUs ``0..n_devices-1``: a bridge through accelerate's balanced
+            map, a HookedTransformer through TransformerLens's block split (``device`` a
+            CUDA device; the HF weights stay on the CPU until copied into the blocks).
 
     Example::
 
         model = load_model("/models/organism", backend="bridge")
+        big = load_model("google/gemma-3-27b-it", dtype=torch.bfloat16, n_devices=2)
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    hf_model, tok, kind, default_name = _load_hf(source, revision, dtype, tokenizer)
-    hf_model = hf_model.to(device=device, dtype=dtype).eval()
+    placement = _placement(backend, device, device_map, n_devices)
+    hf_model, tok, kind, default_name = _load_hf(source, revision, dtype, tokenizer, placement)
+    if placement or (backend == "bridge" and getattr(hf_model, "hf_device_map", None)):
+        hf_model = hf_model.eval()  # placed by accelerate: not to be moved
+        device = ",".join(sorted({str(p.device) for p in hf_model.parameters()}))
+    elif n_devices > 1:  # HookedTransformer: copied block by block onto the GPUs
+        hf_model = hf_model.to(dtype=dtype).eval()
+    else:
+        hf_model = hf_model.to(device=device, dtype=dtype).eval()
     model_name = name or default_name
     if backend == "bridge":
         model = _to_bridge(hf_model, tok, model_name, dtype)
     else:
-        model = _to_hooked(hf_model, tok, model_name, dtype, device)
+        model = _to_hooked(hf_model, tok, model_name, dtype, device, n_devices)
     # Both backends may swap in a re-instantiated tokenizer with add_bos_token=True (the
     # bridge always, HookedTransformer for most architectures); that tokenises raw text
     # differently from the checkpoint's own tokenizer (OLMo-2 adds no BOS). Keep the original;
@@ -121,6 +139,36 @@ def load_model(
         device=str(device),
     )
     return model
+
+
+def _placement(backend: str, device: Any, device_map: Any, n_devices: int) -> dict[str, Any]:
+    """``from_pretrained``'s ``device_map`` (and ``max_memory``) for a split bridge, else {}."""
+    if isinstance(n_devices, bool) or not isinstance(n_devices, int) or n_devices < 1:
+        raise ValueError(f"n_devices must be a positive int, got {n_devices!r}")
+    if device_map is not None and n_devices > 1:
+        raise ValueError("give device_map or n_devices, not both")
+    if backend == "hooked":
+        if device_map is not None:
+            raise ValueError(
+                "a HookedTransformer is split with n_devices=N (TransformerLens's block "
+                "split), not device_map; device_map is for the bridge"
+            )
+        if n_devices > 1 and not str(device).startswith("cuda"):
+            raise ValueError(f"n_devices={n_devices} splits over GPUs: pass device='cuda'")
+        return {}
+    if device_map is None and n_devices == 1:
+        return {}
+    if str(device) != "cpu":
+        raise ValueError(
+            f"device={device!r} and a split (device_map / n_devices) exclude each other: the "
+            "map places every module; leave device at its default"
+        )
+    from transformer_lens.utilities.multi_gpu import resolve_device_map
+
+    resolved, max_memory = resolve_device_map(
+        None if device_map is not None else n_devices, device_map, None
+    )
+    return {"device_map": resolved, **({"max_memory": max_memory} if max_memory else {})}
 
 
 BUILTINS: dict[str, str] = {
@@ -165,12 +213,22 @@ def builtin_path(name: str) -> Path:
 
 
 def _load_hf(
-    source: Any, revision: str | None, dtype: torch.dtype, tokenizer: Any
+    source: Any,
+    revision: str | None,
+    dtype: torch.dtype,
+    tokenizer: Any,
+    placement: dict[str, Any] | None = None,
 ) -> tuple[Any, Any, str, str]:
     """Materialise (hf_model, tokenizer, source kind, default name) without TransformerLens."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+    placement = placement or {}
     if isinstance(source, PreTrainedModel):
+        if placement:
+            raise ValueError(
+                "device_map / n_devices apply when load_model reads the checkpoint; split a "
+                "model object yourself (from_pretrained(..., device_map=...)) and pass it"
+            )
         if tokenizer is None:
             raise ValueError(
                 "load_model(<model object>) needs tokenizer=...: pass the tokenizer that was "
@@ -188,10 +246,10 @@ def _load_hf(
         if revision is not None:
             raise ValueError("revision= applies to Hub names only, not to built-in models")
         name = str(source).removeprefix("builtin:")
-        hf, tok, _, _ = _load_hf(builtin_path(name), None, dtype, tokenizer)
+        hf, tok, _, _ = _load_hf(builtin_path(name), None, dtype, tokenizer, placement)
         return hf, tok, "builtin", str(source)
     path = Path(source)
-    eager = {"attn_implementation": "eager", "dtype": dtype}
+    eager = {"attn_implementation": "eager", "dtype": dtype, **placement}
     if path.suffix == ".gguf":
         if not path.is_file():
             raise FileNotFoundError(f"GGUF file not found: {path}")
@@ -245,7 +303,12 @@ def _with_name_or_path(tok: Any, name: str) -> Any:
 
 
 def _to_hooked(
-    hf_model: Any, tok: Any, name: str, dtype: torch.dtype, device: str | torch.device
+    hf_model: Any,
+    tok: Any,
+    name: str,
+    dtype: torch.dtype,
+    device: str | torch.device,
+    n_devices: int = 1,
 ) -> TLModel:
     """Build a HookedTransformer offline from an HF model, without weight processing.
 
@@ -273,7 +336,7 @@ def _to_hooked(
                 tokenizer_name=None,
                 init_weights=False,
                 device=str(device),
-                n_devices=1,
+                n_devices=n_devices,
                 dtype=dtype,
                 default_prepend_bos=True,
                 from_checkpoint=False,
@@ -281,7 +344,7 @@ def _to_hooked(
             cfg = HookedTransformerConfig.from_dict(cfg_dict)
         else:
             cfg = loading.get_pretrained_model_config(
-                tmp, fold_ln=False, device=str(device), dtype=dtype
+                tmp, fold_ln=False, device=str(device), n_devices=n_devices, dtype=dtype
             )
         state = loading.get_pretrained_state_dict(tmp, cfg, hf_model=hf_model, dtype=dtype)
     cfg.model_name = name.rstrip("/").split("/")[-1]

@@ -240,11 +240,27 @@ class RunConfig:
     backend: str = opt("bridge", "TransformerLens model class")
     dtype: str = opt("float32", "weights and activations dtype")
     device: str = opt("cpu", "torch device, e.g. cuda")
-    batch_size: int = opt(32, "trials per generation batch; results do not depend on it")
+    batch_size: int | str = opt(
+        32, "trials per generation batch, or auto: the largest the memory plan fits; results "
+        "do not depend on it"
+    )  # fmt: skip
     depths: tuple[float, ...] = opt((), "also inject at these depth fractions (0.6: 60% deep)")
+    nproc: int = opt(1, "data-parallel processes (one per GPU), started through torchrun")
+    n_devices: int = opt(1, "split the model over this many GPUs (device_map / n_devices)")
 
     def __post_init__(self) -> None:
-        _check_model_options(self.backend, self.dtype, self.batch_size)
+        size = self.batch_size
+        if isinstance(size, str) and size != "auto":
+            if not size.isdigit():
+                raise ValueError(f"batch_size must be a positive int or auto, got {size!r}")
+            object.__setattr__(self, "batch_size", int(size))
+        _check_model_options(
+            self.backend, self.dtype, 1 if size == "auto" else int(self.batch_size)
+        )
+        for name in ("nproc", "n_devices"):
+            n = getattr(self, name)
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"{name} must be a positive int, got {n!r}")
         object.__setattr__(self, "depths", tuple(float(d) for d in self.depths))
         bad = [d for d in self.depths if not 0 <= d < 1]
         if bad:
