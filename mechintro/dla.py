@@ -23,7 +23,13 @@ Refinements (``by=``), each summing to the same total:
 * ``"head"``: each ``L{l}.attn`` split into heads ``L{l}H{h}`` (``hook_z`` through that
   head's rows of ``W_O``), plus ``L{l}.attn.bias`` when ``b_O`` is nonzero;
 * ``"neuron"``: each ``L{l}.mlp`` split into neurons ``L{l}N{n}`` (post-activation × that
-  row of ``W_out``), plus ``L{l}.mlp.bias``.
+  row of ``W_out``), plus ``L{l}.mlp.bias``;
+* ``"feature"``: each ``L{l}.mlp`` that a transcoder replaces (``transcoders=``) split into
+  its features ``L{l}F{f}`` (activation × ``W_dec[f]``, read in the residual stream, where
+  the transcoder writes), ``L{l}.tc_bias`` (``b_dec``), ``L{l}.tc_skip`` (the affine skip
+  ``x·A``) and ``L{l}.tc_error`` (the MLP's true output minus the reconstruction), so the
+  rows still sum to the MLP's direct effect exactly. Macar et al.'s gate score is a
+  feature's row (their ``(ŵ_dec·Δu) × activation``, with the final norm applied).
 
 Models with post-norms (Gemma 2/3, OLMo-2) add ``norm(module output)`` to the stream; the
 heads and neurons go through that norm with its scale frozen as well, so they stay exact.
@@ -69,7 +75,7 @@ from mechintro.prompts import PromptBatch
 
 logger = logging.getLogger(__name__)
 
-BY = ("component", "head", "neuron")
+BY = ("component", "head", "neuron", "feature")
 _POST_NORM_ARCHS = ("Olmo2ForCausalLM", "Olmo3ForCausalLM")  # norm after attn/mlp, as ln1/ln2
 
 
@@ -262,16 +268,19 @@ def direct_logit_attribution(
     position: str | int = "last",
     injection: Injection | Sequence[Injection] | None = None,
     pre_softcap: bool = False,
+    transcoders: Any = None,
 ) -> DLAResult:
     """Direct effect of every part of the model on the logit difference at ``position``.
 
     Args:
-        by: "component", "head" or "neuron" (see the module docstring).
+        by: "component", "head", "neuron" or "feature" (see the module docstring).
         direction: default ``logit_direction(model)`` (Yes − No variants).
         layers: the layers to split into heads/neurons (default all); the rest stay whole.
         position: a named position of the batch (default "last") or an index.
         injection: injections applied during the forward; each becomes a row.
         pre_softcap: allow soft-capped models, attributing the pre-cap logit difference.
+        transcoders: for ``by="feature"``: ``{layer: Transcoder}`` or a list (see
+            :mod:`mechintro.transcoders`); their layers are split into features.
 
     Example::
 
@@ -294,7 +303,24 @@ def direct_logit_attribution(
             "difference before the cap (result.target is then that pre-cap difference)."
         )
     n = n_layers(model)
-    split = set() if by == "component" else set(range(n) if layers is None else layers)
+    tcs: dict[int, Any] = {}
+    if by == "feature":
+        from mechintro.transcoders.analysis import as_layers
+
+        if transcoders is None:
+            raise ValueError("by='feature' needs transcoders=<the layers' transcoders>")
+        tcs = as_layers(model, transcoders)
+        if layers is not None:
+            tcs = {L: tc for L, tc in tcs.items() if L in set(layers)}
+    elif transcoders is not None:
+        raise ValueError("transcoders= is for by='feature'")
+    split = (
+        set()
+        if by == "component"
+        else set(tcs)
+        if by == "feature"
+        else set(range(n) if layers is None else layers)
+    )
     for layer in split:
         check_layer(model, layer)
     direction = direction if direction is not None else logit_direction(model)
@@ -312,7 +338,9 @@ def direct_logit_attribution(
     for layer in range(n):
         names += [f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out"]
         post = _post_norms(model, layer)
-        if layer in split:
+        if layer in split and by == "feature":
+            names.append(_tc_sites(model, layer).read)
+        elif layer in split:
             site, norm = ("attn.hook_z", post[0]) if by == "head" else ("mlp.hook_post", post[1])
             names.append(f"blocks.{layer}.{site}")
             if norm is not None:
@@ -377,7 +405,9 @@ def direct_logit_attribution(
         for part in ("attn", "mlp"):
             out = acts[f"blocks.{layer}.hook_{part}_out"]
             want = "head" if part == "attn" else "neuron"
-            if layer in split and by == want:
+            if layer in split and by == "feature" and part == "mlp":
+                rows += _feature_rows(model, layer, tcs[layer], acts, r, out)
+            elif layer in split and by == want:
                 rows += _split(model, layer, part, acts, r, center, out)
             else:
                 rows.append((f"L{layer}.{part}", part, layer, None, (out * r).sum(-1)))
@@ -446,6 +476,33 @@ def _split(
         rows.append((f"L{layer}.{part}.bias", "bias", layer, None, (bias * r_mod).sum(-1)))
     if post_bias is not None:
         rows.append((f"L{layer}.{part}.norm_bias", "bias", layer, None, (post_bias * r).sum(-1)))
+    return rows
+
+
+def _tc_sites(model: TLModel, layer: int) -> Any:
+    from mechintro.transcoders.sites import mlp_sites
+
+    return mlp_sites(model, layer)
+
+
+def _feature_rows(
+    model: TLModel, layer: int, tc: Any, acts: dict[str, Tensor], r: Tensor, out: Tensor
+) -> list[tuple[str, str, int | None, int | None, Tensor]]:
+    """Rows of one MLP replaced by a transcoder: every feature, ``b_dec``, the skip, the
+    error; they sum to ``out·r`` (the MLP's direct effect) by construction of the error."""
+    sites = _tc_sites(model, layer)
+    tc = tc.to(device=r.device, dtype=torch.float32)
+    x = sites.mlp_input(acts[sites.read])
+    a = tc.encode(x)  # [batch, d_sae]
+    per = (tc.W_dec @ r.T) * a.T  # [feature, batch]
+    skip = tc.skip_term(x)
+    err = out - (tc.decode(a) + skip)
+    rows: list[tuple[str, str, int | None, int | None, Tensor]] = [
+        (f"L{layer}F{f}", "feature", layer, f, per[f]) for f in range(per.shape[0])
+    ]
+    rows.append((f"L{layer}.tc_bias", "tc_bias", layer, None, (tc.b_dec * r).sum(-1)))
+    rows.append((f"L{layer}.tc_skip", "tc_skip", layer, None, (skip * r).sum(-1)))
+    rows.append((f"L{layer}.tc_error", "tc_error", layer, None, (err * r).sum(-1)))
     return rows
 
 

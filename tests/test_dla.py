@@ -117,6 +117,53 @@ def test_heads_and_neurons_sum_to_their_block_output(model, by):
         torch.testing.assert_close(total, want, atol=1e-5, rtol=0)
 
 
+def _tcs(model, layers=(1, 3), d_sae: int = 40):
+    from mechintro.transcoders import Transcoder
+
+    d = model.cfg.d_model
+    out = []
+    for k, layer in enumerate(layers):
+        g = torch.Generator().manual_seed(10 + k)
+        out.append(Transcoder(
+            layer=layer, W_enc=torch.randn(d, d_sae, generator=g) / d**0.5,
+            b_enc=0.1 * torch.randn(d_sae, generator=g), W_dec=0.3 * torch.randn(d_sae, d, generator=g),
+            b_dec=0.1 * torch.randn(d, generator=g), threshold=0.3 * torch.rand(d_sae, generator=g),
+            skip=0.2 * torch.randn(d, d, generator=g),
+        ))  # fmt: skip
+    return out
+
+
+def test_features_sum_to_their_mlp_and_are_activation_times_readout(model):
+    from mechintro.transcoders import mlp_activations
+
+    batch = _batch(model)
+    tcs = _tcs(model)
+    whole = direct_logit_attribution(model, batch, injection=_injection(model))
+    feats = direct_logit_attribution(
+        model, batch, by="feature", transcoders=tcs, injection=_injection(model)
+    )
+    assert float(feats.error.abs().max()) <= 1e-4
+    torch.testing.assert_close(feats.target, whole.target, atol=1e-5, rtol=0)
+    for tc in tcs:
+        L = tc.layer
+        assert f"L{L}.mlp" not in feats.labels
+        mine = [i for i, lab in enumerate(feats.labels) if lab.startswith((f"L{L}F", f"L{L}.tc_"))]
+        assert len(mine) == 40 + 3
+        want = whole.per_row[whole.labels.index(f"L{L}.mlp")]
+        torch.testing.assert_close(feats.per_row[mine].sum(0), want, atol=1e-5, rtol=0)
+        # a feature's row is zero exactly where it is inactive at the read position
+        io = mlp_activations(model, batch, [L], injection=_injection(model))
+        last = [int(torch.nonzero(io.prompt == b).flatten()[-1]) for b in range(len(batch))]
+        a = tc.encode(io.x[L][last])  # [row, d_sae] at each row's last token
+        rows = torch.stack([feats.per_row[feats.labels.index(f"L{L}F{f}")] for f in range(40)])
+        assert bool((a > 0).any()) and bool((a == 0).any())
+        assert torch.equal(rows.T == 0, a == 0)
+    with pytest.raises(ValueError, match="needs transcoders"):
+        direct_logit_attribution(model, batch, by="feature")
+    with pytest.raises(ValueError, match="for by='feature'"):
+        direct_logit_attribution(model, batch, transcoders=tcs)
+
+
 def test_backends_agree_row_by_row(tiny_dirs):
     for arch in ARCHS:
         bridge, hooked = _load(tiny_dirs, arch, "bridge"), _load(tiny_dirs, arch, "hooked")
