@@ -119,7 +119,9 @@ class ModelShape:
             n_heads=heads,
             n_kv_heads=getattr(text, "num_key_value_heads", None) or heads,
             d_head=d_head,
-            d_mlp=text.intermediate_size,
+            d_mlp=getattr(text, "intermediate_size", None)
+            or getattr(text, "n_inner", None)
+            or 4 * text.hidden_size,
             vocab=text.vocab_size,
             n_params=count_params(text),
             window=window if sliding else 0,
@@ -371,7 +373,9 @@ def no_fit_message(plan: MemoryPlan) -> str:
         lines.append("shorter replies (max_new_tokens) or shorter prompts")
     if plan.dtype == "float32":
         lines.append("a 2-byte dtype (--dtype bfloat16) halves the weights and buffers")
-    lines.append("split the model over GPUs (--device-map auto; load_model(device_map=...))")
+    lines.append(
+        "split the model over GPUs (--n-devices N; load_model(n_devices=N, device_map=...))"
+    )
     return " ".join(lines[:1]) + "\n  - " + "\n  - ".join(lines[1:])
 
 
