@@ -224,7 +224,13 @@ def test_ranks_share_batches_round_robin_and_map_devices():
             rank_device("cuda", Ranks(7, 8, 7))
     cmd = torchrun_command(["sweep", "--out", "x"], 2)
     assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
-    assert "--nproc-per-node=2" in cmd and cmd[-5:] == ["-m", "mechintro.cli", "sweep", "--out", "x"]
+    assert "--nproc-per-node=2" in cmd and cmd[-5:] == [
+        "-m",
+        "mechintro.cli",
+        "sweep",
+        "--out",
+        "x",
+    ]
 
 
 def test_cli_nproc_runs_torchrun_and_equals_one_process(tiny_dirs, tmp_path, monkeypatch):
@@ -244,3 +250,62 @@ def test_cli_nproc_runs_torchrun_and_equals_one_process(tiny_dirs, tmp_path, mon
     assert len(two) == 4
     assert_same_trials(two, one)
     assert load_runs(tmp_path / "two")[0]["world_size"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# a model split by accelerate (every device the CPU here: the hooks run, the devices are one)
+
+
+def test_a_dispatched_model_passes_parity_and_sweeps_like_the_whole_one(
+    tiny_dirs, single, tmp_path, monkeypatch
+):
+    from accelerate import dispatch_model
+    from accelerate.hooks import AlignDevicesHook
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mechintro.models import model_info
+    from mechintro.parity import parity_check
+
+    folder = tiny_dirs["llama"]
+    hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager")
+    modules = ["model.embed_tokens", *(f"model.layers.{i}" for i in range(4)), "model.norm",
+               "model.rotary_emb", "lm_head"]  # fmt: skip
+    hf = dispatch_model(hf, device_map=dict.fromkeys(modules, "cpu"), force_hooks=True)
+    assert not any(p.device.type == "meta" for p in hf.parameters())
+    model = load_model(hf, tokenizer=AutoTokenizer.from_pretrained(folder))
+    assert model.original_model.hf_device_map == dict.fromkeys(modules, "cpu")
+    moved = []  # accelerate's hook, which moves each layer's inputs to its device
+    real = AlignDevicesHook.pre_forward
+
+    def spy(self, module, *args, **kwargs):
+        moved.append(type(module).__name__)
+        return real(self, module, *args, **kwargs)
+
+    monkeypatch.setattr(AlignDevicesHook, "pre_forward", spy)
+    report = parity_check(model, "Trial 1: Do you detect an injected thought?")
+    assert report.ok(atol=1e-4), report
+    assert {"LlamaDecoderLayer", "Embedding"} <= set(moved)  # the bridge runs through it
+    moved.clear()
+    run_sweep(model, make_spec(), tmp_path / "split", prompts=PROMPTS, progress=False)
+    assert "LlamaDecoderLayer" in moved
+    assert_same_trials(records(tmp_path / "split"), records(single[1.0]))
+    # load_model's own device_map: placed by from_pretrained, not moved again
+    mapped = load_model(folder, device_map="cpu")
+    assert model_info(mapped).device == "cpu"
+    run_sweep(mapped, make_spec(), tmp_path / "mapped", prompts=PROMPTS, progress=False)
+    assert_same_trials(records(tmp_path / "mapped"), records(single[1.0]))
+
+
+def test_split_options_are_checked_before_loading(tiny_dirs):
+    folder = tiny_dirs["llama"]
+    with pytest.raises(ValueError, match="n_devices=N"):
+        load_model(folder, backend="hooked", device_map="auto")
+    with pytest.raises(ValueError, match="not both"):
+        load_model(folder, device_map="auto", n_devices=2)
+    with pytest.raises(ValueError, match="exclude each other"):
+        load_model(folder, device="cuda", device_map="auto")
+    with pytest.raises(ValueError, match="device='cuda'"):
+        load_model(folder, backend="hooked", n_devices=2)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="requires CUDA"):
+            load_model(folder, n_devices=2)
