@@ -68,6 +68,10 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--per-concept", type=int, default=5, help="concepts timed one by one with run_with_cache"
     )
+    p.add_argument("--tc-width", type=int, default=16384, help="transcoder features")
+    p.add_argument(
+        "--tc-l0", type=int, default=64, help="active transcoder features per token (calibrated)"
+    )
     p.add_argument(
         "--bandwidth",
         type=float,
@@ -172,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         tl_cells=args.tl_cells,
         concepts=args.concepts,
         per_concept=args.per_concept,
+        tc_width=args.tc_width,
+        tc_l0=args.tc_l0,
         attn=args.attn,
         groups=args.groups,
         backends=args.backends,
@@ -217,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _, shapes_meta[name] = run_shape(SHAPES[name], s, Path(work))
     rows, meta, table = write(final=True)
     print(table)
-    verdicts = [r.passed for r in rows if r.target is not None]
+    verdicts = [r.passed for r in rows]
     errors = [f"{r.shape} / {r.name} [{r.backend}]" for r in rows if r.status == "error"]
     print(
         f"\n{verdicts.count(True)} targets passed, {verdicts.count(False)} failed, "

@@ -39,6 +39,8 @@ class Row:
     note: str = ""
     ratio: float | None = None
     detail: dict[str, Any] | None = None
+    bound: str = ""  # a target on something other than time (e.g. "≤ 2% of dense")
+    met: bool | None = None  # whether ``bound`` is met
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -46,6 +48,8 @@ class Row:
 
     @property
     def passed(self) -> bool | None:
+        if self.bound:
+            return self.met
         if self.target is None or self.ratio is None:
             return None
         return self.ratio >= self.target
@@ -118,10 +122,10 @@ def _ratio(r: Row) -> str:
 
 
 def _target(r: Row) -> tuple[str, str]:
-    if r.target is None:
+    if r.target is None and not r.bound:
         return "", ""
     verdict = {True: "PASS", False: "FAIL", None: "n/a"}[r.passed]
-    return f"≥ {r.target:.3g}×", verdict
+    return r.bound or f"≥ {r.target:.3g}×", verdict
 
 
 HEADER = (

@@ -63,8 +63,12 @@ class Site:
     point: Any  # the bridge's HookPoint: its name and shape conversion (e.g. per-head z)
 
 
+Slot = dict[str, Any]  # a module's _parameters or _buffers
+
+
 class _Twin:
-    """A twin and the map from the bridge's hook points to HF module paths."""
+    """A twin, where each of its tensors comes from in the bridge, and the bridge's hook
+    points by HF module path."""
 
     def __init__(self, model: TLModel) -> None:
         from transformer_lens.hook_points import HookPoint
@@ -74,51 +78,81 @@ class _Twin:
         with torch.device("meta"):
             self.hf: Any = type(hf)(config)
         self.hf.eval()
-        self.modules = dict(self.hf.named_modules())
+        ours = dict(self.hf.named_modules())
+        # (twin slot, bridge slot, name): also tensors the bridge added to a wrapped HF
+        # module, e.g. a zero ``bias`` on the unembedding's Linear, which its forward uses
+        self.links: list[tuple[Slot, Slot, str]] = []
         self.sites: dict[int, Site] = {}
-        for name, module in hf.named_modules():
-            parent, _, leaf = name.rpartition(".")
-            if leaf in ("hook_in", "hook_out") and isinstance(module, HookPoint):
-                side = "in" if leaf == "hook_in" else "out"
-                self.sites[id(module)] = Site(parent.replace(_WRAPPED, ""), side, module)
+        self.named: dict[str, Site | None] = {}  # hook name -> site, filled on lookup
+        linked: set[tuple[int, str]] = set()
+        for name, module in hf.named_modules(remove_duplicate=False):
+            path = name.replace(_WRAPPED, "")
+            parent, _, leaf = path.rpartition(".")
+            hook = leaf in ("hook_in", "hook_out") and isinstance(module, HookPoint)
+            if hook and parent in ours:  # not under one of the bridge's alias names
+                self.sites[id(module)] = Site(parent, leaf.removeprefix("hook_"), module)
+            twin = ours.get(path)
+            for slot in ("_parameters", "_buffers") if twin is not None else ():
+                dst, src = getattr(twin, slot), getattr(module, slot)
+                for key in src.keys() & dst.keys():
+                    if (id(dst), key) not in linked:
+                        linked.add((id(dst), key))
+                        self.links.append((dst, src, key))
+        self.covered = all(
+            (id(getattr(m, slot)), key) in linked
+            for m in ours.values()
+            for slot in ("_parameters", "_buffers")
+            for key, t in getattr(m, slot).items()
+            if t is not None
+        )
         self.bind(model)
 
     def bind(self, model: TLModel) -> None:
         """Point every parameter and buffer of the twin at the bridge's current tensor.
 
-        Also those the bridge added to a wrapped HF module (e.g. a zero ``bias`` on the
-        unembedding's ``Linear``, which its forward then uses).
+        ``complete`` says whether the two trees hold exactly the same tensors; they do not
+        once something changed the HF modules' structure (unmerged LoRA adapters, say), and
+        then the twin is not used.
         """
+        for dst, src, key in self.links:
+            dst[key] = src[key]
+        ours = {id(dst[key]) for dst, _, key in self.links if dst[key] is not None}
         hf: Any = model.original_model
-        for slot in ("_parameters", "_buffers"):
-            named = getattr(hf, f"named{slot}")(remove_duplicate=False)
-            for name, tensor in named:
-                owner, _, leaf = name.replace(_WRAPPED, "").rpartition(".")
-                module = self.modules.get(owner)
-                if module is not None and leaf in getattr(module, slot):
-                    getattr(module, slot)[leaf] = tensor
-        for name, tensor in [*self.hf.named_parameters(), *self.hf.named_buffers()]:
-            if tensor.is_meta:
-                raise RuntimeError(f"the bridge has no tensor for the twin's {name!r}")
+        theirs = {
+            id(t)
+            for m in hf.modules()
+            for slot in (m._parameters, m._buffers)
+            for t in slot.values()
+            if t is not None
+        }
+        self.complete = self.covered and ours == theirs
 
 
 _TWINS: weakref.WeakKeyDictionary[Any, _Twin] = weakref.WeakKeyDictionary()
 
 
-def _entry(model: TLModel) -> _Twin:
+def _entry(model: TLModel, bind: bool = True) -> _Twin:
+    """The model's twin, built on first use; ``bind``: re-point it at the bridge's tensors
+    (cheap, once per call of generate or a sweep: follows a ``.to()`` that replaced one)."""
     if backend_of(model) != "bridge":
         raise TypeError("only a TransformerBridge has a twin (HookedTransformer runs as is)")
     entry = _TWINS.get(model)
     if entry is None:
         entry = _TWINS[model] = _Twin(model)
-    else:
-        entry.bind(model)  # cheap: follows a .to() that replaced a buffer
+    elif bind:
+        entry.bind(model)
     return entry
 
 
 def twin_of(model: TLModel) -> Any:
     """The plain HF model sharing ``model``'s weights (a bridge); built on first use."""
-    return _entry(model).hf
+    entry = _entry(model)
+    if not entry.complete:
+        raise RuntimeError(
+            "the bridge's HF modules no longer match a fresh model of their class (adapters "
+            "inserted?): its twin would not compute what it computes; use the bridge"
+        )
+    return entry.hf
 
 
 def fast_enabled(fast: bool | None = None) -> bool:
@@ -147,21 +181,25 @@ def fast_twin(model: TLModel, fast: bool | None = None, names: Sequence[str] = (
 
     It does not apply to a HookedTransformer, with the fast path off, with a hook registered
     on the bridge, or once the bridge's weights were processed or its compatibility mode
-    enabled (its forward is then no longer the HF model's).
+    enabled (its forward is then no longer the HF model's), or when the HF modules hold
+    tensors a fresh model of their class does not (e.g. unmerged LoRA adapters).
     """
     if not fast_enabled(fast) or backend_of(model) != "bridge" or has_hooks(model):
         return None
     if model.compatibility_mode or getattr(model, "_weights_processed", False):
         return None
-    if any(hf_site(model, n) is None for n in names):
+    if not _entry(model).complete or any(hf_site(model, n) is None for n in names):
         return None
-    return twin_of(model)
+    return _entry(model, bind=False).hf
 
 
 def hf_site(model: TLModel, name: str) -> Site | None:
     """Where the bridge's hook ``name`` sits in the twin (None: not on a wrapped module)."""
-    point = model.hook_dict.get(name)
-    return None if point is None else _entry(model).sites.get(id(point))
+    entry = _entry(model, bind=False)
+    if name not in entry.named:
+        point = model.hook_dict.get(name)
+        entry.named[name] = None if point is None else entry.sites.get(id(point))
+    return entry.named[name]
 
 
 def _apply(site: Site, fn: HookFn, x: Tensor) -> Tensor | None:

@@ -90,7 +90,16 @@ def expected(backends: tuple[str, ...] = ("hf", "hooked", "bridge")) -> set[tupl
             ("vectors", "mechintro extract_vectors, 6 concepts", b),
             ("vectors", "per-concept run_with_cache (full cache)", b),
         }
-    rows.add(("detection", f"mechintro run_sweep, batch {BATCH}, sampled T=1", "bridge"))
+    rows |= {  # the bridge's twin is its reference; the bridge itself, side by side
+        ("detection", f"mechintro run_sweep, batch {BATCH}, sampled T=1", "bridge"),
+        ("detection", f"mechintro run_sweep, batch {BATCH}, bridge path", "bridge"),
+        ("detection", f"mechintro generate, batch {BATCH}, bridge path", "bridge"),
+        ("detection", f"mechintro generate, batch {BATCH}, DynamicCache", "bridge"),
+        ("patch resid_pre", "mechintro activation_patch, bridge path", "bridge"),
+        ("patch heads", "mechintro activation_patch, bridge path", "bridge"),
+        ("forward", "twin forward (plain HF, the bridge's weights)", "bridge"),
+        ("forward", "twin forward + mechintro injection", "bridge"),
+    }
     return rows
 
 
@@ -118,9 +127,21 @@ def test_the_gpu_harness_runs_on_the_cpu(tmp_path, capsys):
             ("patch heads", "bridge"),
             ("vectors", "bridge"),
             ("forward", "hf"),
+            ("transcoders", "bridge"),
         ]
     )
+    by_name = {(r["group"], r["name"], r["backend"]): r for r in rows}
+    for name in ("mechintro generate, batch 4", "mechintro generate, batch 4, bridge path"):
+        path = by_name[("detection", name, "bridge")]["detail"]["path"]
+        assert path == ("bridge" if name.endswith("path") else "twin")
+    cache = by_name[("transcoders", "feature cache: bytes stored vs dense (≤ 2%)", "bridge")]
+    assert 0 < cache["detail"]["stored_bytes"] < cache["detail"]["dense_bytes"]
+    assert cache["bound"] and cache["passed"] is not None
+    resident = by_name[("transcoders", "transcoder layers resident on the GPU (≤ 1)", "bridge")]
+    assert resident["passed"] is True and resident["detail"]["copies"] == 0  # CPU: none moved
     for r in rows:
+        if r["bound"]:  # a verdict on bytes or counts, not on time
+            continue
         if r["status"] in ("ok", "model"):
             assert r["seconds"] > 0 and math.isfinite(r["seconds"]), r
             assert r["ratio"] is not None and math.isfinite(r["ratio"]) and r["ratio"] > 0, r
@@ -128,6 +149,7 @@ def test_the_gpu_harness_runs_on_the_cpu(tmp_path, capsys):
     assert targets[("detection", "per-trial HookedTransformer.generate + hook", "hooked")] == 50
     assert targets[("detection", f"batched HF generate + hook, batch {BATCH}", "hf")] == 0.9
     assert targets[("patch resid_pre", "plain forward, same tokens", "bridge")] == 0.8
+    assert targets[("patch resid_pre", "plain HF forward, same tokens", "hf")] == 0.8
     meta = data["meta"]
     assert meta["device"] == "cpu" and meta["command"].startswith("python -m benchmarks.run")
     assert meta["complete"] is True
@@ -136,14 +158,14 @@ def test_the_gpu_harness_runs_on_the_cpu(tmp_path, capsys):
         detail = r["detail"] or {}
         assert detail.get("new_tokens", 3) == 3 and detail.get("mean_new_tokens", 3) == 3, r
     generating = [r for r in rows if "new_tokens" in (r["detail"] or {})]
-    assert len(generating) == 6  # HF per-trial and batched, TL per-trial ×2, mechintro ×2
+    assert len(generating) == 8  # HF per-trial and batched, TL per-trial ×2, mechintro ×4
     table = (tmp_path / "results.md").read_text()
     printed = capsys.readouterr().out
     for r in data["rows"]:
         assert r["name"] in table and r["name"] in printed
     for r in data["rows"]:  # the Gemma-3 shape too
         assert r["status"] in ("ok", "model", "not implemented"), (r["name"], r["note"])
-        if r["status"] in ("ok", "model"):
+        if r["status"] in ("ok", "model") and not r["bound"]:
             assert r["ratio"] is not None and math.isfinite(r["ratio"]) and r["ratio"] > 0, r
 
 

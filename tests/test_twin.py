@@ -266,3 +266,19 @@ def test_hooks_on_the_twin_follow_the_bridges_order_and_conversion(bridge):
         twin_logits(twin_of(bridge), batch.input_ids, batch.attention_mask)
     (shape,) = seen.values()
     assert tuple(shape[2:]) == (bridge.cfg.n_heads, bridge.cfg.d_head)
+
+
+def test_unmerged_adapters_keep_the_bridge_path(tiny_dirs):
+    """LoRA modules inside the bridge's HF tree are not in a fresh model of that class: the
+    twin would drop them, so every call runs on the bridge."""
+    pytest.importorskip("peft")
+    from mechintro.training.lora import LoRAConfig, add_lora
+
+    model = load_model(tiny_dirs["llama"], backend="bridge")
+    assert fast_twin(model) is not None
+    add_lora(model.original_model, LoRAConfig())
+    assert fast_twin(model, fast=True) is None
+    with pytest.raises(RuntimeError, match="adapters"):
+        twin_of(model)
+    batch = encode(model.tokenizer, _mixed()[:1])
+    assert generate(model, batch, max_new_tokens=1).record.settings["path"] == "bridge"
