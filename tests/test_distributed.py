@@ -309,3 +309,34 @@ def test_split_options_are_checked_before_loading(tiny_dirs):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="requires CUDA"):
             load_model(folder, n_devices=2)
+
+
+def test_the_multigpu_benchmark_runs_on_the_cpu(tmp_path, monkeypatch):
+    """benchmarks/multigpu.py with CPU ranks: its three runs, identities and verdicts."""
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # its runs start `python -m benchmarks.multigpu` from here
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    from benchmarks import multigpu
+
+    out = tmp_path / "bench"
+    sizes = ["--concepts", "3", "--trial-numbers", "2", "--controls", "2"]
+    sizes += ["--new-tokens", "3", "--batch", "2"]
+    argv = ["--device", "cpu", "--shape", "tiny-gemma3", "--out", str(out), *sizes]
+    assert multigpu.main(argv) == 0
+    summary = json.loads((out / "multigpu.json").read_text())
+    assert summary["exit_codes"] == {"one": 0, "two": 0, "split": 0}
+    verdicts = summary["verdicts"]
+    assert set(verdicts) == {
+        "throughput two / one",
+        "two == one, trial for trial",
+        "two: every rank has the same weights",
+        "split: parity self-check",
+        "split == one, trial for trial",
+    }
+    for name in set(verdicts) - {"throughput two / one"}:  # 2 CPU ranks need not be faster
+        assert verdicts[name]["pass"], (name, verdicts[name])
+    assert verdicts["two == one, trial for trial"]["equal_tokens"] == 8
+    assert summary["runs"]["two"]["world_size"] == 2
+    assert summary["runs"]["split"]["device_map_layers"] == {"cpu": 4}
+    assert "| split: parity self-check |" in (out / "multigpu.md").read_text()

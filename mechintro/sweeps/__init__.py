@@ -22,6 +22,8 @@ The results folder holds::
 
     spec.json        the spec, the model (name, fingerprint) and each protocol's prompt hash
     trials.jsonl     one JSON record per finished trial, appended batch by batch
+    trials.rank{r}.jsonl   the same, written by rank r of a data-parallel run
+    runs.jsonl       one record per run: world size, ranks, devices, batch size, memory plan
     vectors/         the concept-vector cache (mechintro.vectors.extract_vectors)
 
 Each batch's records are appended with one write, flushed and fsynced. A run stopped at any
@@ -29,6 +31,12 @@ moment (Ctrl-C, an exception, ``kill -9``, a power cut) loses at most the batch 
 on the next run the torn last line, if any, is cut off, the trial ids already present are
 skipped, and the rest run. A folder is bound to one spec and one model: resuming with another
 is refused. A lock file stops two processes from writing one folder.
+
+Data-parallel: under ``torchrun`` (or ``mechintro sweep --nproc N``) every rank runs the same
+call on its own model; rank 0 holds the lock, checks and repairs the folder and lists the
+pending trials; rank ``r`` runs batches ``r, r + N, r + 2N, ...`` of them into its own
+``trials.rank{r}.jsonl``. Readers merge every trial file; a rerun of any world size, one
+included, skips the trials present in any of them (see :mod:`mechintro.distributed`).
 
 Example::
 
@@ -52,17 +60,25 @@ from mechintro.sweeps.runner import Vectors, run_sweep
 from mechintro.sweeps.spec import STORE_FORMAT, SweepSpec, Trial, batches, plan
 from mechintro.sweeps.store import (
     LOCK_FILE,
+    RUNS_FILE,
+    SHARD_FILE,
     SPEC_FILE,
     TRIALS_FILE,
     TrialStore,
     load_results,
+    load_runs,
     load_spec,
+    read_trials,
+    shard_path,
+    trial_files,
 )
 
 __all__ = [
     "LOCK_FILE",
     "PROMPTS",
     "PROMPT_VERSIONS",
+    "RUNS_FILE",
+    "SHARD_FILE",
     "SPEC_FILE",
     "STORE_FORMAT",
     "TRIALS_FILE",
@@ -75,8 +91,12 @@ __all__ = [
     "batches",
     "build_prompt",
     "load_results",
+    "load_runs",
     "load_spec",
     "plan",
     "prompt_version",
+    "read_trials",
     "run_sweep",
+    "shard_path",
+    "trial_files",
 ]
