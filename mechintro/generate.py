@@ -210,7 +210,11 @@ class _Runner:
             logits = out.logits
         elif self.backend == "bridge":
             pos = positions(self.mask)[:, -feed.shape[1] :]
-            kwargs: dict[str, Any] = {"attention_mask": self.mask, "position_ids": pos}
+            # the last position's logits only, as on the twin: the same numbers (and less
+            # memory than a [batch, prompt, vocab] prefill)
+            kwargs: dict[str, Any] = {
+                "attention_mask": self.mask, "position_ids": pos, "logits_to_keep": 1,
+            }  # fmt: skip
             if self.use_cache:
                 kwargs.update(past_key_values=self.cache, use_cache=True)
                 logits, self.cache = self.model(feed, return_type="logits_and_cache", **kwargs)

@@ -1,9 +1,10 @@
 """The fast path: a bridge's plain HF twin gives the bridge's numbers, for every architecture.
 
 Each test runs the same call twice, ``fast=False`` (the TransformerBridge itself) and
-``fast=True`` (its twin), and compares: logits (fp32 on the CPU: bit-equal where both compute
-the same thing, else within 1e-5), greedy and sampled tokens, steered positions, patching
-values. Every test also checks that the fast run did take the twin path.
+``fast=True`` (its twin), and compares: logits (fp32 on the CPU: bit-equal, except with the
+static KV cache, whose attention also sums over masked empty slots: within 1e-5), greedy and
+sampled tokens, steered positions, patching values. Every test also checks that the fast run
+did take the twin path.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from mechintro.prompts import Prompt, encode
 from mechintro.twin import FAST_ENV, fast_twin, hf_site, twin_hooks, twin_logits, twin_of
 
 LAYER = 1
-ATOL = 1e-5  # last-position-only logits on the twin vs all positions on the bridge
+ATOL = 1e-5  # StaticCache vs DynamicCache: the same attention, summed in another order
 
 
 @pytest.fixture(scope="module", params=ARCHS)
@@ -54,10 +55,14 @@ def _both(model, batch, **kw):
     return slow, fast
 
 
-def _same_generation(slow, fast) -> None:
+def _same_generation(slow, fast, exact: bool = True) -> None:
     assert fast.tokens == slow.tokens
+    assert len(fast.logits or []) == len(slow.logits or []) > 0
     for a, b in zip(slow.logits or [], fast.logits or []):
-        torch.testing.assert_close(b, a, atol=ATOL, rtol=0)
+        if exact:
+            assert torch.equal(b, a)
+        else:
+            torch.testing.assert_close(b, a, atol=ATOL, rtol=0)
     assert fast.record.injections == slow.record.injections
     assert fast.record.settings["shared_prefix"] == slow.record.settings["shared_prefix"]
 
@@ -124,7 +129,7 @@ def test_shared_prefix_per_row_injections_greedy_and_sampled(bridge, static):
         slow, fast = _both(bridge, batch, injection=inj, static_cache=static, **kw)
         assert slow.record.settings["shared_prefix"] > 8
         assert fast.record.settings["static_cache"] is static
-        _same_generation(slow, fast)
+        _same_generation(slow, fast, exact=not static)
         plain = generate(bridge, batch, fast=True, stop_ids=[], keep_logits=True, **kw)
         assert not torch.allclose((plain.logits or [])[0][0], (fast.logits or [])[0][0])
 
@@ -162,8 +167,8 @@ def test_several_injections_and_readout(bridge):
     _same_generation(*_both(bridge, batch, injection=injs, max_new_tokens=4))
     slow = readout(bridge, batch, injection=injs, words=["Dust"], fast=False)
     fast = readout(bridge, batch, injection=injs, words=["Dust"], fast=True)
-    torch.testing.assert_close(fast.logits, slow.logits, atol=ATOL, rtol=0)
-    torch.testing.assert_close(fast.word_probs, slow.word_probs, atol=ATOL, rtol=0)
+    assert torch.equal(fast.logits, slow.logits)
+    assert torch.equal(fast.word_probs, slow.word_probs)
 
 
 def test_the_bridge_path_runs_when_it_must(bridge, monkeypatch, tiny_dirs):
