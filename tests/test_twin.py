@@ -287,3 +287,20 @@ def test_unmerged_adapters_keep_the_bridge_path(tiny_dirs):
         twin_of(model)
     batch = encode(model.tokenizer, _mixed()[:1])
     assert generate(model, batch, max_new_tokens=1).record.settings["path"] == "bridge"
+
+
+def test_with_sdpa_the_twin_agrees_to_rounding(tiny_dirs):
+    """The bridge computes attention itself (eagerly); the twin runs the implementation
+    named in the HF config (the bridge sets eager there for some architectures, Gemma-3's
+    among them). With eager, what load_model loads, that is bit-equal (above); with a Llama
+    built for sdpa, as in the GPU benchmark, the two agree to float rounding."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tiny_dirs["llama"]
+    hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa")
+    model = load_model(hf, tokenizer=AutoTokenizer.from_pretrained(folder), backend="bridge")
+    assert twin_of(model).config._attn_implementation == "sdpa"
+    batch = encode(model.tokenizer, [_shared(n) for n in (1, 4, 7)])
+    inj = Injection(LAYER, _vectors(model, 3), [6.0, 0.0, 3.0], mode="from-trial")
+    slow, fast = _both(model, batch, injection=inj, max_new_tokens=6)
+    _same_generation(slow, fast, exact=False)
