@@ -21,7 +21,9 @@ The metric is any callable ``logits[batch, pos, vocab] -> [batch]``; the default
 variants minus the No variants: ``readout(...).b_variants``).
 
 **Sites** (:data:`COMPONENTS`; the name is recorded in the result): ``resid_pre``,
-``resid_mid``, ``resid_post`` (the residual stream), ``attn_out`` and ``mlp_out`` (TL's
+``resid_mid``, ``resid_post`` (the residual stream; ``resid_mid`` on HookedTransformer only:
+the bridge's is the pre-MLP norm's input, and writing it leaves the carried residual as it
+was), ``attn_out`` and ``mlp_out`` (TL's
 ``hook_attn_out``/``hook_mlp_out``: what the block adds to the residual stream), ``head``
 (one head's ``attn.hook_z``, before ``W_O``), and ``attn_module_out``/``mlp_module_out``.
 Gemma 2/3 (and OLMo-2) normalise each module's output before adding it (the
@@ -265,6 +267,12 @@ def _plan(
             f"this {backend} model has no hook {missing[0]!r} for component {component!r}; "
             f"components it has: {', '.join(have)}.{hint}"
         )
+    if component == "resid_mid" and backend == "bridge":
+        raise ValueError(
+            "on a TransformerBridge, hook_resid_mid is the pre-MLP norm's input: writing it "
+            "changes what the MLP reads, not the residual carried on (mlp_out's result). "
+            "Patch resid_mid on backend='hooked', or resid_pre / resid_post here"
+        )
     source = target if source is None else source
     if len(source) != len(target):
         raise ValueError(
@@ -487,10 +495,9 @@ def activation_patch(
         metric: ``logits[batch, pos, vocab] -> [batch]``; default :func:`yes_no_gap`.
         target_injection, source_injection: an :class:`Injection` for either run.
         batch_size: rows per forward (each prompt row × cell is one row; at least one cell).
-        fast: on a bridge, run the forwards on its plain HF twin with plain PyTorch hooks at
-            the same sites (:mod:`mechintro.twin`; the same numbers, a test checks it).
-            ``None``: whenever every site has a place in the HF model, unless
-            ``MECHINTRO_FAST=0`` or a hook is registered on the bridge; ``False``: never.
+        fast: on a bridge, run the forwards on its plain HF twin, hooks at the same sites
+            (:mod:`mechintro.twin`: the same numbers). ``None``: where every site has a place
+            there, unless ``MECHINTRO_FAST=0`` or a hook is on the bridge; ``False``: never.
 
     Example::
 

@@ -208,6 +208,26 @@ def test_gemma_module_output_site_is_before_the_post_norm(tiny_dirs):
         knock_in(hooked, batch, inj, component="mlp_module_out")
 
 
+def test_resid_mid_is_refused_on_the_bridge(tiny_dirs):
+    """The bridge's hook_resid_mid is the pre-MLP norm's input: patching it there moves only
+    the MLP's input. On HookedTransformer it is the residual stream itself: patching it at
+    every position gives the source run's metric at every layer."""
+    from mechintro.models import load_model
+
+    for backend in ("bridge", "hooked"):
+        model = load_model(tiny_dirs["llama"], backend=backend)
+        clean, corrupt = _batch(model, "Is it?"), _batch(model, "Or it?")
+        kw = {"component": "resid_mid", "positions": "all"}
+        if backend == "bridge":
+            with pytest.raises(ValueError, match="resid_mid.*backend='hooked'"):
+                activation_patch(model, corrupt, clean, **kw)
+            continue
+        res = activation_patch(model, corrupt, clean, **kw)
+        want = res.source_value.expand(model.cfg.n_layers)
+        torch.testing.assert_close(res.values[:, 0], want, atol=1e-5, rtol=0)
+        assert float((res.source_value - res.target_value).abs()) > 1e-3
+
+
 # --- bad input ------------------------------------------------------------------------------
 
 

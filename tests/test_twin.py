@@ -143,7 +143,7 @@ def test_every_position_mode_on_a_padded_batch(bridge, use_cache):
         inj = Injection(LAYER, vecs, [2.0, -3.0, 1.5][: len(b)], mode=mode, start=start)
         slow, fast = _both(bridge, b, injection=inj, max_new_tokens=4, use_cache=use_cache)
         _same_generation(slow, fast)
-        assert any(any(rows) for rows in fast.record.injections[0]["steered_positions"]), mode
+        assert any(len(row) for row in fast.record.injections[0]["steered_positions"]), mode
 
 
 def test_zero_strength_is_bit_identical_to_no_injection_on_the_twin(bridge):
@@ -233,7 +233,7 @@ def test_every_patching_site_gives_the_bridges_values(bridge):
     knock-out with one injection vector per (left-padded) row: bit-equal values."""
     batch = encode(bridge.tokenizer, [Prompt.text("Is it?"), Prompt.text("Is it red, or?")])
     inj = Injection(LAYER, _vectors(bridge, 2), [1.0, 0.5], mode="all")
-    for component in COMPONENTS:
+    for component in (c for c in COMPONENTS if c != "resid_mid"):  # refused on the bridge
         assert hf_site(bridge, COMPONENTS[component].format(layer=2)) is not None
         for run, positions in ((knock_in, [-3, -1]), (knock_out, "all")):
             kw = {"component": component, "positions": positions, "layers": [1, 2, 3]}
