@@ -183,8 +183,14 @@ def worker(args: argparse.Namespace) -> int:
     if device.startswith("cuda") and ":" not in device:
         device = "cuda:0"
     hf, tok = _build(args, device, ranks.rank)
-    device_map = _split(hf, args) if run == "split" else None
-    model = load_model(hf, tokenizer=tok, name=f"random-{args.shape}")
+    dtype = getattr(torch, DTYPES[args.dtype])
+    name = f"random-{args.shape}"
+    if run == "split":  # placed by accelerate: load_model leaves it where it is
+        device_map = _split(hf, args)
+        model = load_model(hf, tokenizer=tok, name=name, dtype=dtype)
+    else:
+        device_map = None
+        model = load_model(hf, tokenizer=tok, name=name, dtype=dtype, device=device)
     spec = _spec(args, model)
     fingerprints = ranks.all_gather(fingerprint(model))
     parity = None
@@ -359,9 +365,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
     if args.worker:
         return worker(args)
-    if args.device.startswith("cuda") and torch.cuda.device_count() < args.gpus:
-        print(f"{torch.cuda.device_count()} GPUs; the benchmark needs --gpus {args.gpus}",
-              file=sys.stderr)  # fmt: skip
+    several = {"two", "split"} & set(args.runs)
+    if several and args.device.startswith("cuda") and torch.cuda.device_count() < args.gpus:
+        print(f"{torch.cuda.device_count()} GPUs; runs {sorted(several)} need --gpus "
+              f"{args.gpus} (--runs one needs one)", file=sys.stderr)  # fmt: skip
         return 2
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
