@@ -16,7 +16,10 @@ of ``model.layers.3``; ``blocks.3.hook_mlp_out`` → the output of Gemma's
 → the input of ``o_proj``, reshaped per head by the bridge's own conversion), and
 :func:`twin_hooks` registers TransformerLens-style hook functions ``fn(x, hook) -> x`` there
 as plain PyTorch hooks. Whatever a hook sees and returns is what it would on the bridge, so
-the same hook code runs on either tree and gives the same numbers (``tests/test_twin.py``).
+the same hook code runs on either tree and gives the same numbers (``tests/test_twin.py``):
+bit for bit where the HF config names eager attention (what ``load_model`` loads), to float
+rounding with sdpa (the bridge computes attention itself, eagerly; the twin runs the
+implementation its config names).
 
 :func:`fast_twin` says when the fast path applies: a bridge, the fast path not switched off
 (``fast=False`` per call, or ``MECHINTRO_FAST=0`` in the environment), no hook left on any
@@ -256,13 +259,7 @@ def positions(mask: Tensor) -> Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def twin_logits(twin: Any, ids: Tensor, mask: Tensor, *, last_only: bool = False) -> Tensor:
-    """One forward of the twin without a KV cache, positions as on the bridge path."""
-    out = twin(
-        ids,
-        attention_mask=mask,
-        position_ids=positions(mask),
-        use_cache=False,
-        logits_to_keep=1 if last_only else 0,
-    )
-    return out.logits
+def twin_logits(twin: Any, ids: Tensor, mask: Tensor) -> Tensor:
+    """Logits at every position, from one forward of the twin without a KV cache (positions
+    as on the bridge path)."""
+    return twin(ids, attention_mask=mask, position_ids=positions(mask), use_cache=False).logits
