@@ -139,12 +139,13 @@ def progressive(
     ks: Sequence[int],
     *,
     direction: LogitDirection | None = None,
+    runs: tuple[Trace, Trace] | None = None,
 ) -> pd.DataFrame:
     """Detection under ablation and patching of the top-``k`` features of ``order``
     (``(layer, feature)``, most important first) for each ``k``: one row per ``k`` with the
-    :class:`Intervention` fields."""
+    :class:`Intervention` fields. ``runs``: the (unsteered, steered) traces if computed."""
     tcs = as_layers(model, transcoders)
-    runs = (
+    runs = runs or (
         trace(model, tcs, batch, direction=direction),
         trace(model, tcs, batch, injection=injection, direction=direction),
     )

@@ -10,8 +10,8 @@ at every position ``t`` after the injection layer:
 * ``SG(f, t) = da_{f,t}/ds`` — how steering moves the feature: ``(dx_t/ds)·W_enc[:, f]`` for
   an active feature, 0 otherwise (one forward pass in forward-mode AD, a JVP in ``s``);
 * ``SA(f, t) = ∫₀^{s*} GA · SG ds`` — the trapezoid rule over ``n_points`` strengths (21 by
-  default), all of them rows of one batch, so the whole integral is one forward (with dual
-  numbers) and one backward.
+  default), all of them rows of one batch, so the whole integral is one forward with dual
+  numbers and one forward and backward.
 
 Derivatives are those of the *replacement model*: the transcoders' error terms are held at
 their values (circuit-tracer's convention), and a JumpReLU's jump contributes nothing. The
@@ -110,16 +110,18 @@ def steering_attribution(
     grid = torch.linspace(0.0, float(strength), n_points)
     grid[0] = S_EPS * float(strength)
     rows = batch.rows([0] * n_points)
-    with fwad.dual_level():
-        s_primal = grid.clone().to(device).requires_grad_()
-        s = fwad.make_dual(s_primal, torch.ones_like(s_primal))
+    with fwad.dual_level():  # forward mode: SG and dL/ds (no backward through dual numbers)
+        s = fwad.make_dual(grid.to(device), torch.ones(n_points, device=device))
         inj = Injection(layer, vector, s, mode=mode, unit="resid-norm", resid_norm=resid_norm)
-        tr = trace(model, tcs, rows, injection=inj, direction=direction, grad=True)
+        tr = trace(model, tcs, rows, injection=inj, direction=direction)
         gap, dgap = fwad.unpack_dual(tr.gap)
         sg = {L: fwad.unpack_dual(tr.pre[L]).tangent for L in tcs}
         acts = {L: fwad.unpack_dual(tr.acts[L]).primal for L in tcs}
-        layers = sorted(tcs)
-        ga = dict(zip(layers, torch.autograd.grad(gap.sum(), [tr.acts[L] for L in layers])))
+    layers = sorted(tcs)
+    inj = Injection(layer, vector, grid.to(device).requires_grad_(), mode=mode, unit="resid-norm",
+                    resid_norm=resid_norm)  # fmt: skip
+    tr = trace(model, tcs, rows, injection=inj, direction=direction, grad=True)
+    ga = dict(zip(layers, torch.autograd.grad(tr.gap.sum(), [tr.acts[L] for L in layers])))
     dx = float(strength) / (n_points - 1)
     frames = []
     for L in layers:
@@ -178,6 +180,7 @@ def steering_graph(
     gates: FeatureSet | None = None,
     concept: str = "concept",
     n_points: int = 21,
+    mode: str = "from-trial",
     direction: LogitDirection | None = None,
 ) -> tuple[AttributionGraph, SteeringAttribution]:
     """The steering graph of one prompt and concept: the ``n_features`` features with the
@@ -188,12 +191,12 @@ def steering_graph(
         raise ValueError("steering_graph needs one unpadded prompt (a batch of 1 row)")
     sa = steering_attribution(
         model, transcoders, batch, vector, layer=layer, strength=strength,
-        resid_norm=resid_norm, n_points=n_points, direction=direction,
+        resid_norm=resid_norm, n_points=n_points, mode=mode, direction=direction,
     )  # fmt: skip
     tcs = transcoder_layers(model, transcoders, after=layer)
     top = sa.features.reindex(sa.features.sa.abs().sort_values(ascending=False).index)
     top = top.head(n_features).reset_index(drop=True)
-    inj = Injection(layer, vector, strength, unit="resid-norm", resid_norm=resid_norm)
+    inj = Injection(layer, vector, strength, mode=mode, unit="resid-norm", resid_norm=resid_norm)
     tr = trace(model, tcs, batch, injection=inj, direction=direction, grad=True)
     keys = [(int(r.layer), int(r.position), int(r.feature)) for r in top.itertuples()]
     edges: list[Edge] = []
@@ -264,6 +267,7 @@ def edge_measure(
     layer: int,
     strength: float,
     resid_norm: float,
+    mode: str = "from-trial",
     direction: LogitDirection | None = None,
 ) -> Callable[[Edge], float]:
     """The intervention behind each kind of edge of :func:`steering_graph`, measured:
@@ -272,7 +276,7 @@ def edge_measure(
     f → root: the root minus its value under that hold; the error edge: NaN (not an
     intervention)."""
     tcs = transcoder_layers(model, transcoders, after=layer)
-    inj = Injection(layer, vector, strength, unit="resid-norm", resid_norm=resid_norm)
+    inj = Injection(layer, vector, strength, mode=mode, unit="resid-norm", resid_norm=resid_norm)
     base = trace(model, tcs, batch, injection=inj, direction=direction)
     plain = trace(model, tcs, batch, direction=direction)
 
