@@ -400,11 +400,11 @@ def run_sweep(
         vecs = _on_main(ranks, lambda: _resolve_vectors(model, spec, pending, vectors, out))
         if vecs is None:
             vecs = _resolve_vectors(model, spec, pending, vectors, out)
-        per_rank = max(1, -(-len(pending) // ranks.world_size))
-        size, memory = _memory_plan(
-            model, spec, pending, builders, batch_size, min(max_batch, per_rank)
-        ) if pending else (1 if batch_size == "auto" else batch_size, None)  # fmt: skip
-        assert isinstance(size, int)
+        size, memory = (1 if batch_size == "auto" else int(batch_size)), None
+        if pending:
+            per_rank = -(-len(pending) // ranks.world_size)
+            cap = min(max_batch, per_rank)
+            size, memory = _memory_plan(model, spec, pending, builders, batch_size, cap)
         here: dict[str, Any] = {
             "rank": ranks.rank,
             "host": socket.gethostname(),
