@@ -185,11 +185,15 @@ def fast_twin(model: TLModel, fast: bool | None = None, names: Sequence[str] = (
     It does not apply to a HookedTransformer, with the fast path off, with a hook registered
     on the bridge, or once the bridge's weights were processed or its compatibility mode
     enabled (its forward is then no longer the HF model's), or when the HF modules hold
-    tensors a fresh model of their class does not (e.g. unmerged LoRA adapters).
+    tensors a fresh model of their class does not (e.g. unmerged LoRA adapters), or when
+    accelerate split the model over several devices.
     """
     if not fast_enabled(fast) or backend_of(model) != "bridge" or has_hooks(model):
         return None
     if model.compatibility_mode or getattr(model, "_weights_processed", False):
+        return None
+    placed = getattr(getattr(model, "original_model", None), "hf_device_map", None) or {}
+    if len(set(placed.values())) > 1:  # split over devices: the twin has no accelerate hooks
         return None
     if not _entry(model).complete or any(hf_site(model, n) is None for n in names):
         return None
