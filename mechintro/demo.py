@@ -21,14 +21,21 @@ generation, the rule grader, Wilson intervals):
    specificity ``Δb_introspection − Δb_control`` and the rate at which the control answer flips;
 6. introspection trained into the base organism: the shipped LoRA adapter (Fonseca Rivera's
    recipe) and bias vector (Macar et al.), held-out TPR/FPR before and after
-   (:func:`mechintro.training.organism.measure_trained`).
+   (:func:`mechintro.training.organism.measure_trained`);
+7. the circuit: gate features, their ablation and patching, evidence carriers and the
+   steering graph with its edges checked by intervention
+   (:func:`circuits.organism.organism_circuits`; the demo, an application like the CLI, is
+   the one place in ``mechintro`` that imports ``circuits``).
 
 It writes ``DIR/metrics.json`` (for each organism and concept split, at the organism's best
 strength: ``tpr``, ``fpr``, ``identification``, ``identification_category``,
 ``introspection_rate``, ``n_injected``, ``n_control``, ``control_flip_rate``,
 ``specificity``, each rate with its interval; ``training.lora.heldout`` and
 ``training.bias.heldout``: ``before`` and ``after``, each with ``tpr``, ``fpr`` and
-intervals; ``transcoders.fvu`` per layer) and ``DIR/report.html``.
+intervals; ``transcoders.fvu`` per layer; ``circuits``: ``gate_ablation.relative_drop``,
+``gate_patching.relative_gain``, ``graph.edge_verification_r``, ``graph.n_nodes``,
+``graph.n_edges`` and more), ``DIR/report.html`` and ``DIR/circuits/`` (the steering graph
+as ``graph.json`` and in circuit-tracer's viewer format).
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 ORGANISMS = {"base": "builtin:organism-base", "introspective": "builtin:organism"}
 SPLITS = ("train", "heldout")
-N_STEPS = 8
+N_STEPS = 9
 
 
 @dataclass
@@ -224,6 +231,19 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     trained = measure_trained(n_controls=cfg.n_controls, seed=cfg.seed)
 
+    step("circuits: gates, carriers, the steering graph")
+    from circuits.organism import organism_circuits
+    from mechintro.training.organism import organism_world
+    from mechintro.transcoders import organism_transcoders
+
+    circuits, circuit_frames = organism_circuits(
+        models["introspective"],
+        organism_transcoders(),
+        organism_world(layer),
+        strength=best["introspective"],
+        out=out / "circuits",
+    )
+
     step("writing metrics.json and report.html")
     transcoders = _transcoder_fvu(models["introspective"], words, unit, resid, layer, best)
     metrics: dict[str, Any] = {
@@ -271,13 +291,16 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         metrics[name] = org
     metrics["transcoders"] = transcoders
     metrics["training"] = trained
+    metrics["circuits"] = circuits
     metrics["rates"] = table.to_dict(orient="records")
     metrics["config"] = asdict(cfg)
     metrics["wall_seconds"] = time.perf_counter() - t0
     atomic_write_text(out / "metrics.json", json.dumps(_plain(metrics), indent=2))
+    from circuits.figures import circuits_section
     from mechintro.organism.report import demo_report
 
-    demo_report(metrics, table, tdf, sdf, noise_grid, path=out / "report.html")
+    demo_report(metrics, table, tdf, sdf, noise_grid, path=out / "report.html",
+                extra=[circuits_section(circuits, circuit_frames)])  # fmt: skip
     steps.close()
     return metrics
 

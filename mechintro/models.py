@@ -484,13 +484,31 @@ def resid_post(layer: int) -> str:
     return f"blocks.{layer}.hook_resid_post"
 
 
+_FINGERPRINTS: weakref.WeakKeyDictionary[Any, tuple[tuple[tuple[int, int], ...], str]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def fingerprint(model: TLModel) -> str:
-    """A short hash of the weights, so caches never outlive a fine-tune under the same name."""
+    """A short hash of the weights, so caches never outlive a fine-tune under the same name.
+
+    Remembered per model until a parameter is replaced or changed in place (each tensor's
+    version counter), so a sweep pays for it once; one device sync for all parameters."""
+    params = list(model.named_parameters())
+    key = tuple((id(p), p._version) for _, p in params)
+    hit = _FINGERPRINTS.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1]
     h = hashlib.sha256()
     with torch.no_grad():
-        for pname, p in model.named_parameters():
-            x = p.detach().float()
-            h.update(pname.encode())
-            h.update(repr((tuple(x.shape), round(float(x.sum()), 4))).encode())
-            h.update(repr(round(float(torch.linalg.vector_norm(x)), 4)).encode())
-    return h.hexdigest()[:16]
+        stats = torch.stack(
+            [torch.stack([p.detach().float().sum(), torch.linalg.vector_norm(p.detach().float())])
+             for _, p in params]
+        ).cpu().tolist() if params else []  # fmt: skip
+    for (pname, p), (total, norm) in zip(params, stats):
+        h.update(pname.encode())
+        h.update(repr((tuple(p.shape), round(float(total), 4))).encode())
+        h.update(repr(round(float(norm), 4)).encode())
+    digest = h.hexdigest()[:16]
+    _FINGERPRINTS[model] = (key, digest)
+    return digest

@@ -184,6 +184,15 @@ def test_demo_writes_every_required_metric(tmp_path):
         assert held["after"]["tpr"] > 0.1 and held["after"]["fpr_ci"][0] <= 0.02, (method, held)
     lora = metrics["training"]["lora"]["heldout"]["after"]
     assert lora["tpr"] >= 0.8 and lora["fpr"] == 0.0
+    circ = metrics["circuits"]  # issue 6's targets, on the introspective organism
+    assert circ["gate_ablation"]["relative_drop"] >= 0.25
+    assert circ["gate_ablation"]["control_unchanged"] == 1.0
+    assert circ["gate_patching"]["relative_gain"] > 0
+    assert circ["graph"]["edge_verification_r"] >= 0.9
+    assert circ["graph"]["n_nodes"] > 3 and circ["graph"]["n_edges"] > 3
+    assert (tmp_path / "circuits" / "graph.json").is_file()
+    assert (tmp_path / "circuits" / "viewer" / "graph-metadata.json").is_file()
     page = (tmp_path / "report.html").read_text()
+    assert "Circuits: gates, carriers, the steering graph" in page
     assert "Introspection trained into the base organism" in page
     assert "Noise control" in page and "<script src=" not in page

@@ -7,6 +7,7 @@ functions (:mod:`mechintro.plotting`); one self-contained file that opens offlin
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -78,8 +79,10 @@ def demo_report(
     noise: pd.DataFrame,
     *,
     path: str | os.PathLike[str],
+    extra: Sequence[Any] = (),
 ) -> str:
-    """Write the report to ``path`` and return its HTML."""
+    """Write the report to ``path`` and return its HTML (``extra``: more sections, after
+    the measurements of the organisms)."""
     from mechintro.metrics import rates
     from mechintro.plotting import (
         Section,
@@ -177,6 +180,7 @@ def demo_report(
                 ],
             )
         )
+    sections.extend(extra)
     sections.append(Section("Parity self-check", [pd.DataFrame([metrics["parity"]])]))
     return html_report("mechintro demo: the built-in model organisms", sections, path=path)
 
