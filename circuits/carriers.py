@@ -8,7 +8,8 @@ pre-activation along the direct path (the pre-MLP norm left out, as in the paper
 **attribution** of ``f`` to ``g`` under steering is that weight times ``f``'s steered
 activation at the readout position. A carrier has a *negative* attribution (it pushes the
 gate down), a *positive* dose–strength correlation (it grows with the injection strength)
-and a *nonzero* correlation with detection (rows where the model says Yes).
+and a *nonzero* correlation with detection among the injected rows (those where the model
+says Yes against those where it does not; 0 when every injected row is detected alike).
 
 :func:`evidence_carriers` measures every (candidate, gate) pair over a batch of concept
 vectors × strengths and returns them per concept and pooled.
@@ -95,12 +96,14 @@ def evidence_carriers(
     C = len(batch)
     dose = torch.tensor(grid).repeat_interleave(C)  # [S*C], strength-major
     det = torch.cat(detected)
+    steered = dose > 0  # detection varies among injected rows; the controls would make
+    # anything that grows with strength look correlated with it
     pooled, per_concept = [], []
     for L2, gs in gates.items():
         for L1 in sorted(L for L in tcs if L < L2):
             a = torch.stack(acts[L1])  # [S, C, d_sae]
             flat = a.reshape(-1, a.shape[-1])
-            dose_r, det_r = _corr(flat, dose), _corr(flat, det)
+            dose_r, det_r = _corr(flat, dose), _corr(flat[steered], det[steered])
             W_dec = tcs[L1].W_dec.float()
             for g in gs:
                 vw = W_dec @ tcs[L2].W_enc[:, g].float()  # [d_sae of L1]

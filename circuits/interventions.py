@@ -115,7 +115,10 @@ def control_unchanged(
 ) -> dict[str, float]:
     """The same steering and ablation on a control prompt batch (e.g. "Do you believe that
     1+1=3?"): the share of rows whose answer (sign of ``b``) the ablation leaves as it was
-    under steering alone, and the mean change of ``b``."""
+    under steering alone, and the mean change of ``b``. ``injection`` must fit the control
+    prompts: a single-turn question has no ``trial`` position, so inject with
+    ``mode="single-token"`` (Godet's protocol for these questions), the same vectors and
+    strengths."""
     tcs = as_layers(model, transcoders)
     plain = trace(model, tcs, batch)
     steer = trace(model, tcs, batch, injection=injection)

@@ -185,8 +185,9 @@ def steering_graph(
 ) -> tuple[AttributionGraph, SteeringAttribution]:
     """The steering graph of one prompt and concept: the ``n_features`` features with the
     largest ``|SA|``, their edges (module docstring), roles (``gate`` for members of
-    ``gates``; ``carrier`` for a feature with a negative edge into a gate; else
-    ``other``) and the error node. Returns the graph and the attribution it came from."""
+    ``gates``; ``carrier`` for a feature that steering turns up and that has a negative edge
+    into a gate; else ``other``) and the error node. Returns the graph and the attribution
+    it came from."""
     if len(batch) != 1 or not bool(batch.attention_mask.all()):
         raise ValueError("steering_graph needs one unpadded prompt (a batch of 1 row)")
     sa = steering_attribution(
@@ -213,7 +214,12 @@ def steering_graph(
         for j, (L1, t1, f) in sources:
             w = float(top.sg[j]) * float(by_layer[L1][0, t1, f])
             edges.append(Edge(_fid(L1, t1, f), _fid(L2, t2, g), w))
-    carriers = {e.source for e in edges if e.weight < 0 and _is_gate(e.target, gate_set)}
+    grows = {_fid(*k) for k, sg in zip(keys, top.sg) if sg > 0}
+    carriers = {
+        e.source
+        for e in edges
+        if e.weight < 0 and _is_gate(e.target, gate_set) and e.source in grows
+    }
     n_out = n_layers(model)
     nodes = [
         Node("concept", "concept", layer=-1, role="concept", label=concept),

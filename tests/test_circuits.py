@@ -242,6 +242,27 @@ def test_carriers_virtual_weights_and_attributions_by_hand(tiny_dirs):
         vw = float(tcs[1].W_dec[r.feature] @ tcs[3].W_enc[:, r.gate])
         assert r.virtual_weight == pytest.approx(vw, rel=1e-5)
         assert r.attribution == pytest.approx(vw * float(strong[:, r.feature].mean()), rel=1e-4)
+    runs = {
+        s: trace(
+            model,
+            tcs,
+            batch,
+            injection=None
+            if s == 0
+            else Injection(0, V, s, mode="all", unit="resid-norm", resid_norm=1.0),
+        )
+        for s in (0.0, 1.0, 3.0)
+    }
+    r = df.iloc[0]  # its correlations by hand: over (strength, concept) rows
+    a = torch.cat([runs[s].at_readout(1)[:, r.feature] for s in runs])
+    dose = torch.tensor([s for s in runs for _ in range(4)])
+    assert r.dose_r == pytest.approx(float(torch.corrcoef(torch.stack([a, dose]))[0, 1]),
+                                     abs=1e-5)  # fmt: skip
+    det = torch.cat([runs[s].detected.float() for s in (1.0, 3.0)])
+    inj = a[4:]
+    want = 0.0 if det.std() == 0 or inj.std() == 0 else float(
+        torch.corrcoef(torch.stack([inj, det]))[0, 1])  # fmt: skip
+    assert r.detection_r == pytest.approx(want, abs=1e-5)
     expect = (df.attribution < 0) & (df.dose_r > 0) & (df.detection_r.abs() >= 0.1)
     assert df.carrier.tolist() == expect.tolist()
     assert len(res.per_concept) == 4 * len(df)
