@@ -118,10 +118,12 @@ def steering_attribution(
         sg = {L: fwad.unpack_dual(tr.pre[L]).tangent for L in tcs}
         acts = {L: fwad.unpack_dual(tr.acts[L]).primal for L in tcs}
     layers = sorted(tcs)
-    inj = Injection(layer, vector, grid.to(device).requires_grad_(), mode=mode, unit="resid-norm",
-                    resid_norm=resid_norm)  # fmt: skip
-    tr = trace(model, tcs, rows, injection=inj, direction=direction, grad=True)
-    ga = dict(zip(layers, torch.autograd.grad(tr.gap.sum(), [tr.acts[L] for L in layers])))
+    with torch.enable_grad():  # also under a caller's no_grad: the injection must carry it
+        strengths = grid.to(device).requires_grad_()
+        inj = Injection(layer, vector, strengths, mode=mode, unit="resid-norm",
+                        resid_norm=resid_norm)  # fmt: skip
+        tr = trace(model, tcs, rows, injection=inj, direction=direction, grad=True)
+        ga = dict(zip(layers, torch.autograd.grad(tr.gap.sum(), [tr.acts[L] for L in layers])))
     dx = float(strength) / (n_points - 1)
     frames = []
     for L in layers:
@@ -197,8 +199,10 @@ def steering_graph(
     tcs = transcoder_layers(model, transcoders, after=layer)
     top = sa.features.reindex(sa.features.sa.abs().sort_values(ascending=False).index)
     top = top.head(n_features).reset_index(drop=True)
-    inj = Injection(layer, vector, strength, mode=mode, unit="resid-norm", resid_norm=resid_norm)
-    tr = trace(model, tcs, batch, injection=inj, direction=direction, grad=True)
+    with torch.enable_grad():
+        inj = Injection(layer, vector, torch.tensor(float(strength), requires_grad=True),
+                        mode=mode, unit="resid-norm", resid_norm=resid_norm)  # fmt: skip
+        tr = trace(model, tcs, batch, injection=inj, direction=direction, grad=True)
     keys = [(int(r.layer), int(r.position), int(r.feature)) for r in top.itertuples()]
     edges: list[Edge] = []
     gate_set = {(L, f) for L, fs in (gates or {}).items() for f in fs}

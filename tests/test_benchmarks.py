@@ -71,7 +71,8 @@ def expected(backends: tuple[str, ...] = ("hf", "hooked", "bridge")) -> set[tupl
         ("patch heads", "plain HF forward, same tokens", "hf"),
         ("transcoders", "feature cache: bytes stored vs dense (≤ 2%)", "bridge"),
         ("transcoders", "transcoder layers resident on the GPU (≤ 1)", "bridge"),
-        ("steering", "steering attribution per strength point vs a forward", "bridge"),
+        ("steering", "steering attribution, 21 strengths, per strength point", "bridge"),
+        ("steering", "plain forward of the same prompt", "bridge"),
     }
     for b in ("hooked", "bridge"):
         tl = "TransformerBridge" if b == "bridge" else "HookedTransformer"
@@ -128,6 +129,7 @@ def test_the_gpu_harness_runs_on_the_cpu(tmp_path, capsys):
             ("vectors", "bridge"),
             ("forward", "hf"),
             ("transcoders", "bridge"),
+            ("steering", "bridge"),
         ]
     )
     by_name = {(r["group"], r["name"], r["backend"]): r for r in rows}

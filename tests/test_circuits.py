@@ -187,6 +187,10 @@ def test_steering_derivatives_equal_finite_differences(tiny_dirs):
 
         fd = float((bump(eps) - bump(-eps))[0]) / (2 * eps)
         assert abs(r.ga - fd) <= 1e-3 * max(1.0, abs(fd)), (r.ga, fd)
+    with torch.no_grad():  # the caller's grad mode does not matter
+        again = steering_attribution(model, tcs, batch, v, layer=0, strength=s_star,
+                                     resid_norm=1.0, n_points=81, mode="all")  # fmt: skip
+    pd.testing.assert_frame_equal(again.features, sa.features)
     assert sa.delta == pytest.approx(sa.root[-1] - sa.root[0])
     assert sa.error == pytest.approx(sa.delta - float(sa.features.sa.sum()))
     with pytest.raises(ValueError, match="one prompt"):

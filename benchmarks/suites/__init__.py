@@ -16,8 +16,8 @@ groups in three phases, so that every backend sees the same weights:
 
 Groups (the unit of each in brackets): ``detection`` [trial], ``patch resid_pre`` [cell],
 ``patch heads`` [cell], ``vectors`` [concept], ``forward`` [row of ``patch_tokens`` tokens],
-``transcoders`` [cached token] and ``steering`` (not implemented yet:
-:func:`.transcoders.steering_rows` is where it goes). Per-trial and per-cell baselines are
+``transcoders`` [cached token] and ``steering`` [strength point; with the transcoders, on
+the bridge]. Per-trial and per-cell baselines are
 timed on a few units and reported per unit (a sweep of N units takes N times as long: they
 run one at a time, so the time is linear in N).
 """
@@ -42,7 +42,6 @@ from benchmarks.suites.common import (
 )
 from benchmarks.suites.hf import hf_phase
 from benchmarks.suites.tl import tl_phase
-from benchmarks.suites.transcoders import steering_rows
 from benchmarks.table import Row
 from benchmarks.timing import free, sync
 
@@ -153,8 +152,6 @@ def run_shape(shape: Shape, s: Settings, work: Path) -> tuple[list[Row], dict[st
         tl_phase(b, model, x, backend, plain)
         del model
         free(s.device)
-    if "pending" in s.groups:
-        steering_rows(b)
     del hf
     free(s.device)
     meta["seconds"] = time.perf_counter() - start

@@ -17,7 +17,7 @@ from benchmarks.shapes import Hardware, Shape, concept_words
 from benchmarks.table import Row
 from benchmarks.timing import free, measure
 
-GROUPS = ("detection", "patching", "vectors", "forward", "transcoders", "pending")
+GROUPS = ("detection", "patching", "vectors", "forward", "transcoders", "steering")
 BACKENDS = ("hf", "hooked", "bridge")
 ONE_B_SHAPES = ("gemma3-1b", "llama3-1b")  # the roofline target is stated for the 1B shape
 

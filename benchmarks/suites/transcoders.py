@@ -1,9 +1,8 @@
-"""Transcoder feature caches, and the steering rows still to write."""
+"""Transcoder feature caches and steering attribution."""
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import math
 import traceback
 import weakref
@@ -102,6 +101,8 @@ def transcoder_rows(b: Bench, model: Any, x: Inputs) -> None:
                 "l0": {layer: fa.l0(layer) for layer in fa.layers},
             },
         )
+    if "steering" in s.groups:
+        steering_rows(b, model, x, tcs)
     if cache.status != "ok" or cache.detail is None:
         return
     frac = cache.detail["stored_bytes"] / cache.detail["dense_bytes"]
@@ -128,23 +129,38 @@ def transcoder_rows(b: Bench, model: Any, x: Inputs) -> None:
     )
 
 
-def steering_rows(b: Bench) -> None:
-    """Steering attribution: time per strength point against one forward pass.
+STEER_ROW = "steering attribution, 21 strengths, per strength point"
+STEER_BASE = "plain forward of the same prompt"
 
-    To add: when ``circuits`` has steering attribution, time it over a strength sweep and
-    add it as the reference of a ``steering`` group, with ``plain forward`` as the baseline.
-    """
-    exists = importlib.util.find_spec("circuits.steering") is not None
-    why = (
-        "circuits.steering exists: write its rows in benchmarks/suites/transcoders.py"
-        if exists
-        else "steering attribution does not exist yet"
+
+def steering_rows(b: Bench, model: Any, x: Inputs, tcs: list[Any]) -> None:
+    """Steering attribution (:func:`circuits.steering.steering_attribution`: one forward
+    with dual numbers and one forward and backward, over 21 strengths as rows of one batch)
+    per strength point, against one forward of the same one-row prompt."""
+    from circuits.steering import steering_attribution
+
+    n_points = 21
+    v = x.vectors[0]
+    norm = float(v.norm())  # resid-norm units with this norm: strength 4 adds 4·v
+    steering = [tc for tc in tcs if tc.layer > x.layer]
+    one = x.single.to(b.s.device)
+    b.time(
+        "steering",
+        STEER_ROW,
+        "bridge",
+        "point",
+        lambda: steering_attribution(
+            model, steering, one, v, layer=x.layer, strength=4.0, resid_norm=norm, n_points=n_points
+        ),
+        n_points,
+        ref=True,
+        how=f"median of {b.s.repeats} calls; {len(steering)} transcoders after the injection "
+        f"layer, {one.length} tokens",
     )
-    b.row(
-        group="steering",
-        name="steering attribution per strength point vs a forward",
-        backend="bridge",
-        unit="point",
-        status="not implemented",
-        note=why,
-    )
+
+    def forward() -> Any:
+        with torch.no_grad():
+            return model(one.input_ids)
+
+    b.time("steering", STEER_BASE, "bridge", "point", forward, 1,
+           how=f"median of {b.s.repeats} calls of one row")  # fmt: skip
