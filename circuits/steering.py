@@ -107,6 +107,7 @@ def steering_attribution(
         raise ValueError(f"strength must be > 0, got {strength}")
     tcs = transcoder_layers(model, transcoders, after=layer)
     device = next(model.parameters()).device
+    vector = torch.as_tensor(vector).to(device)  # the strengths are made on the device
     grid = torch.linspace(0.0, float(strength), n_points)
     grid[0] = S_EPS * float(strength)
     rows = batch.rows([0] * n_points)
@@ -200,7 +201,8 @@ def steering_graph(
     top = sa.features.reindex(sa.features.sa.abs().sort_values(ascending=False).index)
     top = top.head(n_features).reset_index(drop=True)
     with torch.enable_grad():
-        inj = Injection(layer, vector, torch.tensor(float(strength), requires_grad=True),
+        s_star = torch.tensor(float(strength), device=vector.device, requires_grad=True)
+        inj = Injection(layer, vector, s_star,
                         mode=mode, unit="resid-norm", resid_norm=resid_norm)  # fmt: skip
         tr = trace(model, tcs, batch, injection=inj, direction=direction, grad=True)
     keys = [(int(r.layer), int(r.position), int(r.feature)) for r in top.itertuples()]
