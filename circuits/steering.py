@@ -106,13 +106,14 @@ def steering_attribution(
     if not (math.isfinite(strength) and strength > 0):
         raise ValueError(f"strength must be > 0, got {strength}")
     tcs = transcoder_layers(model, transcoders, after=layer)
-    device = next(model.parameters()).device
-    vector = torch.as_tensor(vector).to(device)  # the strengths are made on the device
+    # injections keep their vectors on the CPU and move them to each activation's device;
+    # the strengths (dual numbers, or leaves of the backward pass) live there too
+    vector = torch.as_tensor(vector).detach().cpu()
     grid = torch.linspace(0.0, float(strength), n_points)
     grid[0] = S_EPS * float(strength)
     rows = batch.rows([0] * n_points)
     with fwad.dual_level():  # forward mode: SG and dL/ds (no backward through dual numbers)
-        s = fwad.make_dual(grid.to(device), torch.ones(n_points, device=device))
+        s = fwad.make_dual(grid, torch.ones(n_points))
         inj = Injection(layer, vector, s, mode=mode, unit="resid-norm", resid_norm=resid_norm)
         tr = trace(model, tcs, rows, injection=inj, direction=direction)
         gap, dgap = fwad.unpack_dual(tr.gap)
@@ -120,7 +121,7 @@ def steering_attribution(
         acts = {L: fwad.unpack_dual(tr.acts[L]).primal for L in tcs}
     layers = sorted(tcs)
     with torch.enable_grad():  # also under a caller's no_grad: the injection must carry it
-        strengths = grid.to(device).requires_grad_()
+        strengths = grid.clone().requires_grad_()
         inj = Injection(layer, vector, strengths, mode=mode, unit="resid-norm",
                         resid_norm=resid_norm)  # fmt: skip
         tr = trace(model, tcs, rows, injection=inj, direction=direction, grad=True)
@@ -200,8 +201,9 @@ def steering_graph(
     tcs = transcoder_layers(model, transcoders, after=layer)
     top = sa.features.reindex(sa.features.sa.abs().sort_values(ascending=False).index)
     top = top.head(n_features).reset_index(drop=True)
+    vector = torch.as_tensor(vector).detach().cpu()
     with torch.enable_grad():
-        s_star = torch.tensor(float(strength), device=vector.device, requires_grad=True)
+        s_star = torch.tensor(float(strength), requires_grad=True)
         inj = Injection(layer, vector, s_star,
                         mode=mode, unit="resid-norm", resid_norm=resid_norm)  # fmt: skip
         tr = trace(model, tcs, batch, injection=inj, direction=direction, grad=True)

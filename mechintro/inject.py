@@ -276,7 +276,8 @@ def injection_hooks(
             )
         delta = inj.deltas(len(batch))
         lo, hi = inj.bounds(batch)
-        lo = torch.where(delta.abs().sum(-1) == 0, _NEVER, lo)  # strength-0 rows: never steered
+        off = (delta.abs().sum(-1) == 0).to(lo.device)  # strength-0 rows: never steered
+        lo = torch.where(off, _NEVER, lo)
         log: list[tuple[int, int]] = []
         name = resid_post(inj.layer)
         if name not in model.hook_dict:
