@@ -369,13 +369,7 @@ def _hooks(model: TLModel, hooks: Hooks, twin: Any = None) -> AbstractContextMan
 
 def _tile(batch: PromptBatch, k: int) -> PromptBatch:
     """``batch`` repeated ``k`` times along rows (row ``i·B + b`` is prompt ``b``)."""
-    return PromptBatch(
-        input_ids=batch.input_ids.repeat(k, 1),
-        attention_mask=batch.attention_mask.repeat(k, 1),
-        texts=batch.texts * k,
-        positions={n: v.repeat(k) for n, v in batch.positions.items()},
-        spans={n: v.repeat(k, 1) for n, v in batch.spans.items()},
-    )
+    return batch.rows(list(range(len(batch))) * k)
 
 
 def _steer(

@@ -169,15 +169,7 @@ def _raw_prompt_of(tok: Any, words: list[str], n_tokens: int, offset: int) -> An
 
 
 def _repeat(batch: Any, k: int) -> Any:
-    from mechintro.prompts import PromptBatch
-
-    return PromptBatch(
-        input_ids=batch.input_ids.repeat(k, 1),
-        attention_mask=batch.attention_mask.repeat(k, 1),
-        texts=batch.texts * k,
-        positions={n: v.repeat(k) for n, v in batch.positions.items()},
-        spans={n: v.repeat(k, 1) for n, v in batch.spans.items()},
-    )
+    return batch.rows(list(range(len(batch))) * k)
 
 
 def make_inputs(shape: Shape, s: Settings, tok: Any) -> Inputs:

@@ -134,7 +134,7 @@ def measure_trained(
     ``{"lora": {"heldout": {"before", "after"}, "run": ...}, "bias": ...}``, ``run`` being
     the training run's own record (steps, seconds, its before/after, the config)."""
     from mechintro.models import load_model
-    from mechintro.training.bias import evaluate_bias, load_bias
+    from mechintro.training.bias import load_bias
 
     out: dict[str, dict[str, Any]] = {}
     world = organism_world(LAYER, device)
@@ -150,19 +150,12 @@ def measure_trained(
                 lora_organism(folder / ADAPTER, device), world, mode, n_controls, seed, strengths
             )
         else:
-            ev = evaluate_bias(
+            ev = _evaluate_bias(
                 load_model("builtin:organism-base", device=device),
                 load_bias(folder / BIAS),
-                world.vectors,
-                world.resid_norm,
-                world.heldout,
-                layer=LAYER,
-                strengths=EVAL_STRENGTHS,
-                baseline=world.baseline,
-                train_words=world.train,
-                n_controls=n_controls,
-                seed=seed,
-                category=world.category,
+                world,
+                n_controls,
+                seed,
             )
             before, after = ev.before, ev.after
         keep = ("tpr", "tpr_ci", "fpr", "fpr_ci", "n_injected", "n_control", "tpr_by_strength")
@@ -174,6 +167,28 @@ def measure_trained(
             "run": {k: v for k, v in run.items() if k not in ("train_words",)},
         }
     return out
+
+
+def _evaluate_bias(
+    model: TLModel, bias: Any, world: OrganismWorld, n_controls: int, seed: int
+) -> Any:
+    """Held-out detection without and with ``bias`` (from-trial, the demo's trials)."""
+    from mechintro.training.bias import evaluate_bias
+
+    return evaluate_bias(
+        model,
+        bias,
+        world.vectors,
+        world.resid_norm,
+        world.heldout,
+        layer=LAYER,
+        strengths=EVAL_STRENGTHS,
+        baseline=world.baseline,
+        train_words=world.train,
+        n_controls=n_controls,
+        seed=seed,
+        category=world.category,
+    )
 
 
 def _write(out: Path, result: dict[str, Any]) -> dict[str, Any]:
@@ -328,7 +343,7 @@ def organism_bias(
     held-out TPR/FPR without and with it (from-trial injection at layer 3, the demo's
     trials). Writes ``out/result.json`` and the vector ``out/bias.safetensors``."""
     from mechintro.models import load_model
-    from mechintro.training.bias import evaluate_bias, save_bias, train_bias
+    from mechintro.training.bias import save_bias, train_bias
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -345,20 +360,7 @@ def organism_bias(
     )
     bias, res = trained.bias, trained.training
     save_bias(bias, out / BIAS)
-    ev = evaluate_bias(
-        model,
-        bias,
-        world.vectors,
-        world.resid_norm,
-        world.heldout,
-        layer=LAYER,
-        strengths=EVAL_STRENGTHS,
-        baseline=world.baseline,
-        train_words=world.train,
-        n_controls=n_controls,
-        seed=seed,
-        category=world.category,
-    )
+    ev = _evaluate_bias(model, bias, world, n_controls, seed)
     result = {
         "method": "trained bias vector (Macar et al. 2026)",
         "model": "builtin:organism-base",
