@@ -320,7 +320,7 @@ def test_per_concept_rates():
 
 
 def test_ridge_matches_the_closed_form():
-    from mechintro.directions import _ridge_predict
+    from mechintro.directions.geometry import _ridge_predict
 
     rng = np.random.default_rng(0)
     X, y, Xt = rng.normal(size=(30, 5)), rng.normal(size=30), rng.normal(size=(4, 5))
