@@ -115,46 +115,6 @@ def _load(model: str, backend: str, dtype: str, device: str, n_devices: int = 1)
     )
 
 
-def _check_memory(model: str, run: RunConfig, device: str, dtype: str, new_tokens: int) -> None:
-    """Before loading: refuse a model whose weights and one prompt cannot fit the device(s).
-
-    The batch size is planned after loading, with the real prompts (run_sweep)."""
-    from mechintro.memory import (
-        MemoryPlanError,
-        ModelShape,
-        device_memory,
-        estimate,
-        no_fit_message,
-    )
-
-    n = run.n_devices
-    free = [device_memory(d) for d in ([f"cuda:{i}" for i in range(n)] if n > 1 else [device])]
-    if None in free:
-        return
-    try:
-        shape = ModelShape.from_config(model)
-    except (OSError, ValueError, KeyError) as e:  # no config to read: plan after loading
-        logger.debug("no memory plan before loading %s: %s", model, e)
-        return
-    one = estimate(
-        shape,
-        batch_size=1,
-        prompt_tokens=PLAN_PROMPT_TOKENS,
-        new_tokens=new_tokens,
-        dtype=dtype,
-        n_devices=n,
-        memory=min(f for f in free if f is not None),
-    )
-    if not one.fits:
-        raise MemoryPlanError(no_fit_message(one))
-    logger.info("memory plan for one prompt, GiB: %s", one.to_dict()["gib"])
-
-
-#: the prompt length of the memory check before loading (the tokenizer is not loaded yet);
-#: run_sweep plans again with the real prompts
-PLAN_PROMPT_TOKENS = 256
-
-
 def cmd_extract(args: Mapping[str, Any]) -> int:
     from mechintro.models import layer_at_depth
     from mechintro.vectors import extract_vectors, word_list
@@ -184,7 +144,9 @@ def cmd_sweep(args: Mapping[str, Any]) -> int:
         rank_device,
         shutdown,
         torchrun_command,
+        without_option,
     )
+    from mechintro.memory import check_before_loading
     from mechintro.models import layer_at_depth
     from mechintro.sweeps import SPEC_FILE, load_spec, plan, run_sweep
 
@@ -196,7 +158,7 @@ def cmd_sweep(args: Mapping[str, Any]) -> int:
     if run.nproc > 1 and "WORLD_SIZE" not in os.environ:  # start the ranks: each runs this
         if argv is None:
             raise UsageError("--nproc relaunches the command line: call main(argv) with it")
-        child = _without_option(argv, "--nproc")  # the ranks know their world from torchrun
+        child = without_option(argv, "--nproc")  # the ranks know their world from torchrun
         cmd = shlex.join(torchrun_command(child, run.nproc))
         logger.info("starting %d ranks: %s", run.nproc, cmd)
         return launch(child, run.nproc)
@@ -214,7 +176,9 @@ def cmd_sweep(args: Mapping[str, Any]) -> int:
         spec = load_spec(out)
         model_name = run.model or meta["model"]["name"]
         logger.info("resuming the sweep stored in %s", stored)
-        _check_memory(model_name, run, device, meta["model"]["dtype"], spec.max_new_tokens)
+        check_before_loading(
+            model_name, run.n_devices, device, meta["model"]["dtype"], spec.max_new_tokens
+        )
         model = _load(
             model_name, meta["model"]["backend"], meta["model"]["dtype"], device, run.n_devices
         )
@@ -223,7 +187,7 @@ def cmd_sweep(args: Mapping[str, Any]) -> int:
         if not run.model:
             raise UsageError('give --model M (or model = "M" in the config file)')
         new_tokens = int(spec_data.get("max_new_tokens", 100))
-        _check_memory(run.model, run, device, run.dtype, new_tokens)
+        check_before_loading(run.model, run.n_devices, device, run.dtype, new_tokens)
         model = _load(run.model, run.backend, run.dtype, device, run.n_devices)
         spec = _spec(spec_data, where, layers=[layer_at_depth(model, d) for d in run.depths])
     n = len(plan(spec))
@@ -244,18 +208,6 @@ def cmd_sweep(args: Mapping[str, Any]) -> int:
     print(f"{len(df)} of {n} trials in {out}")
     print(f"next: mechintro grade {out} && mechintro report {out}")
     return 0
-
-
-def _without_option(argv: Sequence[str], flag: str) -> list[str]:
-    """``argv`` less ``flag VALUE`` and ``flag=VALUE``."""
-    out: list[str] = []
-    skip = False
-    for a in argv:
-        if skip or a == flag or a.startswith(flag + "="):
-            skip = a == flag
-            continue
-        out.append(a)
-    return out
 
 
 #: judge clients by provider: name -> (model name, GradeConfig) -> client

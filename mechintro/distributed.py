@@ -160,3 +160,15 @@ def launch(args: Sequence[str], nproc: int, env: dict[str, str] | None = None) -
     environ = dict(os.environ if env is None else env)
     environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     return subprocess.run(torchrun_command(args, nproc), env=environ, check=False).returncode
+
+
+def without_option(argv: Sequence[str], flag: str) -> list[str]:
+    """``argv`` less ``flag VALUE`` and ``flag=VALUE``."""
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip or a == flag or a.startswith(flag + "="):
+            skip = a == flag
+            continue
+        out.append(a)
+    return out

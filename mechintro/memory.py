@@ -34,6 +34,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -42,6 +43,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+_log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from mechintro.models import TLModel
@@ -400,3 +403,37 @@ def model_devices(model: Any) -> list[torch.device]:
         if p.device not in out:
             out.append(p.device)
     return out
+
+
+def check_before_loading(
+    model: str, n_devices: int, device: str, dtype: str, new_tokens: int
+) -> None:
+    """Before loading: refuse a model whose weights and one prompt cannot fit the device(s).
+
+    The batch size is planned after loading, with the real prompts (run_sweep)."""
+    n = n_devices
+    free = [device_memory(d) for d in ([f"cuda:{i}" for i in range(n)] if n > 1 else [device])]
+    if None in free:
+        return
+    try:
+        shape = ModelShape.from_config(model)
+    except (OSError, ValueError, KeyError) as e:  # no config to read: plan after loading
+        _log.debug("no memory plan before loading %s: %s", model, e)
+        return
+    one = estimate(
+        shape,
+        batch_size=1,
+        prompt_tokens=PLAN_PROMPT_TOKENS,
+        new_tokens=new_tokens,
+        dtype=dtype,
+        n_devices=n,
+        memory=min(f for f in free if f is not None),
+    )
+    if not one.fits:
+        raise MemoryPlanError(no_fit_message(one))
+    _log.info("memory plan for one prompt, GiB: %s", one.to_dict()["gib"])
+
+
+#: the prompt length of the memory check before loading (the tokenizer is not loaded yet);
+#: run_sweep plans again with the real prompts
+PLAN_PROMPT_TOKENS = 256
