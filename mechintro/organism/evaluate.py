@@ -50,10 +50,13 @@ def detection_trials(
     max_new_tokens: int = 14,
     temperature: float = 0.0,
     seed: int = 0,
+    mode: str = "from-trial",
 ) -> pd.DataFrame:
     """One row per trial: word (None for controls), strength, trial number, reply, claim.
 
-    ``vectors`` are unit-norm directions; the injected norm is ``strength × resid_norm``.
+    ``vectors`` are unit-norm directions; the injected norm is ``strength × resid_norm``,
+    at the positions ``mode`` names (:class:`~mechintro.inject.PositionMode`; the demo's
+    from-trial, or single-token for the LoRA recipe).
     Controls are uninjected trials with trial numbers cycling through ``trials``: under
     greedy decoding (``temperature=0``) controls of the same trial number are the same trial,
     so count independent controls only when sampling. Row ``i`` samples with seed
@@ -70,7 +73,7 @@ def detection_trials(
         part = rows[i : i + batch_size]
         batch = encode(tok, [detection_prompt(t, forced=forced) for _, _, t in part])
         V = torch.stack([vectors[w] if w else filler for w, _, _ in part])
-        inj = Injection(layer, V, [s for _, s, _ in part], mode="from-trial", unit="resid-norm",
+        inj = Injection(layer, V, [s for _, s, _ in part], mode=mode, unit="resid-norm",
                         resid_norm=resid_norm)  # fmt: skip
         gen = generate(
             model,

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -62,47 +61,17 @@ def detection_trials_mode(
     batch_size: int = 256,
     max_new_tokens: int = 14,
 ) -> pd.DataFrame:
-    """:func:`mechintro.organism.evaluate.detection_trials` (trial 1) with the injection's
-    position mode as a parameter: ``from-trial`` gives that function's rows exactly (a test
-    checks it), ``single-token`` injects the last prompt token only (Fonseca's transient
-    injection, what :func:`organism_lora` trains)."""
-    import pandas as pd
+    """:func:`mechintro.organism.evaluate.detection_trials` at trial 1 with the training
+    runs' defaults (200 controls sampled at T=1): ``mode="from-trial"`` as the demo,
+    ``"single-token"`` for the last prompt token only (Fonseca's transient injection, what
+    :func:`organism_lora` trains)."""
+    from mechintro.organism.evaluate import detection_trials
 
-    from mechintro.generate import generate
-    from mechintro.inject import Injection
-    from mechintro.models import tokenizer_of
-    from mechintro.organism.evaluate import claims_detection, named_word
-    from mechintro.prompts import encode
-    from mechintro.protocols.detection import detection_prompt
-
-    rows: list[tuple[str | None, float, int]] = [(w, float(s), 1) for s in strengths for w in words]
-    rows += [(None, 0.0, 1) for _ in range(n_controls)]
-    filler = next(iter(vectors.values()))
-    tok = tokenizer_of(model)
-    out = []
-    for i in range(0, len(rows), batch_size):
-        part = rows[i : i + batch_size]
-        batch = encode(tok, [detection_prompt(t) for _, _, t in part])
-        V = torch.stack([vectors[w] if w else filler for w, _, _ in part])
-        inj = Injection(
-            layer, V, [s for _, s, _ in part], mode=mode, unit="resid-norm", resid_norm=resid_norm
-        )
-        gen = generate(
-            model,
-            batch,
-            injection=inj,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            seed=[seed + i + k for k in range(len(part))],
-        )
-        out += [(w, s, t, r) for (w, s, t), r in zip(part, gen.replies)]
-    df = pd.DataFrame(out, columns=["word", "strength", "trial", "reply"])
-    df["injected"] = df.word.notna()
-    vocab = list(vectors)
-    df["claim"] = df.reply.map(claims_detection)
-    df["named"] = df.reply.map(lambda r: named_word(r, vocab))
-    df["identified"] = df.claim & (df.named == df.word)
-    return df
+    return detection_trials(
+        model, vectors, resid_norm, layer=layer, words=words, strengths=strengths,
+        trials=(1,), n_controls=n_controls, batch_size=batch_size,
+        max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, mode=mode,
+    )  # fmt: skip
 
 
 def detection_rates(df: pd.DataFrame, category: Mapping[str, str]) -> dict[str, Any]:
