@@ -48,17 +48,16 @@ from mechintro.training.common import (
     TrainResult,
     check_positive,
     check_positive_int,
-    decoder_layers,
     device_of,
     forward_logits,
     hf_injection,
     hf_mlp_bias,
-    hf_model_of,
     optimise,
     reply_loss,
     resid_norm_of,
     seeded,
     trainable_only,
+    training_modules,
     unit_vectors,
 )
 from mechintro.training.evaluation import check_heldout
@@ -268,14 +267,7 @@ def train_bias(
     words = list(words)
     if not words:
         raise ValueError("no training words given")
-    hf = hf_model_of(model)
-    tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
-    if tok is None:
-        raise ValueError("pass tokenizer=... (an HF model carries no tokenizer)")
-    n = len(decoder_layers(hf))
-    for layer in (cfg.layer, *cfg.injection_layers):
-        if not 0 <= layer < n:
-            raise ValueError(f"layer {layer} is out of range for a model with {n} blocks")
+    hf, tok = training_modules(model, tokenizer, (cfg.layer, *cfg.injection_layers))
     missing = [L for L in cfg.injection_layers if L not in vectors]
     if missing:
         raise KeyError(f"no vectors for injection layers {missing}: give {{layer: vectors}}")

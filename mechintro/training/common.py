@@ -183,6 +183,23 @@ def hf_model_of(model: Any) -> nn.Module:
     return hf
 
 
+def training_modules(
+    model: Any, tokenizer: Any = None, layers: Sequence[int] = ()
+) -> tuple[nn.Module, Any]:
+    """The HF modules to train (:func:`hf_model_of`) and the tokenizer (``tokenizer``, or
+    the model's own); a missing tokenizer or a block index in ``layers`` out of range is an
+    error that says so."""
+    hf = hf_model_of(model)
+    tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    if tok is None:
+        raise ValueError("pass tokenizer=... (an HF model carries no tokenizer)")
+    n = len(decoder_layers(hf))
+    for layer in layers:
+        if not 0 <= layer < n:
+            raise ValueError(f"layer {layer} is out of range for a model with {n} blocks")
+    return hf, tok
+
+
 def decoder_layers(hf: nn.Module) -> nn.ModuleList:
     """The decoder blocks of ``hf`` (``model.layers`` for Llama, Qwen, Gemma, OLMo)."""
     n = getattr(getattr(hf, "config", None), "num_hidden_layers", None)

@@ -47,17 +47,16 @@ from mechintro.training.common import (
     TrainResult,
     check_positive,
     check_positive_int,
-    decoder_layers,
     device_of,
     encode_replies,
     forward_logits,
     hf_injection,
-    hf_model_of,
     optimise,
     reply_loss,
     resid_norm_of,
     seeded,
     trainable_only,
+    training_modules,
     unit_vectors,
 )
 from mechintro.vectors import ConceptVector
@@ -403,13 +402,7 @@ def train_lora(
     words = list(words)
     if not words:
         raise ValueError("no training words given")
-    hf = hf_model_of(model)
-    tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
-    if tok is None:
-        raise ValueError("pass tokenizer=... (an HF model carries no tokenizer)")
-    n = len(decoder_layers(hf))
-    if not 0 <= cfg.layer < n:
-        raise ValueError(f"layer {cfg.layer} is out of range for a model with {n} blocks")
+    hf, tok = training_modules(model, tokenizer, (cfg.layer,))
     unit = unit_vectors(vectors, words)
     scale = resid_norm_of(vectors, resid_norm, cfg.unit)
     examples = introspection_examples(words, cfg)

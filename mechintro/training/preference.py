@@ -45,7 +45,6 @@ from mechintro.training.common import (
     TrainResult,
     check_positive,
     check_positive_int,
-    decoder_layers,
     device_of,
     encode_replies,
     forward_logits,
@@ -57,6 +56,7 @@ from mechintro.training.common import (
     seeded,
     sequence_logprobs,
     trainable_only,
+    training_modules,
     unit_vectors,
 )
 from mechintro.vectors import ConceptVector
@@ -267,19 +267,14 @@ def train_preferences(
         raise ValueError("no training pairs given")
     if cfg.objective.startswith("dpo") and any(not p.rejected for p in pairs):
         raise ValueError("DPO needs a rejected reply in every pair (PreferencePair.rejected)")
-    hf = hf_model_of(model)
-    tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
-    if tok is None:
-        raise ValueError("pass tokenizer=... (an HF model carries no tokenizer)")
     concepts = sorted({p.concept for p in pairs if p.concept is not None})
+    layers = [cfg.layer] if concepts and cfg.layer is not None else []
+    hf, tok = training_modules(model, tokenizer, layers)
     unit: dict[str, Tensor] = {}
     scale = 1.0
     if concepts:
         if vectors is None or cfg.layer is None:
             raise ValueError("pairs inject concepts: pass vectors=... and set cfg.layer")
-        n = len(decoder_layers(hf))
-        if not 0 <= cfg.layer < n:
-            raise ValueError(f"layer {cfg.layer} is out of range for a model with {n} blocks")
         unit = unit_vectors(vectors, concepts)
         scale = resid_norm_of(vectors, resid_norm, cfg.unit)
     dev = device_of(hf)
