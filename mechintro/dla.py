@@ -347,7 +347,8 @@ def direct_logit_attribution(
                 names.append(f"blocks.{layer}.{norm}.hook_scale")
     names += [f"blocks.{layer}.hook_resid_mid" for layer in inj_layers]
     names += [f"blocks.{layer}.hook_resid_post" for layer in inj_layers]
-    missing = [x for x in names if x not in model.hook_dict]
+    points = model.hook_dict  # a bridge rebuilds it on every access: read it once
+    missing = [x for x in names if x not in points]
     if missing:
         raise ValueError(
             f"this {backend} model has no hook {missing[0]!r}, which DLA by={by!r} needs; "

@@ -4,7 +4,8 @@
 through a per-row :class:`~mechintro.inject.Injection`), with the KV cache of either backend,
 greedy or sampled, stopping each row at its end-of-turn token. On a TransformerBridge it runs
 on the bridge's plain HF twin (:mod:`mechintro.twin`: the same weights and logits, without
-the hook points that double the cost of a forward), with a static KV cache on CUDA.
+the hook points that double the cost of a forward); on CUDA with a static KV cache, every
+decode step after the first replayed from one captured CUDA graph.
 
 Sampling is reproducible row by row: each row draws its noise from a counter-based hash of
 ``(seed + row, step, token)``, not from a shared generator, so the same seed gives the same
@@ -25,7 +26,7 @@ Example::
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechintro.inject import Injection, InjectionLog, injected, steered_from
+from mechintro.inject import Injection, InjectionLog, StepPosition, injected, steered_from
 from mechintro.models import TLModel, backend_of, tokenizer_of
 from mechintro.prompts import PromptBatch
 from mechintro.record import RunRecord, make_record
@@ -72,9 +73,20 @@ def stop_token_ids(model: TLModel) -> list[int]:
     gen_eos = getattr(getattr(hf, "generation_config", None), "eos_token_id", None)
     if gen_eos is not None:
         ids.update(int(i) for i in ([gen_eos] if isinstance(gen_eos, int) else gen_eos))
-    vocab = tok.get_vocab()
-    ids.update(vocab[t] for t in END_OF_TURN if t in vocab)
+    ids.update(i for i in (vocab_id(tok, t) for t in END_OF_TURN) if i is not None)
     return sorted(ids)
+
+
+def vocab_id(tokenizer: Any, token: str) -> int | None:
+    """The id of ``token`` as one vocabulary entry, or None if the vocabulary lacks it.
+
+    A lookup, not ``get_vocab()``: that builds a dict of the whole vocabulary (about 0.2 s
+    for Gemma-3's 262k entries), which every generation call used to pay.
+    """
+    i = tokenizer.convert_tokens_to_ids(token)
+    if i is None or tokenizer.convert_ids_to_tokens(int(i)) != token:
+        return None  # absent: no id, or the unknown token's
+    return int(i)
 
 
 def _mix(x: Tensor) -> Tensor:
@@ -119,13 +131,77 @@ def shared_prefix(batch: PromptBatch, steered_from: int) -> int:
     return n if n >= MIN_SHARED_PREFIX else 0
 
 
+def make_static_cache(config: Any, cache_len: int) -> Any:
+    """A transformers ``StaticCache`` of ``cache_len`` positions, as in place as it can be.
+
+    A sliding-window layer whose window is at least ``cache_len`` never slides: it becomes a
+    plain ``StaticLayer`` of the same size, which computes the same keys, values and masks
+    but reads its length from a tensor rather than a Python int (a CUDA graph replays the
+    tensor's updates, not the int's). :func:`in_place` says whether every layer is such.
+    """
+    from transformers import StaticCache
+    from transformers.cache_utils import StaticLayer, StaticSlidingWindowLayer
+
+    cache = StaticCache(config=config, max_cache_len=cache_len)
+    layers: list[Any] = cache.layers
+    for i, layer in enumerate(layers):
+        if isinstance(layer, StaticSlidingWindowLayer) and layer.max_cache_len == cache_len:
+            layers[i] = StaticLayer(max_cache_len=cache_len)
+    return cache
+
+
+def in_place(cache: Any) -> bool:
+    """Whether every layer of ``cache`` keeps its state in tensors (no Python counter): not
+    so for a window shorter than the cache, or linear-attention and indexed layers."""
+    from transformers.cache_utils import StaticLayer
+
+    return all(type(layer) is StaticLayer for layer in cache.layers)
+
+
+class _Replay:
+    """``fn()`` on each call, or (``capture``) from a CUDA graph: the first call runs eagerly
+    on a side stream (the warm-up), the second is captured and replayed, every later one
+    replays. ``fn`` must read and write only tensors that stay where they are (the decode
+    step's buffers and its static KV cache); its output is then overwritten by each replay.
+    """
+
+    def __init__(self, fn: Callable[[], Tensor], capture: bool) -> None:
+        self.fn, self.capture = fn, capture
+        self.graph: Any = None
+        self.out: Tensor | None = None
+        self.calls = 0
+
+    def __call__(self) -> Tensor:
+        self.calls += 1
+        if not self.capture:
+            return self.fn()
+        if self.calls == 1:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                out = self.fn()
+            torch.cuda.current_stream().wait_stream(side)
+            return out
+        if self.graph is None:
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = self.fn()
+        self.graph.replay()
+        assert self.out is not None
+        return self.out
+
+
 class _Runner:
     """One forward step of either backend, with or without the KV cache.
 
     With ``twin`` (a bridge's plain HF twin, :mod:`mechintro.twin`) every forward runs on the
     twin instead of the bridge, with the same inputs; ``cache_len > 0`` then makes the KV
-    cache a transformers ``StaticCache`` of that many positions (written in place, no
-    concatenation per step) instead of a ``DynamicCache``.
+    cache a transformers ``StaticCache`` of that many positions (:func:`make_static_cache`:
+    written in place, no concatenation per step) instead of a ``DynamicCache``; where it is
+    :func:`in_place`, every decode step writes its token, mask column and position into
+    buffers that stay in place, as one step captured as a CUDA graph (``graph``) needs: the
+    hooks then read the step's position from :attr:`step_position` and the runner logs the
+    step in :attr:`log`.
     """
 
     def __init__(
@@ -135,6 +211,7 @@ class _Runner:
         use_cache: bool,
         twin: Any = None,
         cache_len: int = 0,
+        graph: bool = False,
     ) -> None:
         self.model, self.use_cache, self.twin = model, use_cache, twin
         self.backend = backend_of(model)
@@ -142,20 +219,21 @@ class _Runner:
         self.mask = batch.attention_mask
         self.cache: Any = None
         self.cache_len = cache_len if twin is not None and use_cache else 0
-        self.done = 0  # tokens already in the cache (a shared prefix)
         if self.cache_len:
-            self.cache = self._static()
+            self.cache = make_static_cache(twin.config, self.cache_len)
+        self.buffers = self.cache_len > 0 and in_place(self.cache)  # decode in place
+        self.graph = graph and self.buffers
+        self.step_position = StepPosition(torch.zeros(1, dtype=torch.long, device=self.ids.device))
+        self.log: InjectionLog | None = None
+        self.decode: _Replay | None = None
+        self.length = self.ids.shape[1]  # tokens fed so far (static decode)
+        self.done = 0  # tokens already in the cache (a shared prefix)
         if self.backend == "hooked" and use_cache:
             from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
             self.cache = TransformerLensKeyValueCache.init_cache(
                 model.cfg, model.cfg.device, len(batch)
             )
-
-    def _static(self) -> Any:
-        from transformers import StaticCache
-
-        return StaticCache(config=self.twin.config, max_cache_len=self.cache_len)
 
     def prefill_shared(self, n: int) -> None:
         """Run the first ``n`` tokens (the same in every row, unpadded) for row 0 only, then
@@ -165,7 +243,7 @@ class _Runner:
         ones = torch.ones_like(ids)
         if self.twin is not None:
             pos = torch.arange(n, device=ids.device)[None]
-            one = self._static() if self.cache_len else None
+            one = make_static_cache(self.twin.config, self.cache_len) if self.cache_len else None
             out = self.twin(
                 ids, attention_mask=ones, position_ids=pos, past_key_values=one,
                 use_cache=True, logits_to_keep=1,
@@ -190,8 +268,37 @@ class _Runner:
             self.cache = one
         self.done = n
 
+    def _static_step(self, new: Tensor) -> Tensor:
+        """One decode step through the in-place buffers (first call: make them)."""
+        if self.decode is None:
+            B, T = self.mask.shape
+            mask = torch.zeros(B, self.cache_len, dtype=self.mask.dtype, device=self.mask.device)
+            mask[:, :T] = self.mask
+            self.buf = (torch.zeros_like(new)[:, None], mask, positions(self.mask)[:, -1:].clone())
+            ids, mask, pos = self.buf
+            self.decode = _Replay(
+                lambda: self.twin(
+                    ids, attention_mask=mask, position_ids=pos, past_key_values=self.cache,
+                    use_cache=True, logits_to_keep=1,
+                ).logits,
+                self.graph,
+            )  # fmt: skip
+            self.step_position.active = True
+        ids, mask, pos = self.buf
+        ids.copy_(new[:, None])
+        mask[:, self.length] = 1
+        pos += 1
+        self.step_position.at.fill_(self.length)
+        if self.log is not None:
+            self.log.add_forward(self.length, 1)
+        self.length += 1
+        return self.decode()
+
     def step(self, new: Tensor | None) -> Float[Tensor, "batch vocab"]:
         """Feed the prompt (``new=None``) or one new token per row; logits of the last one."""
+        if new is not None and self.buffers:
+            logits = self._static_step(new)[:, -1, :].float()
+            return logits.clone() if self.graph else logits  # a replay overwrites its output
         if new is not None:
             self.ids = torch.cat([self.ids, new[:, None]], dim=1)
             self.mask = torch.cat([self.mask, torch.ones_like(new)[:, None]], dim=1)
@@ -259,6 +366,7 @@ def generate(
     share_prefix: bool = True,
     fast: bool | None = None,
     static_cache: bool | None = None,
+    cuda_graph: bool | None = None,
 ) -> Generation:
     """Generate a reply for every row of ``batch``, optionally under ``injection``.
 
@@ -277,9 +385,15 @@ def generate(
             it). ``None``: unless ``MECHINTRO_FAST=0`` or a hook is registered on the bridge
             (it must fire, so the bridge runs); ``False``: always the bridge.
         static_cache: on the twin with the KV cache, a preallocated ``StaticCache``
-            written in place instead of a growing ``DynamicCache``. ``None``: off (on an H100,
-            gemma3-1b at batch 64, it was slower than the dynamic cache without CUDA graphs:
-            32 vs 24 ms per trial, benchmarks/RESULTS.md).
+            written in place instead of a growing ``DynamicCache``. ``None``: where the CUDA
+            graph runs (without it the static cache was the slower: on an H100, gemma3-1b
+            at batch 64, 32 vs 24 ms per trial, benchmarks/RESULTS.md).
+        cuda_graph: capture one decode step of the twin as a CUDA graph and replay it for
+            every later token: a small model's decode loop is bound by launching kernels
+            from Python, which a replay skips. The same kernels on the same buffers: the
+            same tokens and logits as without (a GPU test checks it). ``None``: on a CUDA
+            device, with the twin and the KV cache, where every cache layer keeps its state
+            in tensors (a sliding window at least as long as prompt + new tokens).
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be at least 1")
@@ -296,9 +410,25 @@ def generate(
     pad = tokenizer_of(model).pad_token_id
     pad = int(pad if pad is not None else (stops[0] if len(stops) else 0))
     twin = fast_twin(model, fast)
-    static = bool(static_cache)
+    graphable = twin is not None and use_cache and device.type == "cuda"
+    if cuda_graph and (not graphable or static_cache is False):
+        raise ValueError(
+            "cuda_graph=True needs a CUDA device, the KV cache (use_cache=True), a bridge "
+            "running on its twin (fast=None or True, no hook left on the bridge) and the "
+            "static cache (static_cache=None or True): pass cuda_graph=None to use it where "
+            "it applies"
+        )
+    graph = graphable and cuda_graph is not False and static_cache is not False
+    static = static_cache if static_cache is not None else graph
     cache_len = batch.length + max_new_tokens if static else 0
-    runner = _Runner(model, batch, use_cache, twin, cache_len)
+    runner = _Runner(model, batch, use_cache, twin, cache_len, graph)
+    if cuda_graph and not runner.graph:
+        raise ValueError(
+            f"cuda_graph=True: a layer of this model's KV cache keeps its length in Python "
+            f"(a sliding window shorter than the {cache_len} positions of prompt + new "
+            "tokens, or linear attention), which a graph replay would not update: pass "
+            "cuda_graph=None, or fewer new tokens"
+        )
     row_seeds = seeds.to(device)
     out = torch.empty(B, 0, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
@@ -311,11 +441,14 @@ def generate(
         if prefix:
             runner.prefill_shared(prefix)
     ctx = (
-        injected(model, injection, batch, first_position=prefix, twin=twin)
+        injected(
+            model, injection, batch, first_position=prefix, twin=twin, step=runner.step_position
+        )
         if injection is not None
         else nullcontext(None)
     )
     with ctx as log:
+        runner.log = log
         logits = runner.step(None)
         for step in range(max_new_tokens):
             if keep_logits:
@@ -347,6 +480,7 @@ def generate(
             "stop_ids": stops.tolist(),
             "path": "twin" if twin is not None else backend_of(model),
             "static_cache": bool(runner.cache_len),
+            "cuda_graph": runner.graph,
         },
         generated=tokens,
     )

@@ -200,6 +200,12 @@ class InjectionLog:
     bounds: tuple[tuple[Tensor, Tensor], ...]
     calls: list[list[tuple[int, int]]]
 
+    def add_forward(self, offset: int, n: int) -> None:
+        """Log a forward of ``n`` tokens from ``offset`` that the hooks could not log
+        themselves (a decode step replayed from a CUDA graph, see :class:`StepPosition`)."""
+        for calls in self.calls:
+            calls.append((offset, n))
+
     def steered_positions(self, index: int = 0) -> list[list[int]]:
         """Absolute positions that injection ``index`` steered, per row (deduplicated)."""
         lo, hi = self.bounds[index]
@@ -212,8 +218,28 @@ class InjectionLog:
         return out
 
 
+@dataclass
+class StepPosition:
+    """The position of a one-token decode step, as a tensor the hooks read on the device.
+
+    While ``active``, a hook reads the absolute position of the token fed from ``at`` (a
+    ``[1]`` long tensor its owner updates in place before each step) instead of counting
+    forwards in Python, and leaves logging the step to the owner
+    (:meth:`InjectionLog.add_forward`): what a decode step captured once as a CUDA graph and
+    replayed needs, since a replay runs no Python.
+    """
+
+    at: Tensor
+    active: bool = False
+
+
 def _make_hook(
-    delta: Tensor, lo: Tensor, hi: Tensor, calls: list[tuple[int, int]], first: int = 0
+    delta: Tensor,
+    lo: Tensor,
+    hi: Tensor,
+    calls: list[tuple[int, int]],
+    first: int = 0,
+    step: StepPosition | None = None,
 ) -> Any:
     cache: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor, Tensor]] = {}
     state = {"next": first}
@@ -224,16 +250,20 @@ def _make_hook(
             raise ValueError(
                 f"injection built for {delta.shape[0]} rows ran on a batch of {x.shape[0]}"
             )
-        # the first forward starts at `first` (0, or after a shared prefix computed without
-        # hooks); a later one-token forward continues (KV cache), a longer one re-feeds all
-        offset = first if not calls else (state["next"] if n == 1 else 0)
-        state["next"] = offset + n
-        calls.append((offset, n))
         key = (x.device, x.dtype)
         if key not in cache:  # vectors follow each hook tensor's device and dtype
             cache[key] = (delta.to(x.device, x.dtype), lo.to(x.device), hi.to(x.device))
         d, lo_d, hi_d = cache[key]
-        pos = torch.arange(offset, offset + n, device=x.device)
+        if step is not None and step.active:
+            pos = step.at.to(x.device)  # a decode step: its owner logs it
+        else:
+            # the first forward starts at `first` (0, or after a shared prefix computed
+            # without hooks); a later one-token forward continues (KV cache), a longer one
+            # re-feeds all
+            offset = first if not calls else (state["next"] if n == 1 else 0)
+            state["next"] = offset + n
+            calls.append((offset, n))
+            pos = torch.arange(offset, offset + n, device=x.device)
         mask = (pos[None, :] >= lo_d[:, None]) & (pos[None, :] < hi_d[:, None])
         return torch.where(mask[..., None], x + d[:, None, :], x)
 
@@ -257,16 +287,19 @@ def injection_hooks(
     injection: Injection | Sequence[Injection],
     batch: PromptBatch,
     first_position: int = 0,
+    step: StepPosition | None = None,
 ) -> tuple[list[tuple[str | Callable[..., Any], Callable[..., Any]]], InjectionLog]:
     """The ``(hook name, hook)`` pairs that apply ``injection`` to ``batch``, and their log.
 
     Validated against ``model`` (layer range, vector width); registered by :func:`injected`
-    on either tree (the bridge, or its plain HF twin: :mod:`mechintro.twin`).
+    on either tree (the bridge, or its plain HF twin: :mod:`mechintro.twin`). ``step``: see
+    :class:`StepPosition`.
     """
     injections = (injection,) if isinstance(injection, Injection) else tuple(injection)
     width = d_model(model)
     hooks: list[tuple[str | Callable[..., Any], Callable[..., Any]]] = []
     bounds, calls = [], []
+    points = model.hook_dict  # a bridge rebuilds it on every access: read it once
     for inj in injections:
         check_layer(model, inj.layer)
         if inj._delta.shape[-1] != width:
@@ -280,9 +313,9 @@ def injection_hooks(
         lo = torch.where(off, _NEVER, lo)
         log: list[tuple[int, int]] = []
         name = resid_post(inj.layer)
-        if name not in model.hook_dict:
+        if name not in points:
             raise KeyError(f"{type(model).__name__} has no hook point {name!r}")
-        hooks.append((name, _make_hook(delta, lo, hi, log, first_position)))
+        hooks.append((name, _make_hook(delta, lo, hi, log, first_position, step)))
         bounds.append((lo, hi))
         calls.append(log)
     return hooks, InjectionLog(injections, tuple(bounds), calls)
@@ -296,6 +329,7 @@ def injected(
     *,
     first_position: int = 0,
     twin: Any = None,
+    step: StepPosition | None = None,
 ) -> Iterator[InjectionLog]:
     """Apply ``injection`` (one or several) to every forward of ``model`` inside the block.
 
@@ -305,6 +339,7 @@ def injected(
     prefix that was run (unsteered, see :func:`steered_from`) before the block. With
     ``twin`` (:func:`mechintro.twin.twin_of`), the same hooks go on the plain HF twin
     instead, as forward hooks on its decoder layers: forwards of the twin are steered.
+    ``step``: one-token forwards take their position from a tensor (:class:`StepPosition`).
 
     Example::
 
@@ -312,7 +347,7 @@ def injected(
             out = generate(model, batch, max_new_tokens=20)
         log.steered_positions()
     """
-    hooks, log = injection_hooks(model, injection, batch, first_position)
+    hooks, log = injection_hooks(model, injection, batch, first_position, step)
     if twin is None:
         with model.hooks(fwd_hooks=hooks):
             yield log

@@ -73,7 +73,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from typing import Any
 
 import torch
@@ -83,6 +83,8 @@ from torch import Tensor
 from mechintro.generate import NO_VARIANTS, YES_VARIANTS, first_token_ids
 from mechintro.inject import Injection, injected
 from mechintro.models import TLModel, backend_of, check_layer, n_layers, resid_post, tokenizer_of
+from mechintro.patch_result import Cell, PatchResult, Sites
+from mechintro.patch_result import heatmap as heatmap  # re-exported: mechintro.patching.heatmap
 from mechintro.prompts import PromptBatch
 from mechintro.twin import fast_twin, positions, twin_hooks, twin_logits
 
@@ -102,8 +104,6 @@ COMPONENTS: dict[str, str] = {
 }
 """Patchable sites: component name -> TransformerLens hook-name template."""
 
-Cell = tuple[int, int | None, int | None]  # (layer, position or None = all, head or None)
-
 
 def yes_no_gap(
     model: TLModel, yes: Sequence[str] = YES_VARIANTS, no: Sequence[str] = NO_VARIANTS
@@ -120,118 +120,24 @@ def yes_no_gap(
         last = logits[:, -1, :].float()
         return last[:, ys].logsumexp(-1) - last[:, ns].logsumexp(-1)
 
+    return last_position(metric)
+
+
+def last_position(metric: Metric) -> Metric:
+    """Mark ``metric`` as reading only the last position's logits (``logits[:, -1]``).
+
+    Patching then has the model compute logits at that position only (transformers'
+    ``logits_to_keep=1``; a HookedTransformer still computes all): the unembedding of one
+    position per row instead of all, which on a large vocabulary is much of a forward. The
+    metric then receives logits of shape ``[batch, 1, vocab]``. Returns ``metric`` itself.
+    """
+    metric.__dict__["last_position_only"] = True
     return metric
 
 
-@dataclass(frozen=True)
-class Sites:
-    """Where a sweep patches: the component, its hook, and the axes of its cells."""
-
-    component: str
-    hook: str  # the hook-name template, e.g. "blocks.{layer}.hook_mlp_out"
-    layers: tuple[int, ...]
-    positions: tuple[int | None, ...]  # None: all positions at once
-    position_labels: tuple[str, ...]
-    heads: tuple[int, ...] | None
-
-    @property
-    def dims(self) -> tuple[str, ...]:
-        return ("layer", "position") + (() if self.heads is None else ("head",))
-
-    def shape(self) -> tuple[int, ...]:
-        heads = () if self.heads is None else (len(self.heads),)
-        return (len(self.layers), len(self.positions), *heads)
-
-    def cells(self) -> list[Cell]:
-        """``(layer, position, head)`` per cell, in ``values.flatten()`` order."""
-        heads: Sequence[int | None] = self.heads if self.heads is not None else (None,)
-        return [(ly, p, h) for ly in self.layers for p in self.positions for h in heads]
-
-    def labels(self) -> list[str]:
-        """One label per cell, in ``values.flatten()`` order."""
-        plabel = dict(zip(self.positions, self.position_labels))
-        return [f"L{ly}{'' if h is None else f'H{h}'} {plabel[p]}" for ly, p, h in self.cells()]
-
-    def hook_names(self) -> list[str]:
-        return [self.hook.format(layer=layer) for layer in self.layers]
-
-
-@dataclass(frozen=True, eq=False)
-class PatchResult(Sites):
-    """A patching sweep: one metric value per cell, with its axis labels (:class:`Sites`).
-
-    ``values`` has dims ``("layer", "position")`` or ``("layer", "position", "head")``;
-    each entry is the metric of the patched target run, averaged over the prompt rows
-    (``rows`` keeps them: ``[*dims, batch]``). For attribution patching it is the linear
-    estimate ``target + (source − target)·grad``.
-    """
-
-    values: Tensor
-    rows: Tensor
-    method: str  # "activation" or "attribution"
-    source_value: Tensor  # [batch] metric of the source run
-    target_value: Tensor  # [batch] metric of the unpatched target run
-    source_injection: str | None
-    target_injection: str | None
-    backend: str
-
-    @property
-    def effect(self) -> Tensor:
-        """Patched minus unpatched target metric (mean over rows), per cell."""
-        return self.values - self.target_value.mean()
-
-    @property
-    def recovered(self) -> Tensor:
-        """Fraction of the source − target gap that the cell moves: 0 = nothing, 1 = all."""
-        return self.effect / (self.source_value.mean() - self.target_value.mean())
-
-    def top(self, k: int = 10, by: str = "abs") -> list[tuple[str, float]]:
-        """The ``k`` cells with the largest effect: ``by`` = "abs", "positive" or "negative"."""
-        flat = self.effect.flatten()
-        key = {"abs": flat.abs(), "positive": flat, "negative": -flat}.get(by)
-        if key is None:
-            raise ValueError(f"by must be 'abs', 'positive' or 'negative', got {by!r}")
-        idx = key.argsort(descending=True)[:k].tolist()
-        labels = self.labels()
-        return [(labels[i], float(flat[i])) for i in idx]
-
-    def to_frame(self) -> Any:
-        """A tidy pandas DataFrame: one row per cell, in ``values.flatten()`` order."""
-        import pandas as pd
-
-        frame = pd.DataFrame(self.cells(), columns=["layer", "position", "head"])
-        frame["label"] = self.labels()
-        frame["value"] = self.values.flatten().tolist()
-        frame["effect"] = self.effect.flatten().tolist()
-        frame["component"], frame["method"] = self.component, self.method
-        return frame
-
-
-def heatmap(result: PatchResult, value: str = "effect", title: str | None = None) -> Any:
-    """A plotly heatmap of ``result`` (``value`` = "effect", "values" or "recovered").
-
-    Layers × positions; for heads, (layer, head) rows × positions.
-    """
-    import plotly.graph_objects as go
-
-    if value not in ("effect", "values", "recovered"):
-        raise ValueError(f"value must be 'effect', 'values' or 'recovered', got {value!r}")
-    z = getattr(result, value).float()
-    if result.heads is None:
-        rows = [f"L{layer}" for layer in result.layers]
-    else:
-        z = z.permute(0, 2, 1).reshape(-1, z.shape[1])
-        rows = [f"L{layer}H{h}" for layer in result.layers for h in result.heads]
-    fig = go.Figure(
-        go.Heatmap(z=z.tolist(), x=list(result.position_labels), y=rows, colorscale="RdBu", zmid=0)
-    )
-    fig.update_layout(
-        title=title or f"{result.method} patching of {result.component} ({value})",
-        xaxis_title="position",
-        yaxis={"title": "site", "autorange": "reversed"},
-        template="plotly_white",
-    )
-    return fig
+def _keep(metric: Metric) -> int:
+    """transformers' ``logits_to_keep`` for ``metric``: 1 if marked by :func:`last_position`."""
+    return 1 if getattr(metric, "last_position_only", False) else 0
 
 
 def _plan(
@@ -252,11 +158,10 @@ def _plan(
         raise ValueError("layers is empty: give at least one block index (or None for all)")
     for layer in layer_list:
         check_layer(model, layer)
-    missing = [
-        n for n in (template.format(layer=ly) for ly in layer_list) if n not in model.hook_dict
-    ]
+    points = model.hook_dict  # a bridge rebuilds it on every access: read it once
+    missing = [n for n in (template.format(layer=ly) for ly in layer_list) if n not in points]
     if missing:
-        have = [c for c, t in COMPONENTS.items() if t.format(layer=0) in model.hook_dict]
+        have = [c for c, t in COMPONENTS.items() if t.format(layer=0) in points]
         hint = (
             " The module-output sites (before Gemma's post-norms) exist on the bridge only: "
             "load_model(..., backend='bridge')."
@@ -347,13 +252,14 @@ def _position(batch: PromptBatch, p: int | str) -> int:
     return p % T
 
 
-def _logits(model: TLModel, ids: Tensor, mask: Tensor, twin: Any = None) -> Tensor:
+def _logits(model: TLModel, ids: Tensor, mask: Tensor, twin: Any = None, keep: int = 0) -> Tensor:
     """One forward on either backend or the bridge's twin, left padding handled (as
-    ``parity._forward``)."""
+    ``parity._forward``); ``keep``: the logits of the last ``keep`` positions only (0: all;
+    a HookedTransformer computes all)."""
     if twin is not None:
-        return twin_logits(twin, ids, mask)
+        return twin_logits(twin, ids, mask, keep)
     if backend_of(model) == "bridge":
-        return model(ids, attention_mask=mask, position_ids=positions(mask))
+        return model(ids, attention_mask=mask, position_ids=positions(mask), logits_to_keep=keep)
     return model(ids, attention_mask=mask)
 
 
@@ -417,7 +323,7 @@ def _run(
 
     hooks: Hooks = [(n, saver(n)) for n in names]
     with _steer(model, injection, batch, twin=twin), _hooks(model, hooks, twin):
-        logits = _logits(model, batch.input_ids, batch.attention_mask, twin)
+        logits = _logits(model, batch.input_ids, batch.attention_mask, twin, _keep(metric))
     return cache, _check_metric(metric(logits), len(batch))
 
 
@@ -461,7 +367,7 @@ def _patched(
         hooks.append((name, _patch_hook(rows, src.repeat(len(idx), *[1] * (src.ndim - 1)), mask)))
     tiled = _tile(target, k)
     with _steer(model, injection, target, k, twin), _hooks(model, hooks, twin):
-        logits = _logits(model, tiled.input_ids, tiled.attention_mask, twin)
+        logits = _logits(model, tiled.input_ids, tiled.attention_mask, twin, _keep(metric))
     return _check_metric(metric(logits), k * B).view(k, B)
 
 

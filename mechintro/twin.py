@@ -263,7 +263,10 @@ def positions(mask: Tensor) -> Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def twin_logits(twin: Any, ids: Tensor, mask: Tensor) -> Tensor:
-    """Logits at every position, from one forward of the twin without a KV cache (positions
-    as on the bridge path)."""
-    return twin(ids, attention_mask=mask, position_ids=positions(mask), use_cache=False).logits
+def twin_logits(twin: Any, ids: Tensor, mask: Tensor, keep: int = 0) -> Tensor:
+    """Logits at every position (``keep``: at the last ``keep`` only), from one forward of
+    the twin without a KV cache (positions as on the bridge path)."""
+    return twin(
+        ids, attention_mask=mask, position_ids=positions(mask), use_cache=False,
+        logits_to_keep=keep,
+    ).logits  # fmt: skip

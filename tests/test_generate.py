@@ -157,3 +157,18 @@ def test_no_prefix_is_shared_where_the_injection_steers_it(model):
     control = generate(model, batch, max_new_tokens=2, stop_ids=[])
     differ = (batch.input_ids[0] != batch.input_ids[1]).nonzero()[0, 0]  # the trial number
     assert control.record.settings["shared_prefix"] == int(differ)
+
+
+def test_stop_tokens_found_by_lookup_equal_the_whole_vocabulary_scan(model):
+    from mechintro.generate import END_OF_TURN, stop_token_ids, vocab_id
+    from mechintro.models import tokenizer_of
+
+    tok = tokenizer_of(model)
+    vocab = tok.get_vocab()
+    absent = ["<never_a_token>", "hello world", tok.unk_token or "<unk>"]
+    for t in (*END_OF_TURN, *absent, *list(vocab)[:50]):
+        assert vocab_id(tok, t) == vocab.get(t), t
+    expected = {vocab[t] for t in END_OF_TURN if t in vocab}
+    assert expected, "the tiny tokenizers carry an end-of-turn token"
+    assert expected <= set(stop_token_ids(model))
+    assert tok.eos_token_id in stop_token_ids(model)

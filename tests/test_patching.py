@@ -17,6 +17,7 @@ from mechintro.patching import (
     heatmap,
     knock_in,
     knock_out,
+    last_position,
     yes_no_gap,
 )
 from mechintro.prompts import Prompt, encode
@@ -302,3 +303,25 @@ def test_heavy_imports_stay_lazy():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_last_position_metric_sees_one_position_and_gives_the_same_values(model):
+    """A metric marked by last_position gets the last position's logits only (on the bridge
+    and its twin; a HookedTransformer computes all) and the same values as unmarked."""
+    batch = _batch(model)
+    inj = Injection(LAYER, _vector(model, batch), 8.0)
+    seen = []
+
+    def gap(logits):
+        seen.append(logits.shape[1])
+        return logits[:, -1, 0] - logits[:, -1, 1]
+
+    full = knock_in(model, batch, inj, component="resid_pre", layers=[0, 2], metric=gap)
+    assert set(seen) == {batch.length}
+    seen.clear()
+    marked = last_position(gap)
+    assert marked is gap and yes_no_gap(model).last_position_only
+    last = knock_in(model, batch, inj, component="resid_pre", layers=[0, 2], metric=marked)
+    assert set(seen) == {1 if model.__class__.__name__ == "TransformerBridge" else batch.length}
+    torch.testing.assert_close(last.values, full.values, atol=1e-5, rtol=0)
+    torch.testing.assert_close(last.source_value, full.source_value, atol=1e-5, rtol=0)

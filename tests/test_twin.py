@@ -134,16 +134,78 @@ def test_shared_prefix_per_row_injections_greedy_and_sampled(bridge, static):
         assert not torch.allclose((plain.logits or [])[0][0], (fast.logits or [])[0][0])
 
 
-@pytest.mark.parametrize("use_cache", [True, False], ids=["kv", "nokv"])
-def test_every_position_mode_on_a_padded_batch(bridge, use_cache):
+@pytest.mark.parametrize("cache", ["kv", "nokv", "static"])
+def test_every_position_mode_on_a_padded_batch(bridge, cache):
     batch = encode(bridge.tokenizer, _mixed())
+    kw = {"use_cache": cache != "nokv", "static_cache": cache == "static"}
     for mode in PositionMode:
         b, start = (batch.rows([1]), "greeting") if mode is PositionMode.SPAN else (batch, "trial")
         vecs = _vectors(bridge, len(b))
         inj = Injection(LAYER, vecs, [2.0, -3.0, 1.5][: len(b)], mode=mode, start=start)
-        slow, fast = _both(bridge, b, injection=inj, max_new_tokens=4, use_cache=use_cache)
-        _same_generation(slow, fast)
+        slow, fast = _both(bridge, b, injection=inj, max_new_tokens=4, **kw)
+        _same_generation(slow, fast, exact=cache != "static")
         assert any(len(row) for row in fast.record.injections[0]["steered_positions"]), mode
+
+
+def _long_window_gemma3(tiny_dirs, folder, device="cpu"):
+    """The tiny Gemma-3 with a sliding window (512) longer than any test's cache."""
+    import json
+    import shutil
+
+    shutil.copytree(tiny_dirs["gemma3"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["sliding_window"] = 512
+    (folder / "config.json").write_text(json.dumps(config))
+    return load_model(folder, backend="bridge", device=device)
+
+
+def test_a_window_longer_than_the_cache_decodes_in_place(tiny_dirs, tmp_path):
+    """Sliding-window layers that never slide keep their length in a tensor (what a CUDA
+    graph replay updates) and compute what the bridge computes; a short window cannot."""
+    from mechintro.generate import in_place, make_static_cache
+
+    short = load_model(tiny_dirs["gemma3"], backend="bridge")
+    assert not in_place(make_static_cache(twin_of(short).config, 40))
+    model = _long_window_gemma3(tiny_dirs, tmp_path / "gemma3")
+    assert in_place(make_static_cache(twin_of(model).config, 40))
+    assert not in_place(make_static_cache(twin_of(model).config, 600))
+    batch = encode(model.tokenizer, [_shared(n) for n in (1, 4, 7)])
+    inj = Injection(LAYER, _vectors(model, 3), [6.0, 0.0, 3.0], mode="from-trial")
+    slow, fast = _both(model, batch, injection=inj, static_cache=True, max_new_tokens=8)
+    assert fast.record.settings["static_cache"]
+    _same_generation(slow, fast, exact=False)
+
+
+def test_cuda_graph_needs_what_it_replays(bridge):
+    batch = encode(bridge.tokenizer, _mixed()[:1])
+    bad = [{"static_cache": False}, {"use_cache": False}, {"fast": False}]
+    if not torch.cuda.is_available():
+        bad.append({})  # the CPU
+    for kw in bad:
+        with pytest.raises(ValueError, match="cuda_graph=True needs"):
+            generate(bridge, batch, max_new_tokens=2, cuda_graph=True, **kw)
+    assert not generate(bridge, batch, max_new_tokens=2).record.settings["cuda_graph"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_the_cuda_graph_replays_the_eager_steps_bit_for_bit(tiny_dirs, tmp_path):
+    """Decode steps replayed from one captured graph give the tokens, logits and steered
+    positions of the same steps run eagerly, greedy and sampled (run on the GPU machine)."""
+    models = [
+        load_model(tiny_dirs["llama"], backend="bridge", device="cuda"),
+        _long_window_gemma3(tiny_dirs, tmp_path / "gemma3", device="cuda"),
+    ]
+    for model in models:
+        batch = encode(model.tokenizer, [_shared(n) for n in (1, 4, 7)])
+        inj = Injection(LAYER, _vectors(model, 3), [6.0, 0.0, 3.0], mode="from-trial")
+        for temperature in (0.0, 1.0):
+            kw = {"max_new_tokens": 12, "temperature": temperature, "seed": 3}
+            kw |= {"injection": inj, "keep_logits": True, "stop_ids": [], "static_cache": True}
+            eager = generate(model, batch, cuda_graph=False, **kw)
+            graph = generate(model, batch, cuda_graph=True, **kw)
+            assert graph.record.settings["cuda_graph"] and not eager.record.settings["cuda_graph"]
+            _same_generation(eager, graph)
+            assert generate(model, batch, **kw).record.settings["cuda_graph"]  # the default
 
 
 def test_zero_strength_is_bit_identical_to_no_injection_on_the_twin(bridge):

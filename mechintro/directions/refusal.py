@@ -347,11 +347,12 @@ def abliterated(model: TLModel, abliteration: Abliteration) -> Iterator[tuple[st
     units, weights = abliteration.for_model(layers)
     hooks: list[tuple[str | Callable[..., Any], Callable[..., Any]]] = []
     names: list[str] = []
+    points = model.hook_dict  # a bridge rebuilds it on every access: read it once
     for name, layer in abliteration_sites(layers):
         w = float(weights[layer])
         if w == 0.0 or not bool(units[layer].any()):
             continue
-        if name not in model.hook_dict:
+        if name not in points:
             raise KeyError(f"{type(model).__name__} has no hook point {name!r}")
         hooks.append((name, _ablate_hook(units[layer].clone(), w)))
         names.append(name)

@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from mechintro.generate import END_OF_TURN
+from mechintro.generate import END_OF_TURN, vocab_id
 from mechintro.prompts import Prompt, encode
 from mechintro.vectors import ConceptVector
 
@@ -90,12 +90,12 @@ class ReplyBatch:
 
 def end_of_reply_id(tokenizer: Any, chat: bool = True) -> int:
     """The token that ends a reply: the chat template's end-of-turn token (raw text: EOS)."""
-    vocab = tokenizer.get_vocab()
     if not chat and tokenizer.eos_token_id is not None:
         return int(tokenizer.eos_token_id)
     for tok in END_OF_TURN:
-        if tok in vocab:
-            return int(vocab[tok])
+        i = vocab_id(tokenizer, tok)
+        if i is not None:
+            return i
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no end-of-turn or EOS token to end replies with")
     return int(tokenizer.eos_token_id)

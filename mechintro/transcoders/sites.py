@@ -112,8 +112,9 @@ def mlp_sites(model: TLModel, layer: int) -> MLPSites:
                 )
             w, b = getattr(ln2, "w"), getattr(ln2, "b", None)  # noqa: B009 (typed as Any)
             sites = MLPSites(layer, f"blocks.{layer}.ln2.hook_normalized", write, w, b)
+    points = model.hook_dict  # a bridge rebuilds it on every access: read it once
     for name in (sites.read, sites.write):
-        if name not in model.hook_dict:
+        if name not in points:
             raise ValueError(
                 f"this {backend_of(model)} model has no hook {name!r}: transcoders need "
                 "TransformerLens's MLP hooks; load the model with mechintro.load_model"
