@@ -124,6 +124,7 @@ def detection_rows(b: Bench, model: Any, x: Inputs, backend: str) -> None:
     variants: list[tuple[str, dict[str, Any]]] = [("", {})]
     if backend == "bridge":
         variants += [
+            (", static cache, no CUDA graph", {"cuda_graph": False, "static_cache": True}),
             (", DynamicCache", {"static_cache": False}),
             (", bridge path", {"fast": False}),
         ]
@@ -145,6 +146,7 @@ def detection_rows(b: Bench, model: Any, x: Inputs, backend: str) -> None:
                 "new_tokens": g.steps,
                 "path": g.record.settings["path"],
                 "static_cache": g.record.settings["static_cache"],
+                "cuda_graph": g.record.settings["cuda_graph"],
             },
         )
 
