@@ -191,6 +191,9 @@ class _Replay:
         return self.out
 
 
+_MASKS = ("eager", "sdpa")  # attention implementations whose 4D mask the decode step builds
+
+
 class _Runner:
     """One forward step of either backend, with or without the KV cache.
 
@@ -221,7 +224,9 @@ class _Runner:
         self.cache_len = cache_len if twin is not None and use_cache else 0
         if self.cache_len:
             self.cache = make_static_cache(twin.config, self.cache_len)
-        self.buffers = self.cache_len > 0 and in_place(self.cache)  # decode in place
+        # decode in place: a cache without Python state, a mask transformers takes as built
+        attention = getattr(getattr(twin, "config", None), "_attn_implementation", None)
+        self.buffers = bool(self.cache_len) and in_place(self.cache) and attention in _MASKS
         self.graph = graph and self.buffers
         self.step_position = StepPosition(torch.zeros(1, dtype=torch.long, device=self.ids.device))
         self.log: InjectionLog | None = None
@@ -269,11 +274,22 @@ class _Runner:
         self.done = n
 
     def _static_step(self, new: Tensor) -> Tensor:
-        """One decode step through the in-place buffers (first call: make them)."""
+        """One decode step through the in-place buffers (first call: make them).
+
+        The attention mask goes in as the 4D mask transformers would build from the padding
+        mask (additive for eager attention, boolean for sdpa; the causal part is implied,
+        since columns not yet written are masked out), updated one column per step: building
+        it inside the step copies a constant from the host, which a graph capture refuses.
+        """
         if self.decode is None:
             B, T = self.mask.shape
-            mask = torch.zeros(B, self.cache_len, dtype=self.mask.dtype, device=self.mask.device)
-            mask[:, :T] = self.mask
+            dtype = next(self.twin.parameters()).dtype
+            mask = torch.zeros(B, 1, 1, self.cache_len, dtype=torch.bool, device=self.mask.device)
+            mask[:, 0, 0, :T] = self.mask.bool()
+            if self.twin.config._attn_implementation == "eager":
+                mask = torch.zeros_like(mask, dtype=dtype).masked_fill_(
+                    ~mask, torch.finfo(dtype).min
+                )
             self.buf = (torch.zeros_like(new)[:, None], mask, positions(self.mask)[:, -1:].clone())
             ids, mask, pos = self.buf
             self.decode = _Replay(
@@ -286,7 +302,7 @@ class _Runner:
             self.step_position.active = True
         ids, mask, pos = self.buf
         ids.copy_(new[:, None])
-        mask[:, self.length] = 1
+        mask[..., self.length] = True if mask.dtype == torch.bool else 0.0
         pos += 1
         self.step_position.at.fill_(self.length)
         if self.log is not None:
@@ -426,8 +442,8 @@ def generate(
         raise ValueError(
             f"cuda_graph=True: a layer of this model's KV cache keeps its length in Python "
             f"(a sliding window shorter than the {cache_len} positions of prompt + new "
-            "tokens, or linear attention), which a graph replay would not update: pass "
-            "cuda_graph=None, or fewer new tokens"
+            "tokens, or linear attention), which a graph replay would not update, or its "
+            "attention is neither eager nor sdpa: pass cuda_graph=None, or fewer new tokens"
         )
     row_seeds = seeds.to(device)
     out = torch.empty(B, 0, dtype=torch.long, device=device)

@@ -191,8 +191,13 @@ def test_cuda_graph_needs_what_it_replays(bridge):
 def test_the_cuda_graph_replays_the_eager_steps_bit_for_bit(tiny_dirs, tmp_path):
     """Decode steps replayed from one captured graph give the tokens, logits and steered
     positions of the same steps run eagerly, greedy and sampled (run on the GPU machine)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    sdpa = AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"], attn_implementation="sdpa")
+    tok = AutoTokenizer.from_pretrained(tiny_dirs["llama"])
     models = [
-        load_model(tiny_dirs["llama"], backend="bridge", device="cuda"),
+        load_model(tiny_dirs["llama"], backend="bridge", device="cuda"),  # eager attention
+        load_model(sdpa, tokenizer=tok, backend="bridge", device="cuda"),
         _long_window_gemma3(tiny_dirs, tmp_path / "gemma3", device="cuda"),
     ]
     for model in models:
@@ -364,5 +369,6 @@ def test_with_sdpa_the_twin_agrees_to_rounding(tiny_dirs):
     assert twin_of(model).config._attn_implementation == "sdpa"
     batch = encode(model.tokenizer, [_shared(n) for n in (1, 4, 7)])
     inj = Injection(LAYER, _vectors(model, 3), [6.0, 0.0, 3.0], mode="from-trial")
-    slow, fast = _both(model, batch, injection=inj, max_new_tokens=6)
-    _same_generation(slow, fast, exact=False)
+    for static in (False, True):  # the static cache's decode steps build sdpa's bool mask
+        slow, fast = _both(model, batch, injection=inj, max_new_tokens=6, static_cache=static)
+        _same_generation(slow, fast, exact=False)
