@@ -158,34 +158,49 @@ def in_place(cache: Any) -> bool:
     return all(type(layer) is StaticLayer for layer in cache.layers)
 
 
+#: one capture stream per device; True once a step ran on it outside a capture (the warm-up)
+_CAPTURE_STREAMS: dict[torch.device, tuple[Any, list[bool]]] = {}
+
+
 class _Replay:
-    """``fn()`` on each call, or (``capture``) from a CUDA graph: the first call runs eagerly
-    on a side stream (the warm-up), the second is captured and replayed, every later one
-    replays. ``fn`` must read and write only tensors that stay where they are (the decode
-    step's buffers and its static KV cache); its output is then overwritten by each replay.
+    """``fn()`` on each call, or (``capture``) from a CUDA graph: the first call is captured
+    and replayed, every later one replays. ``fn`` must read and write only tensors that stay
+    where they are (the decode step's buffers and its static KV cache); its output is then
+    overwritten by each replay. Captures run on one side stream per device, on which the
+    process's first call runs eagerly instead (lazy initialisations, such as the stream's
+    cuBLAS workspace, must not happen inside a capture); ``torch.cuda.graph``'s garbage
+    collection and cache emptying before each capture are left out (they cost more than a
+    small model's whole decode).
     """
 
-    def __init__(self, fn: Callable[[], Tensor], capture: bool) -> None:
-        self.fn, self.capture = fn, capture
+    def __init__(self, fn: Callable[[], Tensor], capture: bool, device: torch.device) -> None:
+        self.fn, self.capture, self.device = fn, capture, device
         self.graph: Any = None
         self.out: Tensor | None = None
-        self.calls = 0
 
     def __call__(self) -> Tensor:
-        self.calls += 1
         if not self.capture:
             return self.fn()
-        if self.calls == 1:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                out = self.fn()
-            torch.cuda.current_stream().wait_stream(side)
-            return out
         if self.graph is None:
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.out = self.fn()
+            if self.device not in _CAPTURE_STREAMS:
+                _CAPTURE_STREAMS[self.device] = (torch.cuda.Stream(self.device), [False])
+            side, warmed = _CAPTURE_STREAMS[self.device]
+            here = torch.cuda.current_stream(self.device)
+            side.wait_stream(here)
+            with torch.cuda.stream(side):
+                if not warmed[0]:
+                    out = self.fn()
+                    warmed[0] = True
+                    here.wait_stream(side)
+                    return out
+                graph = torch.cuda.CUDAGraph()
+                graph.capture_begin()
+                try:
+                    self.out = self.fn()
+                finally:
+                    graph.capture_end()
+            here.wait_stream(side)
+            self.graph = graph
         self.graph.replay()
         assert self.out is not None
         return self.out
@@ -298,6 +313,7 @@ class _Runner:
                     use_cache=True, logits_to_keep=1,
                 ).logits,
                 self.graph,
+                self.mask.device,
             )  # fmt: skip
             self.step_position.active = True
         ids, mask, pos = self.buf

@@ -86,6 +86,8 @@ class _Twin:
         # module, e.g. a zero ``bias`` on the unembedding's Linear, which its forward uses
         self.links: list[tuple[Slot, Slot, str]] = []
         self.sites: dict[int, Site] = {}
+        # the bridge's hook points (made with it; walking all its modules per call is slow)
+        self.points = [m for m in model.modules() if isinstance(m, HookPoint)]
         self.named: dict[str, Site | None] = {}  # hook name -> site, filled on lookup
         linked: set[tuple[int, str]] = set()
         for name, module in hf.named_modules(remove_duplicate=False):
@@ -171,12 +173,8 @@ def has_hooks(model: TLModel) -> bool:
     The bridge's own plumbing (capture hooks on its norm wrappers) is not counted: it only
     serves hook points, which the twin does not need.
     """
-    from transformer_lens.hook_points import HookPoint
-
-    return any(
-        isinstance(m, HookPoint) and bool(m._forward_hooks or m._forward_pre_hooks)
-        for m in model.modules()
-    )
+    points = _entry(model, bind=False).points
+    return any(bool(m._forward_hooks or m._forward_pre_hooks) for m in points)
 
 
 def fast_twin(model: TLModel, fast: bool | None = None, names: Sequence[str] = ()) -> Any:
@@ -188,16 +186,17 @@ def fast_twin(model: TLModel, fast: bool | None = None, names: Sequence[str] = (
     tensors a fresh model of their class does not (e.g. unmerged LoRA adapters), or when
     accelerate split the model over several devices.
     """
-    if not fast_enabled(fast) or backend_of(model) != "bridge" or has_hooks(model):
+    if not fast_enabled(fast) or backend_of(model) != "bridge":
         return None
     if model.compatibility_mode or getattr(model, "_weights_processed", False):
         return None
     placed = getattr(getattr(model, "original_model", None), "hf_device_map", None) or {}
     if len(set(placed.values())) > 1:  # split over devices: the twin has no accelerate hooks
         return None
-    if not _entry(model).complete or any(hf_site(model, n) is None for n in names):
+    entry = _entry(model)  # built once, re-pointed at the bridge's tensors on every call
+    if has_hooks(model) or not entry.complete or any(hf_site(model, n) is None for n in names):
         return None
-    return _entry(model, bind=False).hf
+    return entry.hf
 
 
 def hf_site(model: TLModel, name: str) -> Site | None:
