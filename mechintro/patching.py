@@ -348,9 +348,11 @@ def _patched(
     injection: Injection | None,
     metric: Metric,
     twin: Any = None,
+    plus_target: bool = False,
 ) -> Tensor:
-    """Metric of one forward in which row ``i·B + b`` patches cell ``i`` of prompt ``b``."""
-    B, k = len(target), len(chunk)
+    """Metric of one forward in which row ``i·B + b`` patches cell ``i`` of prompt ``b``
+    (``plus_target``: and ``B`` rows more, the unpatched target run, last)."""
+    B, k = len(target), len(chunk) + plus_target
     per_hook: dict[str, list[int]] = {}
     for i, (layer, _, _) in enumerate(chunk):
         per_hook.setdefault(sites.hook.format(layer=layer), []).append(i)
@@ -394,7 +396,8 @@ def activation_patch(
         positions: "each", "all" (one cell), or indices / named positions.
         metric: ``logits[batch, pos, vocab] -> [batch]``; default :func:`yes_no_gap`.
         target_injection, source_injection: an :class:`Injection` for either run.
-        batch_size: rows per forward (each prompt row × cell is one row; at least one cell).
+        batch_size: rows per forward (each prompt row × cell is one row; at least one cell;
+            the first forward also carries the unpatched target run's rows).
         fast: on a bridge, run the forwards on its plain HF twin, hooks at the same sites
             (:mod:`mechintro.twin`: the same numbers). ``None``: where every site has a place
             there, unless ``MECHINTRO_FAST=0`` or a hook is on the bridge; ``False``: never.
@@ -410,14 +413,17 @@ def activation_patch(
     injs = [i for i in (source_injection, target_injection) if i is not None]
     twin = fast_twin(model, fast, [*sites.hook_names(), *(resid_post(i.layer) for i in injs)])
     cache, src_val = _run(model, source, source_injection, sites.hook_names(), metric, twin)
-    _, tgt_val = _run(model, target, target_injection, (), metric, twin)
     cells, B = sites.cells(), len(target)
     per = max(1, batch_size // B)
     logger.info("patching %d cells of %s, %d per forward", len(cells), component, per)
+    # the unpatched target run rides along in the first forward (one forward less)
     out = [
-        _patched(model, sites, target, cells[i : i + per], cache, target_injection, metric, twin)
+        _patched(
+            model, sites, target, cells[i : i + per], cache, target_injection, metric, twin, i == 0
+        )
         for i in range(0, len(cells), per)
     ]
+    tgt_val, out[0] = out[0][-1], out[0][:-1]
     rows = torch.cat(out).view(*sites.shape(), B).cpu()
     runs = (src_val, tgt_val, source_injection, target_injection)
     return _result(model, sites, rows, "activation", runs)
