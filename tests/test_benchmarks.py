@@ -96,6 +96,7 @@ def expected(backends: tuple[str, ...] = ("hf", "hooked", "bridge")) -> set[tupl
         ("detection", f"mechintro run_sweep, batch {BATCH}, bridge path", "bridge"),
         ("detection", f"mechintro generate, batch {BATCH}, bridge path", "bridge"),
         ("detection", f"mechintro generate, batch {BATCH}, DynamicCache", "bridge"),
+        ("detection", f"mechintro generate, batch {BATCH}, static cache, no CUDA graph", "bridge"),
         ("patch resid_pre", "mechintro activation_patch, bridge path", "bridge"),
         ("patch heads", "mechintro activation_patch, bridge path", "bridge"),
         ("forward", "twin forward (plain HF, the bridge's weights)", "bridge"),
@@ -160,7 +161,7 @@ def test_the_gpu_harness_runs_on_the_cpu(tmp_path, capsys):
         detail = r["detail"] or {}
         assert detail.get("new_tokens", 3) == 3 and detail.get("mean_new_tokens", 3) == 3, r
     generating = [r for r in rows if "new_tokens" in (r["detail"] or {})]
-    assert len(generating) == 8  # HF per-trial and batched, TL per-trial ×2, mechintro ×4
+    assert len(generating) == 9  # HF per-trial and batched, TL per-trial ×2, mechintro ×5
     table = (tmp_path / "results.md").read_text()
     printed = capsys.readouterr().out
     for r in data["rows"]:
