@@ -111,10 +111,17 @@ def init_from_env(timeout: timedelta = TIMEOUT) -> Ranks:
 
 
 def shutdown() -> None:
-    """Leave the process group, if one was initialised (at the end of a rank's work)."""
+    """Leave the process group, if one was initialised (at the end of a rank's work).
+
+    Every rank waits for the others first: a rank that left while another still worked
+    (rank 0 writes the results) closed its gloo connections under the other's feet, which
+    once aborted that rank at exit (SIGABRT, "terminate called without an active exception")
+    after its work was done.
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -40,8 +40,10 @@ at once) or a list of indices / named positions of the batch (``"trial"``, ``"la
 
 **Batched.** Every cell of a sweep is one row of a batch: for L layers × P positions the
 target prompt is repeated L·P times and each row's hook replaces only its own (layer,
-position), through per-row masks, ``batch_size`` rows per forward. Only the hooks being
-patched are cached. The numbers are those of ``transformer_lens.patching`` (the reference
+position), through per-row masks, ``batch_size`` rows per forward. The source run is not
+cached: its rows ride in every forward, and each hook copies their value, computed a moment
+earlier at the same hook, into the patched rows (a layer's source value never depends on a
+patch). The numbers are those of ``transformer_lens.patching`` (the reference
 in the tests), without its one forward per cell. On a bridge the forwards run on its
 plain HF twin (:mod:`mechintro.twin`), with the hooks at the modules the bridge's hook points
 wrap, and give the same values (``tests/test_twin.py``); ``fast=False`` keeps the bridge.
@@ -71,7 +73,7 @@ Example::
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import fields
 from typing import Any
@@ -279,17 +281,10 @@ def _tile(batch: PromptBatch, k: int) -> PromptBatch:
 
 
 def _steer(
-    model: TLModel, injection: Injection | None, batch: PromptBatch, k: int = 1, twin: Any = None
+    model: TLModel, injection: Injection | None, batch: PromptBatch
 ) -> AbstractContextManager[Any]:
-    """``injected(...)`` on ``batch`` tiled ``k`` times, one injected vector per row."""
-    if injection is None:
-        return nullcontext()
-    if k == 1:
-        return injected(model, injection, batch, twin=twin)
-    deltas = injection.deltas(len(batch)).repeat(k, 1)
-    inj = injection
-    tiled = Injection(inj.layer, deltas, 1.0, mode=inj.mode, start=inj.start, unit="raw")
-    return injected(model, tiled, _tile(batch, k), twin=twin)
+    """``injected(...)`` on ``batch``, or nothing when ``injection`` is None."""
+    return nullcontext() if injection is None else injected(model, injection, batch)
 
 
 def _check_metric(value: Any, rows: int) -> Tensor:
@@ -309,7 +304,6 @@ def _run(
     injection: Injection | None,
     names: Sequence[str],
     metric: Metric,
-    twin: Any = None,
 ) -> tuple[dict[str, Tensor], Tensor]:
     """Metric of one run, and its activations at ``names`` (only those: sparse caching)."""
     cache: dict[str, Tensor] = {}
@@ -322,18 +316,64 @@ def _run(
         return hook
 
     hooks: Hooks = [(n, saver(n)) for n in names]
-    with _steer(model, injection, batch, twin=twin), _hooks(model, hooks, twin):
-        logits = _logits(model, batch.input_ids, batch.attention_mask, twin, _keep(metric))
+    with _steer(model, injection, batch), model.hooks(fwd_hooks=hooks):
+        logits = _logits(model, batch.input_ids, batch.attention_mask, keep=_keep(metric))
     return cache, _check_metric(metric(logits), len(batch))
 
 
-def _patch_hook(rows: Tensor, src: Tensor, mask: Tensor) -> Callable[..., Tensor]:
-    """Replace, in rows ``rows`` only, the masked entries with ``src`` (one row per row)."""
+def _stack(source: PromptBatch, target: PromptBatch, k: int) -> PromptBatch:
+    """The source rows, then the target's rows ``k`` times (row ``B + i·B + b`` is target
+    prompt ``b``): one forward's batch (the two have equal lengths and padding, checked).
+    A position or span named in one batch only is -1 (absent) in the other's rows."""
+    tiled = _tile(target, k)
+
+    def cat(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        out = {}
+        for name in sorted(set(a) | set(b)):
+            like = a[name] if name in a else b[name]
+            sa, sb = (len(source), *like.shape[1:]), (len(tiled), *like.shape[1:])
+            out[name] = torch.cat([a.get(name, like.new_full(sa, -1)),
+                                   b.get(name, like.new_full(sb, -1))])  # fmt: skip
+        return out
+
+    return PromptBatch(
+        input_ids=torch.cat([source.input_ids, tiled.input_ids]),
+        attention_mask=torch.cat([source.attention_mask, tiled.attention_mask]),
+        texts=source.texts + tiled.texts,
+        positions=cat(source.positions, tiled.positions),
+        spans=cat(source.spans, tiled.spans),
+    )
+
+
+def _steer_both(
+    model: TLModel,
+    batch: PromptBatch,
+    source_injection: Injection | None,
+    target_injection: Injection | None,
+    B: int,
+    twin: Any = None,
+) -> AbstractContextManager[Any]:
+    """Each injection on its own rows of a :func:`_stack` batch (source: the first ``B``;
+    target: the rest); the other rows get a zero vector, which leaves them unsteered."""
+    injs = []
+    for inj, rows in ((source_injection, slice(0, B)), (target_injection, slice(B, None))):
+        if inj is None:
+            continue
+        deltas = torch.zeros(len(batch), inj._delta.shape[-1])
+        deltas[rows] = inj.deltas(B).repeat(len(deltas[rows]) // B, 1)
+        injs.append(Injection(inj.layer, deltas, 1.0, mode=inj.mode, start=inj.start, unit="raw"))
+    return injected(model, injs, batch, twin=twin) if injs else nullcontext()
+
+
+def _patch_hook(rows: Tensor, mask: Tensor, B: int, n: int) -> Callable[..., Tensor]:
+    """Replace, in rows ``rows`` only, the masked entries with the same forward's source
+    rows (the first ``B``, unpatched), repeated ``n`` times (one per patched cell)."""
 
     def hook(x: Tensor, hook: Any) -> Tensor:
         m = mask.to(x.device).view(*mask.shape, *([1] * (x.ndim - mask.ndim)))
         r = rows.to(x.device)
-        return x.index_copy(0, r, torch.where(m, src.to(x.device, x.dtype), x[r]))
+        src = x[:B].repeat(n, *[1] * (x.ndim - 1))
+        return x.index_copy(0, r, torch.where(m, src, x[r]))
 
     return hook
 
@@ -342,35 +382,41 @@ def _patch_hook(rows: Tensor, src: Tensor, mask: Tensor) -> Callable[..., Tensor
 def _patched(
     model: TLModel,
     sites: Sites,
+    source: PromptBatch,
     target: PromptBatch,
     chunk: list[Cell],
-    cache: dict[str, Tensor],
-    injection: Injection | None,
+    injections: tuple[Injection | None, Injection | None],
     metric: Metric,
     twin: Any = None,
     plus_target: bool = False,
-) -> Tensor:
-    """Metric of one forward in which row ``i·B + b`` patches cell ``i`` of prompt ``b``
-    (``plus_target``: and ``B`` rows more, the unpatched target run, last)."""
+) -> tuple[Tensor, Tensor]:
+    """One forward whose first ``B`` rows are the source run and row ``B + i·B + b`` patches
+    cell ``i`` of target prompt ``b`` from them (``plus_target``: then ``B`` rows more, the
+    unpatched target run). A site's source value is computed in the same forward, at the
+    same hook, before any patched row reads it: no source cache, and no forward of its own.
+    Returns the source rows' metric ``[B]`` and the others' ``[k, B]``.
+    """
     B, k = len(target), len(chunk) + plus_target
     per_hook: dict[str, list[int]] = {}
     for i, (layer, _, _) in enumerate(chunk):
         per_hook.setdefault(sites.hook.format(layer=layer), []).append(i)
+    keep = 2 if sites.heads is None else 3
+    shape = (target.length, int(model.cfg.n_heads))[: keep - 1]
+    device = target.input_ids.device
     hooks: Hooks = []
     for name, idx in per_hook.items():
-        src = cache[name]  # [B, pos, d] or [B, pos, head, d_head]
-        keep = 2 if sites.heads is None else 3
-        mask = torch.zeros((len(idx) * B, *src.shape[1:keep]), dtype=torch.bool, device=src.device)
+        mask = torch.zeros((len(idx) * B, *shape), dtype=torch.bool, device=device)
         for j, i in enumerate(idx):
             _, p, h = chunk[i]
             where = (slice(j * B, (j + 1) * B), slice(None) if p is None else p)
             mask[where if h is None else (*where, h)] = True
-        rows = torch.tensor([i * B + b for i in idx for b in range(B)], device=src.device)
-        hooks.append((name, _patch_hook(rows, src.repeat(len(idx), *[1] * (src.ndim - 1)), mask)))
-    tiled = _tile(target, k)
-    with _steer(model, injection, target, k, twin), _hooks(model, hooks, twin):
-        logits = _logits(model, tiled.input_ids, tiled.attention_mask, twin, _keep(metric))
-    return _check_metric(metric(logits), k * B).view(k, B)
+        rows = torch.tensor([B + i * B + b for i in idx for b in range(B)], device=device)
+        hooks.append((name, _patch_hook(rows, mask, B, len(idx))))
+    batch = _stack(source, target, k)
+    with _steer_both(model, batch, *injections, B, twin), _hooks(model, hooks, twin):
+        logits = _logits(model, batch.input_ids, batch.attention_mask, twin, _keep(metric))
+    values = _check_metric(metric(logits), (k + 1) * B)
+    return values[:B], values[B:].view(k, B)
 
 
 def activation_patch(
@@ -396,8 +442,9 @@ def activation_patch(
         positions: "each", "all" (one cell), or indices / named positions.
         metric: ``logits[batch, pos, vocab] -> [batch]``; default :func:`yes_no_gap`.
         target_injection, source_injection: an :class:`Injection` for either run.
-        batch_size: rows per forward (each prompt row × cell is one row; at least one cell;
-            the first forward also carries the unpatched target run's rows).
+        batch_size: rows per forward: each prompt row × cell is one row, and every forward
+            also carries the source run's rows (the first also the unpatched target run's);
+            at least one cell per forward.
         fast: on a bridge, run the forwards on its plain HF twin, hooks at the same sites
             (:mod:`mechintro.twin`: the same numbers). ``None``: where every site has a place
             there, unless ``MECHINTRO_FAST=0`` or a hook is on the bridge; ``False``: never.
@@ -412,18 +459,20 @@ def activation_patch(
     metric = metric if metric is not None else yes_no_gap(model)
     injs = [i for i in (source_injection, target_injection) if i is not None]
     twin = fast_twin(model, fast, [*sites.hook_names(), *(resid_post(i.layer) for i in injs)])
-    cache, src_val = _run(model, source, source_injection, sites.hook_names(), metric, twin)
     cells, B = sites.cells(), len(target)
-    per = max(1, batch_size // B)
+    injections = (source_injection, target_injection)
+    # every forward carries the source run's B rows (the patches' values); the first, the
+    # unpatched target run's B rows too
+    first, per = max(1, batch_size // B - 2), max(1, batch_size // B - 1)
     logger.info("patching %d cells of %s, %d per forward", len(cells), component, per)
-    # the unpatched target run rides along in the first forward (one forward less)
-    out = [
-        _patched(
-            model, sites, target, cells[i : i + per], cache, target_injection, metric, twin, i == 0
+    src_val, head = _patched(
+        model, sites, source, target, cells[:first], injections, metric, twin, True
+    )
+    tgt_val, out = head[-1], [head[:-1]]
+    for i in range(first, len(cells), per):
+        out.append(
+            _patched(model, sites, source, target, cells[i : i + per], injections, metric, twin)[1]
         )
-        for i in range(0, len(cells), per)
-    ]
-    tgt_val, out[0] = out[0][-1], out[0][:-1]
     rows = torch.cat(out).view(*sites.shape(), B).cpu()
     runs = (src_val, tgt_val, source_injection, target_injection)
     return _result(model, sites, rows, "activation", runs)

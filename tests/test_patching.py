@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from mechintro.inject import Injection
+from mechintro.inject import Injection, injected
 from mechintro.parity import _forward
 from mechintro.patching import (
     COMPONENTS,
@@ -142,6 +142,57 @@ def test_patching_identical_activations_leaves_the_target(model):
     early = res.values[:, :start]
     torch.testing.assert_close(early, torch.full_like(early, tgt), atol=1e-5, rtol=0)
     assert float(res.effect[LAYER:, start:].abs().max()) > 1e-3
+
+
+def test_the_source_and_target_runs_ride_in_the_patched_forwards(model):
+    """No forward of their own: every forward carries the source rows (the patches read
+    them at the same hook), the first also the unpatched target; chunked or not, the same
+    cells."""
+    batch = _batch(model)
+    inj = Injection(LAYER, _vector(model, batch), 1.0, mode="from-trial")
+    n = model.cfg.n_layers
+    rows: list[int] = []
+
+    def count(x, hook):
+        rows.append(x.shape[0])
+        return x
+
+    kw = {"component": "resid_pre", "positions": "all"}
+    with model.hooks(fwd_hooks=[("hook_embed", count)]):
+        one = knock_in(model, batch, inj, **kw)
+        assert rows == [n + 2]
+        rows.clear()
+        chunked = knock_in(model, batch, inj, batch_size=3, **kw)
+    # 1 cell + source + target, then 2 cells + source per forward
+    assert rows == [3] + [3] * ((n - 1) // 2) + [2] * ((n - 1) % 2)
+    torch.testing.assert_close(one.rows, chunked.rows, atol=1e-5, rtol=0)
+    assert float(one.effect.abs().max()) > 1e-3
+
+
+def test_both_runs_steered_give_each_runs_own_metric(model):
+    """A source and a target injection at different layers, in the same forwards: each
+    steers only its own rows (the source and target values are those of each run alone),
+    and patching the last block's output everywhere gives the source run's value."""
+    batch = _batch(model)
+    v = _vector(model, batch, rows=2, seed=1)
+    src = Injection(LAYER, v[0], 1.0, mode="from-trial")
+    tgt = Injection(LAYER + 1, v[1], 1.0, mode="all")
+    metric = yes_no_gap(model)
+    alone = {}
+    for key, inj in (("src", src), ("tgt", tgt)):
+        with injected(model, inj, batch):
+            alone[key] = float(metric(_forward(model, batch.input_ids, batch.attention_mask)))
+    assert abs(alone["src"] - alone["tgt"]) > 1e-3
+    last = model.cfg.n_layers - 1
+    res = activation_patch(
+        model, batch, component="resid_post", positions="all", layers=[0, last],
+        source_injection=src, target_injection=tgt,
+    )  # fmt: skip
+    assert float(res.source_value) == pytest.approx(alone["src"], abs=1e-5)
+    assert float(res.target_value) == pytest.approx(alone["tgt"], abs=1e-5)
+    assert float(res.values[1, 0]) == pytest.approx(alone["src"], abs=1e-5)
+    # block 0's output comes before either injection: patching it changes nothing
+    assert float(res.values[0, 0]) == pytest.approx(alone["tgt"], abs=1e-5)
 
 
 def test_batched_equals_row_by_row_and_each_prompt_alone(model):
