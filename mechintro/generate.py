@@ -26,7 +26,7 @@ Example::
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +35,18 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechintro.decode import (
+    MASKS,
+    Captured,
+    Replay,
+    fill_rows,
+    in_place,
+    keep,
+    kept,
+    make_static_cache,
+    repeat_rows,
+    reset,
+)
 from mechintro.inject import Injection, InjectionLog, StepPosition, injected, steered_from
 from mechintro.models import TLModel, backend_of, tokenizer_of
 from mechintro.prompts import PromptBatch
@@ -131,82 +143,18 @@ def shared_prefix(batch: PromptBatch, steered_from: int) -> int:
     return n if n >= MIN_SHARED_PREFIX else 0
 
 
-def make_static_cache(config: Any, cache_len: int) -> Any:
-    """A transformers ``StaticCache`` of ``cache_len`` positions, as in place as it can be.
-
-    A sliding-window layer whose window is at least ``cache_len`` never slides: it becomes a
-    plain ``StaticLayer`` of the same size, which computes the same keys, values and masks
-    but reads its length from a tensor rather than a Python int (a CUDA graph replays the
-    tensor's updates, not the int's). :func:`in_place` says whether every layer is such.
-    """
-    from transformers import StaticCache
-    from transformers.cache_utils import StaticLayer, StaticSlidingWindowLayer
-
-    cache = StaticCache(config=config, max_cache_len=cache_len)
-    layers: list[Any] = cache.layers
-    for i, layer in enumerate(layers):
-        if isinstance(layer, StaticSlidingWindowLayer) and layer.max_cache_len == cache_len:
-            layers[i] = StaticLayer(max_cache_len=cache_len)
-    return cache
-
-
-def in_place(cache: Any) -> bool:
-    """Whether every layer of ``cache`` keeps its state in tensors (no Python counter): not
-    so for a window shorter than the cache, or linear-attention and indexed layers."""
-    from transformers.cache_utils import StaticLayer
-
-    return all(type(layer) is StaticLayer for layer in cache.layers)
-
-
-#: one capture stream per device; True once a step ran on it outside a capture (the warm-up)
-_CAPTURE_STREAMS: dict[torch.device, tuple[Any, list[bool]]] = {}
-
-
-class _Replay:
-    """``fn()`` on each call, or (``capture``) from a CUDA graph: the first call is captured
-    and replayed, every later one replays. ``fn`` must read and write only tensors that stay
-    where they are (the decode step's buffers and its static KV cache); its output is then
-    overwritten by each replay. Captures run on one side stream per device, on which the
-    process's first call runs eagerly instead (lazy initialisations, such as the stream's
-    cuBLAS workspace, must not happen inside a capture); ``torch.cuda.graph``'s garbage
-    collection and cache emptying before each capture are left out (they cost more than a
-    small model's whole decode).
-    """
-
-    def __init__(self, fn: Callable[[], Tensor], capture: bool, device: torch.device) -> None:
-        self.fn, self.capture, self.device = fn, capture, device
-        self.graph: Any = None
-        self.out: Tensor | None = None
-
-    def __call__(self) -> Tensor:
-        if not self.capture:
-            return self.fn()
-        if self.graph is None:
-            if self.device not in _CAPTURE_STREAMS:
-                _CAPTURE_STREAMS[self.device] = (torch.cuda.Stream(self.device), [False])
-            side, warmed = _CAPTURE_STREAMS[self.device]
-            here = torch.cuda.current_stream(self.device)
-            side.wait_stream(here)
-            with torch.cuda.stream(side):
-                if not warmed[0]:
-                    out = self.fn()
-                    warmed[0] = True
-                    here.wait_stream(side)
-                    return out
-                graph = torch.cuda.CUDAGraph()
-                graph.capture_begin()
-                try:
-                    self.out = self.fn()
-                finally:
-                    graph.capture_end()
-            here.wait_stream(side)
-            self.graph = graph
-        self.graph.replay()
-        assert self.out is not None
-        return self.out
-
-
-_MASKS = ("eager", "sdpa")  # attention implementations whose 4D mask the decode step builds
+def _write_mask(mask: Tensor, padding: Tensor) -> None:
+    """The 4D decode mask ``[batch, 1, 1, cache_len]`` from the prompt's padding mask: the
+    prompt's real tokens open, everything else (padding, positions not yet written) closed;
+    boolean for sdpa, additive (0 or the dtype's minimum) for eager attention."""
+    T = padding.shape[1]
+    real = padding.bool()
+    if mask.dtype == torch.bool:
+        mask.zero_()
+        mask[:, 0, 0, :T] = real
+    else:
+        mask.fill_(torch.finfo(mask.dtype).min)
+        mask[:, 0, 0, :T].masked_fill_(real, 0.0)
 
 
 class _Runner:
@@ -219,7 +167,8 @@ class _Runner:
     :func:`in_place`, every decode step writes its token, mask column and position into
     buffers that stay in place, as one step captured as a CUDA graph (``graph``) needs: the
     hooks then read the step's position from :attr:`step_position` and the runner logs the
-    step in :attr:`log`.
+    step in :attr:`log`. ``kept``: a capture of an earlier call of the same shape
+    (:mod:`mechintro.decode`), whose cache, buffers and graph this call reuses.
     """
 
     def __init__(
@@ -230,6 +179,7 @@ class _Runner:
         twin: Any = None,
         cache_len: int = 0,
         graph: bool = False,
+        kept: Captured | None = None,
     ) -> None:
         self.model, self.use_cache, self.twin = model, use_cache, twin
         self.backend = backend_of(model)
@@ -237,15 +187,25 @@ class _Runner:
         self.mask = batch.attention_mask
         self.cache: Any = None
         self.cache_len = cache_len if twin is not None and use_cache else 0
-        if self.cache_len:
+        self.kept = kept
+        if kept is not None:
+            self.cache = kept.cache
+            reset(self.cache)
+        elif self.cache_len:
             self.cache = make_static_cache(twin.config, self.cache_len)
         # decode in place: a cache without Python state, a mask transformers takes as built
         attention = getattr(getattr(twin, "config", None), "_attn_implementation", None)
-        self.buffers = bool(self.cache_len) and in_place(self.cache) and attention in _MASKS
+        self.buffers = bool(self.cache_len) and in_place(self.cache) and attention in MASKS
         self.graph = graph and self.buffers
-        self.step_position = StepPosition(torch.zeros(1, dtype=torch.long, device=self.ids.device))
+        if kept is not None:
+            self.step_position = kept.step
+            self.step_position.active = False  # until the first decode step
+        else:
+            at = torch.zeros(1, dtype=torch.long, device=self.ids.device)
+            self.step_position = StepPosition(at)
         self.log: InjectionLog | None = None
-        self.decode: _Replay | None = None
+        self.decode: Replay | None = None
+        self.buf: tuple[Tensor, Tensor, Tensor] | None = None  # token, 4D mask, position
         self.length = self.ids.shape[1]  # tokens fed so far (static decode)
         self.done = 0  # tokens already in the cache (a shared prefix)
         if self.backend == "hooked" and use_cache:
@@ -268,7 +228,8 @@ class _Runner:
                 ids, attention_mask=ones, position_ids=pos, past_key_values=one,
                 use_cache=True, logits_to_keep=1,
             )  # fmt: skip
-            self.cache = _repeat_rows(out.past_key_values, B)
+            past = out.past_key_values
+            self.cache = fill_rows(self.cache, past, B) if self.cache_len else repeat_rows(past, B)
         elif self.backend == "bridge":
             pos = torch.arange(n, device=ids.device)[None]
             _, self.cache = self.model(
@@ -297,25 +258,9 @@ class _Runner:
         it inside the step copies a constant from the host, which a graph capture refuses.
         """
         if self.decode is None:
-            B, T = self.mask.shape
-            dtype = next(self.twin.parameters()).dtype
-            mask = torch.zeros(B, 1, 1, self.cache_len, dtype=torch.bool, device=self.mask.device)
-            mask[:, 0, 0, :T] = self.mask.bool()
-            if self.twin.config._attn_implementation == "eager":
-                mask = torch.zeros_like(mask, dtype=dtype).masked_fill_(
-                    ~mask, torch.finfo(dtype).min
-                )
-            self.buf = (torch.zeros_like(new)[:, None], mask, positions(self.mask)[:, -1:].clone())
-            ids, mask, pos = self.buf
-            self.decode = _Replay(
-                lambda: self.twin(
-                    ids, attention_mask=mask, position_ids=pos, past_key_values=self.cache,
-                    use_cache=True, logits_to_keep=1,
-                ).logits,
-                self.graph,
-                self.mask.device,
-            )  # fmt: skip
+            self.decode = self._first_static_step(new)
             self.step_position.active = True
+        assert self.buf is not None
         ids, mask, pos = self.buf
         ids.copy_(new[:, None])
         mask[..., self.length] = True if mask.dtype == torch.bool else 0.0
@@ -325,6 +270,35 @@ class _Runner:
             self.log.add_forward(self.length, 1)
         self.length += 1
         return self.decode()
+
+    def _first_static_step(self, new: Tensor) -> Replay:
+        """The step's buffers and its :class:`Replay`: a kept capture's, loaded with this
+        call's batch and injection, or new ones."""
+        B = self.mask.shape[0]
+        if self.kept is not None:
+            self.buf = ids, mask, pos = self.kept.buffers
+            _write_mask(mask, self.mask)
+            pos.copy_(positions(self.mask)[:, -1:])
+            self.kept.load(self.log, B)
+            return self.kept.replay
+        eager = self.twin.config._attn_implementation == "eager"
+        dtype = next(self.twin.parameters()).dtype if eager else torch.bool
+        mask = torch.empty(B, 1, 1, self.cache_len, dtype=dtype, device=self.mask.device)
+        _write_mask(mask, self.mask)
+        self.buf = ids, mask, pos = (
+            torch.zeros_like(new)[:, None],
+            mask,
+            positions(self.mask)[:, -1:].clone(),
+        )
+        twin, cache = self.twin, self.cache
+        return Replay(
+            lambda: twin(
+                ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                use_cache=True, logits_to_keep=1,
+            ).logits,
+            self.graph,
+            self.mask.device,
+        )  # fmt: skip
 
     def step(self, new: Tensor | None) -> Float[Tensor, "batch vocab"]:
         """Feed the prompt (``new=None``) or one new token per row; logits of the last one."""
@@ -366,21 +340,6 @@ class _Runner:
             else:
                 logits = self.model(feed, attention_mask=self.mask)
         return logits[:, -1, :].float().to(self.ids.device)  # lm_head may sit on another GPU
-
-
-def _repeat_rows(cache: Any, rows: int) -> Any:
-    """A one-row KV cache (dynamic or static) repeated to ``rows`` rows."""
-    from transformers import StaticCache
-
-    if not isinstance(cache, StaticCache):
-        cache.batch_repeat_interleave(rows)
-        return cache
-    layers: list[Any] = cache.layers
-    for layer in layers:
-        layer.keys = layer.keys.repeat(rows, 1, 1, 1)
-        layer.values = layer.values.repeat(rows, 1, 1, 1)
-        layer.batch_size = rows
-    return cache
 
 
 @torch.no_grad()
@@ -425,7 +384,9 @@ def generate(
             from Python, which a replay skips. The same kernels on the same buffers: the
             same tokens and logits as without (a GPU test checks it). ``None``: on a CUDA
             device, with the twin and the KV cache, where every cache layer keeps its state
-            in tensors (a sliding window at least as long as prompt + new tokens).
+            in tensors (a sliding window at least as long as prompt + new tokens). The
+            captured step, its static cache and buffers are kept for the next call of the
+            same shape (:mod:`mechintro.decode`), which then captures nothing.
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be at least 1")
@@ -453,7 +414,15 @@ def generate(
     graph = graphable and cuda_graph is not False and static_cache is not False
     static = static_cache if static_cache is not None else graph
     cache_len = batch.length + max_new_tokens if static else 0
-    runner = _Runner(model, batch, use_cache, twin, cache_len, graph)
+    key: tuple[Any, ...] = ()
+    reuse = None
+    if cache_len and twin is not None and use_cache:  # an earlier call's step, if kept
+        injs = [injection] if isinstance(injection, Injection) else list(injection or ())
+        param, attention = next(twin.parameters()), twin.config._attn_implementation
+        layers = tuple(i.layer for i in injs)
+        key = (B, cache_len, param.device, param.dtype, attention, layers, graph)
+        reuse = kept(twin, key)
+    runner = _Runner(model, batch, use_cache, twin, cache_len, graph, reuse)
     if cuda_graph and not runner.graph:
         raise ValueError(
             f"cuda_graph=True: a layer of this model's KV cache keeps its length in Python "
@@ -464,7 +433,7 @@ def generate(
     row_seeds = seeds.to(device)
     out = torch.empty(B, 0, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    kept: list[Tensor] = []
+    history: list[Tensor] = []
     t0 = time.perf_counter()
     prefix = 0
     if use_cache and share_prefix:
@@ -479,23 +448,29 @@ def generate(
         if injection is not None
         else nullcontext(None)
     )
-    with ctx as log:
-        runner.log = log
-        logits = runner.step(None)
-        for step in range(max_new_tokens):
-            if keep_logits:
-                kept.append(logits)
-            if temperature == 0:
-                nxt = logits.argmax(-1)
-            else:
-                noise = gumbel_noise(row_seeds, step, logits.shape[-1]).to(logits.device)
-                nxt = (logits.double() / temperature + noise).argmax(-1)
-            nxt = torch.where(done, pad, nxt)
-            out = torch.cat([out, nxt[:, None]], dim=1)
-            done |= torch.isin(nxt, stops)
-            if bool(done.all()) or step == max_new_tokens - 1:
-                break
-            logits = runner.step(nxt)
+    try:
+        with ctx as log:
+            runner.log = log
+            logits = runner.step(None)
+            for step in range(max_new_tokens):
+                if keep_logits:
+                    history.append(logits)
+                if temperature == 0:
+                    nxt = logits.argmax(-1)
+                else:
+                    noise = gumbel_noise(row_seeds, step, logits.shape[-1]).to(logits.device)
+                    nxt = (logits.double() / temperature + noise).argmax(-1)
+                nxt = torch.where(done, pad, nxt)
+                out = torch.cat([out, nxt[:, None]], dim=1)
+                done |= torch.isin(nxt, stops)
+                if bool(done.all()) or step == max_new_tokens - 1:
+                    break
+                logits = runner.step(nxt)
+    finally:
+        if reuse is not None:
+            reuse.in_use = False
+    if reuse is None and runner.decode is not None and runner.buf is not None:
+        keep(twin, key, Captured(runner.cache, runner.buf, runner.step_position, runner.decode))
     seconds = time.perf_counter() - t0
     tokens, finished = _trim(out, stops, done)
     replies = tokenizer_of(model).batch_decode(tokens, skip_special_tokens=True)
@@ -517,7 +492,7 @@ def generate(
         generated=tokens,
     )
     return Generation(
-        replies, tokens, finished, seconds, out.shape[1], record, kept if keep_logits else None
+        replies, tokens, finished, seconds, out.shape[1], record, history if keep_logits else None
     )
 
 

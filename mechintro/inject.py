@@ -226,11 +226,14 @@ class StepPosition:
     ``[1]`` long tensor its owner updates in place before each step) instead of counting
     forwards in Python, and leaves logging the step to the owner
     (:meth:`InjectionLog.add_forward`): what a decode step captured once as a CUDA graph and
-    replayed needs, since a replay runs no Python.
+    replayed needs, since a replay runs no Python. ``slots``: the tensors each hook (by its
+    injection's index) steers with on such a step, which a replay reads: a graph kept for a
+    later batch is given that batch's vectors and bounds by copying them in.
     """
 
     at: Tensor
     active: bool = False
+    slots: dict[int, tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict)
 
 
 def _make_hook(
@@ -240,6 +243,7 @@ def _make_hook(
     calls: list[tuple[int, int]],
     first: int = 0,
     step: StepPosition | None = None,
+    index: int = 0,
 ) -> Any:
     cache: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor, Tensor]] = {}
     state = {"next": first}
@@ -256,6 +260,7 @@ def _make_hook(
         d, lo_d, hi_d = cache[key]
         if step is not None and step.active:
             pos = step.at.to(x.device)  # a decode step: its owner logs it
+            step.slots[index] = (d, lo_d, hi_d)
         else:
             # the first forward starts at `first` (0, or after a shared prefix computed
             # without hooks); a later one-token forward continues (KV cache), a longer one
@@ -300,7 +305,7 @@ def injection_hooks(
     hooks: list[tuple[str | Callable[..., Any], Callable[..., Any]]] = []
     bounds, calls = [], []
     points = model.hook_dict  # a bridge rebuilds it on every access: read it once
-    for inj in injections:
+    for index, inj in enumerate(injections):
         check_layer(model, inj.layer)
         if inj._delta.shape[-1] != width:
             raise ValueError(
@@ -315,7 +320,7 @@ def injection_hooks(
         name = resid_post(inj.layer)
         if name not in points:
             raise KeyError(f"{type(model).__name__} has no hook point {name!r}")
-        hooks.append((name, _make_hook(delta, lo, hi, log, first_position, step)))
+        hooks.append((name, _make_hook(delta, lo, hi, log, first_position, step, index)))
         bounds.append((lo, hi))
         calls.append(log)
     return hooks, InjectionLog(injections, tuple(bounds), calls)

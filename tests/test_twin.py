@@ -162,7 +162,7 @@ def _long_window_gemma3(tiny_dirs, folder, device="cpu"):
 def test_a_window_longer_than_the_cache_decodes_in_place(tiny_dirs, tmp_path):
     """Sliding-window layers that never slide keep their length in a tensor (what a CUDA
     graph replay updates) and compute what the bridge computes; a short window cannot."""
-    from mechintro.generate import in_place, make_static_cache
+    from mechintro.decode import in_place, make_static_cache
 
     short = load_model(tiny_dirs["gemma3"], backend="bridge")
     assert not in_place(make_static_cache(twin_of(short).config, 40))
@@ -174,6 +174,40 @@ def test_a_window_longer_than_the_cache_decodes_in_place(tiny_dirs, tmp_path):
     slow, fast = _both(model, batch, injection=inj, static_cache=True, max_new_tokens=8)
     assert fast.record.settings["static_cache"]
     _same_generation(slow, fast, exact=False)
+
+
+def test_a_kept_decode_step_computes_what_a_fresh_one_does(tiny_dirs, tmp_path):
+    """The static cache and step buffers (on a GPU also the captured graph) are kept for
+    the next call of the same shape: with other prompts and vectors, that call gives
+    exactly what fresh ones give. A call of another shape replaces it."""
+    from mechintro import decode
+
+    model = _long_window_gemma3(tiny_dirs, tmp_path / "gemma3")  # every layer in place
+    twin = twin_of(model)
+    decode.forget(twin)
+    first = encode(model.tokenizer, [_shared(n) for n in (1, 4, 7)])
+    second = encode(model.tokenizer, [_shared(n) for n in (2, 5, 8)])
+    assert second.length == first.length
+    kw = {"max_new_tokens": 6, "stop_ids": [], "keep_logits": True, "static_cache": True}
+    kw |= {"temperature": 1.0, "seed": 5}
+    a = Injection(LAYER, _vectors(model, 3), [6.0, 0.0, 3.0], mode="from-trial")
+    b = Injection(LAYER, _vectors(model, 3, seed=1), [0.0, 4.0, 2.0], mode="from-trial")
+    for share in (True, False):  # the preamble computed once and copied to every row, or not
+        generate(model, first, injection=a, share_prefix=share, **kw)
+        entry = decode._KEPT[twin][1]
+        reused = generate(model, second, injection=b, share_prefix=share, **kw)
+        assert decode._KEPT[twin][1] is entry and not entry.in_use
+        decode.forget(twin)
+        fresh = generate(model, second, injection=b, share_prefix=share, **kw)
+        _same_generation(fresh, reused)
+        assert (reused.record.settings["shared_prefix"] > 0) is share
+        decode.forget(twin)
+    generate(model, second, injection=a, **kw)
+    entry = decode._KEPT[twin][1]
+    generate(model, second.rows([0, 1]), **kw)  # another shape: its step replaces the kept
+    assert decode._KEPT[twin][1] is not entry
+    decode.forget()
+    assert twin not in decode._KEPT
 
 
 def test_cuda_graph_needs_what_it_replays(bridge):
@@ -193,6 +227,8 @@ def test_the_cuda_graph_replays_the_eager_steps_bit_for_bit(tiny_dirs, tmp_path)
     positions of the same steps run eagerly, greedy and sampled (run on the GPU machine)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from mechintro import decode
+
     sdpa = AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"], attn_implementation="sdpa")
     tok = AutoTokenizer.from_pretrained(tiny_dirs["llama"])
     models = [
@@ -211,6 +247,16 @@ def test_the_cuda_graph_replays_the_eager_steps_bit_for_bit(tiny_dirs, tmp_path)
             assert graph.record.settings["cuda_graph"] and not eager.record.settings["cuda_graph"]
             _same_generation(eager, graph)
             assert generate(model, batch, **kw).record.settings["cuda_graph"]  # the default
+        # the capture is kept: a call with other vectors, strengths and prompts replays it
+        # with those written into the tensors it reads
+        captured = decode._KEPT[twin_of(model)][1]
+        other = encode(model.tokenizer, [_shared(n) for n in (2, 5, 8)])
+        inj = Injection(LAYER, _vectors(model, 3, seed=2), [0.0, 5.0, 2.0], mode="from-trial")
+        kw = {"max_new_tokens": 12, "injection": inj, "keep_logits": True, "stop_ids": []}
+        graph = generate(model, other, cuda_graph=True, **kw)
+        assert decode._KEPT[twin_of(model)][1] is captured
+        eager = generate(model, other, cuda_graph=False, static_cache=True, **kw)
+        _same_generation(eager, graph)
 
 
 def test_zero_strength_is_bit_identical_to_no_injection_on_the_twin(bridge):

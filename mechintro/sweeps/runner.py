@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import torch
 
 from mechintro import distributed
+from mechintro.decode import forget
 from mechintro.distributed import Ranks
 from mechintro.generate import generate, readout
 from mechintro.inject import Injection
@@ -283,6 +284,7 @@ def _memory_plan(
     ``batch_size="auto"``: the largest batch (at most ``max_batch``) that the memory plan
     fits on the device; an int is kept, with a warning if the plan says it will not fit.
     """
+    forget()  # a decode step kept from earlier calls holds memory the plan may give out
     devices = model_devices(model)
     free = [device_memory(d) for d in devices]
     memory = None if None in free else min(f for f in free if f is not None)
