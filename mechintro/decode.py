@@ -18,7 +18,7 @@ kernels on the same inputs: the same logits as a fresh capture (a GPU test check
 against eager steps). One step is kept per twin, and dropped when a call of another
 shape starts: it holds its KV cache (gemma3-1b at batch 64 and 160 positions: 270 MB; a
 7B of 32 KV heads: 5.4 GB), which the next call's memory plan expects to be free.
-:func:`forget` drops it (``run_sweep`` does before it plans its batch size).
+:func:`forget` drops it (``run_sweep`` does before it plans ``batch_size='auto'``).
 """
 
 from __future__ import annotations

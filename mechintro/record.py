@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -17,7 +18,14 @@ _PACKAGES = ("mechintro", "torch", "transformers", "transformer-lens", "sae-lens
 
 
 def library_versions() -> dict[str, str]:
-    """Versions of the libraries whose behaviour a result depends on."""
+    """Versions of the libraries whose behaviour a result depends on (a fresh dict)."""
+    return dict(_versions())
+
+
+@functools.cache
+def _versions() -> dict[str, str]:
+    # read once per process: the package metadata lookups cost ~7 ms, and every generation
+    # records them (a process's imported libraries do not change under it)
     out = {"python": platform.python_version()}
     for pkg in _PACKAGES:
         try:

@@ -284,7 +284,8 @@ def _memory_plan(
     ``batch_size="auto"``: the largest batch (at most ``max_batch``) that the memory plan
     fits on the device; an int is kept, with a warning if the plan says it will not fit.
     """
-    forget()  # a decode step kept from earlier calls holds memory the plan may give out
+    if batch_size == "auto":
+        forget()  # a decode step kept from earlier calls holds memory the plan would give out
     devices = model_devices(model)
     free = [device_memory(d) for d in devices]
     memory = None if None in free else min(f for f in free if f is not None)
