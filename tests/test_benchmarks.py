@@ -65,10 +65,13 @@ def expected(backends: tuple[str, ...] = ("hf", "hooked", "bridge")) -> set[tupl
         ("detection", f"batched HF generate + hook, batch {BATCH}", "hf"),
         ("detection", f"roofline, batch {BATCH}", "-"),
         ("forward", "plain HF forward", "hf"),
+        ("forward", "plain HF forward, eager attention", "hf"),  # the bridge's (sdpa above)
         ("forward", "HF forward + hand-written hook", "hf"),
         ("vectors", "plain HF forward of the same prompts", "hf"),
         ("patch resid_pre", "plain HF forward, same tokens", "hf"),
         ("patch heads", "plain HF forward, same tokens", "hf"),
+        ("patch resid_pre", "plain HF forward, eager attention, same tokens", "hf"),
+        ("patch heads", "plain HF forward, eager attention, same tokens", "hf"),
         ("transcoders", "feature cache: bytes stored vs dense (≤ 2%)", "bridge"),
         ("transcoders", "transcoder layers resident on the GPU (≤ 1)", "bridge"),
         ("steering", "steering attribution, 21 strengths, per strength point", "bridge"),
@@ -153,6 +156,8 @@ def test_the_gpu_harness_runs_on_the_cpu(tmp_path, capsys):
     assert targets[("detection", f"batched HF generate + hook, batch {BATCH}", "hf")] == 0.9
     assert targets[("patch resid_pre", "plain forward, same tokens", "bridge")] == 0.8
     assert targets[("patch resid_pre", "plain HF forward, same tokens", "hf")] == 0.8
+    eager = ("patch heads", "plain HF forward, eager attention, same tokens", "hf")
+    assert targets[eager] == 0.8
     meta = data["meta"]
     assert meta["device"] == "cpu" and meta["command"].startswith("python -m benchmarks.run")
     assert meta["complete"] is True

@@ -66,6 +66,21 @@ def hf_phase(b: Bench, hf: Any, x: Inputs, tok: Any) -> dict[str, Row]:
             how=f"median of {s.repeats} forwards of {R}×{T} tokens",
         )
         out["plain"] = fwd
+        impl = hf.config._attn_implementation
+        if impl != "eager":
+            # the attention the bridge (and so its twin) runs: the like-for-like forward
+            hf.set_attn_implementation("eager")
+            out["plain_eager"] = b.time(
+                "forward",
+                "plain HF forward, eager attention",
+                "hf",
+                "row",
+                lambda: hf(input_ids=ids, use_cache=False),
+                R,
+                tokens_per_unit=T,
+                how=f"median of {s.repeats} forwards of {R}×{T} tokens; the bridge's attention",
+            )
+            hf.set_attn_implementation(impl)
         if "forward" in s.groups:
             start = torch.zeros(R, dtype=torch.long)
             delta = x.deltas[:1].expand(R, -1)

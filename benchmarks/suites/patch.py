@@ -13,7 +13,13 @@ from benchmarks.table import Row
 
 
 def patch_rows(
-    b: Bench, model: Any, x: Inputs, backend: str, hf_plain: Row | None, own_plain: Row | None
+    b: Bench,
+    model: Any,
+    x: Inputs,
+    backend: str,
+    hf_plain: Row | None,
+    hf_eager: Row | None,
+    own_plain: Row | None,
 ) -> None:
     import pandas as pd
 
@@ -116,11 +122,13 @@ def patch_rows(
                 target=50.0,
             )
         # the target is ≥ 0.8× the bridge's own forward; the twin runs HF's, so the
-        # plain HF forward is held to it as well
+        # plain HF forward is held to it as well: with the benchmark's attention (sdpa by
+        # default) and with the bridge's (eager), which the twin runs
         target = 0.8 if backend == "bridge" else None
         for plain, label in (
             (own_plain, "plain forward, same tokens"),
             (hf_plain, "plain HF forward, same tokens"),
+            (hf_eager, "plain HF forward, eager attention, same tokens"),
         ):
             if plain is None or (plain.backend == "hf" and backend != "bridge"):
                 continue

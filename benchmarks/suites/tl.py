@@ -45,7 +45,7 @@ def tl_phase(b: Bench, model: Any, x: Inputs, backend: str, plain: dict[str, Row
         detection_rows(b, model, x, backend)
         sweep_rows(b, model, x, backend)
     if "patching" in s.groups:
-        patch_rows(b, model, x, backend, plain.get("plain"), fwd)
+        patch_rows(b, model, x, backend, plain.get("plain"), plain.get("plain_eager"), fwd)
     if "vectors" in s.groups:
         vector_rows(b, model, x, backend)
     if "transcoders" in s.groups and backend == "bridge":
