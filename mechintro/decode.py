@@ -13,7 +13,10 @@ Capturing costs about two eager forwards (record, then instantiate), once per ca
 cache, the buffers and the tensors its injection hooks steer with (``StepPosition.slots``):
 a later call of the same shape resets the cache (:func:`reset`), writes its own batch into
 the buffers and its own vectors and bounds into the slots, and replays the same graph,
-which reads only those tensors (without a graph, its own hooks run as usual). The same
+which reads only those tensors (without a graph, its own hooks run as usual). The shared
+preamble's one-row KV cache is kept with it (:class:`Preamble`): a call whose preamble has
+the same tokens, on weights unchanged since (:func:`weights_version`), copies it to every row
+instead of running it. The same
 kernels on the same inputs: the same logits as a fresh capture (a GPU test checks them
 against eager steps). One step is kept per twin, and dropped when a call of another
 shape starts: it holds its KV cache (gemma3-1b at batch 64 and 160 positions: 270 MB; a
@@ -149,14 +152,45 @@ def reset(cache: Any) -> None:
             layer.cumulative_length.zero_()
 
 
+def weights_version(module: torch.nn.Module) -> tuple[tuple[int, int], ...]:
+    """Where each parameter's data lives and how often it was changed in place: any change
+    to the weights (an optimiser step, ``.data`` replaced, ``.to()``) changes it."""
+    return tuple((p.data_ptr(), p._version) for p in module.parameters())
+
+
+@dataclass(eq=False)
+class Preamble:
+    """The one-row KV cache of a shared preamble (per layer: keys, values, length), with
+    ``key``: its token ids and the :func:`weights_version` it was computed with."""
+
+    key: tuple[Any, ...]
+    layers: list[tuple[Tensor, Tensor, Tensor]]
+
+    @classmethod
+    def of(cls, key: tuple[Any, ...], one: Any) -> Preamble:
+        layers = one.layers
+        return cls(key, [(x.keys.clone(), x.values.clone(), x.cumulative_length.clone())
+                         for x in layers])  # fmt: skip
+
+    def fill(self, cache: Any) -> None:
+        """Write it into every row of ``cache`` (a static cache whose layers exist)."""
+        for dst, (keys, values, length) in zip(cache.layers, self.layers, strict=True):
+            dst.keys.copy_(keys.expand_as(dst.keys))
+            dst.values.copy_(values.expand_as(dst.values))
+            dst.cumulative_length.copy_(length)
+
+
 @dataclass(eq=False)
 class Captured:
-    """A captured decode step with everything its replay reads (see the module's doc)."""
+    """A captured decode step with everything its replay reads (see the module's doc), and
+    the last shared preamble computed for it (a call with the same preamble tokens and
+    unchanged weights copies it instead of running it again)."""
 
     cache: Any
     buffers: tuple[Tensor, Tensor, Tensor]  # token ids, 4D attention mask, position ids
     step: StepPosition
     replay: Replay
+    preamble: Preamble | None = None
     in_use: bool = False
 
     def load(self, log: InjectionLog | None, batch: int) -> None:

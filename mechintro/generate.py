@@ -38,6 +38,7 @@ from torch import Tensor
 from mechintro.decode import (
     MASKS,
     Captured,
+    Preamble,
     Replay,
     fill_rows,
     in_place,
@@ -46,6 +47,7 @@ from mechintro.decode import (
     make_static_cache,
     repeat_rows,
     reset,
+    weights_version,
 )
 from mechintro.inject import Injection, InjectionLog, StepPosition, injected, steered_from
 from mechintro.models import TLModel, backend_of, tokenizer_of
@@ -206,6 +208,7 @@ class _Runner:
         self.log: InjectionLog | None = None
         self.decode: Replay | None = None
         self.buf: tuple[Tensor, Tensor, Tensor] | None = None  # token, 4D mask, position
+        self.preamble: Preamble | None = None  # a shared prefix's one-row KV (static cache)
         self.length = self.ids.shape[1]  # tokens fed so far (static decode)
         self.done = 0  # tokens already in the cache (a shared prefix)
         if self.backend == "hooked" and use_cache:
@@ -221,7 +224,12 @@ class _Runner:
         B = self.ids.shape[0]
         ids = self.ids[:1, :n]
         ones = torch.ones_like(ids)
-        if self.twin is not None:
+        held = self.kept.preamble if self.kept is not None else None
+        key = (tuple(ids[0].tolist()), weights_version(self.twin)) if self.cache_len else ()
+        if held is not None and held.key == key:  # the kept step's preamble, still valid
+            held.fill(self.cache)
+            self.preamble = held
+        elif self.twin is not None:
             pos = torch.arange(n, device=ids.device)[None]
             one = make_static_cache(self.twin.config, self.cache_len) if self.cache_len else None
             out = self.twin(
@@ -229,7 +237,13 @@ class _Runner:
                 use_cache=True, logits_to_keep=1,
             )  # fmt: skip
             past = out.past_key_values
-            self.cache = fill_rows(self.cache, past, B) if self.cache_len else repeat_rows(past, B)
+            if self.cache_len:
+                self.preamble = Preamble.of(key, past)
+                if self.kept is not None:
+                    self.kept.preamble = self.preamble
+                self.cache = fill_rows(self.cache, past, B)
+            else:
+                self.cache = repeat_rows(past, B)
         elif self.backend == "bridge":
             pos = torch.arange(n, device=ids.device)[None]
             _, self.cache = self.model(
@@ -470,7 +484,9 @@ def generate(
         if reuse is not None:
             reuse.in_use = False
     if reuse is None and runner.decode is not None and runner.buf is not None:
-        keep(twin, key, Captured(runner.cache, runner.buf, runner.step_position, runner.decode))
+        captured = Captured(runner.cache, runner.buf, runner.step_position, runner.decode)
+        captured.preamble = runner.preamble
+        keep(twin, key, captured)
     seconds = time.perf_counter() - t0
     tokens, finished = _trim(out, stops, done)
     replies = tokenizer_of(model).batch_decode(tokens, skip_special_tokens=True)

@@ -202,6 +202,20 @@ def test_a_kept_decode_step_computes_what_a_fresh_one_does(tiny_dirs, tmp_path):
         _same_generation(fresh, reused)
         assert (reused.record.settings["shared_prefix"] > 0) is share
         decode.forget(twin)
+    # the preamble's one-row KV is kept too, and computed again once the weights change
+    for change in (False, True):
+        generate(model, first, injection=a, **kw)
+        preamble = decode._KEPT[twin][1].preamble
+        assert preamble is not None
+        if change:
+            with torch.no_grad():  # the bridge's own tensor, changed in place
+                twin.model.layers[0].mlp.down_proj.weight.mul_(1.5)
+        reused = generate(model, second, injection=b, **kw)
+        assert (decode._KEPT[twin][1].preamble is preamble) is not change
+        decode.forget(twin)
+        fresh = generate(model, second, injection=b, **kw)
+        _same_generation(fresh, reused)
+        decode.forget(twin)
     generate(model, second, injection=a, **kw)
     entry = decode._KEPT[twin][1]
     generate(model, second.rows([0, 1]), **kw)  # another shape: its step replaces the kept
