@@ -18,8 +18,9 @@ preamble's one-row KV cache is kept with it (:class:`Preamble`): a call whose pr
 the same tokens, on weights unchanged since (:func:`weights_version`), copies it to every row
 instead of running it. The same kernels on the same inputs: the same logits as a fresh
 capture (a GPU test checks them against eager steps). One step is kept per twin, and
-dropped when a call of another shape starts: it holds its KV cache (gemma3-1b at batch 64 and 160 positions: 270 MB; a
-7B of 32 KV heads: 5.4 GB), which the next call's memory plan expects to be free.
+dropped when a call of another shape starts: it holds its KV cache (gemma3-1b at batch 64
+and 160 positions: 270 MB; a 7B of 32 KV heads: 5.4 GB), which the next call's memory plan
+expects to be free.
 :func:`forget` drops it (``run_sweep`` does before it plans ``batch_size='auto'``).
 """
 

@@ -500,9 +500,11 @@ def fingerprint(model: TLModel) -> str:
     if hit is not None and hit[0] == key:
         return hit[1]
     h = hashlib.sha256()
+    home = params[0][1].device if params else None  # a split model: gather on one device
     with torch.no_grad():
         stats = torch.stack(
-            [torch.stack([p.detach().float().sum(), torch.linalg.vector_norm(p.detach().float())])
+            [torch.stack([p.detach().float().sum(),
+                          torch.linalg.vector_norm(p.detach().float())]).to(home)
              for _, p in params]
         ).cpu().tolist() if params else []  # fmt: skip
     for (pname, p), (total, norm) in zip(params, stats):
