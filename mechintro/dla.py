@@ -363,8 +363,9 @@ def direct_logit_attribution(
     acts: dict[str, Tensor] = {}
 
     def grab(name: str) -> Callable[..., Tensor]:
-        def hook(x: Tensor, hook: Any) -> Tensor:
-            acts[name] = x[rows_idx, pos].detach().float()
+        def hook(x: Tensor, hook: Any) -> Tensor:  # x on its layer's device (a split model)
+            at = x[rows_idx.to(x.device), pos.to(x.device)]
+            acts[name] = at.detach().float().to(device)
             return x
 
         return hook

@@ -150,8 +150,9 @@ def _last_token_acts(
     got: list[Tensor] = []
     where: dict[str, Tensor] = {}
 
-    def read(x: Tensor, hook: Any) -> Tensor:
-        got.append(x[where["rows"], where["last"]].detach().float().cpu())
+    def read(x: Tensor, hook: Any) -> Tensor:  # x on the layer's device (a split model)
+        rows, last = where["rows"].to(x.device), where["last"].to(x.device)
+        got.append(x[rows, last].detach().float().cpu())
         return x
 
     with torch.no_grad(), model.hooks(fwd_hooks=[(name, read)]):
