@@ -54,33 +54,25 @@ def hf_phase(b: Bench, hf: Any, x: Inputs, tok: Any) -> dict[str, Row]:
     if "forward" in s.groups or "patching" in s.groups:
         ids = x.tiled.input_ids.to(dev)
         R, T = s.patch_batch, s.patch_tokens
-        fwd = b.time(
-            "forward",
-            "plain HF forward",
-            "hf",
-            "row",
-            lambda: hf(input_ids=ids, use_cache=False),
-            R,
-            tokens_per_unit=T,
-            ref=True,
-            how=f"median of {s.repeats} forwards of {R}×{T} tokens",
-        )
-        out["plain"] = fwd
         impl = hf.config._attn_implementation
-        if impl != "eager":
-            # the attention the bridge (and so its twin) runs: the like-for-like forward
-            hf.set_attn_implementation("eager")
-            out["plain_eager"] = b.time(
+        variants = [("plain", impl, "plain HF forward", "")]
+        if impl != "eager":  # the attention the bridge (and so its twin) runs: like for like
+            eager = ("plain HF forward, eager attention", "; the bridge's attention")
+            variants.append(("plain_eager", "eager", *eager))
+        for key, attn, name, extra in variants:
+            hf.set_attn_implementation(attn)
+            out[key] = b.time(
                 "forward",
-                "plain HF forward, eager attention",
+                name,
                 "hf",
                 "row",
                 lambda: hf(input_ids=ids, use_cache=False),
                 R,
                 tokens_per_unit=T,
-                how=f"median of {s.repeats} forwards of {R}×{T} tokens; the bridge's attention",
+                ref=key == "plain",
+                how=f"median of {s.repeats} forwards of {R}×{T} tokens{extra}",
             )
-            hf.set_attn_implementation(impl)
+        hf.set_attn_implementation(impl)
         if "forward" in s.groups:
             start = torch.zeros(R, dtype=torch.long)
             delta = x.deltas[:1].expand(R, -1)
