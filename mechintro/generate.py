@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -304,9 +305,10 @@ class _Runner:
             mask,
             positions(self.mask)[:, -1:].clone(),
         )
-        twin, cache = self.twin, self.cache
+        # the twin weakly: a kept step must not keep its model alive (mechintro.decode)
+        twin, cache = weakref.ref(self.twin), self.cache
         return Replay(
-            lambda: twin(
+            lambda: twin()(  # type: ignore[misc]
                 ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                 use_cache=True, logits_to_keep=1,
             ).logits,

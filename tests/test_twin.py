@@ -224,6 +224,24 @@ def test_a_kept_decode_step_computes_what_a_fresh_one_does(tiny_dirs, tmp_path):
     assert twin not in decode._KEPT
 
 
+def test_a_kept_decode_step_does_not_keep_its_model_alive(tiny_dirs, tmp_path):
+    """The kept step is held per twin, weakly: deleting the model frees the twin, its
+    weights and the kept step."""
+    import gc
+    import weakref
+
+    from mechintro import decode
+
+    model = _long_window_gemma3(tiny_dirs, tmp_path / "gemma3")
+    batch = encode(model.tokenizer, [_shared(n) for n in (1, 4)])
+    generate(model, batch, max_new_tokens=3, static_cache=True, stop_ids=[])
+    twin = weakref.ref(twin_of(model))
+    assert twin() in decode._KEPT
+    del model
+    gc.collect()
+    assert twin() is None
+
+
 def test_cuda_graph_needs_what_it_replays(bridge):
     batch = encode(bridge.tokenizer, _mixed()[:1])
     bad = [{"static_cache": False}, {"use_cache": False}, {"fast": False}]
