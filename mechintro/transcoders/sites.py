@@ -186,11 +186,13 @@ def run_reading(
     stop_after: str | None = None,
 ) -> None:
     """One forward of ``batch`` (under ``injections``), calling ``reads[name](activation)``
-    at each hook; with ``stop_after``, the forward ends right after that hook."""
+    at each hook, the activation on the batch's device (a model split over GPUs computes a
+    later layer on another); with ``stop_after``, the forward ends right after that hook."""
+    device = batch.input_ids.device
 
     def make(name: str, fn: Callable[[Tensor], None]) -> Callable[..., Tensor]:
         def hook(x: Tensor, hook: Any) -> Tensor:
-            fn(x)
+            fn(x.to(device))
             if name == stop_after:
                 raise _Stop
             return x
