@@ -438,6 +438,22 @@ def test_unmerged_adapters_keep_the_bridge_path(tiny_dirs):
     assert generate(model, batch, max_new_tokens=1).record.settings["path"] == "bridge"
 
 
+def test_the_twin_rechecks_the_bridges_tree_only_after_a_registration(tiny_dirs, monkeypatch):
+    """Walking the wrapped tree per call is slow: it is walked again only once a module,
+    parameter or buffer was registered; then an added tensor is seen."""
+    model = load_model(tiny_dirs["llama"], backend="bridge")
+    assert fast_twin(model) is not None
+    hf = model.original_model
+    walks: list[int] = []
+    real = type(hf).modules
+    monkeypatch.setattr(type(hf), "modules", lambda self: (walks.append(1), real(self))[1])
+    assert fast_twin(model) is not None and fast_twin(model) is not None
+    assert walks == []
+    hf.register_buffer("extra", torch.zeros(1))  # a tensor the twin does not have
+    assert fast_twin(model, fast=True) is None
+    assert walks
+
+
 def test_with_sdpa_the_twin_agrees_to_rounding(tiny_dirs):
     """The bridge computes attention itself (eagerly); the twin runs the implementation
     named in the HF config (the bridge sets eager there for some architectures, Gemma-3's
