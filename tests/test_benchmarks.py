@@ -102,6 +102,8 @@ def expected(backends: tuple[str, ...] = ("hf", "hooked", "bridge")) -> set[tupl
         ("detection", f"mechintro generate, batch {BATCH}, static cache, no CUDA graph", "bridge"),
         ("patch resid_pre", "mechintro activation_patch, bridge path", "bridge"),
         ("patch heads", "mechintro activation_patch, bridge path", "bridge"),
+        ("patch resid_pre", "twin forward, same tokens, timed here", "bridge"),
+        ("patch heads", "twin forward, same tokens, timed here", "bridge"),
         ("forward", "twin forward (plain HF, the bridge's weights)", "bridge"),
         ("forward", "twin forward + mechintro injection", "bridge"),
     }

@@ -144,3 +144,23 @@ def patch_rows(
                     note=f"{s.patch_batch} rows of {T} tokens per forward (from the forward group)",
                 )
             )
+        if backend == "bridge":  # the twin's plain forward, timed right after the sweeps
+            from mechintro.twin import twin_of
+
+            twin, ids = twin_of(model), x.tiled.input_ids.to(dev)
+
+            def twin_forward(twin: Any = twin, ids: Any = ids) -> Any:
+                return twin(input_ids=ids, use_cache=False)
+
+            b.time(
+                group,
+                "twin forward, same tokens, timed here",
+                backend,
+                "cell",
+                twin_forward,
+                s.patch_batch,
+                tokens_per_unit=T,
+                target=0.8,
+                how=f"median of {s.repeats} forwards of {s.patch_batch}×{T} tokens, in the "
+                "same phase as the sweeps (the forward group's rows come from earlier)",
+            )
