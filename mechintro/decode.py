@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from mechintro.inject import InjectionLog, StepPosition
+from mechintro.models import version
 
 
 def make_static_cache(config: Any, cache_len: int) -> Any:
@@ -152,10 +153,11 @@ def reset(cache: Any) -> None:
             layer.cumulative_length.zero_()
 
 
-def weights_version(module: torch.nn.Module) -> tuple[tuple[int, int], ...]:
+def weights_version(module: torch.nn.Module) -> tuple[tuple[int, object], ...]:
     """Where each parameter's data lives and how often it was changed in place: any change
-    to the weights (an optimiser step, ``.data`` replaced, ``.to()``) changes it."""
-    return tuple((p.data_ptr(), p._version) for p in module.parameters())
+    to the weights (an optimiser step, ``.data`` replaced, ``.to()``) changes it (weights
+    made under ``torch.inference_mode`` count no changes: then it equals nothing)."""
+    return tuple((p.data_ptr(), version(p)) for p in module.parameters())
 
 
 @dataclass(eq=False)

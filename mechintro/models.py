@@ -484,9 +484,16 @@ def resid_post(layer: int) -> str:
     return f"blocks.{layer}.hook_resid_post"
 
 
-_FINGERPRINTS: weakref.WeakKeyDictionary[Any, tuple[tuple[tuple[int, int], ...], str]] = (
+_FINGERPRINTS: weakref.WeakKeyDictionary[Any, tuple[tuple[tuple[int, object], ...], str]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+def version(t: torch.Tensor) -> object:
+    """``t``'s in-place version counter; an inference tensor (made under
+    ``torch.inference_mode``) has none: a fresh object then, equal to nothing, so a cache
+    keyed on it is never reused."""
+    return object() if t.is_inference() else t._version
 
 
 def fingerprint(model: TLModel) -> str:
@@ -495,7 +502,7 @@ def fingerprint(model: TLModel) -> str:
     Remembered per model until a parameter is replaced or changed in place (each tensor's
     version counter), so a sweep pays for it once; one device sync for all parameters."""
     params = list(model.named_parameters())
-    key = tuple((id(p), p._version) for _, p in params)
+    key = tuple((id(p), version(p)) for _, p in params)
     hit = _FINGERPRINTS.get(model)
     if hit is not None and hit[0] == key:
         return hit[1]

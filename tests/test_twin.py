@@ -224,6 +224,27 @@ def test_a_kept_decode_step_computes_what_a_fresh_one_does(tiny_dirs, tmp_path):
     assert twin not in decode._KEPT
 
 
+def test_weights_made_under_inference_mode_are_never_taken_as_unchanged(tiny_dirs, tmp_path):
+    """Inference tensors count no in-place changes: the kept preamble is then recomputed
+    every call (and the weights' fingerprint still works)."""
+    from mechintro import decode
+    from mechintro.models import fingerprint
+
+    model = _long_window_gemma3(tiny_dirs, tmp_path / "gemma3")
+    with torch.inference_mode():  # e.g. moved or cast under inference mode
+        for p in model.parameters():
+            p.data = p.data.clone()
+    assert next(model.parameters()).is_inference()
+    assert fingerprint(model) == fingerprint(model)
+    batch = encode(model.tokenizer, [_shared(n) for n in (1, 4)])
+    kw = {"max_new_tokens": 3, "static_cache": True, "stop_ids": [], "keep_logits": True}
+    first = generate(model, batch, **kw)
+    preamble = decode._KEPT[twin_of(model)][1].preamble
+    again = generate(model, batch, **kw)
+    assert decode._KEPT[twin_of(model)][1].preamble is not preamble
+    _same_generation(first, again)
+
+
 def test_a_kept_decode_step_does_not_keep_its_model_alive(tiny_dirs, tmp_path):
     """The kept step is held per twin, weakly: deleting the model frees the twin, its
     weights and the kept step."""
