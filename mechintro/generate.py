@@ -438,33 +438,33 @@ def generate(
         layers = tuple(i.layer for i in injs)
         key = (B, cache_len, param.device, param.dtype, attention, layers, graph)
         reuse = kept(twin, key)
-    runner = _Runner(model, batch, use_cache, twin, cache_len, graph, reuse)
-    if cuda_graph and not runner.graph:
-        raise ValueError(
-            f"cuda_graph=True: a layer of this model's KV cache keeps its length in Python "
-            f"(a sliding window shorter than the {cache_len} positions of prompt + new "
-            "tokens, or linear attention), which a graph replay would not update, or its "
-            "attention is neither eager nor sdpa: pass cuda_graph=None, or fewer new tokens"
+    try:  # whatever happens, a kept step taken for this call is given back
+        runner = _Runner(model, batch, use_cache, twin, cache_len, graph, reuse)
+        if cuda_graph and not runner.graph:
+            raise ValueError(
+                f"cuda_graph=True: a layer of this model's KV cache keeps its length in Python "
+                f"(a sliding window shorter than the {cache_len} positions of prompt + new "
+                "tokens, or linear attention), which a graph replay would not update, or its "
+                "attention is neither eager nor sdpa: pass cuda_graph=None, or fewer new tokens"
+            )
+        row_seeds = seeds.to(device)
+        out = torch.empty(B, 0, dtype=torch.long, device=device)
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        history: list[Tensor] = []
+        t0 = time.perf_counter()
+        prefix = 0
+        if use_cache and share_prefix:
+            start = steered_from(injection, batch) if injection is not None else batch.length
+            prefix = shared_prefix(batch, start)
+            if prefix:
+                runner.prefill_shared(prefix)
+        ctx = (
+            injected(
+                model, injection, batch, first_position=prefix, twin=twin, step=runner.step_position
+            )
+            if injection is not None
+            else nullcontext(None)
         )
-    row_seeds = seeds.to(device)
-    out = torch.empty(B, 0, dtype=torch.long, device=device)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    history: list[Tensor] = []
-    t0 = time.perf_counter()
-    prefix = 0
-    if use_cache and share_prefix:
-        start = steered_from(injection, batch) if injection is not None else batch.length
-        prefix = shared_prefix(batch, start)
-        if prefix:
-            runner.prefill_shared(prefix)
-    ctx = (
-        injected(
-            model, injection, batch, first_position=prefix, twin=twin, step=runner.step_position
-        )
-        if injection is not None
-        else nullcontext(None)
-    )
-    try:
         with ctx as log:
             runner.log = log
             logits = runner.step(None)

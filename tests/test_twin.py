@@ -180,6 +180,7 @@ def test_a_kept_decode_step_computes_what_a_fresh_one_does(tiny_dirs, tmp_path):
     """The static cache and step buffers (on a GPU also the captured graph) are kept for
     the next call of the same shape: with other prompts and vectors, that call gives
     exactly what fresh ones give. A call of another shape replaces it."""
+    import mechintro.generate as gen
     from mechintro import decode
 
     model = _long_window_gemma3(tiny_dirs, tmp_path / "gemma3")  # every layer in place
@@ -218,6 +219,15 @@ def test_a_kept_decode_step_computes_what_a_fresh_one_does(tiny_dirs, tmp_path):
         decode.forget(twin)
     generate(model, second, injection=a, **kw)
     entry = decode._KEPT[twin][1]
+
+    def fail(self, n):
+        raise RuntimeError("boom")
+
+    with pytest.MonkeyPatch.context() as mp:  # a call that fails gives the kept step back
+        mp.setattr(gen._Runner, "prefill_shared", fail)
+        with pytest.raises(RuntimeError, match="boom"):
+            generate(model, second, injection=a, **kw)
+    assert decode._KEPT[twin][1] is entry and not entry.in_use
     generate(model, second.rows([0, 1]), **kw)  # another shape: its step replaces the kept
     assert decode._KEPT[twin][1] is not entry
     decode.forget()
