@@ -48,3 +48,19 @@ def model(request: pytest.FixtureRequest, tiny_dirs: dict[str, Path]):
     if request.param not in _MODELS:
         _MODELS[request.param] = load_model(tiny_dirs[arch], backend=backend)
     return _MODELS[request.param]
+
+
+@pytest.fixture(scope="module")
+def toks(tiny_dirs: dict[str, Path]):
+    """The tiny Llama's and Gemma-3's tokenizers (byte-level: one token per character)."""
+    from transformers import AutoTokenizer
+
+    return {a: AutoTokenizer.from_pretrained(tiny_dirs[a]) for a in ("llama", "gemma3")}
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_dirs: dict[str, Path]):
+    """The tiny Llama on the default backend (modules needing another define their own)."""
+    from mechintro.models import load_model
+
+    return load_model(tiny_dirs["llama"])

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from transformers import AutoTokenizer
+from tiny_models import vec
 
 from mechintro.generate import generate, readout
 from mechintro.inject import Injection, injected
@@ -40,23 +39,6 @@ DOC_FOLLOW_UP = "Did you mean to say that, or was it an accident?"  # PROTOCOLS.
 
 LAYER = 1
 NEW = 3
-
-
-@pytest.fixture(scope="module")
-def toks(tiny_dirs: dict[str, Path]):
-    return {a: AutoTokenizer.from_pretrained(tiny_dirs[a]) for a in ("llama", "gemma3")}
-
-
-@pytest.fixture(scope="module")
-def llama(tiny_dirs: dict[str, Path]):
-    from mechintro.models import load_model
-
-    return load_model(tiny_dirs["llama"])
-
-
-def vec(model, seed: int = 0, scale: float = 6.0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return scale * torch.randn(model.cfg.d_model, generator=g)
 
 
 # ---------------------------------------------------------------------------------------------

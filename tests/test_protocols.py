@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import replace
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from transformers import AutoTokenizer
+from tiny_models import vec
 
 from mechintro.generate import generate
 from mechintro.inject import injected
@@ -80,18 +79,6 @@ LAYER = 1
 NEW = 3
 
 
-@pytest.fixture(scope="module")
-def toks(tiny_dirs: dict[str, Path]):
-    return {a: AutoTokenizer.from_pretrained(tiny_dirs[a]) for a in ("llama", "gemma3")}
-
-
-@pytest.fixture(scope="module")
-def llama(tiny_dirs: dict[str, Path]):
-    from mechintro.models import load_model
-
-    return load_model(tiny_dirs["llama"])
-
-
 def ids_of(tok, text: str) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
 
@@ -109,11 +96,6 @@ def expected_trial(tok, batch, row: int) -> int:
     i = last_index(ids, ids_of(tok, "Trial"))
     assert i > 0
     return pad + i - 1
-
-
-def vec(model, seed: int = 0, scale: float = 6.0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return scale * torch.randn(model.cfg.d_model, generator=g)
 
 
 # ---------------------------------------------------------------------------------------------

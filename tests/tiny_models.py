@@ -185,3 +185,11 @@ def make_tiny_model(folder: Path, arch: str, seed: int = 0) -> Path:
 def make_all(root: Path, seed: int = 0) -> dict[str, Path]:
     """Build one checkpoint per arch in ``root / arch``; the folder name is the arch."""
     return {arch: make_tiny_model(Path(root) / arch, arch, seed) for arch in ARCHS}
+
+
+def vec(model, seed: int = 0, scale: float = 6.0):
+    """A seeded random vector of the model's width, ``scale`` long per unit variance."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return scale * torch.randn(model.cfg.d_model, generator=g)
