@@ -131,19 +131,6 @@ def repeat_rows(cache: Any, rows: int) -> Any:
     return cache
 
 
-def fill_rows(cache: Any, one: Any, rows: int) -> Any:
-    """``one`` (a one-row static cache) repeated to ``rows`` rows: written into ``cache``
-    where its layers exist already (a kept capture reads their tensors), else as new ones."""
-    layers: list[Any] = cache.layers
-    if not all(getattr(layer, "is_initialized", False) for layer in layers):
-        return repeat_rows(one, rows)
-    for dst, src in zip(layers, one.layers, strict=True):
-        dst.keys.copy_(src.keys.expand_as(dst.keys))
-        dst.values.copy_(src.values.expand_as(dst.values))
-        dst.cumulative_length.copy_(src.cumulative_length)
-    return cache
-
-
 def reset(cache: Any) -> None:
     """Empty a static cache in place (zeros, length 0: as freshly made), keeping its tensors."""
     for layer in cache.layers:

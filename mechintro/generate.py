@@ -41,7 +41,6 @@ from mechintro.decode import (
     Captured,
     Preamble,
     Replay,
-    fill_rows,
     in_place,
     keep,
     kept,
@@ -238,12 +237,12 @@ class _Runner:
                 use_cache=True, logits_to_keep=1,
             )  # fmt: skip
             past = out.past_key_values
-            if self.cache_len:
-                self.preamble = Preamble.of(key, past)
-                if self.kept is not None:
-                    self.kept.preamble = self.preamble
-                self.cache = fill_rows(self.cache, past, B)
+            if self.kept is not None:  # its cache exists: its tensors are the graph's
+                self.preamble = self.kept.preamble = Preamble.of(key, past)
+                self.preamble.fill(self.cache)
             else:
+                if self.cache_len:  # a copy, before past is repeated
+                    self.preamble = Preamble.of(key, past)
                 self.cache = repeat_rows(past, B)
         elif self.backend == "bridge":
             pos = torch.arange(n, device=ids.device)[None]
