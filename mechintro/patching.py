@@ -76,19 +76,28 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import fields
+from itertools import groupby
 from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechintro.decode import Replay
 from mechintro.generate import NO_VARIANTS, YES_VARIANTS, first_token_ids
 from mechintro.inject import Injection, injected
 from mechintro.models import TLModel, backend_of, check_layer, n_layers, resid_post, tokenizer_of
 from mechintro.patch_result import Cell, PatchResult, Sites
 from mechintro.patch_result import heatmap as heatmap  # re-exported: mechintro.patching.heatmap
 from mechintro.prompts import PromptBatch
-from mechintro.twin import fast_twin, positions, twin_hooks, twin_logits
+from mechintro.twin import (
+    fast_twin,
+    full_mask,
+    full_mask_applies,
+    positions,
+    twin_hooks,
+    twin_logits,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -365,58 +374,110 @@ def _steer_both(
     return injected(model, injs, batch, twin=twin) if injs else nullcontext()
 
 
-def _patch_hook(rows: Tensor, mask: Tensor, B: int, n: int) -> Callable[..., Tensor]:
-    """Replace, in rows ``rows`` only, the masked entries with the same forward's source
-    rows (the first ``B``, unpatched), repeated ``n`` times (one per patched cell)."""
+def _patch_hook(masks: Tensor, B: int) -> Callable[..., Tensor]:
+    """Replace the masked entries (``masks[row, pos(, head)]``, the first rows of the sweep's
+    mask buffer for one hook) with the same forward's source rows (the first ``B``,
+    never patched), tiled to every row."""
 
     def hook(x: Tensor, hook: Any) -> Tensor:
-        m = mask.to(x.device).view(*mask.shape, *([1] * (x.ndim - mask.ndim)))
-        r = rows.to(x.device)
-        src = x[:B].repeat(n, *[1] * (x.ndim - 1))
-        return x.index_copy(0, r, torch.where(m, src, x[r]))
+        m = masks[: x.shape[0]].to(x.device)
+        m = m.view(*m.shape, *([1] * (x.ndim - m.ndim)))
+        return torch.where(m, x[:B].repeat(x.shape[0] // B, *[1] * (x.ndim - 1)), x)
 
     return hook
 
 
+def _graph(twin: Any, target: PromptBatch, cuda_graph: bool | None) -> bool:
+    """Whether the sweep's forwards replay a CUDA graph (see :func:`activation_patch`)."""
+    able = (
+        twin is not None
+        and target.input_ids.device.type == "cuda"
+        and full_mask_applies(twin, target.length)
+    )
+    if cuda_graph and not able:
+        raise ValueError(
+            "cuda_graph=True needs a CUDA device, a bridge running on its twin (fast=None or "
+            "True, no hook left on the bridge), eager attention and no sliding window shorter "
+            "than the prompts: pass cuda_graph=None to use it where it applies"
+        )
+    return able and cuda_graph is not False
+
+
+def _cell_masks(sites: Sites, chunk: Sequence[Cell], B: int, like: Tensor) -> Tensor:
+    """Which entries each row of one forward patches, per hook: ``like``'s shape, on the
+    CPU (one copy to the device per forward); row ``B + i·B + b`` patches cell ``i``."""
+    masks = torch.zeros(like.shape, dtype=torch.bool)
+    index = {layer: j for j, layer in enumerate(sites.layers)}
+    for i, (layer, p, h) in enumerate(chunk):
+        where = (index[layer], slice(B + i * B, B + (i + 1) * B), slice(None) if p is None else p)
+        masks[where if h is None else (*where, h)] = True
+    return masks
+
+
+def _forward(
+    model: TLModel, batch: PromptBatch, twin: Any, keep: int, graph: bool
+) -> Callable[[], Tensor]:
+    """The logits of one forward of ``batch`` per call. ``graph``: on the twin, with the
+    4D mask built once (:func:`~mechintro.twin.full_mask`); the first call runs eagerly
+    (hooks make their device tensors), the second is captured as a CUDA graph and every
+    later one replays it (each returning the same output tensor, overwritten)."""
+    if not graph:
+        return lambda: _logits(model, batch.input_ids, batch.attention_mask, twin, keep)
+    ids, pos = batch.input_ids, positions(batch.attention_mask)
+    mask = full_mask(twin, batch.attention_mask)
+
+    def fn() -> Tensor:
+        out = twin(ids, attention_mask=mask, position_ids=pos, use_cache=False,
+                   logits_to_keep=keep)  # fmt: skip
+        return out.logits
+
+    replay = Replay(fn, True, ids.device)
+    calls = iter([fn])
+    return lambda: next(calls, replay)()
+
+
 @torch.no_grad()
-def _patched(
+def _sweep(
     model: TLModel,
     sites: Sites,
     source: PromptBatch,
     target: PromptBatch,
-    chunk: list[Cell],
+    chunks: Sequence[Sequence[Cell]],
     injections: tuple[Injection | None, Injection | None],
     metric: Metric,
     twin: Any = None,
-    plus_target: bool = False,
-) -> tuple[Tensor, Tensor]:
-    """One forward whose first ``B`` rows are the source run and row ``B + i·B + b`` patches
-    cell ``i`` of target prompt ``b`` from them (``plus_target``: then ``B`` rows more, the
-    unpatched target run). A site's source value is computed in the same forward, at the
-    same hook, before any patched row reads it: no source cache, and no forward of its own.
-    Returns the source rows' metric ``[B]`` and the others' ``[k, B]``.
+    graph: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One forward per chunk of cells: its first ``B`` rows are the source run, row
+    ``B + i·B + b`` patches cell ``i`` of target prompt ``b`` from them, and the first
+    forward carries the unpatched target run after its cells. A site's source value is
+    computed in the same forward, at the same hook, before any patched row reads it: no
+    source cache, and no forward of its own. Every hook of the sweep reads its rows' masks
+    from one buffer written before each forward, so every forward runs the same hooks
+    (``graph``: the same kernels, replayed from one CUDA graph; each forward then has the
+    rows of the largest, the last padded with unpatched rows).
+    Returns the source metric ``[B]``, the target's ``[B]`` and the cells' ``[cells, B]``.
     """
-    B, k = len(target), len(chunk) + plus_target
-    per_hook: dict[str, list[int]] = {}
-    for i, (layer, _, _) in enumerate(chunk):
-        per_hook.setdefault(sites.hook.format(layer=layer), []).append(i)
-    keep = 2 if sites.heads is None else 3
-    shape = (target.length, int(model.cfg.n_heads))[: keep - 1]
-    device = target.input_ids.device
-    hooks: Hooks = []
-    for name, idx in per_hook.items():
-        mask = torch.zeros((len(idx) * B, *shape), dtype=torch.bool, device=device)
-        for j, i in enumerate(idx):
-            _, p, h = chunk[i]
-            where = (slice(j * B, (j + 1) * B), slice(None) if p is None else p)
-            mask[where if h is None else (*where, h)] = True
-        rows = torch.tensor([B + i * B + b for i in idx for b in range(B)], device=device)
-        hooks.append((name, _patch_hook(rows, mask, B, len(idx))))
-    batch = _stack(source, target, k)
-    with _steer_both(model, batch, *injections, B, twin), _hooks(model, hooks, twin):
-        logits = _logits(model, batch.input_ids, batch.attention_mask, twin, _keep(metric))
-    values = _check_metric(metric(logits), (k + 1) * B)
-    return values[:B], values[B:].view(k, B)
+    B = len(target)
+    slots = [len(chunks[0]) + 1, *(len(c) for c in chunks[1:])]  # cells (+ target) per forward
+    if graph:
+        slots = [max(slots)] * len(slots)
+    heads = () if sites.heads is None else (int(model.cfg.n_heads),)
+    shape = (len(sites.layers), (max(slots) + 1) * B, target.length, *heads)
+    masks = torch.zeros(shape, dtype=torch.bool, device=target.input_ids.device)
+    hooks: Hooks = [(n, _patch_hook(masks[j], B)) for j, n in enumerate(sites.hook_names())]
+    keep, values = _keep(metric), []
+    for k, group in groupby(zip(slots, chunks, strict=True), key=lambda sc: sc[0]):
+        batch = _stack(source, target, k)
+        with _steer_both(model, batch, *injections, B, twin), _hooks(model, hooks, twin):
+            forward = _forward(model, batch, twin, keep, graph)
+            for _, chunk in group:
+                masks.copy_(_cell_masks(sites, chunk, B, masks))
+                value = _check_metric(metric(forward()), (k + 1) * B)
+                values.append(value.clone().view(k + 1, B))  # a replay overwrites logits
+    tgt = values[0][len(chunks[0]) + 1]
+    cells = torch.cat([v[1 : len(c) + 1] for v, c in zip(values, chunks, strict=True)])
+    return values[0][0], tgt, cells
 
 
 def activation_patch(
@@ -432,6 +493,7 @@ def activation_patch(
     source_injection: Injection | None = None,
     batch_size: int = 64,
     fast: bool | None = None,
+    cuda_graph: bool | None = None,
 ) -> PatchResult:
     """Patch ``component`` from the source run into the target run, cell by cell, batched.
 
@@ -448,6 +510,12 @@ def activation_patch(
         fast: on a bridge, run the forwards on its plain HF twin, hooks at the same sites
             (:mod:`mechintro.twin`: the same numbers). ``None``: where every site has a place
             there, unless ``MECHINTRO_FAST=0`` or a hook is on the bridge; ``False``: never.
+        cuda_graph: capture the twin's patched forward as a CUDA graph (its second; the
+            first runs eagerly) and replay it for every later one: a small model's forward
+            is bound by launching its kernels from Python, which a replay skips. The same
+            kernels on the same inputs, so the same values (a GPU test checks them bit for
+            bit). ``None``: on a CUDA device, on the twin, with eager attention and no
+            sliding window shorter than the prompts (:func:`mechintro.twin.full_mask`).
 
     Example::
 
@@ -460,20 +528,16 @@ def activation_patch(
     injs = [i for i in (source_injection, target_injection) if i is not None]
     twin = fast_twin(model, fast, [*sites.hook_names(), *(resid_post(i.layer) for i in injs)])
     cells, B = sites.cells(), len(target)
-    injections = (source_injection, target_injection)
-    # every forward carries the source run's B rows (the patches' values); the first, the
-    # unpatched target run's B rows too
-    first, per = max(1, batch_size // B - 2), max(1, batch_size // B - 1)
+    per = max(1, batch_size // B - 1)  # cells per forward, beside the source run's B rows
+    first = max(1, per - 1)  # the first forward also carries the unpatched target run
+    chunks = [cells[:first], *(cells[i : i + per] for i in range(first, len(cells), per))]
+    graph = _graph(twin, target, cuda_graph)
     logger.info("patching %d cells of %s, %d per forward", len(cells), component, per)
-    src_val, head = _patched(
-        model, sites, source, target, cells[:first], injections, metric, twin, True
+    injections = (source_injection, target_injection)
+    src_val, tgt_val, out = _sweep(
+        model, sites, source, target, chunks, injections, metric, twin, graph
     )
-    tgt_val, out = head[-1], [head[:-1]]
-    for i in range(first, len(cells), per):
-        out.append(
-            _patched(model, sites, source, target, cells[i : i + per], injections, metric, twin)[1]
-        )
-    rows = torch.cat(out).view(*sites.shape(), B).cpu()
+    rows = out.view(*sites.shape(), B).cpu()
     runs = (src_val, tgt_val, source_injection, target_injection)
     return _result(model, sites, rows, "activation", runs)
 

@@ -304,3 +304,32 @@ def twin_logits(twin: Any, ids: Tensor, mask: Tensor, keep: int = 0) -> Tensor:
         ids, attention_mask=mask, position_ids=positions(mask), use_cache=False,
         logits_to_keep=keep,
     ).logits  # fmt: skip
+
+
+def full_mask_applies(twin: Any, length: int) -> bool:
+    """Whether :func:`full_mask` is the mask every layer of ``twin`` would build for prompts
+    of ``length`` tokens: eager attention, no sliding window shorter than them, and only
+    full or sliding attention layers."""
+    config = twin.config
+    window = getattr(config, "sliding_window", None)
+    kinds = set(getattr(config, "layer_types", None) or ("full_attention",))
+    return (
+        config._attn_implementation == "eager"
+        and (window is None or window >= length)
+        and kinds <= {"full_attention", "sliding_attention"}
+    )
+
+
+def full_mask(twin: Any, mask: Tensor) -> Tensor:
+    """The 4D attention mask ``[batch, 1, T, T]`` that transformers builds with eager
+    attention for a forward of the whole of a left-padded batch (padding mask ``mask``):
+    0 where causal and not padding, the dtype's minimum elsewhere. Given as the
+    ``attention_mask``, it is used as is (a forward captured as a CUDA graph must not build
+    it: that copies constants from the host). Only where :func:`full_mask_applies`.
+    """
+    T = mask.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=mask.device).tril()
+    open_ = causal[None, None] & mask.bool()[:, None, None, :]
+    dtype = next(twin.parameters()).dtype
+    zero = torch.zeros((), dtype=dtype, device=mask.device)
+    return torch.where(open_, zero, torch.finfo(dtype).min)
