@@ -184,12 +184,19 @@ class Captured:
 
     def load(self, log: InjectionLog | None, batch: int) -> None:
         """Write a new call's injection vectors and bounds where the hooks' replay reads."""
-        if log is None:
-            return
-        for i, (d, lo, hi) in self.step.slots.items():
-            d.copy_(log.injections[i].deltas(batch))
-            lo.copy_(log.bounds[i][0])
-            hi.copy_(log.bounds[i][1])
+        load_slots(self.step.slots, log, batch)
+
+
+def load_slots(slots: dict[int, tuple[Tensor, Tensor, Tensor]], log: InjectionLog | None,
+               batch: int) -> None:  # fmt: skip
+    """Write the vectors and bounds of ``log``'s injections (for ``batch`` rows) into the
+    tensors captured injection hooks read (:attr:`StepPosition.slots`)."""
+    if log is None:
+        return
+    for i, (d, lo, hi) in slots.items():
+        d.copy_(log.injections[i].deltas(batch))
+        lo.copy_(log.bounds[i][0])
+        hi.copy_(log.bounds[i][1])
 
 
 _KEPT: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], Captured]] = (
@@ -218,9 +225,34 @@ def keep(twin: Any, key: tuple[Any, ...], entry: Captured) -> None:
     _KEPT[twin] = (key, entry)
 
 
+#: per twin, the last patching forward captured (:mod:`mechintro.patching`), with its key
+_FORWARDS: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
+
+
+def take_forward(twin: Any, key: tuple[Any, ...]) -> Any:
+    """The captured forward kept for ``twin`` if it is of shape ``key``, else None (one of
+    another shape is dropped: its memory is free for the caller's own). Taken out while in
+    use: :func:`keep_forward` gives it back."""
+    held = _FORWARDS.pop(twin, None)
+    return held[1] if held is not None and held[0] == key else None
+
+
+def keep_forward(twin: Any, key: tuple[Any, ...], entry: Any) -> None:
+    """Keep ``entry`` for the next sweep of shape ``key`` (one per twin)."""
+    _FORWARDS[twin] = (key, entry)
+
+
+def addresses(module: torch.nn.Module) -> tuple[int, ...]:
+    """Where each parameter and buffer of ``module`` lives, which a captured graph reads:
+    part of a kept capture's key (after ``.to()`` and back, they live elsewhere)."""
+    return tuple(t.data_ptr() for t in (*module.parameters(), *module.buffers()))
+
+
 def forget(twin: Any | None = None) -> None:
-    """Drop the kept steps (of ``twin``, or all) and the GPU memory they hold."""
+    """Drop the kept steps and forwards (of ``twin``, or all) and the GPU memory they hold."""
     if twin is None:
         _KEPT.clear()
+        _FORWARDS.clear()
     else:
         _KEPT.pop(twin, None)
+        _FORWARDS.pop(twin, None)

@@ -41,6 +41,7 @@ from mechintro.decode import (
     Captured,
     Preamble,
     Replay,
+    addresses,
     in_place,
     keep,
     kept,
@@ -435,7 +436,7 @@ def generate(
         injs = [injection] if isinstance(injection, Injection) else list(injection or ())
         param, attention = next(twin.parameters()), twin.config._attn_implementation
         layers = tuple(i.layer for i in injs)
-        key = (B, cache_len, param.device, param.dtype, attention, layers, graph)
+        key = (B, cache_len, param.device, param.dtype, attention, layers, graph, addresses(twin))
         reuse = kept(twin, key)
     try:  # whatever happens, a kept step taken for this call is given back
         runner = _Runner(model, batch, use_cache, twin, cache_len, graph, reuse)

@@ -227,8 +227,9 @@ class StepPosition:
     forwards in Python, and leaves logging the step to the owner
     (:meth:`InjectionLog.add_forward`): what a decode step captured once as a CUDA graph and
     replayed needs, since a replay runs no Python. ``slots``: the tensors each hook (by its
-    injection's index) steers with on such a step, which a replay reads: a graph kept for a
-    later batch is given that batch's vectors and bounds by copying them in.
+    injection's index) steers with on every forward, which a replay reads: a graph kept for
+    a later batch is given that batch's vectors and bounds by copying them in (a captured
+    forward of a whole batch, :mod:`mechintro.patching`, uses only these).
     """
 
     at: Tensor
@@ -258,9 +259,10 @@ def _make_hook(
         if key not in cache:  # vectors follow each hook tensor's device and dtype
             cache[key] = (delta.to(x.device, x.dtype), lo.to(x.device), hi.to(x.device))
         d, lo_d, hi_d = cache[key]
+        if step is not None:
+            step.slots[index] = (d, lo_d, hi_d)
         if step is not None and step.active:
             pos = step.at.to(x.device)  # a decode step: its owner logs it
-            step.slots[index] = (d, lo_d, hi_d)
         else:
             # the first forward starts at `first` (0, or after a shared prefix computed
             # without hooks); a later one-token forward continues (KV cache), a longer one

@@ -73,9 +73,10 @@ Example::
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import fields
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, fields
 from itertools import groupby
 from typing import Any
 
@@ -83,9 +84,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechintro.decode import Replay
+from mechintro.decode import Replay, addresses, keep_forward, load_slots, take_forward
 from mechintro.generate import NO_VARIANTS, YES_VARIANTS, first_token_ids
-from mechintro.inject import Injection, injected
+from mechintro.inject import Injection, StepPosition, injected, injection_hooks
 from mechintro.models import TLModel, backend_of, check_layer, n_layers, resid_post, tokenizer_of
 from mechintro.patch_result import Cell, PatchResult, Sites
 from mechintro.patch_result import heatmap as heatmap  # re-exported: mechintro.patching.heatmap
@@ -354,34 +355,29 @@ def _stack(source: PromptBatch, target: PromptBatch, k: int) -> PromptBatch:
     )
 
 
-def _steer_both(
-    model: TLModel,
-    batch: PromptBatch,
-    source_injection: Injection | None,
-    target_injection: Injection | None,
-    B: int,
-    twin: Any = None,
-) -> AbstractContextManager[Any]:
-    """Each injection on its own rows of a :func:`_stack` batch (source: the first ``B``;
-    target: the rest); the other rows get a zero vector, which leaves them unsteered."""
+def _row_injections(
+    rows: int, source_injection: Injection | None, target_injection: Injection | None, B: int
+) -> list[Injection]:
+    """Each injection on its own rows of a :func:`_stack` batch of ``rows`` rows (source:
+    the first ``B``; target: the rest); the other rows get a zero vector, which leaves them
+    unsteered."""
     injs = []
-    for inj, rows in ((source_injection, slice(0, B)), (target_injection, slice(B, None))):
+    for inj, part in ((source_injection, slice(0, B)), (target_injection, slice(B, None))):
         if inj is None:
             continue
-        deltas = torch.zeros(len(batch), inj._delta.shape[-1])
-        deltas[rows] = inj.deltas(B).repeat(len(deltas[rows]) // B, 1)
+        deltas = torch.zeros(rows, inj._delta.shape[-1])
+        deltas[part] = inj.deltas(B).repeat(len(deltas[part]) // B, 1)
         injs.append(Injection(inj.layer, deltas, 1.0, mode=inj.mode, start=inj.start, unit="raw"))
-    return injected(model, injs, batch, twin=twin) if injs else nullcontext()
+    return injs
 
 
 def _patch_hook(masks: Tensor, B: int) -> Callable[..., Tensor]:
-    """Replace the masked entries (``masks[row, pos(, head)]``, the first rows of the sweep's
-    mask buffer for one hook) with the same forward's source rows (the first ``B``,
-    never patched), tiled to every row."""
+    """Replace the masked entries (``masks[row, pos(, head)]``: one hook's part of the
+    sweep's mask buffer) with the same forward's source rows (the first ``B``, never
+    patched), tiled to every row."""
 
     def hook(x: Tensor, hook: Any) -> Tensor:
-        m = masks[: x.shape[0]].to(x.device)
-        m = m.view(*m.shape, *([1] * (x.ndim - m.ndim)))
+        m = masks.to(x.device).view(*masks.shape, *([1] * (x.ndim - masks.ndim)))
         return torch.where(m, x[:B].repeat(x.shape[0] // B, *[1] * (x.ndim - 1)), x)
 
     return hook
@@ -414,26 +410,85 @@ def _cell_masks(sites: Sites, chunk: Sequence[Cell], B: int, like: Tensor) -> Te
     return masks
 
 
-def _forward(
-    model: TLModel, batch: PromptBatch, twin: Any, keep: int, graph: bool
-) -> Callable[[], Tensor]:
-    """The logits of one forward of ``batch`` per call. ``graph``: on the twin, with the
-    4D mask built once (:func:`~mechintro.twin.full_mask`); the first call runs eagerly
-    (hooks make their device tensors), the second is captured as a CUDA graph and every
-    later one replays it (each returning the same output tensor, overwritten)."""
-    if not graph:
-        return lambda: _logits(model, batch.input_ids, batch.attention_mask, twin, keep)
-    ids, pos = batch.input_ids, positions(batch.attention_mask)
-    mask = full_mask(twin, batch.attention_mask)
+@dataclass(eq=False)
+class _Captured:
+    """A patched forward of the twin captured as a CUDA graph, and the tensors its replay
+    reads: the batch (token ids, 4D mask, positions), the patch masks and the injection
+    hooks' vectors and bounds (``slots``). Kept for the next sweep of the same shape
+    (:func:`mechintro.decode.keep_forward`), which writes its own into them."""
 
-    def fn() -> Tensor:
-        out = twin(ids, attention_mask=mask, position_ids=pos, use_cache=False,
-                   logits_to_keep=keep)  # fmt: skip
-        return out.logits
+    ids: Tensor
+    mask: Tensor
+    pos: Tensor
+    masks: Tensor
+    slots: dict[int, tuple[Tensor, Tensor, Tensor]]
+    replay: Replay
 
-    replay = Replay(fn, True, ids.device)
-    calls = iter([fn])
-    return lambda: next(calls, replay)()
+    def load(self, model: TLModel, twin: Any, batch: PromptBatch, injs: list[Injection]) -> None:
+        self.ids.copy_(batch.input_ids)
+        self.mask.copy_(full_mask(twin, batch.attention_mask))
+        self.pos.copy_(positions(batch.attention_mask))
+        if injs:
+            load_slots(self.slots, injection_hooks(model, injs, batch)[1], len(batch))
+
+
+@contextmanager
+def _forwards(
+    model: TLModel,
+    sites: Sites,
+    batch: PromptBatch,
+    B: int,
+    injections: tuple[Injection | None, Injection | None],
+    twin: Any,
+    keep: int,
+    graph: bool,
+) -> Iterator[tuple[Callable[[], Tensor], Tensor]]:
+    """``(forward, masks)`` for the forwards of ``batch`` (a :func:`_stack` of the ``B``
+    source rows and the target's): every call of ``forward`` runs it, steered and with the
+    patch hooks reading ``masks`` (``[site layer, row, pos(, head)]``); returns its logits.
+
+    ``graph``: on the twin, with the 4D mask built once (:func:`~mechintro.twin.full_mask`):
+    the first call runs eagerly (the hooks make their device tensors), the second is
+    captured as a CUDA graph, every later one replays it (returning the same tensor,
+    overwritten). A capture kept from an earlier sweep of the same shape, on the same
+    tensors, replays from the first call with this batch and these vectors written in.
+    """
+    injs = _row_injections(len(batch), *injections, B)
+    heads = () if sites.heads is None else (int(model.cfg.n_heads),)
+    shape = (len(sites.layers), len(batch), batch.length, *heads)
+    key: tuple[Any, ...] = ()
+    if graph:
+        roles = tuple(None if i is None else i.layer for i in injections)
+        key = (shape, sites.hook, sites.layers, keep, roles, B, addresses(twin))
+        held = take_forward(twin, key)
+        if held is not None:
+            held.load(model, twin, batch, injs)
+            yield held.replay, held.masks
+            keep_forward(twin, key, held)
+            return
+    masks = torch.zeros(shape, dtype=torch.bool, device=batch.input_ids.device)
+    hooks: Hooks = [(n, _patch_hook(masks[j], B)) for j, n in enumerate(sites.hook_names())]
+    step = StepPosition(torch.zeros(1, dtype=torch.long)) if graph else None
+    steer = injected(model, injs, batch, twin=twin, step=step) if injs else nullcontext()
+    with steer, _hooks(model, hooks, twin):
+        if not graph:
+            yield lambda: _logits(model, batch.input_ids, batch.attention_mask, twin, keep), masks
+            return
+        assert step is not None
+        ids, pos = batch.input_ids.clone(), positions(batch.attention_mask)
+        mask = full_mask(twin, batch.attention_mask)
+        ref = weakref.ref(twin)  # a kept capture must not keep its model alive
+
+        def fn() -> Tensor:
+            out = ref()(ids, attention_mask=mask, position_ids=pos, use_cache=False,  # type: ignore[misc]
+                        logits_to_keep=keep)  # fmt: skip
+            return out.logits
+
+        entry = _Captured(ids, mask, pos, masks, step.slots, Replay(fn, True, ids.device))
+        calls = iter([fn])  # the first eagerly, then the replay
+        yield lambda: next(calls, entry.replay)(), masks
+    if entry.replay.graph is not None:
+        keep_forward(twin, key, entry)
 
 
 @torch.no_grad()
@@ -462,15 +517,10 @@ def _sweep(
     slots = [len(chunks[0]) + 1, *(len(c) for c in chunks[1:])]  # cells (+ target) per forward
     if graph:
         slots = [max(slots)] * len(slots)
-    heads = () if sites.heads is None else (int(model.cfg.n_heads),)
-    shape = (len(sites.layers), (max(slots) + 1) * B, target.length, *heads)
-    masks = torch.zeros(shape, dtype=torch.bool, device=target.input_ids.device)
-    hooks: Hooks = [(n, _patch_hook(masks[j], B)) for j, n in enumerate(sites.hook_names())]
     keep, values = _keep(metric), []
     for k, group in groupby(zip(slots, chunks, strict=True), key=lambda sc: sc[0]):
         batch = _stack(source, target, k)
-        with _steer_both(model, batch, *injections, B, twin), _hooks(model, hooks, twin):
-            forward = _forward(model, batch, twin, keep, graph)
+        with _forwards(model, sites, batch, B, injections, twin, keep, graph) as (forward, masks):
             for _, chunk in group:
                 masks.copy_(_cell_masks(sites, chunk, B, masks))
                 value = _check_metric(metric(forward()), (k + 1) * B)

@@ -240,6 +240,11 @@ def test_a_kept_decode_step_computes_what_a_fresh_one_does(tiny_dirs, tmp_path):
     assert decode._KEPT[twin][1] is entry and not entry.in_use
     generate(model, second.rows([0, 1]), **kw)  # another shape: its step replaces the kept
     assert decode._KEPT[twin][1] is not entry
+    entry = decode._KEPT[twin][1]
+    weight = twin.model.layers[0].mlp.down_proj.weight
+    weight.data = weight.data.clone()  # the weights elsewhere (as after .to() and back)
+    generate(model, second.rows([0, 1]), **kw)  # a graph would read the old place: not kept
+    assert decode._KEPT[twin][1] is not entry
     decode.forget()
     assert twin not in decode._KEPT
 
@@ -511,20 +516,27 @@ def test_patching_replays_its_forward_bit_for_bit(tiny_dirs, monkeypatch):
         return decode.Replay(fn, capture, device)
 
     monkeypatch.setattr(patching, "Replay", spy)
+    texts = [("Is it?", "Is it red, or?"), ("So it?", "Is it odd, or?")]  # equal lengths
     for arch in ("llama", "gemma3"):
         model = load_model(tiny_dirs[arch], backend="bridge", device="cuda")
-        batch = encode(model.tokenizer, [Prompt.text("Is it?"), Prompt.text("Is it red, or?")])
-        inj = Injection(LAYER, _vectors(model, 2), [1.0, 0.5], mode="all")
+        batches = [encode(model.tokenizer, [Prompt.text(t) for t in pair]) for pair in texts]
+        injs = [
+            Injection(LAYER, _vectors(model, 2, seed=i), s, mode=m)
+            for i, (s, m) in enumerate((([1.0, 0.5], "all"), ([0.0, 2.0], "single-token")))
+        ]
         for component, positions in (("resid_pre", "each"), ("head", "all")):
             kw = {"component": component, "positions": positions, "batch_size": 7}
-            eager = knock_in(model, batch, inj, cuda_graph=False, **kw)
-            captured.clear()
-            graph = knock_in(model, batch, inj, **kw)  # the default on a GPU
-            assert captured == [True]
-            assert torch.equal(graph.rows, eager.rows), (arch, component)
-            assert torch.equal(graph.source_value, eager.source_value)
-            assert torch.equal(graph.target_value, eager.target_value)
-            assert float(eager.effect.abs().max()) > 1e-3
+            for i, (batch, inj) in enumerate(zip(batches, injs, strict=True)):
+                eager = knock_in(model, batch, inj, cuda_graph=False, **kw)
+                captured.clear()
+                graph = knock_in(model, batch, inj, **kw)  # the default on a GPU
+                # captured by the first sweep; the second, with other prompts, vectors and
+                # strengths written into the tensors it reads, replays the kept capture
+                assert captured == ([True] if i == 0 else []), (arch, component, i)
+                assert torch.equal(graph.rows, eager.rows), (arch, component, i)
+                assert torch.equal(graph.source_value, eager.source_value)
+                assert torch.equal(graph.target_value, eager.target_value)
+                assert float(eager.effect.abs().max()) > 1e-3
 
 
 def test_hooks_on_the_twin_follow_the_bridges_order_and_conversion(bridge):
