@@ -259,8 +259,8 @@ def _make_hook(
         if key not in cache:  # vectors follow each hook tensor's device and dtype
             cache[key] = (delta.to(x.device, x.dtype), lo.to(x.device), hi.to(x.device))
         d, lo_d, hi_d = cache[key]
-        if step is not None:
-            step.slots[index] = (d, lo_d, hi_d)
+        if step is not None:  # the first forward's tensors: those a capture reads (a kept
+            step.slots.setdefault(index, (d, lo_d, hi_d))  # one's stay, for load_slots)
         if step is not None and step.active:
             pos = step.at.to(x.device)  # a decode step: its owner logs it
         else:

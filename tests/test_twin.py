@@ -206,8 +206,11 @@ def test_a_kept_decode_step_computes_what_a_fresh_one_does(tiny_dirs, tmp_path):
     for share in (True, False):  # the preamble computed once and copied to every row, or not
         generate(model, first, injection=a, share_prefix=share, **kw)
         entry = decode._KEPT[twin][1]
+        read = entry.step.slots[0][0]  # the vectors' tensor a captured step reads
         reused = generate(model, second, injection=b, share_prefix=share, **kw)
         assert decode._KEPT[twin][1] is entry and not entry.in_use
+        assert entry.step.slots[0][0] is read  # holding the new call's vectors
+        assert torch.equal(read, b.deltas(3).to(read.dtype))
         decode.forget(twin)
         fresh = generate(model, second, injection=b, share_prefix=share, **kw)
         _same_generation(fresh, reused)
