@@ -47,6 +47,12 @@ patch). The numbers are those of ``transformer_lens.patching`` (the reference
 in the tests), without its one forward per cell. On a bridge the forwards run on its
 plain HF twin (:mod:`mechintro.twin`), with the hooks at the modules the bridge's hook points
 wrap, and give the same values (``tests/test_twin.py``); ``fast=False`` keeps the bridge.
+Every hook of a sweep reads which of its rows to patch from one mask buffer, written before
+each forward, so all forwards run the same kernels: on a GPU the twin's second forward is
+captured as a CUDA graph and the rest replay it (a 1B model's forward is bound by launching
+its kernels from Python). The capture is kept for the next sweep of the same shape (prompt
+length, rows, sites, injection layers), which writes its own prompts, vectors and masks into
+the tensors the graph reads (:func:`mechintro.decode.keep_forward`).
 
 **Attribution patching** (Nanda 2023; Syed et al. 2023) estimates every cell at once from
 one forward and one backward of the target run: effect ≈ (source − target activation) ·

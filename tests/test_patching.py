@@ -104,7 +104,7 @@ def test_matches_transformer_lens_patching_on_the_bridge(tiny_dirs):
         model, corrupt.input_ids, clean_cache, lambda lg: metric(lg).sum()
     )
     ours = activation_patch(model, corrupt, clean, component="resid_pre")
-    torch.testing.assert_close(ours.values, ref.float(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours.values, ref.float().cpu(), atol=1e-5, rtol=0)  # GPU too
     assert float(ref.std()) > 1e-3
 
 
