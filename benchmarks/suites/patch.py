@@ -75,6 +75,24 @@ def patch_rows(
                 ref=backend == "bridge" and fast is None,
                 how=f"median of {s.repeats} sweeps of {cells} cells, {s.patch_batch} rows/forward",
             )
+        if backend == "bridge" and dev.startswith("cuda"):  # without the kept capture
+            from mechintro.decode import forget
+
+            def first(ours: Any = ours) -> Any:
+                forget()
+                return ours(fast=None)
+
+            b.time(
+                group,
+                "mechintro activation_patch, first sweep of its shape",
+                backend,
+                "cell",
+                first,
+                cells,
+                tokens_per_unit=T,
+                how=f"median of {s.repeats} sweeps, each capturing its CUDA graph (the kept "
+                "capture dropped before each): the first forward eager, the second captured",
+            )
         k = min(s.tl_cells, cells)
         picks = [round(i * (cells - 1) / max(1, k - 1)) for i in range(k)]
         df = pd.DataFrame([(p // width, p % width) for p in picks], columns=cols)
