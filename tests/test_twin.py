@@ -510,6 +510,9 @@ def test_cuda_graph_true_needs_what_it_replays(bridge):
 def test_patching_replays_its_forward_bit_for_bit(tiny_dirs, monkeypatch):
     """The patched forward captured once and replayed: the eager forwards' values, bit for
     bit, for the residual stream cell by cell and whole heads (run on the GPU machine)."""
+    import gc
+    import weakref
+
     from mechintro import decode, patching
 
     captured: list[bool] = []
@@ -540,6 +543,11 @@ def test_patching_replays_its_forward_bit_for_bit(tiny_dirs, monkeypatch):
                 assert torch.equal(graph.source_value, eager.source_value)
                 assert torch.equal(graph.target_value, eager.target_value)
                 assert float(eager.effect.abs().max()) > 1e-3
+        twin = weakref.ref(twin_of(model))
+        assert twin() in decode._FORWARDS
+        del model  # the kept capture holds its twin weakly: the model and its weights go
+        gc.collect()
+        assert twin() is None
 
 
 def test_hooks_on_the_twin_follow_the_bridges_order_and_conversion(bridge):

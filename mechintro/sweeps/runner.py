@@ -285,7 +285,7 @@ def _memory_plan(
     fits on the device; an int is kept, with a warning if the plan says it will not fit.
     """
     if batch_size == "auto":
-        forget()  # a decode step kept from earlier calls holds memory the plan would give out
+        forget()  # a decode step or patching forward kept from earlier calls holds memory
     devices = model_devices(model)
     free = [device_memory(d) for d in devices]
     memory = None if None in free else min(f for f in free if f is not None)
