@@ -585,6 +585,8 @@ def activation_patch(
     twin = fast_twin(model, fast, [*sites.hook_names(), *(resid_post(i.layer) for i in injs)])
     cells, B = sites.cells(), len(target)
     per = max(1, batch_size // B - 1)  # cells per forward, beside the source run's B rows
+    n = -(-(len(cells) + 1) // per)  # forwards for the cells and the unpatched target run
+    per = -(-(len(cells) + 1) // n)  # as many, evened out (a graph pads the last to `per`)
     first = max(1, per - 1)  # the first forward also carries the unpatched target run
     chunks = [cells[:first], *(cells[i : i + per] for i in range(first, len(cells), per))]
     graph = _graph(twin, target, cuda_graph)
