@@ -64,3 +64,11 @@ def llama(tiny_dirs: dict[str, Path]):
     from mechintro.models import load_model
 
     return load_model(tiny_dirs["llama"])
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def bridge(request: pytest.FixtureRequest, tiny_dirs: dict[str, Path]):
+    """Every tiny architecture on the bridge, loaded once per module."""
+    from mechintro.models import load_model
+
+    return load_model(tiny_dirs[request.param], backend="bridge")
