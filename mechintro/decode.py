@@ -21,7 +21,11 @@ capture (a GPU test checks them against eager steps). One step is kept per twin,
 dropped when a call of another shape starts: it holds its KV cache (gemma3-1b at batch 64
 and 160 positions: 270 MB; a 7B of 32 KV heads: 5.4 GB), which the next call's memory plan
 expects to be free.
-:func:`forget` drops it (``run_sweep`` does before it plans ``batch_size='auto'``).
+:func:`forget` drops it (``run_sweep`` does before it plans ``batch_size='auto'``). A
+patching sweep's captured forward is kept the same way, one per twin
+(:func:`take_forward`, :func:`keep_forward`), and dropped by :func:`forget` too. A kept
+capture's key includes where every weight lives (:func:`addresses`): its kernels read them
+there.
 """
 
 from __future__ import annotations
@@ -225,7 +229,7 @@ def keep(twin: Any, key: tuple[Any, ...], entry: Captured) -> None:
     _KEPT[twin] = (key, entry)
 
 
-#: per twin, the last patching forward captured (:mod:`mechintro.patching`), with its key
+#: per twin, the last patching forward captured (:mod:`mechintro.patch_forwards`), and its key
 _FORWARDS: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
 
 

@@ -229,7 +229,7 @@ class StepPosition:
     replayed needs, since a replay runs no Python. ``slots``: the tensors each hook (by its
     injection's index) steers with on every forward, which a replay reads: a graph kept for
     a later batch is given that batch's vectors and bounds by copying them in (a captured
-    forward of a whole batch, :mod:`mechintro.patching`, uses only these).
+    forward of a whole batch, :mod:`mechintro.patch_forwards`, uses only these).
     """
 
     at: Tensor

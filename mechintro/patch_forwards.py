@@ -51,7 +51,7 @@ def logits_of(model: TLModel, ids: Tensor, mask: Tensor, twin: Any = None, keep:
 Hooks = list[tuple[str | Callable[..., Any], Callable[..., Any]]]
 
 
-def hooks_on(model: TLModel, hooks: Hooks, twin: Any = None) -> AbstractContextManager[Any]:
+def _hooks(model: TLModel, hooks: Hooks, twin: Any = None) -> AbstractContextManager[Any]:
     """``hooks`` registered on the model, or (``twin``) on its plain HF twin."""
     if twin is None:
         return model.hooks(fwd_hooks=hooks)
@@ -212,7 +212,7 @@ def _forwards(
     hooks: Hooks = [(n, _patch_hook(masks[j], B)) for j, n in enumerate(sites.hook_names())]
     step = StepPosition(torch.zeros(1, dtype=torch.long)) if graph else None
     steer = injected(model, injs, batch, twin=twin, step=step) if injs else nullcontext()
-    with steer, hooks_on(model, hooks, twin):
+    with steer, _hooks(model, hooks, twin):
         if not graph:
             yield lambda: logits_of(model, batch.input_ids, batch.attention_mask, twin, keep), masks
             return

@@ -52,7 +52,7 @@ each forward, so all forwards run the same kernels: on a GPU the twin's second f
 captured as a CUDA graph and the rest replay it (a 1B model's forward is bound by launching
 its kernels from Python). The capture is kept for the next sweep of the same shape (prompt
 length, rows, sites, injection layers), which writes its own prompts, vectors and masks into
-the tensors the graph reads (:func:`mechintro.decode.keep_forward`).
+the tensors the graph reads (:mod:`mechintro.patch_forwards`).
 
 **Attribution patching** (Nanda 2023; Syed et al. 2023) estimates every cell at once from
 one forward and one backward of the target run: effect ≈ (source − target activation) ·
@@ -95,12 +95,9 @@ from mechintro.patch_forwards import Metric as Metric  # re-exported: mechintro.
 from mechintro.patch_result import PatchResult, Sites
 from mechintro.patch_result import heatmap as heatmap  # re-exported: mechintro.patching.heatmap
 from mechintro.prompts import PromptBatch
-from mechintro.twin import (
-    fast_twin,
-)
+from mechintro.twin import fast_twin
 
 logger = logging.getLogger(__name__)
-
 
 COMPONENTS: dict[str, str] = {
     "resid_pre": "blocks.{layer}.hook_resid_pre",
