@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import vecs
 
 from mechintro.generate import generate
 from mechintro.inject import Injection, PositionMode, injected
@@ -26,11 +27,6 @@ def _prompts() -> list[Prompt]:
     ]
 
 
-def _vectors(model, n: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return 4.0 * torch.randn(n, model.cfg.d_model, generator=g)
-
-
 def _logits(model, batch):
     from mechintro.parity import _forward
 
@@ -40,7 +36,7 @@ def _logits(model, batch):
 def test_zero_strength_is_bit_identical(model):
     batch = encode(model.tokenizer, _prompts())
     span_batch = batch.rows([2])  # the only row with a marked span
-    v = _vectors(model, 1)[0]
+    v = vecs(model, 1)[0]
     for mode in PositionMode:
         b, start = (span_batch, "greeting") if mode is PositionMode.SPAN else (batch, "trial")
         plain = _logits(model, b)
@@ -51,7 +47,7 @@ def test_zero_strength_is_bit_identical(model):
 def test_control_row_in_mixed_batch_is_bit_identical(model):
     batch = encode(model.tokenizer, _prompts())
     plain = _logits(model, batch)
-    inj = Injection(LAYER, _vectors(model, 3), [3.0, 0.0, -2.0], mode="all")
+    inj = Injection(LAYER, vecs(model, 3), [3.0, 0.0, -2.0], mode="all")
     with injected(model, inj, batch):
         steered = _logits(model, batch)
     assert torch.equal(steered[1], plain[1])
@@ -61,15 +57,15 @@ def test_control_row_in_mixed_batch_is_bit_identical(model):
 
 def test_mixed_batch_equals_each_row_alone(model):
     prompts = _prompts()
-    vecs = _vectors(model, 3)
+    vs = vecs(model, 3)
     strengths = [3.0, 0.0, -2.0]
     batch = encode(model.tokenizer, prompts)
-    inj = Injection(LAYER, vecs, strengths, mode="from-trial")
+    inj = Injection(LAYER, vs, strengths, mode="from-trial")
     out = generate(model, batch, injection=inj, max_new_tokens=NEW, keep_logits=True, stop_ids=[])
     together = torch.stack(out.logits)  # [step, batch, vocab]
     for i in range(len(prompts)):
         alone_batch = encode(model.tokenizer, [prompts[i]])
-        alone_inj = Injection(LAYER, vecs[i : i + 1], [strengths[i]], mode="from-trial")
+        alone_inj = Injection(LAYER, vs[i : i + 1], [strengths[i]], mode="from-trial")
         alone = generate(
             model,
             alone_batch,
@@ -105,7 +101,7 @@ def _expected(batch, mode: PositionMode, total: int) -> list[set[int]]:
 def test_injection_present_exactly_where_the_mode_says(model, mode, use_cache):
     """Probe hooks before and after the injection hook see which positions changed, per call."""
     batch = encode(model.tokenizer, _prompts())
-    inj = Injection(LAYER, _vectors(model, 3), [1.0, 2.0, 3.0], mode=mode)
+    inj = Injection(LAYER, vecs(model, 3), [1.0, 2.0, 3.0], mode=mode)
     seen: list[torch.Tensor] = []
     changed: set[tuple[int, int]] = set()
     offset = {"next": 0, "calls": 0}
@@ -152,7 +148,7 @@ def test_span_mode_steers_the_marked_span_only(model):
     lo, hi = batch.spans["greeting"][2].tolist()
     assert model.tokenizer.decode(batch.input_ids[2, lo:hi]) == "Hi."
     sub = batch.rows([2])
-    inj = Injection(LAYER, _vectors(model, 1)[0], 2.0, mode="span", start="greeting")
+    inj = Injection(LAYER, vecs(model, 1)[0], 2.0, mode="span", start="greeting")
     with injected(model, inj, sub) as log:
         _logits(model, sub)
     s_lo, s_hi = sub.spans["greeting"][0].tolist()
@@ -162,7 +158,7 @@ def test_span_mode_steers_the_marked_span_only(model):
 def test_kv_cache_equals_no_cache_under_every_mode(model):
     batch = encode(model.tokenizer, _prompts())
     for mode in (m for m in PositionMode if m is not PositionMode.SPAN):
-        inj = Injection(LAYER, _vectors(model, 3), [2.0, 0.0, 3.0], mode=mode)
+        inj = Injection(LAYER, vecs(model, 3), [2.0, 0.0, 3.0], mode=mode)
         runs = [
             generate(
                 model,
@@ -184,7 +180,7 @@ def test_no_hook_left_after_exception_in_generation(model, monkeypatch):
     import mechintro.generate as gen
 
     batch = encode(model.tokenizer, _prompts())
-    inj = Injection(LAYER, _vectors(model, 3), 2.0)
+    inj = Injection(LAYER, vecs(model, 3), 2.0)
     calls = {"n": 0}
     real_step = gen._Runner.step
 

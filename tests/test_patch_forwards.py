@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import vec
+from tiny_models import vecs
 
 from mechintro.inject import Injection
 from mechintro.models import load_model
@@ -15,10 +15,6 @@ from mechintro.twin import full_mask, full_mask_applies, twin_hooks, twin_logits
 from mechintro.twin import positions as position_ids
 
 LAYER = 1  # injection layer
-
-
-def _vectors(model, n: int, seed: int = 0) -> torch.Tensor:
-    return torch.stack([vec(model, seed + i, scale=4.0) for i in range(n)])
 
 
 def test_the_prebuilt_mask_is_the_one_transformers_builds(bridge):
@@ -51,7 +47,7 @@ def test_the_graph_paths_forwards_give_the_eager_values(bridge, monkeypatch):
         patch_forwards, "Replay", lambda fn, capture, device: decode.Replay(fn, False, device)
     )
     batch = encode(bridge.tokenizer, [Prompt.text("Is it?"), Prompt.text("Is it red, or?")])
-    inj = Injection(LAYER, _vectors(bridge, 2), [1.0, 0.5], mode="all")
+    inj = Injection(LAYER, vecs(bridge, 2), [1.0, 0.5], mode="all")
     rows: list[int] = []
     spy = (COMPONENTS["resid_pre"].format(layer=0), lambda x, hook: rows.append(x.shape[0]))
     for component, positions in (("resid_pre", "each"), ("head", "all")):
@@ -94,7 +90,7 @@ def test_patching_replays_its_forward_bit_for_bit(tiny_dirs, monkeypatch):
         model = load_model(tiny_dirs[arch], backend="bridge", device="cuda")
         batches = [encode(model.tokenizer, [Prompt.text(t) for t in pair]) for pair in texts]
         injs = [
-            Injection(LAYER, _vectors(model, 2, seed=i), s, mode=m)
+            Injection(LAYER, vecs(model, 2, seed=i), s, mode=m)
             for i, (s, m) in enumerate((([1.0, 0.5], "all"), ([0.0, 2.0], "single-token")))
         ]
         for component, positions in (("resid_pre", "each"), ("head", "all")):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import vecs
 
 from mechintro.generate import generate, readout
 from mechintro.inject import Injection, PositionMode, injected
@@ -42,10 +43,6 @@ def _mixed() -> list[Prompt]:
         Prompt.chat("Hi. Trial 3: anything?", marks={"greeting": "Hi."}),
         _shared(10),
     ]
-
-
-def _vectors(model, n: int, seed: int = 0) -> torch.Tensor:
-    return 4.0 * torch.randn(n, model.cfg.d_model, generator=torch.Generator().manual_seed(seed))
 
 
 def _both(model, batch, **kw):
@@ -124,7 +121,7 @@ def test_shared_prefix_per_row_injections_greedy_and_sampled(bridge, static):
     """One preamble computed once; rows steered with their own vector and strength, one
     control row at strength 0; greedy and sampled runs give the bridge's tokens."""
     batch = encode(bridge.tokenizer, [_shared(n) for n in (1, 4, 7)])
-    inj = Injection(LAYER, _vectors(bridge, 3), [6.0, 0.0, 3.0], mode="from-trial")
+    inj = Injection(LAYER, vecs(bridge, 3), [6.0, 0.0, 3.0], mode="from-trial")
     for temperature in (0.0, 1.0):
         kw = {"max_new_tokens": 8, "temperature": temperature, "seed": 3}
         slow, fast = _both(bridge, batch, injection=inj, static_cache=static, **kw)
@@ -141,8 +138,8 @@ def test_every_position_mode_on_a_padded_batch(bridge, cache):
     kw = {"use_cache": cache != "nokv", "static_cache": cache == "static"}
     for mode in PositionMode:
         b, start = (batch.rows([1]), "greeting") if mode is PositionMode.SPAN else (batch, "trial")
-        vecs = _vectors(bridge, len(b))
-        inj = Injection(LAYER, vecs, [2.0, -3.0, 1.5][: len(b)], mode=mode, start=start)
+        vs = vecs(bridge, len(b))
+        inj = Injection(LAYER, vs, [2.0, -3.0, 1.5][: len(b)], mode=mode, start=start)
         slow, fast = _both(bridge, b, injection=inj, max_new_tokens=4, **kw)
         _same_generation(slow, fast, exact=cache != "static")
         assert any(len(row) for row in fast.record.injections[0]["steered_positions"]), mode
@@ -171,7 +168,7 @@ def test_a_window_longer_than_the_cache_decodes_in_place(tiny_dirs, tmp_path):
     assert in_place(make_static_cache(twin_of(model).config, 40))
     assert not in_place(make_static_cache(twin_of(model).config, 600))
     batch = encode(model.tokenizer, [_shared(n) for n in (1, 4, 7)])
-    inj = Injection(LAYER, _vectors(model, 3), [6.0, 0.0, 3.0], mode="from-trial")
+    inj = Injection(LAYER, vecs(model, 3), [6.0, 0.0, 3.0], mode="from-trial")
     slow, fast = _both(model, batch, injection=inj, static_cache=True, max_new_tokens=8)
     assert fast.record.settings["static_cache"]
     _same_generation(slow, fast, exact=False)
@@ -192,8 +189,8 @@ def test_a_kept_decode_step_computes_what_a_fresh_one_does(tiny_dirs, tmp_path):
     assert second.length == first.length
     kw = {"max_new_tokens": 6, "stop_ids": [], "keep_logits": True, "static_cache": True}
     kw |= {"temperature": 1.0, "seed": 5}
-    a = Injection(LAYER, _vectors(model, 3), [6.0, 0.0, 3.0], mode="from-trial")
-    b = Injection(LAYER, _vectors(model, 3, seed=1), [0.0, 4.0, 2.0], mode="from-trial")
+    a = Injection(LAYER, vecs(model, 3), [6.0, 0.0, 3.0], mode="from-trial")
+    b = Injection(LAYER, vecs(model, 3, seed=1), [0.0, 4.0, 2.0], mode="from-trial")
     for share in (True, False):  # the preamble computed once and copied to every row, or not
         generate(model, first, injection=a, share_prefix=share, **kw)
         entry = decode._KEPT[twin][1]
@@ -310,7 +307,7 @@ def test_the_cuda_graph_replays_the_eager_steps_bit_for_bit(tiny_dirs, tmp_path)
     ]
     for model in models:
         batch = encode(model.tokenizer, [_shared(n) for n in (1, 4, 7)])
-        inj = Injection(LAYER, _vectors(model, 3), [6.0, 0.0, 3.0], mode="from-trial")
+        inj = Injection(LAYER, vecs(model, 3), [6.0, 0.0, 3.0], mode="from-trial")
         for temperature in (0.0, 1.0):
             kw = {"max_new_tokens": 12, "temperature": temperature, "seed": 3}
             kw |= {"injection": inj, "keep_logits": True, "stop_ids": [], "static_cache": True}
@@ -323,7 +320,7 @@ def test_the_cuda_graph_replays_the_eager_steps_bit_for_bit(tiny_dirs, tmp_path)
         # with those written into the tensors it reads
         captured = decode._KEPT[twin_of(model)][1]
         other = encode(model.tokenizer, [_shared(n) for n in (2, 5, 8)])
-        inj = Injection(LAYER, _vectors(model, 3, seed=2), [0.0, 5.0, 2.0], mode="from-trial")
+        inj = Injection(LAYER, vecs(model, 3, seed=2), [0.0, 5.0, 2.0], mode="from-trial")
         kw = {"max_new_tokens": 12, "injection": inj, "keep_logits": True, "stop_ids": []}
         graph = generate(model, other, cuda_graph=True, **kw)
         assert decode._KEPT[twin_of(model)][1] is captured
@@ -334,7 +331,7 @@ def test_the_cuda_graph_replays_the_eager_steps_bit_for_bit(tiny_dirs, tmp_path)
 def test_zero_strength_is_bit_identical_to_no_injection_on_the_twin(bridge):
     batch = encode(bridge.tokenizer, _mixed())
     for mode in (PositionMode.ALL, PositionMode.FROM_TRIAL, PositionMode.SINGLE_TOKEN):
-        inj = Injection(LAYER, _vectors(bridge, 3), 0.0, mode=mode)
+        inj = Injection(LAYER, vecs(bridge, 3), 0.0, mode=mode)
         kw = {"max_new_tokens": 4, "stop_ids": [], "keep_logits": True, "fast": True}
         zero = generate(bridge, batch, injection=inj, **kw)
         plain = generate(bridge, batch, **kw)
@@ -346,8 +343,8 @@ def test_zero_strength_is_bit_identical_to_no_injection_on_the_twin(bridge):
 def test_several_injections_and_readout(bridge):
     batch = encode(bridge.tokenizer, _mixed())
     injs = [
-        Injection(LAYER, _vectors(bridge, 3), 2.0, mode="prompt-only"),
-        Injection(LAYER + 1, _vectors(bridge, 1, seed=1)[0], 1.0, mode="generation-only"),
+        Injection(LAYER, vecs(bridge, 3), 2.0, mode="prompt-only"),
+        Injection(LAYER + 1, vecs(bridge, 1, seed=1)[0], 1.0, mode="generation-only"),
     ]
     _same_generation(*_both(bridge, batch, injection=injs, max_new_tokens=4))
     slow = readout(bridge, batch, injection=injs, words=["Dust"], fast=False)
@@ -378,7 +375,7 @@ def test_no_hook_left_on_the_twin_after_an_exception(bridge, monkeypatch):
     import mechintro.generate as gen
 
     batch = encode(bridge.tokenizer, _mixed())
-    inj = Injection(LAYER, _vectors(bridge, 3), 2.0)
+    inj = Injection(LAYER, vecs(bridge, 3), 2.0)
     real_step = gen._Runner.step
     calls = {"n": 0}
 
@@ -403,7 +400,7 @@ def test_no_hook_left_on_the_twin_after_an_exception(bridge, monkeypatch):
 
 def test_injected_on_the_twin_steers_what_it_does_on_the_bridge(bridge):
     batch = encode(bridge.tokenizer, _mixed())
-    inj = Injection(LAYER, _vectors(bridge, 3), [1.0, 0.0, -2.0], mode="from-trial")
+    inj = Injection(LAYER, vecs(bridge, 3), [1.0, 0.0, -2.0], mode="from-trial")
     pos = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
     with injected(bridge, inj, batch) as slow_log, torch.no_grad():
         want = bridge(batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos)
@@ -421,7 +418,7 @@ def test_every_patching_site_gives_the_bridges_values(bridge):
     """Every component, at chosen positions and at all positions at once, knock-in and
     knock-out with one injection vector per (left-padded) row: bit-equal values."""
     batch = encode(bridge.tokenizer, [Prompt.text("Is it?"), Prompt.text("Is it red, or?")])
-    inj = Injection(LAYER, _vectors(bridge, 2), [1.0, 0.5], mode="all")
+    inj = Injection(LAYER, vecs(bridge, 2), [1.0, 0.5], mode="all")
     for component in (c for c in COMPONENTS if c != "resid_mid"):  # refused on the bridge
         assert hf_site(bridge, COMPONENTS[component].format(layer=2)) is not None
         for run, positions in ((knock_in, [-3, -1]), (knock_out, "all")):
@@ -506,7 +503,7 @@ def test_with_sdpa_the_twin_agrees_to_rounding(tiny_dirs):
     model = load_model(hf, tokenizer=AutoTokenizer.from_pretrained(folder), backend="bridge")
     assert twin_of(model).config._attn_implementation == "sdpa"
     batch = encode(model.tokenizer, [_shared(n) for n in (1, 4, 7)])
-    inj = Injection(LAYER, _vectors(model, 3), [6.0, 0.0, 3.0], mode="from-trial")
+    inj = Injection(LAYER, vecs(model, 3), [6.0, 0.0, 3.0], mode="from-trial")
     for static in (False, True):  # the static cache's decode steps build sdpa's bool mask
         slow, fast = _both(model, batch, injection=inj, max_new_tokens=6, static_cache=static)
         _same_generation(slow, fast, exact=False)

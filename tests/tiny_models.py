@@ -193,3 +193,11 @@ def vec(model, seed: int = 0, scale: float = 6.0):
 
     g = torch.Generator().manual_seed(seed)
     return scale * torch.randn(model.cfg.d_model, generator=g)
+
+
+def vecs(model, n: int, seed: int = 0, scale: float = 4.0):
+    """``n`` seeded random vectors of the model's width (rows), ``scale`` per unit variance."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return scale * torch.randn(n, model.cfg.d_model, generator=g)
