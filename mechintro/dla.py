@@ -72,6 +72,7 @@ from mechintro.generate import NO_VARIANTS, YES_VARIANTS, first_token_ids
 from mechintro.inject import Injection, injected
 from mechintro.models import TLModel, backend_of, check_layer, n_layers, tokenizer_of
 from mechintro.prompts import PromptBatch
+from mechintro.twin import positions
 
 logger = logging.getLogger(__name__)
 
@@ -374,9 +375,7 @@ def direct_logit_attribution(
     with ctx, model.hooks(fwd_hooks=[(x, grab(x)) for x in dict.fromkeys(names)]):
         ids, mask = batch.input_ids, batch.attention_mask
         if backend == "bridge":
-            logits = model(
-                ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)
-            )
+            logits = model(ids, attention_mask=mask, position_ids=positions(mask))
         else:
             logits = model(ids, attention_mask=mask)
 

@@ -30,6 +30,7 @@ from mechintro.generate import generate
 from mechintro.inject import Injection, injected
 from mechintro.models import TLModel, backend_of, d_model, n_layers
 from mechintro.prompts import Prompt, encode
+from mechintro.twin import positions
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class ParityReport:
 
 @torch.no_grad()
 def _forward(model: TLModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    pos = positions(mask)
     if backend_of(model) == "bridge":
         return model(ids, attention_mask=mask, position_ids=pos).float()
     return model(ids, attention_mask=mask).float()

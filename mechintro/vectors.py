@@ -54,6 +54,7 @@ from mechintro.models import (
     tokenizer_of,
 )
 from mechintro.prompts import Prompt, encode
+from mechintro.twin import positions
 
 logger = logging.getLogger(__name__)
 CACHE_FORMAT = 1
@@ -161,7 +162,7 @@ def _last_token_acts(
             where.update(rows=torch.arange(len(batch), device=device), last=batch.position("last"))
             kwargs: dict[str, Any] = {"attention_mask": batch.attention_mask}
             if bridge:  # count real tokens only (RoPE would not care; absolute embeddings do)
-                kwargs["position_ids"] = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+                kwargs["position_ids"] = positions(batch.attention_mask)
             before = len(got)
             model(batch.input_ids, stop_at_layer=stop, **kwargs)
             if len(got) != before + 1:

@@ -25,6 +25,7 @@ from mechintro.models import (
     tokenizer_of,
 )
 from mechintro.prompts import Prompt, encode
+from mechintro.twin import positions
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def _mean_last_positions(
                 )
             kwargs: dict[str, Any] = {"attention_mask": batch.attention_mask}
             if bridge:
-                kwargs["position_ids"] = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+                kwargs["position_ids"] = positions(batch.attention_mask)
             model(batch.input_ids, **kwargs)  # left-padded: the last k tokens are real
     return total / len(prompts)
 

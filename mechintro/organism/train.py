@@ -37,6 +37,7 @@ from torch import Tensor
 
 from mechintro.organism import corpus
 from mechintro.organism.corpus import Concept, Example
+from mechintro.twin import positions
 
 logger = logging.getLogger(__name__)
 
@@ -303,7 +304,7 @@ def concept_vectors(
                 batch = encode(tok, prompts[i : i + 256], device=device)
                 where.update(rows=torch.arange(len(batch), device=device),
                              last=batch.position("last"))  # fmt: skip
-                pos = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+                pos = positions(batch.attention_mask)
                 hf(batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos)
     finally:
         handle.remove()
@@ -420,7 +421,7 @@ def quick_eval(
             hook.start = batch.position("trial")
             hook.end = torch.full_like(hook.start, 10**9)
             for _ in range(14):
-                pos = (att.cumsum(-1) - 1).clamp(min=0)
+                pos = positions(att)
                 nxt = hf(ids, attention_mask=att, position_ids=pos).logits[:, -1].argmax(-1)
                 ids = torch.cat([ids, nxt[:, None]], 1)
                 att = torch.cat([att, torch.ones_like(nxt)[:, None]], 1)

@@ -36,6 +36,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mechintro.prompts import Prompt
+from mechintro.twin import positions
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -138,7 +139,7 @@ def intentional_control(
         batch = encode(tokenizer_of(model), [control_prompt(*r) for r in chunk], device=device)
         kwargs: dict[str, Any] = {"attention_mask": batch.attention_mask, "names_filter": names}
         if backend_of(model) == "bridge":
-            kwargs["position_ids"] = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+            kwargs["position_ids"] = positions(batch.attention_mask)
         with torch.no_grad():
             _, cache = model.run_with_cache(batch.input_ids, stop_at_layer=stop, **kwargs)
         span = batch.spans["sentence"]

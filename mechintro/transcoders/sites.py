@@ -39,6 +39,7 @@ from torch import Tensor
 from mechintro.inject import Injection, injected
 from mechintro.models import TLModel, backend_of, n_layers, tokenizer_of
 from mechintro.prompts import Prompt, PromptBatch, encode
+from mechintro.twin import positions
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class _Stop(Exception):
 def _forward(model: TLModel, batch: PromptBatch) -> Tensor:
     ids, mask = batch.input_ids, batch.attention_mask
     if backend_of(model) == "bridge":
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        pos = positions(mask)
         return model(ids, attention_mask=mask, position_ids=pos)
     return model(ids, attention_mask=mask)
 
