@@ -127,7 +127,7 @@ def concept_words(n: int) -> list[str]:
 
 def vocabulary_texts(n_concepts: int) -> list[str]:
     """Every text the benchmarks feed the tokenizer (so no word becomes ``<unk>``)."""
-    from mechintro.generate import NO_VARIANTS, YES_VARIANTS
+    from mechintro.generation import NO_VARIANTS, YES_VARIANTS
     from mechintro.protocols.detection import FORCED_PREFILL, PREAMBLE, TRIAL_QUESTION
     from mechintro.vectors import METHODS, word_list
 

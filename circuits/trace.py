@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from mechintro.dla import LogitDirection, logit_direction
-from mechintro.generate import NO_VARIANTS, YES_VARIANTS, first_token_ids
+from mechintro.generation import NO_VARIANTS, YES_VARIANTS, first_token_ids
 from mechintro.inject import Injection, injected
 from mechintro.models import TLModel, backend_of, tokenizer_of
 from mechintro.prompts import PromptBatch

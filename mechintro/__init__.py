@@ -23,10 +23,10 @@ _EXPORTS = {
     "Injection": "mechintro.inject",
     "PositionMode": "mechintro.inject",
     "injected": "mechintro.inject",
-    "generate": "mechintro.generate",
-    "readout": "mechintro.generate",
-    "Generation": "mechintro.generate",
-    "Readout": "mechintro.generate",
+    "generate": "mechintro.generation",
+    "readout": "mechintro.generation",
+    "Generation": "mechintro.generation",
+    "Readout": "mechintro.generation",
     "ConceptVector": "mechintro.vectors",
     "extract_vectors": "mechintro.vectors",
     "parity_check": "mechintro.parity",
@@ -53,7 +53,7 @@ __all__ = ["__version__", *_EXPORTS]
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        # a function may share its module's name (mechintro.generate.generate): importing the
+        # a function may share its module's name (mechintro.generation.generate): importing the
         # submodule binds the module here, so bind the function over it
         globals()[name] = value
         return value

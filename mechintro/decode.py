@@ -1,6 +1,6 @@
 """Decode steps in place: a static KV cache, step buffers, and CUDA graphs kept for reuse.
 
-:func:`mechintro.generate.generate` decodes on a bridge's plain HF twin through a
+:func:`mechintro.generation.generate` decodes on a bridge's plain HF twin through a
 transformers ``StaticCache`` (:func:`make_static_cache`) whose layers keep their length in
 tensors (:func:`in_place`), with the step's token, 4D attention mask and position ids in
 buffers written in place: one decode step can then be captured as a CUDA graph and replayed

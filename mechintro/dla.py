@@ -68,7 +68,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechintro.generate import NO_VARIANTS, YES_VARIANTS, first_token_ids
+from mechintro.generation import NO_VARIANTS, YES_VARIANTS, first_token_ids
 from mechintro.inject import Injection, injected
 from mechintro.models import TLModel, backend_of, check_layer, n_layers, tokenizer_of
 from mechintro.prompts import PromptBatch

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from mechintro.generate import generate
+from mechintro.generation import generate
 from mechintro.inject import Injection, injected
 from mechintro.models import TLModel, backend_of, d_model, n_layers
 from mechintro.prompts import Prompt, encode

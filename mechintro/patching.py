@@ -87,7 +87,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechintro.generate import NO_VARIANTS, YES_VARIANTS, first_token_ids
+from mechintro.generation import NO_VARIANTS, YES_VARIANTS, first_token_ids
 from mechintro.inject import Injection, injected
 from mechintro.models import TLModel, backend_of, check_layer, n_layers, resid_post, tokenizer_of
 from mechintro.patch_forwards import Hooks, check_metric, graph_applies, keep_of, logits_of, sweep
@@ -117,7 +117,7 @@ def yes_no_gap(
 ) -> Metric:
     """The Yes/No gap at the last prompt token: ``logsumexp(Yes variants) − logsumexp(No)``.
 
-    The same quantity as :func:`mechintro.generate.readout`'s ``b_variants`` (first tokens,
+    The same quantity as :func:`mechintro.generation.readout`'s ``b_variants`` (first tokens,
     deduplicated). Example: ``metric = yes_no_gap(model); metric(logits)  # [batch]``.
     """
     tok = tokenizer_of(model)

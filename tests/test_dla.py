@@ -11,7 +11,7 @@ import torch
 
 from mechintro import dla
 from mechintro.dla import LogitDirection, direct_logit_attribution, logit_direction
-from mechintro.generate import NO_VARIANTS, YES_VARIANTS, first_token_ids
+from mechintro.generation import NO_VARIANTS, YES_VARIANTS, first_token_ids
 from mechintro.inject import Injection
 from mechintro.parity import _forward
 from mechintro.prompts import Prompt, PromptBatch, encode

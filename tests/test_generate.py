@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mechintro.generate import generate, gumbel_noise, readout
+from mechintro.generation import generate, gumbel_noise, readout
 from mechintro.inject import Injection
 from mechintro.prompts import Prompt, encode
 
@@ -160,7 +160,7 @@ def test_no_prefix_is_shared_where_the_injection_steers_it(model):
 
 
 def test_stop_tokens_found_by_lookup_equal_the_whole_vocabulary_scan(model):
-    from mechintro.generate import END_OF_TURN, stop_token_ids, vocab_id
+    from mechintro.generation import END_OF_TURN, stop_token_ids, vocab_id
     from mechintro.models import tokenizer_of
 
     tok = tokenizer_of(model)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from tiny_models import vecs
 
-from mechintro.generate import generate
+from mechintro.generation import generate
 from mechintro.inject import Injection, PositionMode, injected
 from mechintro.models import resid_post
 from mechintro.prompts import Prompt, encode
@@ -177,7 +177,7 @@ def test_kv_cache_equals_no_cache_under_every_mode(model):
 
 
 def test_no_hook_left_after_exception_in_generation(model, monkeypatch):
-    import mechintro.generate as gen
+    import mechintro.generation as gen
 
     batch = encode(model.tokenizer, _prompts())
     inj = Injection(LAYER, vecs(model, 3), 2.0)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from tiny_models import vec
 
-from mechintro.generate import generate, readout
+from mechintro.generation import generate, readout
 from mechintro.inject import Injection, injected
 from mechintro.metrics import wilson
 from mechintro.models import resid_post

@@ -15,7 +15,7 @@ import pytest
 import torch
 from tiny_models import vec
 
-from mechintro.generate import generate
+from mechintro.generation import generate
 from mechintro.inject import injected
 from mechintro.prompts import Prompt, encode
 from mechintro.protocols import PROTOCOLS, get, grade_results

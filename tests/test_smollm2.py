@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mechintro.generate import generate, readout
+from mechintro.generation import generate, readout
 from mechintro.inject import Injection, injected
 from mechintro.models import layer_at_depth, load_model, model_info
 from mechintro.parity import _forward, parity_check

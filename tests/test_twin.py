@@ -13,7 +13,7 @@ import pytest
 import torch
 from tiny_models import vecs
 
-from mechintro.generate import generate, readout
+from mechintro.generation import generate, readout
 from mechintro.inject import Injection, PositionMode, injected
 from mechintro.models import load_model, resid_post
 from mechintro.patching import COMPONENTS, activation_patch, knock_in, knock_out
@@ -178,7 +178,7 @@ def test_a_kept_decode_step_computes_what_a_fresh_one_does(tiny_dirs, tmp_path):
     """The static cache and step buffers (on a GPU also the captured graph) are kept for
     the next call of the same shape: with other prompts and vectors, that call gives
     exactly what fresh ones give. A call of another shape replaces it."""
-    import mechintro.generate as gen
+    import mechintro.generation as gen
     from mechintro import decode
 
     model = _long_window_gemma3(tiny_dirs, tmp_path / "gemma3")  # every layer in place
@@ -372,7 +372,7 @@ def test_the_bridge_path_runs_when_it_must(bridge, monkeypatch, tiny_dirs):
 
 
 def test_no_hook_left_on_the_twin_after_an_exception(bridge, monkeypatch):
-    import mechintro.generate as gen
+    import mechintro.generation as gen
 
     batch = encode(bridge.tokenizer, _mixed())
     inj = Injection(LAYER, vecs(bridge, 3), 2.0)

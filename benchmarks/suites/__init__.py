@@ -53,7 +53,7 @@ def have_transformer_lens() -> bool:
 
 
 def roofline_row(b: Bench, hf: Any, x: Inputs) -> None:
-    from mechintro.generate import shared_prefix
+    from mechintro.generation import shared_prefix
     from mechintro.inject import Injection, steered_from
 
     s = b.s

@@ -87,7 +87,7 @@ def forward_rows(b: Bench, model: Any, x: Inputs, backend: str) -> None:
 
 def detection_rows(b: Bench, model: Any, x: Inputs, backend: str) -> None:
     """TL's own per-trial generation with a hook, and one batched mechintro ``generate``."""
-    from mechintro.generate import generate
+    from mechintro.generation import generate
     from mechintro.inject import Injection
 
     s = b.s

@@ -327,7 +327,7 @@ def abliterated(model: TLModel, abliteration: Abliteration) -> Iterator[tuple[st
     sites. Hooks live at a fresh hook-context level and are removed when the block ends,
     exception or not; sites with weight 0 are not hooked at all.
 
-    It composes with :func:`mechintro.inject.injected` (and :func:`~mechintro.generate.
+    It composes with :func:`mechintro.inject.injected` (and :func:`~mechintro.generation.
     generate` with ``injection=``): an injection at block ``L < n-1`` is added at ``L``'s
     output and its component along ``r̂`` is removed where block ``L+1`` reads it. At the one
     site both may use (the last block's output), hooks run in the order they were entered.

@@ -95,7 +95,7 @@ def anthropic_client(
 
 @dataclass
 class LocalJudge:
-    """A judge on a TransformerLens model, greedy, through :func:`mechintro.generate.generate`.
+    """A judge on a TransformerLens model, greedy, through :func:`mechintro.generation.generate`.
 
     Call it on one prompt, or ``batch(prompts)`` for many in one batched generation.
     """
@@ -106,7 +106,7 @@ class LocalJudge:
     template_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def batch(self, prompts: Sequence[str]) -> list[str]:
-        from mechintro.generate import generate
+        from mechintro.generation import generate
         from mechintro.models import tokenizer_of
         from mechintro.prompts import Prompt, encode
 

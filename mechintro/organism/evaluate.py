@@ -2,7 +2,7 @@
 
 Trials use the toolkit's own path end to end: :func:`~mechintro.protocols.detection.
 detection_prompt`, :class:`~mechintro.inject.Injection` (from-trial, ``resid-norm`` units),
-:func:`~mechintro.generate.generate` (greedy). Replies are graded by the quick rule below
+:func:`~mechintro.generation.generate` (greedy). Replies are graded by the quick rule below
 (the organism answers in one fixed format); :mod:`mechintro.grading` grades free text.
 """
 
@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from mechintro.generate import generate
+from mechintro.generation import generate
 from mechintro.inject import Injection
 from mechintro.models import TLModel, tokenizer_of
 from mechintro.prompts import encode
@@ -60,7 +60,7 @@ def detection_trials(
     Controls are uninjected trials with trial numbers cycling through ``trials``: under
     greedy decoding (``temperature=0``) controls of the same trial number are the same trial,
     so count independent controls only when sampling. Row ``i`` samples with seed
-    ``seed + i`` whatever the batch size (:func:`mechintro.generate.generate`).
+    ``seed + i`` whatever the batch size (:func:`mechintro.generation.generate`).
     """
     rows: list[tuple[str | None, float, int]] = [
         (w, float(s), t) for s in strengths for w in words for t in trials

@@ -168,7 +168,7 @@ def run_intention(
     import pandas as pd
     import torch
 
-    from mechintro.generate import generate
+    from mechintro.generation import generate
     from mechintro.grading import cut_at_turn_markers
     from mechintro.inject import Injection
     from mechintro.models import check_layer, tokenizer_of

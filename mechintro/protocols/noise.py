@@ -81,7 +81,7 @@ def question_prompt(question: Question | str, *, system: bool = True) -> Prompt:
     """Godet's single-turn prompt: optional system message, the question and the answer format.
 
     The injection for this protocol goes at the last prompt token (``mode="single-token"``
-    with ``start="last"``), and the readout is :func:`mechintro.generate.readout`.
+    with ``start="last"``), and the readout is :func:`mechintro.generation.readout`.
     """
     text = question.text if isinstance(question, Question) else question
     return Prompt.chat(f"{text} {ANSWER_FORMAT}", system=SYSTEM if system else "")
@@ -113,7 +113,7 @@ class NoiseControls:
     the rows of other layers).
 
     :meth:`run` returns one row per (question, layer, strength, vector): ``b`` and
-    ``b_variants`` (:func:`mechintro.generate.readout`), ``delta_b`` and
+    ``b_variants`` (:func:`mechintro.generation.readout`), ``delta_b`` and
     ``delta_b_variants`` (minus the same question, layer and vector at strength 0,
     :func:`mechintro.metrics.add_delta_b`), and the cell's ``specificity`` = Δb(introspection)
     − mean Δb(controls) over the battery (:func:`mechintro.metrics.specificity`).
@@ -194,7 +194,7 @@ class NoiseControls:
         import pandas as pd
         import torch
 
-        from mechintro.generate import readout
+        from mechintro.generation import readout
         from mechintro.inject import Injection
         from mechintro.metrics import add_delta_b
         from mechintro.models import check_layer, tokenizer_of

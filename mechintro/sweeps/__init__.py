@@ -5,7 +5,7 @@ A :class:`SweepSpec` names a grid (protocols × concepts × layers × strengths 
 (temperature, reply length, vector method, strength unit, seed). :func:`plan` expands it into
 :class:`Trial` values, each with a deterministic ``trial_id`` (a hash of everything that
 determines its result) and its own sampling seed, so a trial's reply does not depend on the
-batch it ran in (:func:`mechintro.generate.generate` draws each row's noise from its own seed).
+batch it ran in (:func:`mechintro.generation.generate` draws each row's noise from its own seed).
 
 :func:`run_sweep` runs the pending trials in batches that mix cells: different concepts,
 strengths, trial numbers and controls side by side through per-row injections, and, where a

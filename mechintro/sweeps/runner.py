@@ -22,7 +22,7 @@ import torch
 from mechintro import distributed
 from mechintro.decode import forget
 from mechintro.distributed import Ranks
-from mechintro.generate import generate, readout
+from mechintro.generation import generate, readout
 from mechintro.inject import Injection
 from mechintro.memory import (
     ModelShape,

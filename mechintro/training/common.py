@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from mechintro.generate import END_OF_TURN, vocab_id
+from mechintro.generation import END_OF_TURN, vocab_id
 from mechintro.prompts import Prompt, encode
 from mechintro.vectors import ConceptVector
 

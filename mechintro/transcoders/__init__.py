@@ -57,6 +57,7 @@ from mechintro.transcoders.sites import MLPActivations, MLPSites, mlp_activation
 from mechintro.transcoders.train import (
     TrainConfig,
     TrainReport,
+    train_organism,
     train_transcoder,
 )
 

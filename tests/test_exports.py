@@ -1,0 +1,54 @@
+"""No module shares a name with a name exported beside it: importing the submodule (which any
+other import may do first) would bind the module over the export."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import types
+
+import pytest
+
+import circuits
+import mechintro
+
+PACKAGES = [mechintro, circuits]
+
+
+def _all_packages() -> list[types.ModuleType]:
+    found = []
+    for root in PACKAGES:
+        found.append(root)
+        for info in pkgutil.walk_packages(root.__path__, root.__name__ + "."):
+            if info.ispkg:
+                found.append(importlib.import_module(info.name))
+    return found
+
+
+def _exports(package: types.ModuleType) -> list[str]:
+    names = list(getattr(package, "__all__", ()))
+    return [n for n in names if n != "__version__"]
+
+
+@pytest.mark.parametrize("package", _all_packages(), ids=lambda p: p.__name__)
+def test_no_submodule_shares_an_exported_name(package: types.ModuleType) -> None:
+    subs = {info.name for info in pkgutil.iter_modules(package.__path__)}
+    assert not subs & set(_exports(package))
+
+
+def test_exports_stay_what_they_are_whatever_was_imported_first() -> None:
+    import mechintro.patching  # noqa: F401  (imports the generation module)
+    from mechintro.sweeps import run_sweep  # noqa: F401
+
+    for package in _all_packages():
+        for info in pkgutil.iter_modules(package.__path__):
+            if info.name != "__main__":  # runs a command line
+                importlib.import_module(f"{package.__name__}.{info.name}")
+    from mechintro import generate, readout
+
+    assert callable(generate) and not isinstance(generate, types.ModuleType)
+    assert callable(readout) and not isinstance(readout, types.ModuleType)
+    for package in _all_packages():
+        for name in _exports(package):
+            value = getattr(package, name)
+            assert not isinstance(value, types.ModuleType), f"{package.__name__}.{name}"
