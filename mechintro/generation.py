@@ -51,6 +51,7 @@ from mechintro.decode import (
     weights_version,
 )
 from mechintro.inject import Injection, InjectionLog, StepPosition, injected, steered_from
+from mechintro.kvcache import alias_bridge_cache, cache_kwarg, check_cache, output_cache
 from mechintro.models import TLModel, backend_of, tokenizer_of
 from mechintro.prompts import PromptBatch
 from mechintro.record import RunRecord, make_record
@@ -212,12 +213,21 @@ class _Runner:
         self.preamble: Preamble | None = None  # a shared prefix's one-row KV (static cache)
         self.length = self.ids.shape[1]  # tokens fed so far (static decode)
         self.done = 0  # tokens already in the cache (a shared prefix)
+        self.path = "twin" if twin is not None else self.backend
         if self.backend == "hooked" and use_cache:
             from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
             self.cache = TransformerLensKeyValueCache.init_cache(
                 model.cfg, model.cfg.device, len(batch)
             )
+        elif self.path == "bridge" and use_cache:
+            from transformers import DynamicCache
+
+            alias_bridge_cache(model)  # transformers >= 5.24 hands attention `cache=`
+            hf_model: Any = model.original_model
+            self.cache = DynamicCache(config=hf_model.config)
+        hf = twin if twin is not None else getattr(model, "original_model", None)
+        self.cache_kw = cache_kwarg(hf) if hf is not None else ""
 
     def prefill_shared(self, n: int) -> None:
         """Run the first ``n`` tokens (the same in every row, unpadded) for row 0 only, then
@@ -234,10 +244,11 @@ class _Runner:
             pos = torch.arange(n, device=ids.device)[None]
             one = make_static_cache(self.twin.config, self.cache_len) if self.cache_len else None
             out = self.twin(
-                ids, attention_mask=ones, position_ids=pos, past_key_values=one,
-                use_cache=True, logits_to_keep=1,
+                ids, attention_mask=ones, position_ids=pos, use_cache=True, logits_to_keep=1,
+                **{self.cache_kw: one},
             )  # fmt: skip
-            past = out.past_key_values
+            past = output_cache(out)
+            check_cache(past, n, path="twin")
             if self.kept is not None:  # its cache exists: its tensors are the graph's
                 self.preamble = self.kept.preamble = Preamble.of(key, past)
                 self.preamble.fill(self.cache)
@@ -247,16 +258,18 @@ class _Runner:
                 self.cache = repeat_rows(past, B)
         elif self.backend == "bridge":
             pos = torch.arange(n, device=ids.device)[None]
-            _, self.cache = self.model(
-                ids, attention_mask=ones, position_ids=pos, past_key_values=None,
-                use_cache=True, return_type="logits_and_cache",
+            self.model(
+                ids, attention_mask=ones, position_ids=pos, use_cache=True,
+                **{self.cache_kw: self.cache},
             )  # fmt: skip
+            check_cache(self.cache, n, path="bridge")
             self.cache.batch_repeat_interleave(B)
         else:
             from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
             one = TransformerLensKeyValueCache.init_cache(self.model.cfg, self.model.cfg.device, 1)
             self.model(ids, attention_mask=ones, past_kv_cache=one)
+            check_cache(one, n, path="hooked")
             for entry in one.entries:
                 entry.past_keys = entry.past_keys.expand(B, -1, -1, -1).contiguous()
                 entry.past_values = entry.past_values.expand(B, -1, -1, -1).contiguous()
@@ -272,10 +285,11 @@ class _Runner:
         since columns not yet written are masked out), updated one column per step: building
         it inside the step copies a constant from the host, which a graph capture refuses.
         """
-        if self.decode is None:
+        first = self.decode is None
+        if first:
             self.decode = self._first_static_step(new)
             self.step_position.active = True
-        assert self.buf is not None
+        assert self.buf is not None and self.decode is not None
         ids, mask, pos = self.buf
         ids.copy_(new[:, None])
         mask[..., self.length] = True if mask.dtype == torch.bool else 0.0
@@ -284,7 +298,10 @@ class _Runner:
         if self.log is not None:
             self.log.add_forward(self.length, 1)
         self.length += 1
-        return self.decode()
+        logits = self.decode()
+        if first:  # later steps replay the same kernels on the same buffers
+            check_cache(self.cache, self.length, path="twin")
+        return logits
 
     def _first_static_step(self, new: Tensor) -> Replay:
         """The step's buffers and its :class:`Replay`: a kept capture's, loaded with this
@@ -307,10 +324,11 @@ class _Runner:
         )
         # the twin weakly: a kept step must not keep its model alive (mechintro.decode)
         twin, cache = weakref.ref(self.twin), self.cache
+        kw = self.cache_kw
         return Replay(
             lambda: twin()(  # type: ignore[misc]
-                ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                use_cache=True, logits_to_keep=1,
+                ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+                **{kw: cache},
             ).logits,
             self.graph,
             self.mask.device,
@@ -331,30 +349,31 @@ class _Runner:
             feed = self.ids[:, self.done :] if first else self.ids[:, -1:]
         if self.twin is not None:
             pos = positions(self.mask)[:, -feed.shape[1] :]
+            cache = {self.cache_kw: self.cache} if self.use_cache else {}
             out = self.twin(
                 feed, attention_mask=self.mask, position_ids=pos, use_cache=self.use_cache,
-                past_key_values=self.cache, logits_to_keep=1,
+                logits_to_keep=1, **cache,
             )  # fmt: skip
-            self.cache = out.past_key_values if self.use_cache else None
+            self.cache = output_cache(out) if self.use_cache else None
             logits = out.logits
         elif self.backend == "bridge":
             pos = positions(self.mask)[:, -feed.shape[1] :]
             # the last position's logits only, as on the twin: the same numbers (and less
-            # memory than a [batch, prompt, vocab] prefill)
+            # memory than a [batch, prompt, vocab] prefill); the cache is written in place
             kwargs: dict[str, Any] = {
                 "attention_mask": self.mask, "position_ids": pos, "logits_to_keep": 1,
             }  # fmt: skip
             if self.use_cache:
-                kwargs.update(past_key_values=self.cache, use_cache=True)
-                logits, self.cache = self.model(feed, return_type="logits_and_cache", **kwargs)
-            else:
-                logits = self.model(feed, **kwargs)
+                kwargs.update({self.cache_kw: self.cache}, use_cache=True)
+            logits = self.model(feed, **kwargs)
         else:
             if self.use_cache:
                 mask = self.mask[:, -feed.shape[1] :]
                 logits = self.model(feed, attention_mask=mask, past_kv_cache=self.cache)
             else:
                 logits = self.model(feed, attention_mask=self.mask)
+        if self.use_cache:
+            check_cache(self.cache, self.ids.shape[1], path=self.path)
         return logits[:, -1, :].float().to(self.ids.device)  # lm_head may sit on another GPU
 
 
@@ -503,7 +522,7 @@ def generate(
             "use_cache": use_cache,
             "shared_prefix": prefix,
             "stop_ids": stops.tolist(),
-            "path": "twin" if twin is not None else backend_of(model),
+            "path": runner.path,
             "static_cache": bool(runner.cache_len),
             "cuda_graph": runner.graph,
         },

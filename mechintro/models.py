@@ -291,8 +291,14 @@ def _require_gguf() -> None:
 def _to_bridge(hf_model: Any, tok: Any, name: str, dtype: torch.dtype) -> TLModel:
     from transformer_lens.model_bridge import TransformerBridge
 
+    from mechintro.kvcache import alias_bridge_cache
+
     tok = _with_name_or_path(tok, name)
-    return TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tok, dtype=dtype)
+    bridge = TransformerBridge.boot_transformers(
+        name, hf_model=hf_model, tokenizer=tok, dtype=dtype
+    )
+    alias_bridge_cache(bridge)  # its own generate() too keeps its KV cache on transformers 5.24
+    return bridge
 
 
 def _with_name_or_path(tok: Any, name: str) -> Any:
