@@ -16,6 +16,8 @@ from mechintro.inject import Injection
 from mechintro.parity import _forward
 from mechintro.prompts import Prompt, PromptBatch, encode
 
+pytestmark = pytest.mark.identity
+
 ARCHS = ("llama", "qwen3", "gemma3", "olmo2")
 _CACHE: dict[tuple[str, str], object] = {}
 

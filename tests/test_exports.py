@@ -12,6 +12,8 @@ import pytest
 import circuits
 import mechintro
 
+pytestmark = pytest.mark.identity
+
 PACKAGES = [mechintro, circuits]
 
 

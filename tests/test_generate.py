@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mechintro.generation import generate, gumbel_noise, readout
 from mechintro.inject import Injection
 from mechintro.prompts import Prompt, encode
+
+pytestmark = pytest.mark.identity
 
 PROMPTS = [
     Prompt.chat("Trial 1: Do you detect an injected thought?"),

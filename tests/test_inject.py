@@ -11,6 +11,8 @@ from mechintro.inject import Injection, PositionMode, injected
 from mechintro.models import resid_post
 from mechintro.prompts import Prompt, encode
 
+pytestmark = pytest.mark.identity
+
 LAYER = 1
 NEW = 5  # generated tokens per trial
 

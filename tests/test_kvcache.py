@@ -26,6 +26,8 @@ from mechintro.kvcache import (
 from mechintro.models import load_model
 from mechintro.prompts import Prompt, encode
 
+pytestmark = pytest.mark.identity
+
 LAYER = 1
 
 

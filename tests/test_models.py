@@ -11,6 +11,8 @@ from mechintro.models import check_layer, load_model, model_info
 from mechintro.parity import _forward, parity_check
 from mechintro.prompts import Prompt, encode
 
+pytestmark = pytest.mark.identity
+
 
 def test_bridge_equals_hf_exactly(tiny_dir):
     model = load_model(tiny_dir)

@@ -14,6 +14,8 @@ from mechintro.prompts import Prompt, encode
 from mechintro.twin import full_mask, full_mask_applies, twin_hooks, twin_logits, twin_of
 from mechintro.twin import positions as position_ids
 
+pytestmark = pytest.mark.identity
+
 LAYER = 1  # injection layer
 
 

@@ -22,6 +22,8 @@ from mechintro.patching import (
 )
 from mechintro.prompts import Prompt, encode
 
+pytestmark = pytest.mark.identity
+
 LAYER = 1  # injection layer
 TEXT = "Now, Trial 1: Do you see it?"
 TWIN = "Now, Trial 2: Do you own it?"  # same token length as TEXT (byte-level tokenizer)

@@ -16,7 +16,7 @@ from mechintro.prompts import Prompt, encode
 from mechintro.protocols.detection import detection_prompt
 from mechintro.vectors import extract_vectors, word_list
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.identity]
 
 
 @pytest.fixture(scope="module")

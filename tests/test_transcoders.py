@@ -28,6 +28,8 @@ from mechintro.transcoders import (
 )
 from mechintro.transcoders.sites import _forward
 
+pytestmark = pytest.mark.identity
+
 ARCHS = ("llama", "qwen3", "gemma3", "olmo2")
 LAYER = 2
 _CACHE: dict[tuple[str, str], object] = {}

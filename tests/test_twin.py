@@ -27,6 +27,8 @@ from mechintro.twin import (
     twin_of,
 )
 
+pytestmark = pytest.mark.identity
+
 LAYER = 1
 ATOL = 1e-5  # StaticCache vs DynamicCache: the same attention, summed in another order
 
