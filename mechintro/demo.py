@@ -127,6 +127,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     from mechintro.organism.evaluate import detection_trials, grade_trials
     from mechintro.parity import parity_check
     from mechintro.protocols.detection import detection_prompt
+    from mechintro.record import library_versions
     from mechintro.vectors import extract_vectors, random_vector
 
     t0 = time.perf_counter()
@@ -252,6 +253,15 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "organisms": {n: model_info(m).to_dict() for n, m in models.items()},
         "organism_folder": str(builtin_path("organism")),
         "parity": parity.to_dict(),
+        # which forward generated the replies, and the exact libraries that computed them
+        "generation": {
+            "paths": {
+                "detection": sorted(tdf.path.unique()),
+                "sweeps": sorted(sdf.path.unique()),
+                **{f"trained.{m}": trained[m]["heldout"]["after"]["paths"] for m in trained},
+            },
+            "versions": library_versions(),
+        },
         "vectors": {
             "n_concepts": len(all_words),
             "norm_ratio_mean": float(

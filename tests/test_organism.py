@@ -128,12 +128,6 @@ def test_detection_trials_table(organisms):
     assert list(table.index) == [0.5, 1.0] and (table.n_control == 6).all()
 
 
-REQUIRED = (
-    "tpr", "fpr", "identification", "identification_category", "introspection_rate",
-    "n_injected", "n_control", "control_flip_rate", "specificity",
-)  # fmt: skip
-
-
 def test_shipped_organisms_detect_and_name_held_out_concepts():
     """The shipped weights: the introspective organism names held-out concepts it was never
     trained on and stays silent on controls; the base organism claims nothing."""
@@ -158,41 +152,3 @@ def test_shipped_organisms_detect_and_name_held_out_concepts():
             assert (inj.detection == "YES").all() and (inj.identification == "YES").all()
         else:
             assert (inj.detection == "NO").all()
-
-
-@pytest.mark.slow
-def test_demo_writes_every_required_metric(tmp_path):
-    from mechintro.demo import DemoConfig, run_demo
-
-    cfg = DemoConfig(out=str(tmp_path), strengths=(0.5, 1.0), sweep_strengths=(1.0,),
-                     sweep_concepts=1, n_controls=10, n_random=2, battery=2)  # fmt: skip
-    run_demo(cfg)
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["injection_layer"] == 3 and metrics["wall_seconds"] > 0
-    assert metrics["vectors"]["frozen_layers_max_diff"] == 0.0  # phase 2 froze blocks 0..3
-    for organism in ("base", "introspective"):
-        assert metrics[organism]["best_strength"] in cfg.strengths
-        for split in ("train", "heldout"):
-            entry = metrics[organism][split]
-            assert set(REQUIRED) <= set(entry), (organism, split)
-            assert entry["n_control"] == cfg.n_controls
-    fvu = metrics["transcoders"]["fvu"]
-    assert set(fvu) == {"3", "4", "5"} and all(0 <= v <= 0.15 for v in fvu.values())
-    for method in ("lora", "bias"):  # the shipped adapter and bias teach the base organism
-        held = metrics["training"][method]["heldout"]
-        assert held["before"]["tpr"] == 0.0 and held["before"]["n_control"] == cfg.n_controls
-        assert held["after"]["tpr"] > 0.1 and held["after"]["fpr_ci"][0] <= 0.02, (method, held)
-    lora = metrics["training"]["lora"]["heldout"]["after"]
-    assert lora["tpr"] >= 0.8 and lora["fpr"] == 0.0
-    circ = metrics["circuits"]  # issue 6's targets, on the introspective organism
-    assert circ["gate_ablation"]["relative_drop"] >= 0.25
-    assert circ["gate_ablation"]["control_unchanged"] == 1.0
-    assert circ["gate_patching"]["relative_gain"] > 0
-    assert circ["graph"]["edge_verification_r"] >= 0.9
-    assert circ["graph"]["n_nodes"] > 3 and circ["graph"]["n_edges"] > 3
-    assert (tmp_path / "circuits" / "graph.json").is_file()
-    assert (tmp_path / "circuits" / "viewer" / "graph-metadata.json").is_file()
-    page = (tmp_path / "report.html").read_text()
-    assert "Circuits: gates, carriers, the steering graph" in page
-    assert "Introspection trained into the base organism" in page
-    assert "Noise control" in page and "<script src=" not in page

@@ -83,8 +83,9 @@ def detection_trials(
             temperature=temperature,
             seed=[seed + i + k for k in range(len(part))],
         )
-        out += [(w, s, t, r) for (w, s, t), r in zip(part, gen.replies)]
-    df = pd.DataFrame(out, columns=["word", "strength", "trial", "reply"])
+        path = gen.record.settings["path"]  # which forward ran: "twin", "bridge" or "hooked"
+        out += [(w, s, t, r, path) for (w, s, t), r in zip(part, gen.replies)]
+    df = pd.DataFrame(out, columns=["word", "strength", "trial", "reply", "path"])
     df["injected"] = df.word.notna()
     vocab = list(vectors)
     df["claim"] = df.reply.map(claims_detection)

@@ -99,6 +99,7 @@ def detection_rates(df: pd.DataFrame, category: Mapping[str, str]) -> dict[str, 
         "n_control": n_f,
         "introspection_rate": ident / n_t if n_t else None,
         "tpr_by_strength": per,
+        "paths": sorted(g.path.unique()) if "path" in g else [],  # the generation paths run
         "examples": [
             {"word": w, "strength": s, "reply": r}
             for w, s, r in g[g.injected]

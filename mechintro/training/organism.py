@@ -158,7 +158,10 @@ def measure_trained(
                 seed,
             )
             before, after = ev.before, ev.after
-        keep = ("tpr", "tpr_ci", "fpr", "fpr_ci", "n_injected", "n_control", "tpr_by_strength")
+        keep = (
+            "tpr", "tpr_ci", "fpr", "fpr_ci", "n_injected", "n_control", "tpr_by_strength",
+            "paths",
+        )  # fmt: skip
         out[method] = {
             "heldout": {
                 "before": {k: before[k] for k in keep},
