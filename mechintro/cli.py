@@ -39,6 +39,7 @@ from mechintro.options import (
 )
 from mechintro.sweeps import SweepSpec
 from mechintro.vectors import METHODS
+from mechintro.word_checks import ON_BAD_WORD, OnBadWord
 
 logger = logging.getLogger("mechintro")
 
@@ -127,13 +128,26 @@ def cmd_extract(args: Mapping[str, Any]) -> int:
     model = _load(cfg.model, cfg.backend, cfg.dtype, cfg.device)
     layer = cfg.layer if cfg.layer is not None else layer_at_depth(model, float(cfg.depth or 0))
     vecs = extract_vectors(
-        model, words, layer=layer, method=cfg.method, cache_dir=cfg.out, batch_size=cfg.batch_size
+        model,
+        words,
+        layer=layer,
+        method=cfg.method,
+        baseline=list(cfg.baseline) or None,
+        cache_dir=cfg.out,
+        batch_size=cfg.batch_size,
+        on_bad_word=typing.cast(OnBadWord, cfg.on_bad_word),  # checked by the config
     )
+    base = tuple(next(iter(vecs.values())).baseline or ())
+    more = ", ..." if len(base) > 8 else ""
     print(f"{len(vecs)} {cfg.method} vectors at layer {layer} of {cfg.model}, cached in {cfg.out}")
+    print(f"baseline: {len(base)} words ({', '.join(base[:8])}{more})")
     print(f"{'word':<20} {'norm':>10} {'norm/resid':>11}")
     for w, v in vecs.items():
         ratio = f"{v.norm_ratio:.3f}" if v.norm_ratio is not None else "–"
-        print(f"{w:<20} {v.norm:>10.3f} {ratio:>11}")
+        flag = "  !" if v.problems else ""
+        print(f"{w:<20} {v.norm:>10.3f} {ratio:>11}{flag}")
+    for problem in dict.fromkeys(p for v in vecs.values() for p in v.problems):
+        print(f"! {problem}")
     return 0
 
 
@@ -360,11 +374,18 @@ EPILOGS = {
     "extract": """\
 examples:
   mechintro extract --model builtin:smollm2 --depth 0.6 --words Dust Peace --out vectors
-  mechintro extract --model ./organism --layer 3 --word-list lindsey_concepts --out runs/a/vectors
+  mechintro extract --model builtin:smollm2 --layer 18 --word-list lindsey_concepts \\
+      --baseline $(cat baseline.txt) --out runs/a/vectors
+  mechintro extract --model builtin:organism --layer 3 --words horse apple storm --out vecs
 
 Vectors are cached by content (model fingerprint, layer, method, baseline): a second call is
 free, and new words extend the cache. A sweep extracts into RESULTS/vectors by itself; pass
---out RESULTS/vectors to prepare it ahead.""",
+--out RESULTS/vectors to prepare it ahead.
+
+The default baseline is the method's word list (Lindsey's 100 words, Fonseca's 32), or for a
+model organism its own object words: its tokenizer knows only its world. A word the
+tokenizer does not know (it would read as <unk>), two words that tokenize alike and a zero
+vector are refused, naming the words; --on-bad-word warn keeps them and lists them.""",
     "sweep": """\
 examples:
   mechintro sweep --config examples/smollm2.toml --out runs/smol
@@ -467,7 +488,8 @@ a typical run:
         "extract concept vectors into a cache folder",
         "Extract concept vectors (PROTOCOLS.md §1) at the output of one block.",
     )
-    add_fields(p, ExtractConfig, choices={"method": list(METHODS), **_MODEL_CHOICES})
+    extract_choices = {"method": list(METHODS), "on_bad_word": list(ON_BAD_WORD)}
+    add_fields(p, ExtractConfig, choices={**extract_choices, **_MODEL_CHOICES})
     p = command(
         "sweep",
         "run a grid of trials into a results folder (resumable)",

@@ -20,6 +20,7 @@ from typing import Any
 
 from mechintro.models import BACKENDS
 from mechintro.vectors import METHODS
+from mechintro.word_checks import ON_BAD_WORD
 
 CONFIG_SUFFIXES: tuple[str, ...] = (".toml", ".yaml", ".yml")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
@@ -278,6 +279,14 @@ class ExtractConfig:
     layer: int | None = opt(None, "block index")
     depth: float | None = opt(None, "or a depth fraction, e.g. 0.6")
     method: str = opt("lindsey", "extraction method (PROTOCOLS.md §1)")
+    baseline: tuple[str, ...] = opt(
+        (), "baseline words (default: a model organism's own object words, else the method's "
+        "list)"
+    )  # fmt: skip
+    on_bad_word: str = opt(
+        "raise", "words the tokenizer does not know, duplicate or zero vectors: raise (refuse "
+        "them) or warn (keep them, warned and listed)"
+    )  # fmt: skip
     backend: str = opt("bridge", "TransformerLens model class")
     dtype: str = opt("float32", "weights and activations dtype")
     device: str = opt("cpu", "torch device, e.g. cuda")
@@ -291,6 +300,8 @@ class ExtractConfig:
             raise ValueError("give --layer L or --depth FRACTION (one of the two)")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
+        if self.on_bad_word not in ON_BAD_WORD:
+            raise ValueError(f"on_bad_word must be one of {ON_BAD_WORD}, got {self.on_bad_word!r}")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,17 @@ A concept vector is a residual-stream direction that stands for a word (PROTOCOL
 * :func:`contrastive_vector` (Lindsey's "all caps" vector; Godet 2025): act(positive) −
   act(negative) for two raw strings. :func:`random_vector`: a seeded, norm-matched control.
 
+A model organism reads only its own world's words, so its default baseline is its own
+``object`` words (:func:`default_baseline`), not the English lists above.
+
+Bad words are refused, not averaged in silently. A word the tokenizer does not know becomes its
+unknown token (every unknown word then gets the same vector), two words that tokenize alike get
+identical vectors, and a vector can be degenerate (zero or not finite: a contrastive pair whose
+sides tokenize alike). Every vector method checks for these, with the tokenizer alone before
+any forward pass where it can, and raises one ``ValueError`` naming the words and the fix;
+with ``on_bad_word="warn"`` it warns instead and records each finding in the vector's
+``problems`` (and so in its :meth:`~ConceptVector.provenance`).
+
 Each vector carries its provenance, including ``resid_norm``, the mean residual norm at that
 layer and token over the extraction prompts: strengths compare across models only through
 ``norm_ratio = norm / resid_norm``.
@@ -46,6 +57,7 @@ from mechintro.io import atomic_write, atomic_write_text
 from mechintro.models import (
     TLModel,
     backend_of,
+    builtin_path,
     check_layer,
     fingerprint,
     model_info,
@@ -55,6 +67,13 @@ from mechintro.models import (
 )
 from mechintro.prompts import Prompt, encode
 from mechintro.twin import positions
+from mechintro.word_checks import (
+    OnBadWord,
+    Problems,
+    check_tokens,
+    prompt_ids,
+    unknown_words,
+)
 
 logger = logging.getLogger(__name__)
 CACHE_FORMAT = 1
@@ -82,6 +101,15 @@ METHODS: dict[str, Method] = {
 }
 
 
+def _method(method: str) -> Method:
+    if method not in METHODS:
+        raise ValueError(
+            f"unknown method {method!r}: use one of {', '.join(METHODS)} "
+            "(contrastive_vector() and random_vector() make the other kinds)"
+        )
+    return METHODS[method]
+
+
 @functools.cache
 def _word_lists() -> dict[str, tuple[str, ...]]:
     text = resources.files("mechintro").joinpath("data/concepts.json").read_text("utf-8")
@@ -96,12 +124,38 @@ def word_list(name: str) -> list[str]:
     return list(lists[name])
 
 
+def default_baseline(model: TLModel, method: str = "lindsey") -> list[str]:
+    """The baseline words :func:`extract_vectors` subtracts when it is given none.
+
+    A model organism (``builtin:organism``, ``builtin:organism-base``, or a checkpoint folder
+    written by :mod:`mechintro.organism.train`) has a word-level tokenizer that knows only its
+    own world, so its baseline is its ``object`` words (the ``baseline`` split of the
+    ``concepts.json`` beside its weights): the words its trainer, the demo and
+    ``examples/organism.toml`` subtract. Of the 100 English words of ``lindsey_baseline``
+    it knows 4. Any other model gets the method's shipped list (``lindsey_baseline``,
+    ``fonseca_baseline``).
+    """
+    from mechintro.organism import corpus
+
+    m, info = _method(method), model_info(model)
+    name = info.name.removeprefix("builtin:")
+    folder = None
+    if info.source == "builtin" and name.startswith("organism"):
+        folder = builtin_path(name)
+    elif info.source == "local":
+        folder = Path(info.name)
+    world = corpus.read_world(folder) if folder is not None else None
+    return corpus.split(world, "baseline") if world else word_list(m.baseline)
+
+
 @dataclass(frozen=True, eq=False)
 class ConceptVector:
     """A direction for ``word`` at block ``layer``'s output, with where it came from.
 
     ``vector`` is fp32 on the CPU. ``baseline`` is the baseline word list (or, for a
-    contrastive vector, the negative string). ``norm`` and ``norm_ratio`` are computed.
+    contrastive vector, the negative string). ``problems`` are the checks it failed and was
+    kept anyway (``on_bad_word="warn"``; empty when it passed them all). ``norm`` and
+    ``norm_ratio`` are computed.
     """
 
     word: str
@@ -116,6 +170,7 @@ class ConceptVector:
     baseline: tuple[str, ...] | str | None = None
     resid_norm: float | None = None
     seed: int | None = None
+    problems: tuple[str, ...] = ()
     norm: float = field(init=False)
     norm_ratio: float | None = field(init=False)
 
@@ -126,6 +181,7 @@ class ConceptVector:
         object.__setattr__(self, "vector", v)
         if isinstance(self.baseline, list):
             object.__setattr__(self, "baseline", tuple(self.baseline))
+        object.__setattr__(self, "problems", tuple(self.problems))
         norm = float(torch.linalg.vector_norm(v))
         object.__setattr__(self, "norm", norm)
         object.__setattr__(self, "norm_ratio", norm / self.resid_norm if self.resid_norm else None)
@@ -135,6 +191,7 @@ class ConceptVector:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "vector"}
         if isinstance(self.baseline, tuple):
             out["baseline"] = list(self.baseline)
+        out["problems"] = list(self.problems)
         return {**out, "d_model": int(self.vector.numel())}
 
 
@@ -187,7 +244,7 @@ def _check_words(words: Sequence[str], what: str) -> list[str]:
 
 def _spec(model: TLModel, layer: int, method: str, base: list[str], fp: str) -> dict[str, Any]:
     """Everything a cached vector depends on, except the word itself."""
-    info, m = model_info(model), METHODS[method]
+    info, m = model_info(model), _method(method)
     ids = encode(tokenizer_of(model), [m.prompt(w) for w in base]).input_ids  # template+tokenizer
     return {
         "format": CACHE_FORMAT,
@@ -243,22 +300,26 @@ def extract_vectors(
     baseline: Sequence[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     batch_size: int = 32,
+    on_bad_word: OnBadWord = "raise",
 ) -> dict[str, ConceptVector]:
     """Concept vectors for ``words`` at the output of block ``layer`` (see the module doc).
 
-    Words and baseline words run through in left-padded batches of ``batch_size``. With
-    ``cache_dir``, vectors are stored per word under a key hashing everything else (model
-    name, revision, backend, dtype, weights fingerprint, layer, method, template, tokenised
-    baseline prompts), so a hit returns the stored tensor bit for bit with no forward pass and
-    new words extend the entry. ``resid_norm`` is shared by all vectors of one call: the mean
-    over this call's word prompts and the baseline prompts.
+    ``baseline=None`` is :func:`default_baseline` (the model organism's own words, else the
+    method's list). Words and baseline words run through in left-padded batches of
+    ``batch_size``. With ``cache_dir``, vectors are stored per word under a key hashing
+    everything else (model name, revision, backend, dtype, weights fingerprint, layer,
+    method, template, tokenised baseline prompts), so a hit returns the stored tensor bit for
+    bit with no forward pass and new words extend the entry. ``resid_norm`` is shared by all
+    vectors of one call: the mean over this call's word prompts and the baseline prompts.
+
+    Refused before any forward pass (``ValueError``, naming the words): a word or baseline
+    word the tokenizer does not know (:func:`unknown_words`), words whose prompts tokenize
+    identically, a word that tokenizes like the whole baseline (a zero vector). After the
+    forward pass (cached vectors too): a zero or non-finite vector, identical vectors. With
+    ``on_bad_word="warn"`` each is a ``UserWarning`` instead and is recorded in the
+    ``problems`` of the vectors it concerns (a bad baseline word: in every vector).
     """
-    if method not in METHODS:
-        raise ValueError(
-            f"unknown method {method!r}: use one of {', '.join(METHODS)} "
-            "(contrastive_vector() and random_vector() make the other kinds)"
-        )
-    m = METHODS[method]
+    m = _method(method)
     words = _check_words(words, "words")
     if not words:
         raise ValueError("no words given: pass at least one, e.g. word_list('lindsey_concepts')")
@@ -266,14 +327,25 @@ def extract_vectors(
     if dupes:
         raise ValueError(f"duplicate words {dupes}: pass each word once (results are keyed by it)")
     check_layer(model, layer)
-    base = _check_words(word_list(m.baseline) if baseline is None else baseline, "baseline")
+    base = _check_words(
+        default_baseline(model, method) if baseline is None else baseline, "baseline"
+    )
     if not base:
         raise ValueError(
-            f"the baseline list is empty: pass baseline=None for the default "
-            f"word_list({m.baseline!r}), or a non-empty list of words"
+            "the baseline list is empty: pass baseline=None for the default "
+            "(default_baseline(model, method)), or a non-empty list of words"
         )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    problems = Problems(
+        on_bad_word,
+        fix="Pass words the model's tokenizer knows (unknown_words(tokenizer, words) lists the "
+        "others), each concept once, and baseline= words in the model's vocabulary (None: "
+        "default_baseline(model, method), a model organism's own words); or pass "
+        "on_bad_word='warn' to keep them, warned and recorded in each vector's problems",
+    )
+    check_tokens(problems, tokenizer_of(model), m.prompt, words, base)
+    problems.settle()
 
     fp = fingerprint(model)
     folder = Path(cache_dir) if cache_dir is not None else None
@@ -296,13 +368,8 @@ def extract_vectors(
             store["baseline_norms"] = torch.linalg.vector_norm(acts[len(missing) :], dim=-1)
         for w, a in zip(missing, acts):
             v = a - store["baseline_mean"]
-            if m.normalise:
-                n = float(torch.linalg.vector_norm(v))
-                if not math.isfinite(n) or n == 0.0:
-                    raise ValueError(
-                        f"the vector of {w!r} is zero (its activation equals the baseline "
-                        f"mean) and cannot be normalised: remove {w!r} from the baseline list"
-                    )
+            n = float(torch.linalg.vector_norm(v))
+            if m.normalise and math.isfinite(n) and n > 0.0:  # a degenerate one is checked below
                 v = v / n
             store[f"vector:{w}"] = v.clone()
             store[f"act_norm:{w}"] = torch.linalg.vector_norm(a).reshape(1)
@@ -310,24 +377,39 @@ def extract_vectors(
             _save_cache(folder, key, spec, store)
     elif folder is not None:
         logger.info("concept vector cache hit: %s (%d words)", folder / key, len(words))
+    problems.check_vectors({w: store[f"vector:{w}"] for w in words})
+    problems.settle()
     norms = torch.cat([*(store[f"act_norm:{w}"] for w in words), store["baseline_norms"]])
     common = dict(_origin(model, fp), prompt_format=m.prompt_format, template=m.template)
     resid = float(norms.double().mean())
     return {
         w: ConceptVector(
-            w, store[f"vector:{w}"], layer, method, baseline=tuple(base), resid_norm=resid, **common
+            w,
+            store[f"vector:{w}"],
+            layer,
+            method,
+            baseline=tuple(base),
+            resid_norm=resid,
+            problems=problems.of(w),
+            **common,
         )
         for w in words
     }
 
 
 def contrastive_vector(
-    model: TLModel, positive: str, negative: str, *, layer: int
+    model: TLModel, positive: str, negative: str, *, layer: int, on_bad_word: OnBadWord = "raise"
 ) -> ConceptVector:
     """act(positive) − act(negative) at block ``layer``'s output, last token, raw strings.
 
     Lindsey's "all caps" vector is ``contrastive_vector(m, "HI! HOW ARE YOU?", "Hi! How are
     you?", layer=L)``; Godet injects it at the layer it was taken from. Not normalised.
+
+    Refused before any forward pass (``on_bad_word="warn"``: warned and recorded in the
+    vector's ``problems``, as in :func:`extract_vectors`): two sides that tokenize
+    identically (the model organism's tokenizer lowercases, so the all-caps pair is one text
+    to it and the vector would be zero), a side with words the tokenizer does not know; and
+    after it, a zero or non-finite vector.
     """
     for name, s in (("positive", positive), ("negative", negative)):
         if not isinstance(s, str) or not s:
@@ -335,10 +417,32 @@ def contrastive_vector(
     if positive == negative:
         raise ValueError("positive and negative are the same string: the vector would be zero")
     check_layer(model, layer)
-    acts = _last_token_acts(model, [Prompt.text(positive), Prompt.text(negative)], layer, 1)
+    problems = Problems(
+        on_bad_word,
+        fix="Pass two texts that the model's tokenizer reads differently, in its vocabulary; "
+        "or pass on_bad_word='warn' to keep the vector, warned and recorded in its problems",
+    )
+    tok, prompts = tokenizer_of(model), [Prompt.text(positive), Prompt.text(negative)]
+    bad = unknown_words(tok, [positive, negative])
+    if bad:
+        problems.add(
+            f"the tokenizer does not know some words of {bad} (they read as {tok.unk_token!r})",
+            [positive],
+        )
+    pos_ids, neg_ids = prompt_ids(tok, prompts)
+    if pos_ids == neg_ids:
+        problems.add(
+            f"{positive!r} and {negative!r} tokenize identically, so the vector would be zero",
+            [positive],
+        )
+    problems.settle()
+    acts = _last_token_acts(model, prompts, layer, 1)
+    vector = acts[0] - acts[1]
+    problems.check_vectors({positive: vector})
+    problems.settle()
     return ConceptVector(
         positive,
-        acts[0] - acts[1],
+        vector,
         layer,
         "contrastive",
         **_origin(model, fingerprint(model)),
@@ -346,16 +450,24 @@ def contrastive_vector(
         template="{positive} − {negative}",
         baseline=negative,
         resid_norm=float(torch.linalg.vector_norm(acts, dim=-1).double().mean()),
+        problems=problems.of(positive),
     )
 
 
 def random_vector(
-    like: ConceptVector | int, *, norm: float | None = None, seed: int, layer: int | None = None
+    like: ConceptVector | int,
+    *,
+    norm: float | None = None,
+    seed: int,
+    layer: int | None = None,
+    on_bad_word: OnBadWord = "raise",
 ) -> ConceptVector:
     """A seeded Gaussian direction scaled to ``norm`` (default: the norm of ``like``).
 
     ``like`` is a :class:`ConceptVector` (its width, layer, model and ``resid_norm`` are kept)
     or a width ``d_model`` (then ``norm`` is required). The same seed gives the same vector.
+    A norm of 0 (a degenerate ``like``) would give the zero vector: refused, or with
+    ``on_bad_word="warn"`` warned and recorded in its ``problems``.
     """
     ref = like if isinstance(like, ConceptVector) else None
     if ref is None and (isinstance(like, bool) or not isinstance(like, int) or like < 1):
@@ -367,17 +479,28 @@ def random_vector(
         raise ValueError("random_vector(d_model, ...) needs norm=<float>, or pass a ConceptVector")
     if not math.isfinite(target) or target < 0:
         raise ValueError(f"norm must be finite and >= 0, got {target}")
+    name = f"random(seed={seed})"
+    problems = Problems(
+        on_bad_word,
+        fix="Pass norm > 0 (or a like vector that is not degenerate); or pass "
+        "on_bad_word='warn' to keep it, warned and recorded in its problems",
+    )
+    if target == 0:
+        source = f" (the norm of {ref.word!r})" if ref is not None and norm is None else ""
+        problems.add(f"{name} would be the zero vector: its norm is 0{source}", [name])
+    problems.settle()
     width = ref.vector.numel() if ref is not None else int(like)  # type: ignore[arg-type]
     g = torch.Generator().manual_seed(seed)
     v = torch.randn(width, generator=g, dtype=torch.float32)
     keep = ("model", "revision", "fingerprint", "resid_norm")
     origin = {k: getattr(ref, k) for k in keep} if ref is not None else {}
     return ConceptVector(
-        f"random(seed={seed})",
+        name,
         v / torch.linalg.vector_norm(v) * target,
         ref.layer if ref is not None else layer,
         "random",
         seed=seed,
+        problems=problems.of(name),
         **origin,
     )
 

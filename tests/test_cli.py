@@ -214,6 +214,29 @@ def test_extract_caches_vectors(llama, tmp_path, capsys):
     assert code == 2 and "--layer L or --depth" in err
 
 
+def test_extract_takes_a_baseline(llama, tmp_path, capsys):
+    out = tmp_path / "vecs"
+    argv = ["extract", "--model", llama, "--layer", "1", "--words", "Dust", "Peace",
+            "--baseline", "Bread", "Milk", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert "baseline: 2 words (Bread, Milk)" in capsys.readouterr().out
+    side = json.loads(next(out.glob("*.json")).read_text())
+    assert side["spec"]["baseline"] == ["Bread", "Milk"] and side["words"] == ["Dust", "Peace"]
+
+
+def test_extract_refuses_words_the_organism_does_not_know(tmp_path, capsys):
+    argv = ["extract", "--model", "builtin:organism", "--layer", "3", "--out", str(tmp_path)]
+    code, err = error_of(capsys, [*argv, "--words", "Dust", "horse"])
+    assert code == 1 and "does not know the words ['Dust']" in err and "on_bad_word" in err
+    assert main([*argv, "--words", "Dust", "horse", "--on-bad-word", "warn"]) == 0
+    text = capsys.readouterr().out
+    assert "baseline: 16 words (table, chair, door, window, cup, lamp, book, pencil, ...)" in text
+    assert "! the tokenizer does not know the words ['Dust']" in text
+    with pytest.raises(SystemExit):
+        main([*argv, "--words", "horse", "--on-bad-word", "skip"])
+    assert "--on-bad-word: invalid choice: 'skip'" in capsys.readouterr().err
+
+
 def test_grade_rule_is_append_only_and_resumable(swept, capsys):
     assert main(["grade", str(swept)]) == 0
     lines = (swept / GRADES_FILE).read_text().splitlines()

@@ -49,6 +49,7 @@ def test_readme_shows_the_golden_tables() -> None:
 def test_demo_writes_every_required_metric(demo) -> None:
     cfg, out, metrics = demo
     assert metrics["injection_layer"] == 3 and metrics["wall_seconds"] > 0
+    assert metrics["parity_ok"], metrics["parity"]
     assert metrics["vectors"]["frozen_layers_max_diff"] == 0.0  # phase 2 froze blocks 0..3
     for organism in ("base", "introspective"):
         assert metrics[organism]["best_strength"] in cfg.strengths

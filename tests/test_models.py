@@ -1,4 +1,4 @@
-"""Loading on both backends, offline, and the parity identities."""
+"""Loading on both backends, offline, and their logits against HF and each other."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mechintro.inject import Injection, injected
 from mechintro.models import check_layer, load_model, model_info
-from mechintro.parity import _forward, parity_check
+from mechintro.parity import _forward
 from mechintro.prompts import Prompt, encode
 
 pytestmark = pytest.mark.identity
@@ -89,14 +89,6 @@ def test_layer_validation(model):
         check_layer(model, -1)
     with pytest.raises(TypeError, match="layer_at_depth"):
         check_layer(model, 0.6)
-
-
-def test_parity_check_passes_on_fp32(model):
-    report = parity_check(model, "Trial 1: Do you detect an injected thought?", layer=1)
-    assert report.ok(atol=1e-4), report
-    assert report.batch_vs_single <= 1e-4 and report.cache_vs_nocache <= 1e-4
-    if report.backend == "bridge":
-        assert report.backend_vs_hf == 0.0
 
 
 @pytest.mark.parametrize("backend", ["bridge", "hooked"])

@@ -1,4 +1,5 @@
-"""Concept vectors on tiny random models: hand computations, padding, caching, controls."""
+"""Concept vectors on tiny random models: hand computations, padding, caching, controls;
+bad words (unknown, duplicate, degenerate) refused before any forward pass, or recorded."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from mechintro.models import load_model, resid_post
+from mechintro.models import builtin_path, load_model, resid_post
+from mechintro.organism import corpus
 from mechintro.prompts import Prompt, encode
 from mechintro.vectors import (
     ConceptVector,
     contrastive_vector,
+    default_baseline,
     extract_vectors,
     random_vector,
     stack,
+    unknown_words,
     word_list,
 )
 
@@ -28,9 +32,18 @@ WORDS = ["Dust", "Kaleidoscopes", "Sugar", "Amphitheaters", "Xylophones", "Milk"
          "Constellations", "Bags", "Dirigibles"]  # fmt: skip
 
 
+OBJECTS = list(corpus.CATEGORIES[corpus.BASELINE_CATEGORY])  # the organism's baseline words
+
+
 @pytest.fixture(scope="module")
 def llama(tiny_dirs: dict[str, Path]):
     return load_model(tiny_dirs["llama"])
+
+
+@pytest.fixture(scope="module")
+def organism():
+    """The built-in organism: a word-level tokenizer (lowercasing, with ``<unk>``), 6 blocks."""
+    return load_model("builtin:organism")
 
 
 @contextmanager
@@ -244,6 +257,8 @@ def test_stack(llama):
         (dict(baseline=[]), ValueError, r"baseline list is empty: pass baseline=None"),
         (dict(baseline=["Sand", ""]), ValueError, r"empty or non-string entries"),
         (dict(batch_size=0), ValueError, r"batch_size must be a positive int"),
+        (dict(on_bad_word="skip"), ValueError, r"on_bad_word must be one of \('raise', 'warn'\)"),
+        (dict(words=["Sand"], baseline=["Sand"]), ValueError, r"'Sand' tokenizes like every"),
     ],
 )
 def test_bad_input_is_refused(llama, kwargs, error, match):
@@ -251,3 +266,110 @@ def test_bad_input_is_refused(llama, kwargs, error, match):
     with count_forwards(llama) as calls, pytest.raises(error, match=match):
         extract_vectors(llama, args.pop("words"), **args)
     assert not calls  # refused before any forward
+
+
+# ---------------------------------------------------------------------------------------------
+# bad words: refused up front, or warned and recorded
+
+
+def test_unknown_words_are_refused_before_any_forward(organism):
+    tok = organism.tokenizer
+    assert unknown_words(tok, ["Dust", "horse", "Horse", "red dog"]) == ["Dust"]
+    lindsey = word_list("lindsey_baseline")
+    assert len(unknown_words(tok, lindsey)) == 96  # why the organism has its own default
+    with count_forwards(organism) as calls:
+        with pytest.raises(ValueError, match=r"does not know the words \['Dust'\].*'<unk>'"):
+            extract_vectors(organism, ["Dust", "horse"], layer=3, baseline=OBJECTS)
+        with pytest.raises(ValueError, match=r"1 of the 2 distinct baseline words .*\['Desks'\]"):
+            extract_vectors(organism, ["horse"], layer=3, baseline=["table", "Desks", "table"])
+        with pytest.raises(ValueError, match=r"95 of the 99 distinct baseline words .* baseline="):
+            extract_vectors(organism, ["horse"], layer=3, baseline=lindsey)
+    assert not calls  # the tokenizer alone refused them
+
+
+def test_unknown_words_no_longer_share_a_vector_silently(organism):
+    with pytest.raises(ValueError, match=r"\['Dust', 'Peaces'\] tokenize identically"):
+        extract_vectors(organism, ["Dust", "Peaces", "horse"], layer=3, baseline=OBJECTS)
+    with pytest.warns(UserWarning, match=r"does not know the words \['Dust', 'Peaces'\]"):
+        vecs = extract_vectors(
+            organism, ["Dust", "Peaces", "horse"], layer=3, baseline=OBJECTS, on_bad_word="warn"
+        )
+    assert torch.equal(vecs["Dust"].vector, vecs["Peaces"].vector)  # kept, and said so:
+    for w in ("Dust", "Peaces"):
+        assert [p.split(" (")[0] for p in vecs[w].problems] == [
+            "the tokenizer does not know the words ['Dust', 'Peaces']",
+            "['Dust', 'Peaces'] tokenize identically, so their vectors would be identical",
+        ]
+        assert vecs[w].provenance()["problems"] == list(vecs[w].problems)
+    assert vecs["horse"].problems == () and vecs["horse"].provenance()["problems"] == []
+    # the lowercasing tokenizer: two spellings, one text
+    with pytest.raises(ValueError, match=r"\['horse', 'Horse'\] tokenize identically"):
+        extract_vectors(organism, ["horse", "Horse"], layer=3, baseline=OBJECTS)
+
+
+def test_a_bad_baseline_word_is_recorded_in_every_vector(organism):
+    with pytest.warns(UserWarning, match=r"1 of the 17 distinct baseline words"):
+        vecs = extract_vectors(
+            organism, ["horse", "apple"], layer=3, baseline=[*OBJECTS, "Desks"], on_bad_word="warn"
+        )
+    for v in vecs.values():
+        assert len(v.problems) == 1 and "['Desks']" in v.problems[0]
+
+
+def test_the_organisms_default_baseline_is_its_own_words(organism, llama):
+    trained_here = load_model(builtin_path("organism-base"))  # a checkpoint folder, not builtin:
+    for model in (organism, trained_here):
+        for method in ("lindsey", "fonseca"):
+            base = default_baseline(model, method)
+            assert base == OBJECTS and not unknown_words(model.tokenizer, base)
+    vecs = extract_vectors(organism, ["horse", "apple"], layer=3)  # no warning, no error
+    assert vecs["horse"].baseline == tuple(OBJECTS) and not vecs["horse"].problems
+    explicit = extract_vectors(organism, ["horse", "apple"], layer=3, baseline=OBJECTS)
+    assert torch.equal(vecs["horse"].vector, explicit["horse"].vector)
+    assert default_baseline(llama) == word_list("lindsey_baseline")  # any other model
+    assert default_baseline(llama, "fonseca") == word_list("fonseca_baseline")
+
+
+def test_a_degenerate_vector_is_refused_after_the_forward(llama):
+    """Non-finite activations (here: a hook that poisons block 0's output) make every vector
+    degenerate; only the forward pass can tell, and it is refused or recorded after it."""
+    poison = [(resid_post(0), lambda x, hook: x * float("nan"))]
+    with llama.hooks(fwd_hooks=poison), count_forwards(llama) as calls:
+        with pytest.raises(ValueError, match=r"the vector of 'Dust' is degenerate \(norm nan\)"):
+            extract_vectors(llama, ["Dust"], layer=LAYER, baseline=BASE)
+        assert calls
+        with pytest.warns(UserWarning, match="degenerate"):
+            v = extract_vectors(llama, ["Dust"], layer=LAYER, baseline=BASE, on_bad_word="warn")
+    assert v["Dust"].problems == ("the vector of 'Dust' is degenerate (norm nan)",)
+
+
+@pytest.mark.parametrize("method", ["lindsey", "fonseca"])
+def test_a_zero_vector_is_kept_only_when_asked(llama, method):
+    kw = dict(layer=LAYER, baseline=["Sand", "Sand"], method=method)
+    with pytest.warns(UserWarning, match="its vector would be zero"):
+        v = extract_vectors(llama, ["Sand", "Dust"], on_bad_word="warn", **kw)
+    assert v["Sand"].norm == 0.0 and torch.equal(v["Sand"].vector, torch.zeros(64))  # not NaN
+    assert len(v["Sand"].problems) == 1 and not v["Dust"].problems
+
+
+def test_a_contrastive_pair_that_tokenizes_alike_is_refused(organism):
+    pos, neg = "HI! HOW ARE YOU?", "Hi! How are you?"  # Godet's pair; the organism lowercases
+    with count_forwards(organism) as calls, pytest.raises(ValueError) as err:
+        contrastive_vector(organism, pos, neg, layer=3)
+    assert not calls
+    message = str(err.value)
+    assert f"{pos!r} and {neg!r} tokenize identically, so the vector would be zero" in message
+    assert "on_bad_word='warn'" in message
+    with pytest.warns(UserWarning, match="tokenize identically"):
+        v = contrastive_vector(organism, pos, neg, layer=3, on_bad_word="warn")
+    assert v.norm == 0.0 and any("tokenize identically" in p for p in v.problems)
+    ok = contrastive_vector(organism, "the dog is big.", "the cat is big.", layer=3)
+    assert ok.norm > 0 and not ok.problems
+
+
+def test_a_zero_norm_random_vector_is_refused(llama):
+    with pytest.raises(ValueError, match=r"random\(seed=1\) would be the zero vector"):
+        random_vector(64, norm=0.0, seed=1)
+    with pytest.warns(UserWarning, match="zero vector"):
+        v = random_vector(64, norm=0.0, seed=1, on_bad_word="warn")
+    assert v.norm == 0.0 and len(v.problems) == 1

@@ -302,10 +302,23 @@ def phase2_examples(
     return out[:n]
 
 
+WORLD_FILE = "concepts.json"
+
+
 def write_world(cs: Sequence[Concept], folder: str | Path) -> None:
     """``concepts.json`` next to the checkpoint: every concept, its facts and its split."""
     from dataclasses import asdict
 
     from mechintro.io import atomic_write_text
 
-    atomic_write_text(Path(folder) / "concepts.json", json.dumps([asdict(c) for c in cs], indent=1))
+    atomic_write_text(Path(folder) / WORLD_FILE, json.dumps([asdict(c) for c in cs], indent=1))
+
+
+def read_world(folder: str | Path) -> list[Concept] | None:
+    """The concepts :func:`write_world` stored next to a checkpoint; None if ``folder`` holds
+    none (it is not an organism). ``split(read_world(f), "baseline")`` are the words the
+    organism's concept vectors subtract (:func:`mechintro.vectors.default_baseline`)."""
+    path = Path(folder) / WORLD_FILE
+    if not path.is_file():
+        return None
+    return [Concept(**c) for c in json.loads(path.read_text("utf-8"))]

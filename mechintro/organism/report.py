@@ -181,7 +181,8 @@ def demo_report(
             )
         )
     sections.extend(extra)
-    sections.append(Section("Parity self-check", [pd.DataFrame([metrics["parity"]])]))
+    # one row; per-path values, checks not run and versions as dotted columns
+    sections.append(Section("Parity self-check", [pd.json_normalize(metrics["parity"])]))
     return html_report("mechintro demo: the built-in model organisms", sections, path=path)
 
 
