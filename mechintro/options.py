@@ -338,7 +338,11 @@ class NoiseConfig:
     depths: tuple[float, ...] = opt((), "or depth fractions, e.g. 0.6")
     strengths: tuple[float, ...] = opt((0.0, 2.0, 4.0, 8.0), "raw strengths; 0 is the baseline")
     concepts: tuple[str, ...] = opt((), "Lindsey concept vectors (default: the all-caps vector)")
-    baseline: tuple[str, ...] = opt((), "baseline words of the concept vectors (default: Macar's)")
+    baseline: tuple[str, ...] = opt(
+        (),
+        "baseline words of the concept vectors (default: a model organism's own object words, "
+        "else the method's list)",
+    )
     battery: int = opt(20, "control questions with known answers (at most 20)")
     n_random: int = opt(1, "norm-matched random vectors per vector (the baseline)")
     seed: int = opt(0, "seed of the random vectors")

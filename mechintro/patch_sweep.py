@@ -44,7 +44,11 @@ class PatchConfig:
     layer: int = arg("injection layer (block index)")
     strength: float = opt(4.0, "injection strength, in --unit")
     unit: str = opt("raw", "raw (adds s·v) or resid-norm (adds s·resid_norm·v/‖v‖)")
-    baseline: tuple[str, ...] = opt((), "baseline words of the vector (default: Macar's)")
+    baseline: tuple[str, ...] = opt(
+        (),
+        "baseline words of the vector (default: a model organism's own object words, "
+        "else the method's list)",
+    )
     protocol: str = opt("detection", "prompt protocol (mechintro.protocols names)")
     trial: int = opt(1, "the n of 'Trial n'")
     direction: str = opt("knock-out", "knock-out or knock-in")

@@ -94,7 +94,13 @@ def godet_vectors(model: TLModel, layers: Sequence[int]) -> dict[int, dict[str, 
     """Godet's steering vector at each layer: the all-caps contrastive vector taken there."""
     from mechintro.vectors import contrastive_vector
 
-    return {L: {"all-caps": contrastive_vector(model, *ALL_CAPS, layer=L)} for L in layers}
+    try:
+        return {L: {"all-caps": contrastive_vector(model, *ALL_CAPS, layer=L)} for L in layers}
+    except ValueError as e:  # e.g. a lowercasing word-level tokenizer: the pair reads the same
+        raise ValueError(
+            f"Godet's all-caps vector cannot be made on this model: {e} Give concept vectors "
+            "instead (mechintro noise --concepts WORD ...)"
+        ) from e
 
 
 VectorsArg = Mapping[int, "ConceptVector | Mapping[str, ConceptVector]"]
@@ -186,7 +192,9 @@ class NoiseControls:
                 for k in range(self.n_random):
                     key = f"{self.seed}:{L}:{name}:{k}"
                     seed = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
-                    out.append((L, f"random:{name}:{k}", "random", random_vector(v, seed=seed)))
+                    kept = "warn" if v.problems else "raise"  # a user kept a flagged vector
+                    rv = random_vector(v, seed=seed, on_bad_word=kept)
+                    out.append((L, f"random:{name}:{k}", "random", rv))
         return out
 
     def run(self, model: TLModel, vectors: VectorsArg, *, batch_size: int = 64) -> pd.DataFrame:
