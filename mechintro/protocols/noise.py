@@ -192,8 +192,8 @@ class NoiseControls:
                 for k in range(self.n_random):
                     key = f"{self.seed}:{L}:{name}:{k}"
                     seed = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
-                    kept = "warn" if v.problems else "raise"  # a user kept a flagged vector
-                    rv = random_vector(v, seed=seed, on_bad_word=kept)
+                    # a vector a user kept despite its problems keeps its random baselines
+                    rv = random_vector(v, seed=seed, on_bad_word="warn" if v.problems else "raise")
                     out.append((L, f"random:{name}:{k}", "random", rv))
         return out
 
