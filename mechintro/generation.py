@@ -533,6 +533,13 @@ def generate(
     )
 
 
+def generation_path(model: TLModel, fast: bool | None = None) -> str:
+    """The path :func:`generate` takes on ``model`` as it is now: ``"twin"`` (a bridge's plain
+    HF twin), ``"bridge"`` (a hook on it, ``fast=False``, ...) or ``"hooked"``; every
+    generation's record names the one it took (``record.settings["path"]``)."""
+    return "twin" if fast_twin(model, fast) is not None else backend_of(model)
+
+
 def _row_seeds(seed: int | Sequence[int], rows: int) -> Tensor:
     if isinstance(seed, int):
         return torch.arange(rows, dtype=torch.long) + seed

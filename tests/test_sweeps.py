@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -12,12 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from mechintro.models import load_model
 from mechintro.prompts import Prompt
-from mechintro.sweeps import SweepSpec, Trial, batches, load_results, plan, run_sweep
+from mechintro.record import library_versions
+from mechintro.sweeps import SweepSpec, Trial, batches, load_results, load_runs, plan, run_sweep
 from mechintro.sweeps import runner as sweeps  # where run_sweep looks up generate, fingerprint
-from mechintro.vectors import extract_vectors
+from mechintro.sweeps.frozen import FROZEN_FILE, FROZEN_TENSORS, load_frozen, row_vector
+from mechintro.vectors import ConceptVector, extract_vectors
 
 LAYERS = (1, 2)
 CONCEPTS = ("Dust", "Peace")
@@ -81,11 +85,28 @@ def by_id(out: Path) -> dict[str, dict]:
     return {r["trial_id"]: r for r in recs}
 
 
+def comparable(out: Path) -> dict[str, dict]:
+    """Every record by id, less what legitimately differs from run to run: when it was written
+    and how long its batch took. Everything else must be the same however the sweep ran."""
+    recs = by_id(out)
+    for r in recs.values():
+        del r["written_at"]
+        for timing in ("generate_seconds", "readout_seconds", "seconds_per_trial"):
+            del r["batch"][timing]
+    return recs
+
+
 def assert_same_results(a: dict[str, dict], b: dict[str, dict]) -> None:
     assert a.keys() == b.keys()
     for tid in a:
         assert a[tid]["tokens"] == b[tid]["tokens"], a[tid]
         assert a[tid]["b"] == pytest.approx(b[tid]["b"], abs=1e-4)
+
+
+def assert_same_injections(a: dict[str, dict], b: dict[str, dict]) -> None:
+    """The same results, each trial injected as in the other run (vector, norms, strength)."""
+    assert_same_results(a, b)
+    assert {k: r["injection"] for k, r in a.items()} == {k: r["injection"] for k, r in b.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,7 +178,8 @@ def test_batches_mix_cells_and_spread_controls():
 def test_one_injection_per_layer_with_zero_rows_elsewhere(vectors, unit):
     trials = plan(make_spec(unit=unit))
     chunk = batches(trials, 20)[0]
-    injections = sweeps._injections(chunk, vectors)
+    rows = {(L, w): row_vector(v, unit) for L, ws in vectors.items() for w, v in ws.items()}
+    injections = sweeps._injections(chunk, rows)
     assert [i.layer for i in injections] == list(LAYERS)
     for inj in injections:
         norms = inj.deltas(len(chunk)).norm(dim=-1)
@@ -209,9 +231,12 @@ def test_record_holds_inputs_seed_reply_readouts_and_versions(reference):
     assert isinstance(r["reply"], str) and r["n_tokens"] == len(r["tokens"])
     assert set(r["versions"]) >= {"mechintro", "torch", "transformer-lens"}
     assert len(r["model"]["fingerprint"]) == 16
+    assert r["generation_path"] == "twin"  # the tiny Llama on the bridge runs on its HF twin
     meta = json.loads((reference / "spec.json").read_text())
     assert SweepSpec.from_dict(meta["spec"]) == SPEC
     assert meta["model"]["fingerprint"] == r["model"]["fingerprint"]
+    (run,) = load_runs(reference)
+    assert run["path"] == "twin" and run["versions"] == library_versions()
 
 
 def test_default_detection_protocol_and_vectors_extracted_into_the_folder(llama, tmp_path):
@@ -222,7 +247,10 @@ def test_default_detection_protocol_and_vectors_extracted_into_the_folder(llama,
     assert len(df) == 2 and set(df.protocol) == {"detection", "forced"}
     forced = df[df.protocol == "forced"].prompt_text.item()
     assert forced.endswith("Yes, I detect an injected thought. The thought is about")
-    assert any((tmp_path / "vectors").glob("*.safetensors"))
+    frozen = load_frozen(tmp_path)
+    assert list(frozen.vectors) == [(1, "Dust")]
+    vector = frozen.records[(1, "Dust")]
+    assert all(r["injection"]["vector"] == vector for r in by_id(tmp_path).values())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,8 +280,121 @@ def test_resume_after_an_error_mid_run(llama, vectors, reference, tmp_path, monk
     assert_same_results(by_id(tmp_path), by_id(reference))
 
 
+#: Three concepts whose strengths are in units of the layer's mean residual norm: a norm
+#: averaged over the pending concepts only (extracted again on resume) would show in the
+#: replies. Prompts of three lengths: a resumed batch holding other rows than the uninterrupted
+#: run's would pad them otherwise, which shows in the readouts' last bits.
+NORM_SPEC = make_spec(
+    concepts=("Dust", "Milk", "Peace"),
+    strengths=(8.0,),
+    trial_numbers=(1, 10, 100),
+    n_controls=6,
+    max_new_tokens=3,
+    unit="resid-norm",
+    baseline=("Stone", "Tree"),
+)  # 3 concepts x 2 layers x 3 trial numbers + 6 controls = 24 trials: 5 batches of 5
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_resumed_at_random_points_equals_uninterrupted_in_every_field(
+    llama, tmp_path, monkeypatch, seed
+):
+    """Three interruptions at random batches (Ctrl-C), some leaving a torn line (kill -9
+    mid-write), then resumed: every record equals an uninterrupted run's, bit for bit."""
+    kw = dict(prompts=PROMPTS, batch_size=5, progress=False)
+    run_sweep(llama, NORM_SPEC, tmp_path / "whole", **kw)
+    whole = (tmp_path / "whole" / "trials.jsonl").read_text().splitlines(keepends=True)
+    assert len(whole) == 24
+    rng = random.Random(seed)
+    stops = set(rng.sample(range(1, 6), 3))  # the generate calls that are interrupted
+    calls: list[int] = []
+    real = sweeps.generate
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) in stops:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweeps, "generate", interrupted)
+    out = tmp_path / "resumed"
+    for _ in stops:
+        with pytest.raises(KeyboardInterrupt):
+            run_sweep(llama, NORM_SPEC, out, **kw)
+        if rng.random() < 0.5:  # killed in the middle of the next batch's write
+            line = rng.choice(whole)
+            with open(out / "trials.jsonl", "a") as f:
+                f.write(line[: rng.randrange(1, len(line) - 1)])
+    run_sweep(llama, NORM_SPEC, out, **kw)
+    assert len(calls) == 5 + 3
+    assert comparable(out) == comparable(tmp_path / "whole")
+    runs = load_runs(out)
+    assert len(runs) == 4 and runs[-1]["pending"] < 24
+    assert {(r["path"], r["batch_size"]) for r in runs} == {("twin", 5)}
+
+
+def test_the_frozen_injections_are_reused_and_checked_on_resume(
+    llama, vectors, reference, tmp_path
+):
+    """The vectors given on the first run are frozen: a resume needs them no more, and refuses
+    other vectors, injections frozen for another model, a damaged tensor file, and trials
+    injected with vectors other than the frozen ones (a folder resumed by the old code)."""
+    frozen = load_frozen(reference)
+    assert sorted(frozen.vectors) == [(L, w) for L in LAYERS for w in CONCEPTS]
+    for (L, w), v in frozen.vectors.items():
+        given = vectors[L][w]
+        assert torch.equal(v.vector, given.vector) and v.resid_norm == given.resid_norm
+        assert torch.equal(frozen.rows[(L, w)], v.vector)  # unit="raw": a strength multiplies v
+
+    def partial(name: str) -> Path:
+        """The reference, stopped after 10 trials (the other 10 then run in a batch of their
+        own: the same replies, readouts to float tolerance)."""
+        out = tmp_path / name
+        shutil.copytree(reference, out)
+        lines = (out / "trials.jsonl").read_text().splitlines(keepends=True)
+        (out / "trials.jsonl").write_text("".join(lines[:10]))
+        return out
+
+    kw = dict(prompts=PROMPTS, batch_size=64, progress=False)
+    out = partial("no-vectors-given")
+    run_sweep(llama, SPEC, out, **kw)  # no vectors=: the frozen ones
+    assert_same_injections(by_id(out), by_id(reference))
+
+    other = {L: {w: ConceptVector(w, 2 * v.vector, L, "lindsey") for w, v in ws.items()}
+             for L, ws in vectors.items()}  # fmt: skip
+    with pytest.raises(ValueError, match=r"vectors= differs.*omit vectors=.*new output folder"):
+        run_sweep(llama, SPEC, partial("other-vectors"), vectors=other, **kw)
+
+    out = partial("other-model")
+    meta = json.loads((out / FROZEN_FILE).read_text())
+    meta["model"]["fingerprint"] = "0123456789abcdef"
+    (out / FROZEN_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"another model weights.*new output folder.*or delete"):
+        run_sweep(llama, SPEC, out, **kw)
+
+    out = partial("damaged")
+    (out / FROZEN_TENSORS).write_bytes((out / FROZEN_TENSORS).read_bytes()[:-4])
+    with pytest.raises(ValueError, match=r"frozen.safetensors is missing or is not the file"):
+        run_sweep(llama, SPEC, out, **kw)
+
+    # written before injections were frozen: frozen now, if the trials agree with them
+    out = partial("unfrozen")
+    (out / FROZEN_FILE).unlink()
+    (out / FROZEN_TENSORS).unlink()
+    path = out / "trials.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    first = json.loads(lines[0])
+    first["injection"]["vector"]["resid_norm"] += 0.2  # re-extracted for fewer concepts
+    path.write_text("".join([json.dumps(first) + "\n", *lines[1:]]))
+    with pytest.raises(ValueError, match=r"\(1 of them\) were injected.*resid_norm .*new output"):
+        run_sweep(llama, SPEC, out, vectors=vectors, **kw)
+    path.write_text("".join(lines))
+    run_sweep(llama, SPEC, out, vectors=vectors, **kw)
+    assert_same_injections(by_id(out), by_id(reference))
+
+
 def test_progress_bar_starts_at_the_trials_already_done(
-    llama, vectors, reference, tmp_path, capsys
+    llama, vectors, reference, tmp_path, capsys, caplog
 ):
     shutil.copytree(reference, tmp_path, dirs_exist_ok=True)
     lines = (tmp_path / "trials.jsonl").read_text().splitlines(keepends=True)
@@ -262,6 +403,8 @@ def test_progress_bar_starts_at_the_trials_already_done(
     err = capsys.readouterr().err
     assert "15/20" in err and "20/20" in err
     assert_same_results(by_id(tmp_path), by_id(reference))
+    # the reference ran in one batch of 20: the rest of a batch runs alone, and that is said
+    assert "in batches of 5 where earlier runs used 64" in caplog.text
 
 
 def test_torn_last_line_is_cut_and_its_trial_run_again(llama, vectors, reference, tmp_path):

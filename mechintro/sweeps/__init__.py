@@ -16,21 +16,27 @@ the layer order, so most batches hook one layer; controls are spread evenly over
 The package: :mod:`~mechintro.sweeps.spec` (the grid, trials, batches),
 :mod:`~mechintro.sweeps.builders` (prompt builders: every protocol of
 :data:`mechintro.protocols.PROTOCOLS` by name), :mod:`~mechintro.sweeps.store` (the results
-folder) and :mod:`~mechintro.sweeps.runner` (:func:`run_sweep`).
+folder), :mod:`~mechintro.sweeps.frozen` (the injections frozen in it) and
+:mod:`~mechintro.sweeps.runner` (:func:`run_sweep`).
 
 The results folder holds::
 
     spec.json        the spec, the model (name, fingerprint) and each protocol's prompt hash
+    frozen.safetensors, frozen.json   every (layer, concept)'s vector and what a strength of
+                     1 adds with it, resolved on the first run (mechintro.sweeps.frozen)
     trials.jsonl     one JSON record per finished trial, appended batch by batch
     trials.rank{r}.jsonl   the same, written by rank r of a data-parallel run
-    runs.jsonl       one record per run: world size, ranks, devices, batch size, memory plan
-    vectors/         the concept-vector cache (mechintro.vectors.extract_vectors)
+    runs.jsonl       one record per run: world size, ranks, devices, batch size, memory plan,
+                     generation path (twin, bridge or hooked), library versions
 
 Each batch's records are appended with one write, flushed and fsynced. A run stopped at any
 moment (Ctrl-C, an exception, ``kill -9``, a power cut) loses at most the batch in flight:
 on the next run the torn last line, if any, is cut off, the trial ids already present are
-skipped, and the rest run. A folder is bound to one spec and one model: resuming with another
-is refused. A lock file stops two processes from writing one folder.
+skipped, and the rest run, in the batches an uninterrupted run would have run them in, with
+the injections frozen on the first run: every record equals an uninterrupted run's but for
+``written_at`` and the timings under ``batch`` (at the same batch size; see
+:func:`run_sweep`). A folder is bound to one spec and one model: resuming with another is
+refused. A lock file stops two processes from writing one folder.
 
 Data-parallel: under ``torchrun`` (or ``mechintro sweep --nproc N``) every rank runs the same
 call on its own model; rank 0 holds the lock, checks and repairs the folder and lists the
@@ -56,7 +62,8 @@ from mechintro.sweeps.builders import (
     build_prompt,
     prompt_version,
 )
-from mechintro.sweeps.runner import Vectors, run_sweep
+from mechintro.sweeps.frozen import FROZEN_FILE, FROZEN_TENSORS, Frozen, Vectors, load_frozen
+from mechintro.sweeps.runner import run_sweep
 from mechintro.sweeps.spec import STORE_FORMAT, SweepSpec, Trial, batches, plan
 from mechintro.sweeps.store import (
     LOCK_FILE,
@@ -74,6 +81,8 @@ from mechintro.sweeps.store import (
 )
 
 __all__ = [
+    "FROZEN_FILE",
+    "FROZEN_TENSORS",
     "LOCK_FILE",
     "PROMPTS",
     "PROMPT_VERSIONS",
@@ -82,6 +91,7 @@ __all__ = [
     "SPEC_FILE",
     "STORE_FORMAT",
     "TRIALS_FILE",
+    "Frozen",
     "PromptBuilder",
     "ProtocolBuilder",
     "SweepSpec",
@@ -90,6 +100,7 @@ __all__ = [
     "Vectors",
     "batches",
     "build_prompt",
+    "load_frozen",
     "load_results",
     "load_runs",
     "load_spec",

@@ -22,7 +22,7 @@ import torch
 from mechintro import distributed
 from mechintro.decode import forget
 from mechintro.distributed import Ranks
-from mechintro.generation import generate, readout
+from mechintro.generation import generate, generation_path, readout
 from mechintro.inject import Injection
 from mechintro.memory import (
     ModelShape,
@@ -36,12 +36,14 @@ from mechintro.models import TLModel, check_layer, fingerprint, model_info, toke
 from mechintro.prompts import encode
 from mechintro.record import library_versions
 from mechintro.sweeps.builders import PROMPTS, PromptBuilder, build_prompt, prompt_version
+from mechintro.sweeps.frozen import FROZEN_FILE, Frozen, Key, Vectors, freeze, load_frozen, select
 from mechintro.sweeps.spec import STORE_FORMAT, SweepSpec, Trial, _canon, batches, plan
 from mechintro.sweeps.store import (
     TrialStore,
     _bind_folder,
     _locked,
     load_results,
+    load_runs,
     log_run,
     read_trials,
     shard_path,
@@ -52,38 +54,12 @@ logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
 
-Vectors = Mapping[int, Mapping[str, ConceptVector]]
 
-
-def _vector_info(v: ConceptVector) -> dict[str, Any]:
-    return {
-        "word": v.word,
-        "method": v.method,
-        "layer": v.layer,
-        "norm": v.norm,
-        "norm_ratio": v.norm_ratio,
-        "resid_norm": v.resid_norm,
-        "fingerprint": v.fingerprint,
-        "sha256": hashlib.sha256(v.vector.numpy().tobytes()).hexdigest()[:16],
-    }
-
-
-def _row_vector(v: ConceptVector, unit: str) -> torch.Tensor:
-    """The vector a strength multiplies: ``v`` (raw) or ``resid_norm·v/‖v‖`` (resid-norm)."""
-    if unit == "raw":
-        return v.vector
-    if not v.resid_norm or v.norm == 0:
-        raise ValueError(
-            f"unit='resid-norm' needs a non-zero vector with resid_norm; {v.word!r} has "
-            f"norm {v.norm} and resid_norm {v.resid_norm}"
-        )
-    return v.vector / v.norm * v.resid_norm
-
-
-def _injections(trials: Sequence[Trial], vectors: Vectors) -> list[Injection]:
+def _injections(trials: Sequence[Trial], rows: Mapping[Key, torch.Tensor]) -> list[Injection]:
     """One per-row Injection per (layer, mode, start) in the batch; other rows get strength 0.
 
-    A strength-0 row is never steered (bit-identical to no hook), so rows of other layers,
+    ``rows[(layer, concept)]`` is what a strength of 1 adds (:attr:`Frozen.rows`). A
+    strength-0 row is never steered (bit-identical to no hook), so rows of other layers,
     controls and within-cell controls can share the batch.
     """
     groups = sorted({(t.layer, t.mode, t.start) for t in trials if t.injected}, key=str)
@@ -92,15 +68,14 @@ def _injections(trials: Sequence[Trial], vectors: Vectors) -> list[Injection]:
         layer, mode, start = key
         assert layer is not None and mode is not None and start is not None
         mine = [t.injected and (t.layer, t.mode, t.start) == key for t in trials]
-        rows = [
-            _row_vector(vectors[layer][t.concept], t.unit or "raw") if m and t.concept else None
-            for t, m in zip(trials, mine)
+        added = [
+            rows[(layer, t.concept)] if m and t.concept else None for t, m in zip(trials, mine)
         ]
-        filler = next(r for r in rows if r is not None)  # multiplied by strength 0
+        filler = next(r for r in added if r is not None)  # multiplied by strength 0
         out.append(
             Injection(
                 layer,
-                torch.stack([filler if r is None else r for r in rows]),
+                torch.stack([filler if r is None else r for r in added]),
                 [t.strength if m else 0.0 for t, m in zip(trials, mine)],
                 mode=mode,
                 start=start,
@@ -114,13 +89,13 @@ def _run_batch(
     spec: SweepSpec,
     trials: Sequence[Trial],
     builders: Mapping[str, PromptBuilder],
-    vectors: Vectors,
+    frozen: Frozen,
     common: Mapping[str, Any],
 ) -> list[dict[str, Any]]:
     tok = tokenizer_of(model)
     prompts = [build_prompt(builders[t.protocol], t, tok) for t in trials]
     batch = encode(tok, prompts, **spec.template_kwargs)
-    injections = _injections(trials, vectors)
+    injections = _injections(trials, frozen.rows)
     inj = injections or None
     t0 = time.perf_counter()
     gen = generate(
@@ -147,7 +122,7 @@ def _run_batch(
     for i, t in enumerate(trials):
         prompt_ids = ids[i][pad[i] :]
         injection = None
-        if t.concept is not None:
+        if t.layer is not None and t.concept is not None:  # not a control
             at = None if starts is None or int(starts[i]) < 0 else int(starts[i]) - pad[i]
             injection = {
                 "layer": t.layer,
@@ -156,7 +131,7 @@ def _run_batch(
                 "unit": t.unit,
                 "start": t.start,
                 "start_position": at,
-                "vector": common["vectors"][(t.layer, t.concept)],
+                "vector": frozen.records[(t.layer, t.concept)],
             }
         records.append(
             {
@@ -174,6 +149,7 @@ def _run_batch(
                 "n_prompt_tokens": len(prompt_ids),
                 "prompt_version": common["prompt_versions"][t.protocol],
                 "injection": injection,
+                "generation_path": gen.record.settings["path"],
                 "batch": {
                     "size": len(trials),
                     "generate_seconds": gen.seconds,
@@ -191,38 +167,19 @@ def _run_batch(
 
 
 def _resolve_vectors(
-    model: TLModel, spec: SweepSpec, pending: Sequence[Trial], given: Vectors | None, out: Path
-) -> Vectors:
-    need: dict[int, list[str]] = {}
-    for t in pending:
-        if t.concept is not None and t.layer is not None:
-            words = need.setdefault(t.layer, [])
-            if t.concept not in words:
-                words.append(t.concept)
+    model: TLModel, spec: SweepSpec, keys: Sequence[Key], given: Vectors | None
+) -> dict[Key, ConceptVector]:
+    """The vector of every (layer, concept) of ``keys``: given, or extracted with
+    ``spec.method`` for all concepts of a layer in one call (they share its ``resid_norm``)."""
     if given is not None:
-        missing = [(L, w) for L, ws in need.items() for w in ws if w not in given.get(L, {})]
-        if missing:
-            raise KeyError(
-                f"vectors= lacks (layer, concept) {missing[:5]}{'...' if len(missing) > 5 else ''}"
-                ": pass {layer: {concept: ConceptVector}} for every layer and concept of the spec"
-            )
-        for L, ws in need.items():
-            for w in ws:
-                v = given[L][w]
-                if v.layer is not None and v.layer != L:
-                    raise ValueError(f"the vector of {w!r} given for layer {L} is from {v.layer}")
-        return given
-    return {
-        L: extract_vectors(
-            model,
-            sorted(ws),
-            layer=L,
-            method=spec.method,
-            baseline=list(spec.baseline) or None,
-            cache_dir=out / "vectors",
-        )
-        for L, ws in sorted(need.items())
-    }
+        return select(given, keys)
+    out: dict[Key, ConceptVector] = {}
+    for layer in sorted({at for at, _ in keys}):
+        words = sorted(w for at, w in keys if at == layer)
+        baseline = list(spec.baseline) or None
+        vecs = extract_vectors(model, words, layer=layer, method=spec.method, baseline=baseline)
+        out.update({(layer, w): v for w, v in vecs.items()})
+    return out
 
 
 def _run_meta(
@@ -349,24 +306,33 @@ def run_sweep(
     """Run every trial of ``spec`` not yet in ``out_dir``; return all results as a DataFrame.
 
     Args:
-        vectors: ``{layer: {concept: ConceptVector}}``; by default extracted once per layer
-            with ``spec.method`` and cached in ``out_dir/vectors``.
+        vectors: ``{layer: {concept: ConceptVector}}`` for every layer and concept of the
+            spec; by default extracted with ``spec.method``, all concepts of a layer in one
+            call. Either way they are frozen in ``out_dir`` on the first run
+            (:mod:`~mechintro.sweeps.frozen`), and every later run injects the frozen ones:
+            given again, they must be the same.
         prompts: extra prompt builders ``{name: (Trial) -> Prompt}`` for ``spec.protocols``
             (a builder's ``version`` attribute, if any, is recorded).
-        batch_size: trials per generation; it does not change any result, so a run may be
-            resumed with another. ``"auto"``: the largest batch, up to ``max_batch``, that
-            the memory plan (:mod:`mechintro.memory`) fits on the model's device(s).
+        batch_size: trials per generation. The batches are cut from the whole plan, so a
+            run resumed with the batch size of the first runs that run's batches, and every
+            record comes out bit for bit; another size may change the readouts in the last
+            bits (a row's floating-point sums depend on its batch's shapes), and a reply
+            only where two tokens nearly tie.
+            ``"auto"``: the largest batch, up to ``max_batch``, that the memory plan
+            (:mod:`mechintro.memory`) fits on the model's device(s) for the whole plan.
         progress: show a tqdm bar over trials (starting at those already done).
         ranks: the process's place in a data-parallel job (default:
             :func:`mechintro.distributed.current`, a world of one outside ``torchrun``).
 
-    Rerunning the same call after an interruption resumes it: no trial is lost or repeated.
-    In a job of several ranks, each runs the same call on its own copy of the model: rank 0
-    locks and checks the folder, repairs torn shard files and lists the pending trials;
-    every rank then takes every ``world_size``-th batch of them and appends its records to
-    its own ``trials.rank{r}.jsonl``. Each trial keeps its id and seed, so the merged results
-    equal a single process's run trial for trial. ``runs.jsonl`` records every run: ranks,
-    devices, the batch size and its memory plan.
+    Rerunning the same call after an interruption resumes it: no trial is lost or repeated,
+    and the records equal an uninterrupted run's in every field but ``written_at`` and the
+    timings under ``batch``. In a job of several ranks, each runs the same call on its own
+    copy of the model: rank 0 locks and checks the folder, repairs torn shard files, freezes
+    or checks the injections and lists the pending trials; every rank then takes every
+    ``world_size``-th batch of them and appends its records to its own
+    ``trials.rank{r}.jsonl``. Each trial keeps its id and seed, so the merged results equal a
+    single process's run trial for trial. ``runs.jsonl`` records every run: ranks, devices,
+    the batch size and its memory plan, the generation path and the library versions.
 
     Example::
 
@@ -392,22 +358,20 @@ def run_sweep(
     out.mkdir(parents=True, exist_ok=True)
     trials = plan(spec)
     with _locked(out) if ranks.is_main else contextlib.nullcontext():
-        found = _on_main(ranks, lambda: _open_folder(model, spec, trials, builders, out))
-        meta, done = typing.cast(tuple[dict[str, Any], set[str]], ranks.broadcast(found))
+        found = _on_main(ranks, lambda: _open_folder(model, spec, trials, builders, vectors, out))
+        shared = ranks.broadcast(None if found is None else found[:2])
+        meta, done = typing.cast(tuple[dict[str, Any], set[str]], shared)
+        # rank 0 froze the injections (or checked them); the others read them back
+        frozen = found[2] if found else load_frozen(out)
         pending = [t for t in trials if t.trial_id not in done]
         if ranks.is_main and done:
             logger.info(
                 "resuming %s: %d of %d trials done", out, len(trials) - len(pending), len(trials)
             )
-        # rank 0 extracts the vectors into the folder's cache; the others then read them
-        vecs = _on_main(ranks, lambda: _resolve_vectors(model, spec, pending, vectors, out))
-        if vecs is None:
-            vecs = _resolve_vectors(model, spec, pending, vectors, out)
         size, memory = (1 if batch_size == "auto" else int(batch_size)), None
         if pending:
-            per_rank = -(-len(pending) // ranks.world_size)
-            cap = min(max_batch, per_rank)
-            size, memory = _memory_plan(model, spec, pending, builders, batch_size, cap)
+            cap = min(max_batch, -(-len(trials) // ranks.world_size))
+            size, memory = _memory_plan(model, spec, trials, builders, batch_size, cap)
         here: dict[str, Any] = {
             "rank": ranks.rank,
             "host": socket.gethostname(),
@@ -415,15 +379,21 @@ def run_sweep(
         }
         everyone = ranks.all_gather({**here, "batch_size": size, "memory": memory})
         size = min(r["batch_size"] for r in everyone)  # one batching for every rank
-        mine = ranks.share(batches(pending, size))
+        # the whole plan's batches, less the trials done: a resumed run's batches are those
+        # an uninterrupted one would have run (at the same size)
+        todo = [[t for t in chunk if t.trial_id not in done] for chunk in batches(trials, size)]
+        mine = ranks.share([chunk for chunk in todo if chunk])
         if ranks.is_main:
-            log_run(out, _run_record(ranks, size, batch_size, len(trials), len(pending), everyone))
+            if done:
+                _warn_if_batching_changed(out, size)
+            path = generation_path(model)
+            record = _run_record(ranks, size, batch_size, len(trials), len(pending), everyone, path)
+            log_run(out, record)
         common = {
             "spec_key": spec.key,
             "model": meta["model"],
             "versions": meta["versions"],
             "prompt_versions": {n: prompt_version(n, builders[n]) for n in spec.protocols},
-            "vectors": {(L, w): _vector_info(v) for L, ws in vecs.items() for w, v in ws.items()},
             "ranks": {"rank": ranks.rank, "world_size": ranks.world_size},
         }
         alone = ranks.world_size == 1
@@ -437,7 +407,7 @@ def run_sweep(
         store = TrialStore(shard_path(out, ranks.rank, ranks.world_size))
         try:
             for chunk in mine:
-                store.append(_run_batch(model, spec, chunk, builders, vecs, common))
+                store.append(_run_batch(model, spec, chunk, builders, frozen, common))
                 bar.update(len(chunk))
         except KeyboardInterrupt:
             logger.warning(
@@ -457,17 +427,46 @@ def _open_folder(
     spec: SweepSpec,
     trials: Sequence[Trial],
     builders: Mapping[str, PromptBuilder],
+    given: Vectors | None,
     out: Path,
-) -> tuple[dict[str, Any], set[str]]:
-    """Bind ``out`` to this sweep, cut torn last lines, and return (meta, ids already done)."""
+) -> tuple[dict[str, Any], set[str], Frozen]:
+    """Bind ``out`` to this sweep, cut torn last lines, freeze the injections or check them.
+
+    Returns (meta, ids already done, the frozen injections). Until a trial is written the
+    injections are frozen again on every run (nothing was computed from them yet); then they
+    are read back, and must be this spec's and model's and those of the written trials.
+    """
     has_trials = bool(read_trials(out))
     meta = _run_meta(model, spec, trials, builders)
     _bind_folder(out, meta, has_trials)
-    done = {r["trial_id"] for r in read_trials(out, repair=True)}
+    written = read_trials(out, repair=True)
+    done = {r["trial_id"] for r in written}
     extra = done - {t.trial_id for t in trials}
     if extra:
         logger.warning("%s holds %d trials that this spec does not plan", out, len(extra))
-    return meta, done
+    if written and (out / FROZEN_FILE).exists():
+        frozen = load_frozen(out)
+        frozen.check(spec, meta["model"])
+        if given is not None:
+            frozen.check_given(given)
+    else:  # a new sweep, or one written before injections were frozen
+        keys = sorted({(t.layer, t.concept) for t in trials if t.layer is not None and t.concept})
+        frozen = freeze(out, spec, meta["model"], _resolve_vectors(model, spec, keys, given))
+    frozen.check_written(written)
+    return meta, done, frozen
+
+
+def _warn_if_batching_changed(out: Path, size: int) -> None:
+    """Warn that the trials left will not run in the batches the first ones ran in."""
+    earlier = sorted({r["batch_size"] for r in load_runs(out) if r["pending"]} - {size})
+    if earlier:
+        logger.warning(
+            "resuming %s in batches of %d where earlier runs used %s: readouts may differ from "
+            "an uninterrupted run's in the last bits (and a reply, where two tokens nearly tie)",
+            out,
+            size,
+            ", ".join(map(str, earlier)),
+        )
 
 
 def _run_record(
@@ -477,6 +476,7 @@ def _run_record(
     n_trials: int,
     n_pending: int,
     everyone: Sequence[Mapping[str, Any]],
+    path: str,
 ) -> dict[str, Any]:
     return {
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -486,5 +486,6 @@ def _run_record(
         "trials": n_trials,
         "pending": n_pending,
         "ranks": list(everyone),
+        "path": path,
         "versions": library_versions(),
     }

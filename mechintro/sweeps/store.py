@@ -28,6 +28,8 @@ SHARD_FILE = "trials.rank{rank}.jsonl"
 SPEC_FILE = "spec.json"
 RUNS_FILE = "runs.jsonl"
 LOCK_FILE = ".lock"
+#: What binds a folder to a model: (what to call it, its key in spec.json's ``model``).
+MODEL_BINDING = (("model weights", "fingerprint"), ("backend", "backend"), ("dtype", "dtype"))
 
 
 class TrialStore:
@@ -202,7 +204,7 @@ def _bind_folder(folder: Path, meta: dict[str, Any], has_trials: bool) -> None:
     if old_spec.canonical() != new_spec.canonical():
         a, b = old_spec.canonical(), new_spec.canonical()
         problems.append("spec fields " + ", ".join(k for k in a if a[k] != b[k]))
-    for what, key in (("model weights", "fingerprint"), ("backend", "backend"), ("dtype", "dtype")):
+    for what, key in MODEL_BINDING:
         if old["model"].get(key) != meta["model"].get(key):
             problems.append(f"{what} ({old['model'].get(key)} → {meta['model'].get(key)})")
     for name, digest in meta["prompts"].items():
