@@ -4,7 +4,7 @@
 organisms, the shipped LoRA adapter and bias vector before/after, the circuit), the value a run
 with the default settings on the locked versions (``constraints.txt``) gave, the versions, and
 the tolerance a new run is held to. ``tests/test_golden.py`` reruns the demo and compares;
-:func:`readme_table` renders the README's tables from the same file, and a test checks that
+:func:`readme_tables` renders the README's tables from the same file, and a test checks that
 the README shows exactly them.
 
 After a change that moves a number on purpose: run the demo, then
@@ -69,6 +69,7 @@ INTERVALS = [
 TOLERANCE = {
     "rate": 0.07,  # absolute: two of the 30 held-out trials
     "relative": 0.05,
+    "absolute": 0.02,  # the floor for values near 0 (the base organism's Δb)
     "why": (
         "a CPU run on the locked versions repeats these exactly on one machine; the tolerance "
         "covers another CPU's float rounding flipping a sampled token or two"
@@ -99,7 +100,7 @@ def get(metrics: dict[str, Any], path: str) -> Any:
     if "@" in path:
         head, _, rest = path.partition("@")
         org, split = head.split(".")
-        strength, key = rest.split(".", 1)
+        strength, key = rest.rsplit(".", 1)
         rows = [
             r
             for r in metrics["rates"]
@@ -124,9 +125,22 @@ def drift(golden: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
             out.append(f"{path}: {have} (golden {want} ± {tol['rate']})")
     for path, want in golden["values"].items():
         have = get(metrics, path)
-        if abs(have - want) > tol["relative"] * abs(want) + 1e-9:
-            out.append(f"{path}: {have} (golden {want} ± {tol['relative']:.0%})")
+        if abs(have - want) > max(tol["relative"] * abs(want), tol["absolute"]):
+            out.append(
+                f"{path}: {have} (golden {want} ± {tol['relative']:.0%}, at least "
+                f"{tol['absolute']})"
+            )
     return out
+
+
+TRAINED = (
+    (
+        "lora",
+        "LoRA, Fonseca Rivera's recipe (r 32, α 64 on q/k/v/o, lr 2e-4, 3 epochs, last-token "
+        "injection)",
+    ),
+    ("bias", "bias vector on block 5's MLP output (Macar et al.; one injected example in five)"),
+)
 
 
 def _f(x: float | None, digits: int = 2) -> str:
@@ -137,7 +151,7 @@ def _ci(ci: list[float | None], digits: int = 2) -> str:
     return "" if ci[0] is None else f" [{_f(ci[0], digits)}, {_f(ci[1], digits)}]"
 
 
-def readme_table(golden: dict[str, Any]) -> str:
+def readme_tables(golden: dict[str, Any]) -> list[str]:
     """The README's two headline tables (organisms; trained introspection), from golden."""
     r, v, ci = golden["rates"], golden["values"], golden["intervals"]
     lines = [
@@ -160,9 +174,9 @@ def readme_table(golden: dict[str, Any]) -> str:
             f"| {_f(r[p + 'tpr'])}{_ci(ci[p + 'tpr_ci'])} "
             f"| {_f(r[p + 'fpr'])}{_ci(ci[p + 'fpr_ci'], 3)} | {named} "
             f"| {_f(r[p + 'introspection_rate'])} | {_f(r[p + 'control_flip_rate'])} "
-            f"| {_f(v[p + 'specificity'], 1)}{_ci(ci[p + 'specificity_ci'], 1)} |"
+            f"| {_f(v[p + 'specificity'])}{_ci(ci[p + 'specificity_ci'])} |"
         )
-    strengths = sorted({k.split("@")[1].split(".", 1)[0] for k in r if "random@" in k}, key=float)
+    strengths = sorted({k.split("@")[1].rsplit(".", 1)[0] for k in r if "random@" in k}, key=float)
 
     def per(key: str) -> str:
         return " / ".join(_f(r[f"introspective.random@{s}.{key}"]) for s in strengths)
@@ -171,26 +185,25 @@ def readme_table(golden: dict[str, Any]) -> str:
         f"| introspective, random vectors | {' / '.join(strengths)} | {per('tpr')} "
         f"| {per('fpr')} | – | {per('introspection_rate')} | – | – |"
     )
-    lines += [
-        "",
-        "| shipped method | TPR before → after | FPR before → after (200 controls) |",
+    trained = [
+        "| method | TPR before → after | FPR before → after (200 controls) |",
         "|---|---|---|",
     ]
-    for m, label in (("lora", "LoRA adapter"), ("bias", "bias vector")):
+    for m, label in TRAINED:
         p = f"training.{m}.heldout."
-        lines.append(
+        trained.append(
             f"| {label} | {_f(r[p + 'before.tpr'], 3)} → {_f(r[p + 'after.tpr'], 3)} "
             f"| {_f(r[p + 'before.fpr'], 3)} → {_f(r[p + 'after.fpr'], 3)}"
             f"{_ci(ci[p + 'after.fpr_ci'], 3)} |"
         )
-    return "\n".join(lines) + "\n"
+    return ["\n".join(lines) + "\n", "\n".join(trained) + "\n"]
 
 
 def main(metrics_json: str) -> None:
     golden = make(json.loads(Path(metrics_json).read_text("utf-8")))
     GOLDEN.write_text(json.dumps(golden, indent=2) + "\n", "utf-8")
     print(f"wrote {GOLDEN}; the README's tables:\n")
-    print(readme_table(golden))
+    print("\n".join(readme_tables(golden)))
 
 
 if __name__ == "__main__":
