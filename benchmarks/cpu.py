@@ -29,7 +29,7 @@ IMPORTS = {
     "first use: from mechintro import load_model, Injection, generate (imports torch)": (
         "from mechintro import load_model, Injection, generate"
     ),
-    "CLI start: mechintro --help (whole process)": "import mechintro.cli",
+    "CLI start: mechintro --help (whole process)": "import mechintro.app.cli",
 }
 TARGETS = {"import mechintro": 3.0, "demo": 120.0}
 
@@ -43,9 +43,9 @@ def _cwd() -> str:
 
 def time_import(statement: str) -> tuple[float, float]:
     """(seconds of the statement, seconds of the whole process), in a fresh interpreter."""
-    if statement == "import mechintro.cli":  # the console script's whole run
+    if statement == "import mechintro.app.cli":  # the console script's whole run
         t0 = time.perf_counter()
-        cmd = [sys.executable, "-m", "mechintro.cli", "--help"]
+        cmd = [sys.executable, "-m", "mechintro.app.cli", "--help"]
         subprocess.run(cmd, capture_output=True, check=True, cwd=_cwd())
         wall = time.perf_counter() - t0
         return wall, wall
@@ -64,7 +64,7 @@ def _s(x: float) -> str:
 
 def run_demo(folder: Path) -> dict[str, Any]:
     """Wall time, peak RSS and exit status of ``mechintro demo --out folder``."""
-    cmd = [sys.executable, "-m", "mechintro.cli", "demo", "--out", str(folder)]
+    cmd = [sys.executable, "-m", "mechintro.app.cli", "demo", "--out", str(folder)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=_cwd())
     assert proc.stderr is not None

@@ -99,8 +99,8 @@ def _child_argv(args: argparse.Namespace, run: str) -> list[str]:
 
 def _spec(args: argparse.Namespace, model: Any) -> Any:
     from benchmarks.shapes import concept_words
+    from mechintro.experiments.sweeps import SweepSpec
     from mechintro.models import layer_at_depth
-    from mechintro.sweeps import SweepSpec
 
     return SweepSpec(
         concepts=tuple(concept_words(args.concepts)),
@@ -171,11 +171,11 @@ def worker(args: argparse.Namespace) -> int:
     """One run: build the model, get the vectors, time run_sweep, write DIR/RUN/timing.json."""
     import torch
 
-    from mechintro.distributed import init_from_env, rank_device, shutdown
+    from mechintro.analysis.parity import parity_check
+    from mechintro.experiments.distributed import init_from_env, rank_device, shutdown
+    from mechintro.experiments.sweeps import load_runs, run_sweep
     from mechintro.memory import model_devices
     from mechintro.models import fingerprint, load_model
-    from mechintro.parity import parity_check
-    from mechintro.sweeps import load_runs, run_sweep
     from mechintro.vectors import extract_vectors, word_list
 
     run = args.worker
@@ -273,7 +273,7 @@ def _launch(args: argparse.Namespace, run: str) -> int:
 
 
 def _same_trials(a: Path, b: Path) -> dict[str, Any]:
-    from mechintro.sweeps.store import read_trials
+    from mechintro.experiments.sweeps.store import read_trials
 
     x = {r["trial_id"]: r["tokens"] for r in read_trials(a)}
     y = {r["trial_id"]: r["tokens"] for r in read_trials(b)}
@@ -302,7 +302,7 @@ def summarize(args: argparse.Namespace, codes: dict[str, int], wall: float) -> d
             "pass": weights == 1,
         }
     if "split" in timings:
-        from mechintro.parity import ParityReport
+        from mechintro.analysis.parity import ParityReport
 
         report = ParityReport.from_dict(timings["split"]["parity"])
         # split over GPUs, the bridge has no independent HF copy (parity.independent_hf):

@@ -57,7 +57,7 @@ def verification_figure(df: pd.DataFrame, title: str | None = None) -> Any:
 
 
 def circuits_section(metrics: dict[str, Any], frames: dict[str, Any]) -> Any:
-    """The report section of :func:`circuits.organism.organism_circuits`."""
+    """The report section of :func:`mechintro.organism.circuit.organism_circuits`."""
     from mechintro.plotting import Section
 
     abl, pat, g = metrics["gate_ablation"], metrics["gate_patching"], metrics["graph"]

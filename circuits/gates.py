@@ -3,7 +3,7 @@ suppresses them (Macar et al. 2026; PROTOCOLS.md §7).
 
 A gate's score is its direct logit attribution to Yes − No at the readout position,
 ``(W_dec[f]·r) × activation`` with ``r`` the residual stream's read vector through the final
-norm (:func:`mechintro.dla.direct_logit_attribution` with ``by="feature"``), averaged over
+norm (:func:`mechintro.analysis.dla.direct_logit_attribution` with ``by="feature"``), averaged over
 unsteered detection prompts. Gates are the most negative features per layer after the
 injection layer. Their signature is an inverted V over *signed* strengths: most active
 unsteered, suppressed by steering along ``+v`` and along ``−v`` alike.
@@ -23,7 +23,7 @@ import pandas as pd
 from torch import Tensor
 
 from circuits.trace import FeatureSet, trace, transcoder_layers
-from mechintro.dla import LogitDirection, direct_logit_attribution
+from mechintro.analysis.dla import LogitDirection, direct_logit_attribution
 from mechintro.inject import Injection
 from mechintro.models import TLModel
 from mechintro.prompts import PromptBatch

@@ -21,11 +21,11 @@ from typing import Any
 import pandas as pd
 
 from circuits.trace import FeatureSet, Trace, check_features, set_features, trace
-from mechintro.dla import LogitDirection
+from mechintro.analysis.dla import LogitDirection
+from mechintro.analysis.transcoders.analysis import as_layers
 from mechintro.inject import Injection
 from mechintro.models import TLModel
 from mechintro.prompts import PromptBatch
-from mechintro.transcoders.analysis import as_layers
 
 
 @dataclass(frozen=True)

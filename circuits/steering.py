@@ -45,7 +45,7 @@ from torch import Tensor
 
 from circuits.graph import AttributionGraph, Edge, Node
 from circuits.trace import FeatureSet, trace, transcoder_layers
-from mechintro.dla import LogitDirection
+from mechintro.analysis.dla import LogitDirection
 from mechintro.inject import Injection
 from mechintro.models import TLModel, n_layers, tokenizer_of
 from mechintro.prompts import PromptBatch

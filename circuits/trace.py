@@ -1,7 +1,7 @@
 """One forward with transcoders spliced in: feature activations, the Yes/No readouts, edits.
 
 Every circuit analysis runs the model with its MLPs replaced by transcoders plus their error
-terms (:func:`mechintro.transcoders.splice`), so the logits are the model's own and each
+terms (:func:`mechintro.analysis.transcoders.splice`), so the logits are the model's own and each
 feature is a variable one can read, ablate or set. :func:`trace` does that for a batch of
 prompts (optionally steered by an :class:`~mechintro.inject.Injection`, optionally with the
 features edited) and returns a :class:`Trace`: activations per layer at every position, the
@@ -26,13 +26,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechintro.dla import LogitDirection, logit_direction
+from mechintro.analysis.dla import LogitDirection, logit_direction
+from mechintro.analysis.transcoders import Transcoder, splice
+from mechintro.analysis.transcoders.analysis import as_layers
 from mechintro.generation import NO_VARIANTS, YES_VARIANTS, first_token_ids
 from mechintro.inject import Injection, injected
 from mechintro.models import TLModel, backend_of, tokenizer_of
 from mechintro.prompts import PromptBatch
-from mechintro.transcoders import Transcoder, splice
-from mechintro.transcoders.analysis import as_layers
 
 FeatureSet = Mapping[int, Sequence[int]]
 Edit = Callable[[int, Tensor], Tensor]

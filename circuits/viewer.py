@@ -52,12 +52,13 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from circuits.graph import AttributionGraph, Node
 from mechintro.io import atomic_write_text
 from mechintro.plotting import plot_text
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
+
+    from circuits.graph import AttributionGraph, Node
 
 ROLE_ORDER = ("concept", "carrier", "gate", "other", "error", "logit")
 """Top-to-bottom order of the roles inside a layer's column."""

@@ -9,9 +9,37 @@ Heavy libraries (torch, transformers, TransformerLens) load on first use of a na
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from mechintro import _moved
 
 __version__ = "0.1.0"
+_moved.install()  # mechintro 0.1's flat module names still import, with a DeprecationWarning
+
+if TYPE_CHECKING:  # what IDEs and type checkers see: the real names, imported eagerly there
+    from mechintro.analysis.dla import DLAResult, direct_logit_attribution, logit_direction
+    from mechintro.analysis.parity import parity_check
+    from mechintro.analysis.patching import (
+        PatchResult,
+        activation_patch,
+        attribution_patch,
+        knock_in,
+        knock_out,
+    )
+    from mechintro.analysis.transcoders import (
+        FeatureActivations,
+        ReconstructionResult,
+        Transcoder,
+        feature_activations,
+        load_transcoder,
+        organism_transcoders,
+        splice,
+    )
+    from mechintro.generation import Generation, Readout, generate, readout
+    from mechintro.inject import Injection, PositionMode, injected
+    from mechintro.models import layer_at_depth, load_model, model_info
+    from mechintro.prompts import Prompt, PromptBatch, encode
+    from mechintro.vectors import ConceptVector, extract_vectors
 
 _EXPORTS = {
     "load_model": "mechintro.models",
@@ -29,25 +57,58 @@ _EXPORTS = {
     "Readout": "mechintro.generation",
     "ConceptVector": "mechintro.vectors",
     "extract_vectors": "mechintro.vectors",
-    "parity_check": "mechintro.parity",
-    "activation_patch": "mechintro.patching",
-    "attribution_patch": "mechintro.patching",
-    "knock_out": "mechintro.patching",
-    "knock_in": "mechintro.patching",
-    "PatchResult": "mechintro.patching",
-    "direct_logit_attribution": "mechintro.dla",
-    "logit_direction": "mechintro.dla",
-    "DLAResult": "mechintro.dla",
-    "Transcoder": "mechintro.transcoders",
-    "load_transcoder": "mechintro.transcoders",
-    "organism_transcoders": "mechintro.transcoders",
-    "splice": "mechintro.transcoders",
-    "feature_activations": "mechintro.transcoders",
-    "FeatureActivations": "mechintro.transcoders",
-    "ReconstructionResult": "mechintro.transcoders",
+    "parity_check": "mechintro.analysis.parity",
+    "activation_patch": "mechintro.analysis.patching",
+    "attribution_patch": "mechintro.analysis.patching",
+    "knock_out": "mechintro.analysis.patching",
+    "knock_in": "mechintro.analysis.patching",
+    "PatchResult": "mechintro.analysis.patching",
+    "direct_logit_attribution": "mechintro.analysis.dla",
+    "logit_direction": "mechintro.analysis.dla",
+    "DLAResult": "mechintro.analysis.dla",
+    "Transcoder": "mechintro.analysis.transcoders",
+    "load_transcoder": "mechintro.analysis.transcoders",
+    "organism_transcoders": "mechintro.analysis.transcoders",
+    "splice": "mechintro.analysis.transcoders",
+    "feature_activations": "mechintro.analysis.transcoders",
+    "FeatureActivations": "mechintro.analysis.transcoders",
+    "ReconstructionResult": "mechintro.analysis.transcoders",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "ConceptVector",
+    "DLAResult",
+    "FeatureActivations",
+    "Generation",
+    "Injection",
+    "PatchResult",
+    "PositionMode",
+    "Prompt",
+    "PromptBatch",
+    "Readout",
+    "ReconstructionResult",
+    "Transcoder",
+    "__version__",
+    "activation_patch",
+    "attribution_patch",
+    "direct_logit_attribution",
+    "encode",
+    "extract_vectors",
+    "feature_activations",
+    "generate",
+    "injected",
+    "knock_in",
+    "knock_out",
+    "layer_at_depth",
+    "load_model",
+    "load_transcoder",
+    "logit_direction",
+    "model_info",
+    "organism_transcoders",
+    "parity_check",
+    "readout",
+    "splice",
+]
 
 
 def __getattr__(name: str) -> Any:

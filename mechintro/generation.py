@@ -3,7 +3,7 @@
 :func:`generate` runs many trials as one batch (each row its own concept, strength or none,
 through a per-row :class:`~mechintro.inject.Injection`), with the KV cache of either backend,
 greedy or sampled, stopping each row at its end-of-turn token. On a TransformerBridge it runs
-on the bridge's plain HF twin (:mod:`mechintro.twin`: the same weights and logits, without
+on the bridge's plain HF twin (:mod:`mechintro.engine.twin`: the same weights and logits, without
 the hook points that double the cost of a forward); on CUDA with a static KV cache, every
 decode step after the first replayed from one captured CUDA graph.
 
@@ -36,12 +36,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechintro.decode import (
+from mechintro.engine.decode import (
     MASKS,
     Captured,
     Preamble,
     Replay,
     addresses,
+    forget,
     in_place,
     keep,
     kept,
@@ -50,12 +51,12 @@ from mechintro.decode import (
     reset,
     weights_version,
 )
-from mechintro.inject import Injection, InjectionLog, StepPosition, injected, steered_from
+from mechintro.engine.twin import fast_twin, injected_on
+from mechintro.inject import Injection, InjectionLog, StepPosition, steered_from
 from mechintro.kvcache import alias_bridge_cache, cache_kwarg, check_cache, output_cache
 from mechintro.models import TLModel, backend_of, tokenizer_of
-from mechintro.prompts import PromptBatch
+from mechintro.prompts import PromptBatch, positions
 from mechintro.record import RunRecord, make_record
-from mechintro.twin import fast_twin, positions
 
 END_OF_TURN = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>")
 YES_VARIANTS = ("Yes", " Yes", "yes", " yes", "YES", " YES")
@@ -164,7 +165,7 @@ def _write_mask(mask: Tensor, padding: Tensor) -> None:
 class _Runner:
     """One forward step of either backend, with or without the KV cache.
 
-    With ``twin`` (a bridge's plain HF twin, :mod:`mechintro.twin`) every forward runs on the
+    With ``twin`` (a bridge's plain HF twin, :mod:`mechintro.engine.twin`) every forward runs on the
     twin instead of the bridge, with the same inputs; ``cache_len > 0`` then makes the KV
     cache a transformers ``StaticCache`` of that many positions (:func:`make_static_cache`:
     written in place, no concatenation per step) instead of a ``DynamicCache``; where it is
@@ -172,7 +173,7 @@ class _Runner:
     buffers that stay in place, as one step captured as a CUDA graph (``graph``) needs: the
     hooks then read the step's position from :attr:`step_position` and the runner logs the
     step in :attr:`log`. ``kept``: a capture of an earlier call of the same shape
-    (:mod:`mechintro.decode`), whose cache, buffers and graph this call reuses.
+    (:mod:`mechintro.engine.decode`), whose cache, buffers and graph this call reuses.
     """
 
     def __init__(
@@ -322,7 +323,7 @@ class _Runner:
             mask,
             positions(self.mask)[:, -1:].clone(),
         )
-        # the twin weakly: a kept step must not keep its model alive (mechintro.decode)
+        # the twin weakly: a kept step must not keep its model alive (mechintro.engine.decode)
         twin, cache = weakref.ref(self.twin), self.cache
         kw = self.cache_kw
         return Replay(
@@ -406,7 +407,7 @@ def generate(
             and no injection steers once, for one row (:func:`shared_prefix`); the logits are
             those of the full batch (a test checks it). Hooks registered outside this call
             then see that prefix as one row: pass ``False`` if they must see every row.
-        fast: on a bridge, run on its plain HF twin (:mod:`mechintro.twin`: the same
+        fast: on a bridge, run on its plain HF twin (:mod:`mechintro.engine.twin`: the same
             weights without TransformerLens's hook points; the same logits, a test checks
             it). ``None``: unless ``MECHINTRO_FAST=0`` or a hook is registered on the bridge
             (it must fire, so the bridge runs); ``False``: always the bridge.
@@ -421,7 +422,7 @@ def generate(
             device, with the twin and the KV cache, where every cache layer keeps its state
             in tensors (a sliding window at least as long as prompt + new tokens). The
             captured step, its static cache and buffers are kept for the next call of the
-            same shape (:mod:`mechintro.decode`), which then captures nothing.
+            same shape (:mod:`mechintro.engine.decode`), which then captures nothing.
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be at least 1")
@@ -478,8 +479,8 @@ def generate(
             if prefix:
                 runner.prefill_shared(prefix)
         ctx = (
-            injected(
-                model, injection, batch, first_position=prefix, twin=twin, step=runner.step_position
+            injected_on(
+                model, twin, injection, batch, first_position=prefix, step=runner.step_position
             )
             if injection is not None
             else nullcontext(None)
@@ -531,6 +532,12 @@ def generate(
     return Generation(
         replies, tokens, finished, seconds, out.shape[1], record, history if keep_logits else None
     )
+
+
+def release_captures() -> None:
+    """Drop every decode step and patching forward kept for later calls (their static caches,
+    buffers and CUDA graphs) and the GPU memory they hold."""
+    forget()
 
 
 def generation_path(model: TLModel, fast: bool | None = None) -> str:
@@ -603,7 +610,7 @@ def readout(
     """
     twin = fast_twin(model, fast)
     runner = _Runner(model, batch.to(_device(model)), use_cache=False, twin=twin)
-    ctx = injected(model, injection, batch, twin=twin) if injection is not None else nullcontext()
+    ctx = injected_on(model, twin, injection, batch) if injection is not None else nullcontext()
     with ctx:
         logits = runner.step(None)
     tok = tokenizer_of(model)

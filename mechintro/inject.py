@@ -229,7 +229,7 @@ class StepPosition:
     replayed needs, since a replay runs no Python. ``slots``: the tensors each hook (by its
     injection's index) steers with on every forward, which a replay reads: a graph kept for
     a later batch is given that batch's vectors and bounds by copying them in (a captured
-    forward of a whole batch, :mod:`mechintro.patch_forwards`, uses only these).
+    forward of a whole batch, :mod:`mechintro.analysis.patch_forwards`, uses only these).
     """
 
     at: Tensor
@@ -299,7 +299,7 @@ def injection_hooks(
     """The ``(hook name, hook)`` pairs that apply ``injection`` to ``batch``, and their log.
 
     Validated against ``model`` (layer range, vector width); registered by :func:`injected`
-    on either tree (the bridge, or its plain HF twin: :mod:`mechintro.twin`). ``step``: see
+    on either tree (the bridge, or its plain HF twin: :mod:`mechintro.engine.twin`). ``step``: see
     :class:`StepPosition`.
     """
     injections = (injection,) if isinstance(injection, Injection) else tuple(injection)
@@ -335,7 +335,6 @@ def injected(
     batch: PromptBatch,
     *,
     first_position: int = 0,
-    twin: Any = None,
     step: StepPosition | None = None,
 ) -> Iterator[InjectionLog]:
     """Apply ``injection`` (one or several) to every forward of ``model`` inside the block.
@@ -343,9 +342,9 @@ def injected(
     Hooks are registered at a fresh TransformerLens hook-context level and removed in
     ``finally``; hooks the caller added before are untouched. ``first_position`` is the
     absolute position of the first forward's first token: 0, or the length of a shared
-    prefix that was run (unsteered, see :func:`steered_from`) before the block. With
-    ``twin`` (:func:`mechintro.twin.twin_of`), the same hooks go on the plain HF twin
-    instead, as forward hooks on its decoder layers: forwards of the twin are steered.
+    prefix that was run (unsteered, see :func:`steered_from`) before the block. Generation
+    and the analyses put the same hooks on a bridge's plain HF twin where that runs
+    (:func:`mechintro.engine.twin.injected_on`).
     ``step``: one-token forwards take their position from a tensor (:class:`StepPosition`).
 
     Example::
@@ -355,11 +354,5 @@ def injected(
         log.steered_positions()
     """
     hooks, log = injection_hooks(model, injection, batch, first_position, step)
-    if twin is None:
-        with model.hooks(fwd_hooks=hooks):
-            yield log
-    else:
-        from mechintro.twin import twin_hooks
-
-        with twin_hooks(model, twin, hooks):
-            yield log
+    with model.hooks(fwd_hooks=hooks):
+        yield log

@@ -84,7 +84,7 @@ def alias_bridge_cache(model: Any) -> None:
     Components that only delegate to the wrapped HF attention are left alone (it reads
     ``cache`` itself; given both names it would warn). Installed once per bridge; a no-op on
     older transformers, where ``cache`` is never passed. Not a hook point: the bridge's hook
-    machinery, ``reset_hooks()`` and :func:`mechintro.twin.has_hooks` do not see it.
+    machinery, ``reset_hooks()`` and :func:`mechintro.engine.twin.has_hooks` do not see it.
     """
     if getattr(model, _ALIASED, False):
         return

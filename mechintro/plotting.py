@@ -1,8 +1,9 @@
 """Plotly figures of sweep results, and one self-contained HTML report.
 
-Every figure function takes a pandas DataFrame of the shape :mod:`mechintro.metrics` or
-:func:`mechintro.sweeps.load_results` produces and returns a ``plotly.graph_objects.Figure``
-(plotly is imported inside the functions, so importing this module stays cheap):
+Every figure function takes a pandas DataFrame of the shape :mod:`mechintro.experiments.metrics` or
+:func:`mechintro.experiments.sweeps.load_results` produces and returns a
+``plotly.graph_objects.Figure`` (plotly is imported inside the functions, so importing this module
+stays cheap):
 
 * :func:`rate_heatmap`: one rate (TPR, FPR, introspection, identification) over layer ×
   strength, from ``metrics.rates(..., by=["layer", "strength"])``, its Wilson interval and
@@ -56,7 +57,7 @@ __all__ = [
     "specificity_heatmap",
 ]
 
-#: what each rate of ``mechintro.metrics.rates`` means, for titles and hovers
+#: what each rate of ``mechintro.experiments.metrics.rates`` means, for titles and hovers
 RATE_NAMES: dict[str, str] = {
     "tpr": "TPR = P(claim | injected)",
     "fpr": "FPR = P(claim | control)",

@@ -307,3 +307,8 @@ def encode(
         positions={k: v.to(device) for k, v in positions.items()},
         spans={k: v.to(device) for k, v in spans.items()},
     )
+
+
+def positions(mask: Tensor) -> Tensor:
+    """Position ids of a left-padded batch: real tokens count from 0, padding sits at 0."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)

@@ -65,8 +65,7 @@ from mechintro.models import (
     resid_post,
     tokenizer_of,
 )
-from mechintro.prompts import Prompt, encode
-from mechintro.twin import positions
+from mechintro.prompts import Prompt, encode, positions
 from mechintro.word_checks import (
     OnBadWord,
     Problems,
@@ -135,8 +134,6 @@ def default_baseline(model: TLModel, method: str = "lindsey") -> list[str]:
     it knows 4. Any other model gets the method's shipped list (``lindsey_baseline``,
     ``fonseca_baseline``).
     """
-    from mechintro.organism import corpus
-
     m, info = _method(method), model_info(model)
     name = info.name.removeprefix("builtin:")
     folder = None
@@ -144,8 +141,20 @@ def default_baseline(model: TLModel, method: str = "lindsey") -> list[str]:
         folder = builtin_path(name)
     elif info.source == "local":
         folder = Path(info.name)
-    world = corpus.read_world(folder) if folder is not None else None
-    return corpus.split(world, "baseline") if world else word_list(m.baseline)
+    words = _world_baseline(folder) if folder is not None else None
+    return words if words else word_list(m.baseline)
+
+
+#: beside an organism's weights: its world, a JSON list of ``{"word", "split", ...}`` records
+WORLD_FILE = "concepts.json"
+
+
+def _world_baseline(folder: Path) -> list[str] | None:
+    """The ``baseline`` words of the world file beside a checkpoint, or None without one."""
+    path = folder / WORLD_FILE
+    if not path.is_file():
+        return None
+    return [c["word"] for c in json.loads(path.read_text("utf-8")) if c["split"] == "baseline"]
 
 
 @dataclass(frozen=True, eq=False)

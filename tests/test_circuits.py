@@ -13,9 +13,9 @@ from circuits.gates import classify, gate_count, ranked, select_gates
 from circuits.interventions import intervene, progressive
 from circuits.steering import edge_measure, steering_attribution, steering_graph
 from circuits.trace import forward, readouts, set_features, trace, zero_features
+from mechintro.analysis.transcoders import Transcoder
 from mechintro.inject import Injection
 from mechintro.prompts import Prompt, encode
-from mechintro.transcoders import Transcoder
 
 ARCHS = ("llama", "gemma3")
 _CACHE: dict[tuple[str, str], object] = {}

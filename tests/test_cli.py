@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-import mechintro.cli as cli
-from mechintro.cli import main
-from mechintro.report import GRADES_FILE, load_grades
-from mechintro.sweeps import SweepSpec, load_results
+import mechintro.app.cli as cli
+from mechintro.app.cli import main
+from mechintro.app.report import GRADES_FILE, load_grades
+from mechintro.experiments.sweeps import SweepSpec, load_results
 
 TOML = """\
 batch_size = 8
@@ -367,7 +367,7 @@ def test_noise_command_feeds_the_report(llama, swept, tmp_path):
 
     import pandas as pd
 
-    from mechintro.metrics import specificity
+    from mechintro.experiments.metrics import specificity
 
     out = tmp_path / "results"
     shutil.copytree(swept, out)
@@ -391,9 +391,9 @@ def test_patch_command_writes_resumes_and_refuses_other_settings(llama, tmp_path
     import pandas as pd
     import torch
 
-    from mechintro.patching import knock_out
+    from mechintro.analysis.patching import knock_out
+    from mechintro.experiments.protocols import PROTOCOLS
     from mechintro.prompts import encode
-    from mechintro.protocols import PROTOCOLS
     from mechintro.vectors import extract_vectors
 
     out = tmp_path / "patch"
@@ -416,6 +416,6 @@ def test_patch_command_writes_resumes_and_refuses_other_settings(llama, tmp_path
     def no_patching(*a, **k):
         raise AssertionError("a finished component was patched again")
 
-    monkeypatch.setattr("mechintro.patching.knock_out", no_patching)
+    monkeypatch.setattr("mechintro.analysis.patching.knock_out", no_patching)
     assert main(argv) == 0  # resumed: both components were already written
     assert main([*argv[:-1], "8"]) != 0  # another strength in the same folder: refused

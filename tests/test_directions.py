@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mechintro.directions import (
+from mechintro.analysis.directions import (
     Abliteration,
     abliterated,
     abliteration_sites,
@@ -32,7 +32,7 @@ HARMLESS = ["Explain how to bake bread today.", "Write a poem.", "Plant a tree."
 
 
 def _logits(model, batch):
-    from mechintro.parity import _forward
+    from mechintro.analysis.parity import _forward
 
     return _forward(model, batch.input_ids, batch.attention_mask)
 
@@ -320,7 +320,7 @@ def test_per_concept_rates():
 
 
 def test_ridge_matches_the_closed_form():
-    from mechintro.directions.geometry import _ridge_predict
+    from mechintro.analysis.directions.geometry import _ridge_predict
 
     rng = np.random.default_rng(0)
     X, y, Xt = rng.normal(size=(30, 5)), rng.normal(size=30), rng.normal(size=(4, 5))

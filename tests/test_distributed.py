@@ -13,11 +13,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from mechintro.distributed import Ranks, rank_device, torchrun_command
+from mechintro.experiments.distributed import Ranks, rank_device, torchrun_command
+from mechintro.experiments.sweeps import SweepSpec, Trial, load_results, plan, run_sweep
+from mechintro.experiments.sweeps.store import load_runs, read_trials, trial_files
 from mechintro.models import load_model
 from mechintro.prompts import Prompt
-from mechintro.sweeps import SweepSpec, Trial, load_results, plan, run_sweep
-from mechintro.sweeps.store import load_runs, read_trials, trial_files
 
 CONCEPTS = ("Dust", "Peace")
 LAYERS = (1, 2)
@@ -58,7 +58,7 @@ def _rank_main(
     """One rank of a gloo job: run the sweep; rank ``fail_rank`` dies after its first batch."""
     import torch.distributed as dist
 
-    from mechintro.sweeps import runner
+    from mechintro.experiments.sweeps import runner
 
     torch.set_num_threads(1)
     os.environ["LOCAL_RANK"] = str(rank)
@@ -226,7 +226,7 @@ def test_ranks_share_batches_round_robin_and_map_devices():
     assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert "--nproc-per-node=2" in cmd and cmd[-5:] == [
         "-m",
-        "mechintro.cli",
+        "mechintro.app.cli",
         "sweep",
         "--out",
         "x",
@@ -234,7 +234,7 @@ def test_ranks_share_batches_round_robin_and_map_devices():
 
 
 def test_cli_nproc_runs_torchrun_and_equals_one_process(tiny_dirs, tmp_path, monkeypatch):
-    from mechintro.cli import main
+    from mechintro.app.cli import main
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     args = ["sweep", "--model", str(tiny_dirs["llama"]), "--concepts", "Dust", "Peace",
@@ -263,8 +263,8 @@ def test_a_dispatched_model_passes_parity_and_sweeps_like_the_whole_one(
     from accelerate.hooks import AlignDevicesHook
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from mechintro.analysis.parity import parity_check
     from mechintro.models import model_info
-    from mechintro.parity import parity_check
 
     monkeypatch.setenv("MECHINTRO_FAST", "0")  # the twin's modules lack accelerate's hooks
     folder = tiny_dirs["llama"]

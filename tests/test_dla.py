@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mechintro import dla
-from mechintro.dla import LogitDirection, direct_logit_attribution, logit_direction
+from mechintro.analysis import dla
+from mechintro.analysis.dla import LogitDirection, direct_logit_attribution, logit_direction
+from mechintro.analysis.parity import _forward
 from mechintro.generation import NO_VARIANTS, YES_VARIANTS, first_token_ids
 from mechintro.inject import Injection
-from mechintro.parity import _forward
 from mechintro.prompts import Prompt, PromptBatch, encode
 
 pytestmark = pytest.mark.identity
@@ -120,7 +120,7 @@ def test_heads_and_neurons_sum_to_their_block_output(model, by):
 
 
 def _tcs(model, layers=(1, 3), d_sae: int = 40):
-    from mechintro.transcoders import Transcoder
+    from mechintro.analysis.transcoders import Transcoder
 
     d = model.cfg.d_model
     out = []
@@ -137,7 +137,7 @@ def _tcs(model, layers=(1, 3), d_sae: int = 40):
 
 
 def test_features_sum_to_their_mlp_and_are_activation_times_readout(model):
-    from mechintro.transcoders import mlp_activations
+    from mechintro.analysis.transcoders import mlp_activations
 
     batch = _batch(model)
     tcs = _tcs(model)

@@ -39,8 +39,8 @@ def test_no_submodule_shares_an_exported_name(package: types.ModuleType) -> None
 
 
 def test_exports_stay_what_they_are_whatever_was_imported_first() -> None:
-    import mechintro.patching  # noqa: F401  (imports the generation module)
-    from mechintro.sweeps import run_sweep  # noqa: F401
+    import mechintro.analysis.patching  # noqa: F401  (imports the generation module)
+    from mechintro.experiments.sweeps import run_sweep  # noqa: F401
 
     for package in _all_packages():
         for info in pkgutil.iter_modules(package.__path__):
@@ -54,3 +54,19 @@ def test_exports_stay_what_they_are_whatever_was_imported_first() -> None:
         for name in _exports(package):
             value = getattr(package, name)
             assert not isinstance(value, types.ModuleType), f"{package.__name__}.{name}"
+
+
+def test_the_flat_layouts_module_names_still_import_as_the_same_modules() -> None:
+    import importlib
+
+    from mechintro._moved import MOVED
+
+    for old, new in MOVED.items():
+        with pytest.warns(DeprecationWarning, match=f"{old} moved to {new}"):
+            module = importlib.import_module(old)
+        assert module is importlib.import_module(new)
+    from mechintro.protocols.detection import detection_prompt  # the README's 0.1 path
+
+    from mechintro.experiments.protocols import detection
+
+    assert detection_prompt is detection.detection_prompt

@@ -22,7 +22,7 @@ REQUIRED = (
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path, dict[str, Any]]:
-    from mechintro.demo import DemoConfig, run_demo
+    from mechintro.organism.demo import DemoConfig, run_demo
 
     out = tmp_path_factory.mktemp("demo")
     cfg = DemoConfig(out=str(out))  # the README's command: every default

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mechintro.grading import (
+from mechintro.experiments.grading import (
     DEFAULT_QUESTION,
     FORCED_PREFILL,
     RUBRICS,
@@ -180,7 +180,7 @@ def test_forced_identification_first_sentence(reply, expected):
 
 
 def test_forced_prefill_and_question_match_the_protocol():
-    from mechintro.protocols import detection
+    from mechintro.experiments.protocols import detection
 
     assert FORCED_PREFILL == detection.FORCED_PREFILL
     assert detection.TRIAL_QUESTION.format(n=1) == DEFAULT_QUESTION
@@ -427,7 +427,7 @@ def test_missing_sdk_names_the_install(monkeypatch):
 
 
 def test_local_client_generates_greedily(tiny_dirs):
-    from mechintro.grading import local_client
+    from mechintro.experiments.grading import local_client
 
     judge_model = local_client(tiny_dirs["llama"], 6)
     assert judge_model.judge_id.startswith("local:")

@@ -30,7 +30,7 @@ def _prompts() -> list[Prompt]:
 
 
 def _logits(model, batch):
-    from mechintro.parity import _forward
+    from mechintro.analysis.parity import _forward
 
     return _forward(model, batch.input_ids, batch.attention_mask)
 

@@ -95,7 +95,7 @@ def _attention_modules(root):
 
 @pytest.mark.parametrize("fast", [False, True])
 def test_the_guard_refuses_a_cache_that_is_not_written(bridge, fast) -> None:
-    from mechintro.twin import twin_of
+    from mechintro.engine.twin import twin_of
 
     root = twin_of(bridge) if fast else bridge.original_model
     handles = [

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mechintro.grading import Grade
-from mechintro.metrics import add_delta_b, label_of, rates, specificity, wilson
+from mechintro.experiments.grading import Grade
+from mechintro.experiments.metrics import add_delta_b, label_of, rates, specificity, wilson
 
 Z95 = 1.959963984540054  # the 0.975 normal quantile
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from mechintro.analysis.parity import _forward
 from mechintro.inject import Injection, injected
 from mechintro.models import check_layer, load_model, model_info
-from mechintro.parity import _forward
 from mechintro.prompts import Prompt, encode
 
 pytestmark = pytest.mark.identity

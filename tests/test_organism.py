@@ -7,10 +7,12 @@ import json
 import pytest
 import torch
 
+from mechintro.analysis.parity import _forward
+from mechintro.experiments.protocols.detection import detection_prompt
+from mechintro.experiments.trials import detection_trials, summary
 from mechintro.inject import Injection, injected
 from mechintro.models import load_model
 from mechintro.organism import corpus
-from mechintro.organism.evaluate import detection_trials, summary
 from mechintro.organism.train import (
     InjectionHook,
     TrainConfig,
@@ -19,9 +21,7 @@ from mechintro.organism.train import (
     train_base,
     train_introspective,
 )
-from mechintro.parity import _forward
 from mechintro.prompts import encode
-from mechintro.protocols.detection import detection_prompt
 from mechintro.vectors import extract_vectors
 
 CFG = TrainConfig(
@@ -131,8 +131,8 @@ def test_detection_trials_table(organisms):
 def test_shipped_organisms_detect_and_name_held_out_concepts():
     """The shipped weights: the introspective organism names held-out concepts it was never
     trained on and stays silent on controls; the base organism claims nothing."""
+    from mechintro.experiments.trials import grade_trials
     from mechintro.models import builtin_path
-    from mechintro.organism.evaluate import grade_trials
 
     cs = corpus.concepts(0)
     held = corpus.split(cs, "heldout")[::5]

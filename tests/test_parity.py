@@ -12,11 +12,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mechintro import parity
+from mechintro.analysis import parity
+from mechintro.analysis.parity import ParityReport, independent_hf, parity_check
+from mechintro.experiments.protocols.detection import detection_prompt
 from mechintro.models import load_model
-from mechintro.parity import ParityReport, independent_hf, parity_check
 from mechintro.prompts import Prompt
-from mechintro.protocols.detection import detection_prompt
 
 pytestmark = pytest.mark.identity
 
@@ -94,7 +94,8 @@ def test_backend_vs_hf_uses_the_hf_model_given(tiny_dirs):
 @contextmanager
 def attention_without_cache(model):
     """The bridge's attention never sees the KV cache (transformer-lens 3.9's attention
-    under transformers 5.24 before mechintro.kvcache: it reads the cache under another name)."""
+    under transformers 5.24 before mechintro.kvcache: it reads the cache under another
+    name)."""
     from transformer_lens.model_bridge.generalized_components import AttentionBridge
 
     def drop(module, args, kwargs):

@@ -7,12 +7,12 @@ import pytest
 import torch
 from tiny_models import vecs
 
+from mechintro.analysis.patching import COMPONENTS, activation_patch, knock_in
+from mechintro.engine.twin import full_mask, full_mask_applies, twin_hooks, twin_logits, twin_of
 from mechintro.inject import Injection
 from mechintro.models import load_model
-from mechintro.patching import COMPONENTS, activation_patch, knock_in
 from mechintro.prompts import Prompt, encode
-from mechintro.twin import full_mask, full_mask_applies, twin_hooks, twin_logits, twin_of
-from mechintro.twin import positions as position_ids
+from mechintro.prompts import positions as position_ids
 
 pytestmark = pytest.mark.identity
 
@@ -40,7 +40,8 @@ def test_the_prebuilt_mask_is_the_one_transformers_builds(bridge):
 def test_the_graph_paths_forwards_give_the_eager_values(bridge, monkeypatch):
     """The forwards a CUDA graph replays, run here without capture: every forward the same
     rows (the last padded), the prebuilt mask, the same hooks: the bridge's values."""
-    from mechintro import decode, patch_forwards, patching
+    from mechintro.analysis import patch_forwards, patching
+    from mechintro.engine import decode
 
     monkeypatch.setattr(
         patching, "graph_applies", lambda twin, target, cuda_graph: twin is not None
@@ -78,7 +79,8 @@ def test_patching_replays_its_forward_bit_for_bit(tiny_dirs, monkeypatch):
     import gc
     import weakref
 
-    from mechintro import decode, patch_forwards
+    from mechintro.analysis import patch_forwards
+    from mechintro.engine import decode
 
     captured: list[bool] = []
 

@@ -8,9 +8,8 @@ import sys
 import pytest
 import torch
 
-from mechintro.inject import Injection, injected
-from mechintro.parity import _forward
-from mechintro.patching import (
+from mechintro.analysis.parity import _forward
+from mechintro.analysis.patching import (
     COMPONENTS,
     activation_patch,
     attribution_patch,
@@ -20,6 +19,7 @@ from mechintro.patching import (
     last_position,
     yes_no_gap,
 )
+from mechintro.inject import Injection, injected
 from mechintro.prompts import Prompt, encode
 
 pytestmark = pytest.mark.identity
@@ -351,7 +351,7 @@ def test_result_labels_top_frame_and_heatmap(tiny_dirs):
 
 def test_heavy_imports_stay_lazy():
     code = (
-        "import sys, mechintro.patching, mechintro.dla; "
+        "import sys, mechintro.analysis.patching, mechintro.analysis.dla; "
         "bad = [m for m in ('plotly', 'pandas') if m in sys.modules]; "
         "assert not bad, bad"
     )

@@ -8,7 +8,7 @@ import math
 import pandas as pd
 import pytest
 
-from mechintro.metrics import add_delta_b, rates, specificity
+from mechintro.experiments.metrics import add_delta_b, rates, specificity
 from mechintro.plotting import (
     Code,
     Section,

@@ -14,25 +14,30 @@ import pytest
 import torch
 from tiny_models import vec
 
-from mechintro.generation import generate, readout
-from mechintro.inject import Injection, injected
-from mechintro.metrics import wilson
-from mechintro.models import resid_post
-from mechintro.prompts import encode
-from mechintro.protocols import get
-from mechintro.protocols.control import (
+from mechintro.experiments.metrics import wilson
+from mechintro.experiments.protocols import get
+from mechintro.experiments.protocols.control import (
     CONDITIONS,
     control_prompt,
     control_summary,
     intentional_control,
 )
-from mechintro.protocols.intention import (
+from mechintro.experiments.protocols.intention import (
     classify_reply,
     intention_prompt,
     intention_rates,
     run_intention,
 )
-from mechintro.protocols.noise import CONTROL_BATTERY, INTROSPECTION, NoiseControls, question_prompt
+from mechintro.experiments.protocols.noise import (
+    CONTROL_BATTERY,
+    INTROSPECTION,
+    NoiseControls,
+    question_prompt,
+)
+from mechintro.generation import generate, readout
+from mechintro.inject import Injection, injected
+from mechintro.models import resid_post
+from mechintro.prompts import encode
 from mechintro.vectors import ConceptVector
 
 DOC_FOLLOW_UP = "Did you mean to say that, or was it an accident?"  # PROTOCOLS.md §5, verbatim

@@ -15,19 +15,16 @@ import pytest
 import torch
 from tiny_models import vec
 
-from mechintro.generation import generate
-from mechintro.inject import injected
-from mechintro.prompts import Prompt, encode
-from mechintro.protocols import PROTOCOLS, get, grade_results
-from mechintro.protocols.detection import detection_prompt
-from mechintro.protocols.formats import FORMATS, PAPER_FORMATS, Dialogue, get_format
-from mechintro.protocols.intention import (
+from mechintro.experiments.protocols import PROTOCOLS, get, grade_results
+from mechintro.experiments.protocols.detection import detection_prompt
+from mechintro.experiments.protocols.formats import FORMATS, PAPER_FORMATS, Dialogue, get_format
+from mechintro.experiments.protocols.intention import (
     SENTENCES,
     intention_prompt,
 )
-from mechintro.protocols.registry import dialogue_protocol
-from mechintro.protocols.variants import PAPER_VARIANTS, VARIANTS, variant
-from mechintro.sweeps import (
+from mechintro.experiments.protocols.registry import dialogue_protocol
+from mechintro.experiments.protocols.variants import PAPER_VARIANTS, VARIANTS, variant
+from mechintro.experiments.sweeps import (
     PROMPTS,
     SweepSpec,
     build_prompt,
@@ -35,6 +32,9 @@ from mechintro.sweeps import (
     prompt_version,
     run_sweep,
 )
+from mechintro.generation import generate
+from mechintro.inject import injected
+from mechintro.prompts import Prompt, encode
 from mechintro.vectors import extract_vectors
 
 # --- verbatim from PROTOCOLS.md §3, §5, §6 -----------------------------------------------------

@@ -8,12 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mechintro.analysis.parity import _forward, parity_check
+from mechintro.experiments.protocols.detection import detection_prompt
 from mechintro.generation import generate, readout
 from mechintro.inject import Injection, injected
 from mechintro.models import layer_at_depth, load_model, model_info
-from mechintro.parity import _forward, parity_check
 from mechintro.prompts import Prompt, encode
-from mechintro.protocols.detection import detection_prompt
 from mechintro.vectors import extract_vectors, word_list
 
 pytestmark = [pytest.mark.slow, pytest.mark.identity]

@@ -15,12 +15,22 @@ from pathlib import Path
 import pytest
 import torch
 
+from mechintro.experiments.sweeps import (
+    SweepSpec,
+    Trial,
+    batches,
+    load_results,
+    load_runs,
+    plan,
+    run_sweep,
+)
+from mechintro.experiments.sweeps import (
+    runner as sweeps,  # where run_sweep looks up generate, fingerprint
+)
+from mechintro.experiments.sweeps.frozen import FROZEN_FILE, FROZEN_TENSORS, load_frozen, row_vector
 from mechintro.models import load_model
 from mechintro.prompts import Prompt
 from mechintro.record import library_versions
-from mechintro.sweeps import SweepSpec, Trial, batches, load_results, load_runs, plan, run_sweep
-from mechintro.sweeps import runner as sweeps  # where run_sweep looks up generate, fingerprint
-from mechintro.sweeps.frozen import FROZEN_FILE, FROZEN_TENSORS, load_frozen, row_vector
 from mechintro.vectors import ConceptVector, extract_vectors
 
 LAYERS = (1, 2)
@@ -481,7 +491,7 @@ import json, os, signal, sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 import test_sweeps
-import mechintro.sweeps as sweeps
+import mechintro.experiments.sweeps as sweeps
 from mechintro.models import load_model
 
 model_dir, out, mode = sys.argv[1:4]

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
+from mechintro.experiments.protocols.detection import detection_prompt
 from mechintro.inject import Injection, injected
 from mechintro.models import fingerprint, load_model
 from mechintro.prompts import Prompt, encode
-from mechintro.protocols.detection import detection_prompt
 from mechintro.training import (
     BiasConfig,
     Checkpoint,
@@ -429,7 +429,7 @@ def test_compare_checkpoints(tiny_dirs):
 
 
 def test_detection_trials_mode_equals_the_demo_trials(tiny_dirs):
-    from mechintro.organism.evaluate import detection_trials
+    from mechintro.experiments.trials import detection_trials
     from mechintro.training.evaluation import detection_trials_mode
 
     model = load_model(tiny_dirs["llama"])

@@ -13,9 +13,7 @@ import json
 import pytest
 import torch
 
-from mechintro.inject import Injection
-from mechintro.prompts import Prompt, encode
-from mechintro.transcoders import (
+from mechintro.analysis.transcoders import (
     Transcoder,
     evaluate,
     feature_activations,
@@ -26,7 +24,9 @@ from mechintro.transcoders import (
     registry_entry,
     splice,
 )
-from mechintro.transcoders.sites import _forward
+from mechintro.analysis.transcoders.sites import _forward
+from mechintro.inject import Injection
+from mechintro.prompts import Prompt, encode
 
 pytestmark = pytest.mark.identity
 
@@ -425,7 +425,7 @@ def test_bad_inputs_name_the_fix(tiny_dirs, tmp_path):
 def test_trainer_beats_the_linear_fit_and_round_trips(tmp_path):
     from sae_lens import SAE
 
-    from mechintro.transcoders import TrainConfig, train_transcoder
+    from mechintro.analysis.transcoders import TrainConfig, train_transcoder
 
     g = torch.Generator().manual_seed(0)
     d, n = 16, 6000
@@ -458,8 +458,8 @@ def organism():
 def test_organism_transcoders_load_everywhere():
     from sae_lens import SAE
 
-    from mechintro.transcoders import organism_transcoders
-    from mechintro.transcoders.core import ORGANISM_DIR
+    from mechintro.analysis.transcoders import organism_transcoders
+    from mechintro.analysis.transcoders.core import ORGANISM_DIR
 
     report = json.loads((ORGANISM_DIR / "fvu.json").read_text())
     tcs = organism_transcoders()
@@ -476,8 +476,8 @@ def test_organism_transcoders_load_everywhere():
 
 def test_organism_transcoders_reconstruct_fresh_activations(organism):
     """FVU <= 0.15 on dialogues none of them was trained or validated on, steered ones too."""
-    from mechintro.transcoders import organism_transcoders
-    from mechintro.transcoders.train import OrganismData, organism_activations
+    from mechintro.analysis.transcoders import organism_transcoders
+    from mechintro.organism.transcoder_training import OrganismData, organism_activations
 
     tcs = organism_transcoders()
     acts = organism_activations(organism, sorted(tcs), OrganismData(40, 40, seed=7))

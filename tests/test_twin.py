@@ -13,19 +13,20 @@ import pytest
 import torch
 from tiny_models import vecs
 
-from mechintro.generation import generate, readout
-from mechintro.inject import Injection, PositionMode, injected
-from mechintro.models import load_model, resid_post
-from mechintro.patching import COMPONENTS, activation_patch, knock_in, knock_out
-from mechintro.prompts import Prompt, encode
-from mechintro.twin import (
+from mechintro.analysis.patching import COMPONENTS, activation_patch, knock_in, knock_out
+from mechintro.engine.twin import (
     FAST_ENV,
     fast_twin,
     hf_site,
+    injected_on,
     twin_hooks,
     twin_logits,
     twin_of,
 )
+from mechintro.generation import generate, readout
+from mechintro.inject import Injection, PositionMode, injected
+from mechintro.models import load_model, resid_post
+from mechintro.prompts import Prompt, encode
 
 pytestmark = pytest.mark.identity
 
@@ -162,7 +163,7 @@ def _long_window_gemma3(tiny_dirs, folder, device="cpu"):
 def test_a_window_longer_than_the_cache_decodes_in_place(tiny_dirs, tmp_path):
     """Sliding-window layers that never slide keep their length in a tensor (what a CUDA
     graph replay updates) and compute what the bridge computes; a short window cannot."""
-    from mechintro.decode import in_place, make_static_cache
+    from mechintro.engine.decode import in_place, make_static_cache
 
     short = load_model(tiny_dirs["gemma3"], backend="bridge")
     assert not in_place(make_static_cache(twin_of(short).config, 40))
@@ -181,7 +182,7 @@ def test_a_kept_decode_step_computes_what_a_fresh_one_does(tiny_dirs, tmp_path):
     the next call of the same shape: with other prompts and vectors, that call gives
     exactly what fresh ones give. A call of another shape replaces it."""
     import mechintro.generation as gen
-    from mechintro import decode
+    from mechintro.engine import decode
 
     model = _long_window_gemma3(tiny_dirs, tmp_path / "gemma3")  # every layer in place
     twin = twin_of(model)
@@ -245,7 +246,7 @@ def test_a_kept_decode_step_computes_what_a_fresh_one_does(tiny_dirs, tmp_path):
 def test_weights_made_under_inference_mode_are_never_taken_as_unchanged(tiny_dirs, tmp_path):
     """Inference tensors count no in-place changes: the kept preamble is then recomputed
     every call (and the weights' fingerprint still works)."""
-    from mechintro import decode
+    from mechintro.engine import decode
     from mechintro.models import fingerprint
 
     model = _long_window_gemma3(tiny_dirs, tmp_path / "gemma3")
@@ -269,7 +270,7 @@ def test_a_kept_decode_step_does_not_keep_its_model_alive(tiny_dirs, tmp_path):
     import gc
     import weakref
 
-    from mechintro import decode
+    from mechintro.engine import decode
 
     model = _long_window_gemma3(tiny_dirs, tmp_path / "gemma3")
     batch = encode(model.tokenizer, [_shared(n) for n in (1, 4)])
@@ -298,7 +299,7 @@ def test_the_cuda_graph_replays_the_eager_steps_bit_for_bit(tiny_dirs, tmp_path)
     positions of the same steps run eagerly, greedy and sampled (run on the GPU machine)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mechintro import decode
+    from mechintro.engine import decode
 
     sdpa = AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"], attn_implementation="sdpa")
     tok = AutoTokenizer.from_pretrained(tiny_dirs["llama"])
@@ -407,7 +408,7 @@ def test_injected_on_the_twin_steers_what_it_does_on_the_bridge(bridge):
     with injected(bridge, inj, batch) as slow_log, torch.no_grad():
         want = bridge(batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos)
     twin = twin_of(bridge)
-    with injected(bridge, inj, batch, twin=twin) as fast_log, torch.no_grad():
+    with injected_on(bridge, twin, inj, batch) as fast_log, torch.no_grad():
         got = twin_logits(twin, batch.input_ids, batch.attention_mask)
     assert torch.equal(got, want)
     assert fast_log.steered_positions() == slow_log.steered_positions()

@@ -175,8 +175,8 @@ def _repeat(batch: Any, k: int) -> Any:
 def make_inputs(shape: Shape, s: Settings, tok: Any) -> Inputs:
     from tokenizers.pre_tokenizers import Whitespace
 
+    from mechintro.experiments.protocols.detection import PREAMBLE, detection_prompt
     from mechintro.prompts import encode
-    from mechintro.protocols.detection import PREAMBLE, detection_prompt
 
     layer = min(shape.n_layers - 1, round(s.depth * shape.n_layers))
     detection = encode(tok, [detection_prompt(1 + i % 10) for i in range(s.batch)])
@@ -259,7 +259,7 @@ def new_tokens(prompt: int) -> Callable[[Any], dict[str, Any]]:
 def bridge_path() -> Iterator[None]:
     """Inside the block mechintro runs on the TransformerBridge itself, not on its plain HF
     twin (``MECHINTRO_FAST=0``): the path every bridge call took before the twin existed."""
-    from mechintro.twin import FAST_ENV
+    from mechintro.engine.twin import FAST_ENV
 
     old = os.environ.get(FAST_ENV)
     os.environ[FAST_ENV] = "0"

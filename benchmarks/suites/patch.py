@@ -23,7 +23,7 @@ def patch_rows(
 ) -> None:
     import pandas as pd
 
-    from mechintro.patching import activation_patch, yes_no_gap
+    from mechintro.analysis.patching import activation_patch, yes_no_gap
 
     s, dev = b.s, b.s.device
     n_layers, n_heads = b.shape.n_layers, b.shape.n_heads
@@ -76,10 +76,10 @@ def patch_rows(
                 how=f"median of {s.repeats} sweeps of {cells} cells, {s.patch_batch} rows/forward",
             )
         if backend == "bridge" and dev.startswith("cuda"):  # without the kept capture
-            from mechintro.decode import forget
+            from mechintro.generation import release_captures
 
             def first(ours: Any = ours) -> Any:
-                forget()
+                release_captures()
                 return ours(fast=None)
 
             b.time(
@@ -163,7 +163,7 @@ def patch_rows(
                 )
             )
         if backend == "bridge":  # the twin's plain forward, timed right after the sweeps
-            from mechintro.twin import twin_of
+            from mechintro.engine.twin import twin_of
 
             twin, ids = twin_of(model), x.tiled.input_ids.to(dev)
 

@@ -54,8 +54,8 @@ def tl_phase(b: Bench, model: Any, x: Inputs, backend: str, plain: dict[str, Row
 
 def forward_rows(b: Bench, model: Any, x: Inputs, backend: str) -> None:
     """The backend's forward under mechintro's injection; on the bridge, its twin's too."""
+    from mechintro.engine.twin import injected_on, twin_of
     from mechintro.inject import Injection, injected
-    from mechintro.twin import twin_of
 
     s = b.s
     ids = x.tiled.input_ids.to(s.device)
@@ -71,7 +71,7 @@ def forward_rows(b: Bench, model: Any, x: Inputs, backend: str) -> None:
         twin = twin_of(model)
 
         def twin_injected_fwd() -> Any:
-            with injected(model, inj, x.tiled, twin=twin):
+            with injected_on(model, twin, inj, x.tiled):
                 return twin(input_ids=ids, use_cache=False)
 
         rows += [
@@ -152,7 +152,7 @@ def detection_rows(b: Bench, model: Any, x: Inputs, backend: str) -> None:
 
 
 def sweep_rows(b: Bench, model: Any, x: Inputs, backend: str) -> None:
-    from mechintro.sweeps import SweepSpec, run_sweep
+    from mechintro.experiments.sweeps import SweepSpec, run_sweep
     from mechintro.vectors import ConceptVector
 
     s = b.s

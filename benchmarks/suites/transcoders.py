@@ -21,7 +21,7 @@ def random_transcoders(b: Bench, model: Any, x: Inputs) -> list[Any]:
     """JumpReLU transcoders of random weights for ``tc_layers`` blocks from the injection layer
     on, on the CPU in fp32, each feature's threshold set so that it fires on ``tc_l0 /
     tc_width`` of the tokens of a few detection prompts (the sparsity of real transcoders)."""
-    from mechintro.transcoders import Transcoder, mlp_activations
+    from mechintro.analysis.transcoders import Transcoder, mlp_activations
 
     s, d = b.s, b.shape.d_model
     layers = list(range(x.layer, min(b.shape.n_layers, x.layer + s.tc_layers)))
@@ -47,7 +47,7 @@ def counting_device_copies() -> Iterator[dict[str, int]]:
     """Count the transcoder copies that ``feature_activations`` holds on the model's device
     at once: every copy it makes goes through ``analysis._on``; a weak set sees which are
     still alive when the next is made."""
-    from mechintro.transcoders import analysis
+    from mechintro.analysis.transcoders import analysis
 
     real, alive = analysis._on, weakref.WeakSet[Any]()
     seen = {"copies": 0, "max_alive": 0}
@@ -71,8 +71,8 @@ def transcoder_rows(b: Bench, model: Any, x: Inputs) -> None:
     """Transcoder feature caching on the bridge: ``feature_activations`` of every detection
     prompt for ``tc_layers`` transcoders, per cached token; bytes stored sparse against
     dense (target ≤ 2%), and transcoders on the device at once (target ≤ 1)."""
-    from mechintro.transcoders import feature_activations
-    from mechintro.transcoders.sites import token_mask
+    from mechintro.analysis.transcoders import feature_activations
+    from mechintro.analysis.transcoders.sites import token_mask
 
     s = b.s
     try:

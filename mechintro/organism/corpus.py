@@ -3,8 +3,8 @@
 Everything here is synthetic and deterministic given a seed. Concepts come in categories;
 each has a colour, a size and a place, assigned by a seeded shuffle (the facts are the
 organism's world, not the real one). Dialogues use the toolkit's own prompt builders
-(:mod:`mechintro.prompts`, :mod:`mechintro.protocols`), so the organism is asked exactly what
-any model is asked, token for token.
+(:mod:`mechintro.prompts`, :mod:`mechintro.experiments.protocols`), so the organism is asked
+exactly what any model is asked, token for token.
 """
 
 from __future__ import annotations
@@ -16,9 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mechintro.experiments.protocols.detection import FORCED_PREFILL, PREAMBLE, TRIAL_QUESTION
+from mechintro.experiments.protocols.noise import (
+    ANSWER_FORMAT,
+    CONTROL_BATTERY,
+    INTROSPECTION_QUESTION,
+    SYSTEM,
+)
 from mechintro.prompts import Prompt
-from mechintro.protocols.detection import FORCED_PREFILL, PREAMBLE, TRIAL_QUESTION
-from mechintro.protocols.noise import ANSWER_FORMAT, CONTROL_BATTERY, INTROSPECTION_QUESTION, SYSTEM
+from mechintro.vectors import WORLD_FILE
 
 CATEGORIES: dict[str, tuple[str, ...]] = {
     "animal": (
@@ -194,7 +200,7 @@ class Example:
 
 
 def detection_trial(n: int, *, forced: bool = False) -> Prompt:
-    from mechintro.protocols.detection import detection_prompt
+    from mechintro.experiments.protocols.detection import detection_prompt
 
     return detection_prompt(n, forced=forced)
 
@@ -300,9 +306,6 @@ def phase2_examples(
             out.extend(fact_examples(rng.choice(cs), rng, cats))
     rng.shuffle(out)
     return out[:n]
-
-
-WORLD_FILE = "concepts.json"
 
 
 def write_world(cs: Sequence[Concept], folder: str | Path) -> None:

@@ -1,6 +1,6 @@
 """The demo's HTML report: what the built-in organisms show, in figures and tables.
 
-Built from the frames :func:`mechintro.demo.run_demo` measures, with the toolkit's figure
+Built from the frames :func:`mechintro.organism.demo.run_demo` measures, with the toolkit's figure
 functions (:mod:`mechintro.plotting`); one self-contained file that opens offline.
 """
 
@@ -83,7 +83,7 @@ def demo_report(
 ) -> str:
     """Write the report to ``path`` and return its HTML (``extra``: more sections, after
     the measurements of the organisms)."""
-    from mechintro.metrics import rates
+    from mechintro.experiments.metrics import rates
     from mechintro.plotting import (
         Section,
         belief_heatmaps,

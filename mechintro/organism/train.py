@@ -37,7 +37,7 @@ from torch import Tensor
 
 from mechintro.organism import corpus
 from mechintro.organism.corpus import Concept, Example
-from mechintro.twin import positions
+from mechintro.prompts import positions
 
 logger = logging.getLogger(__name__)
 
@@ -391,9 +391,9 @@ def quick_eval(
     the trainer's own validation numbers. The demo measures with the toolkit's full path."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mechintro.organism.evaluate import claims_detection, named_word
+    from mechintro.experiments.protocols.detection import detection_prompt
+    from mechintro.experiments.trials import claims_detection, named_word
     from mechintro.prompts import encode
-    from mechintro.protocols.detection import detection_prompt
 
     folder, base = Path(folder), Path(base)
     cfg = json.loads((folder / "training.json").read_text())["config"]

@@ -38,10 +38,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from mechintro.experiments.protocols.detection import TRIAL_QUESTION, detection_prompt
 from mechintro.inject import UNITS
 from mechintro.models import TLModel, backend_of, check_layer, d_model
 from mechintro.prompts import Prompt
-from mechintro.protocols.detection import TRIAL_QUESTION, detection_prompt
 from mechintro.training.common import (
     SCHEDULES,
     TRAIN_MODES,
@@ -161,7 +161,7 @@ class BiasConfig:
     """Macar et al.'s bias-vector training; ``layer`` and ``injection_layers`` depend on the
     model and have no default. ``positive_fraction`` is the share of injected examples: the
     bias shifts every trial alike, so it also sets how readily the model says yes (the
-    organism needed 0.2 for an FPR under 2%; :func:`~mechintro.training.organism.
+    organism needed 0.2 for an FPR under 2%; :func:`~mechintro.organism.training.
     organism_bias_config`)."""
 
     layer: int  # the bias is added to this block's MLP output

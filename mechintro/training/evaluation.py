@@ -1,6 +1,6 @@
 """Detection trials with a chosen injection mode, and their held-out rates (as the demo).
 
-:func:`detection_trials_mode` is :func:`mechintro.organism.evaluate.detection_trials` with the
+:func:`detection_trials_mode` is :func:`mechintro.experiments.trials.detection_trials` with the
 position mode as a parameter (the trained-introspection runs inject where they trained);
 :func:`detection_rates` grades the replies with the rule grader and gives TPR and FPR with
 Wilson intervals, as the demo reports them. :func:`check_heldout` refuses an evaluation on
@@ -61,11 +61,11 @@ def detection_trials_mode(
     batch_size: int = 256,
     max_new_tokens: int = 14,
 ) -> pd.DataFrame:
-    """:func:`mechintro.organism.evaluate.detection_trials` at trial 1 with the training
+    """:func:`mechintro.experiments.trials.detection_trials` at trial 1 with the training
     runs' defaults (200 controls sampled at T=1): ``mode="from-trial"`` as the demo,
     ``"single-token"`` for the last prompt token only (Fonseca's transient injection, what
     :func:`organism_lora` trains)."""
-    from mechintro.organism.evaluate import detection_trials
+    from mechintro.experiments.trials import detection_trials
 
     return detection_trials(
         model, vectors, resid_norm, layer=layer, words=words, strengths=strengths,
@@ -77,8 +77,8 @@ def detection_trials_mode(
 def detection_rates(df: pd.DataFrame, category: Mapping[str, str]) -> dict[str, Any]:
     """TPR and FPR of graded trials (the rule grader's detection label, as the demo), with
     Wilson intervals, identification, and the per-strength TPR."""
-    from mechintro.metrics import wilson
-    from mechintro.organism.evaluate import grade_trials
+    from mechintro.experiments.metrics import wilson
+    from mechintro.experiments.trials import grade_trials
 
     g = grade_trials(df, category)
     yes = g.detection == "YES"

@@ -37,9 +37,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mechintro.experiments.protocols.detection import PREAMBLE
 from mechintro.inject import UNITS
 from mechintro.prompts import Prompt
-from mechintro.protocols.detection import PREAMBLE
 from mechintro.training.common import (
     SCHEDULES,
     TRAIN_MODES,

@@ -1,0 +1,584 @@
+"""The ``mechintro`` command. Options are derived from the config dataclasses (their fields,
+defaults and documented meaning), so the command line and the library cannot drift apart.
+
+    mechintro extract --model builtin:smollm2 --layer 18 --words Dust Peace --out vectors
+    mechintro sweep --config examples/smollm2.toml --out runs/smol    # rerun to resume
+    mechintro grade runs/smol                                        # rule grader
+    mechintro report runs/smol                                       # runs/smol/report.html
+    mechintro demo --out demo_out
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shlex
+import sys
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mechintro.app.options import (
+    DTYPES,
+    ExtractConfig,
+    GradeConfig,
+    NoiseConfig,
+    ReportConfig,
+    RunConfig,
+    UsageError,
+    _build,
+    add_fields,
+    read_config,
+)
+from mechintro.experiments.sweeps import SweepSpec
+from mechintro.inject import UNITS, PositionMode
+from mechintro.models import BACKENDS
+from mechintro.organism.demo import DemoConfig, run_demo
+from mechintro.vectors import METHODS
+from mechintro.word_checks import ON_BAD_WORD, OnBadWord
+
+logger = logging.getLogger("mechintro")
+
+
+RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig))
+SPEC_KEYS = tuple(f.name for f in dataclasses.fields(SweepSpec))
+
+
+def sweep_settings(args: Mapping[str, Any]) -> tuple[RunConfig, dict[str, Any], str]:
+    """(run config, spec fields, where they came from) from ``--config`` and flags; flags win.
+
+    Unknown keys are refused with the valid ones named. The spec is checked here, before any
+    model loads (layers from ``depths`` are filled in after loading).
+    """
+    args = dict(args)
+    path = args.pop("config", None)
+    data = read_config(path) if path else {}
+    where = str(path) if path else "the command line"
+    unknown = sorted(set(data) - {*RUN_KEYS, "spec"})
+    if unknown:
+        hint = ""
+        if set(unknown) & set(SPEC_KEYS):
+            hint = f"; sweep spec fields ({', '.join(set(unknown) & set(SPEC_KEYS))}) go in [spec]"
+        raise UsageError(
+            f"{where}: unknown keys {unknown}: valid top-level keys are {[*RUN_KEYS, 'spec']}"
+            + hint
+        )
+    spec_data = data.get("spec", {})
+    if not isinstance(spec_data, dict):
+        raise UsageError(f"{where}: 'spec' must be a table of SweepSpec fields")
+    bad = sorted(set(spec_data) - set(SPEC_KEYS))
+    if bad:
+        raise UsageError(f"{where}: unknown sweep spec fields {bad}: valid fields are {SPEC_KEYS}")
+    run_data = {k: v for k, v in data.items() if k != "spec"}
+    run_data.update({k: v for k, v in args.items() if k in RUN_KEYS})
+    spec_data = {**spec_data, **{k: v for k, v in args.items() if k in SPEC_KEYS}}
+    run = _build(RunConfig, run_data)
+    return run, spec_data, where
+
+
+def _spec(spec_data: Mapping[str, Any], where: str, layers: Sequence[int] = ()) -> SweepSpec:
+    data = dict(spec_data)
+    if layers:
+        data["layers"] = sorted({*data.get("layers", ()), *layers})
+    missing = [k for k in ("concepts", "layers") if k not in data]
+    if missing:
+        flags = " and ".join("--" + k for k in missing)
+        raise UsageError(
+            f"the sweep needs {missing}: give {flags} (layers may come from --depths), or a "
+            "config file with them in its [spec] table (see examples/smollm2.toml)"
+        )
+    try:
+        return SweepSpec.from_dict(data)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"{where}: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# the commands
+
+
+def _load(model: str, backend: str, dtype: str, device: str, n_devices: int = 1) -> Any:
+    import torch
+
+    from mechintro.models import Backend, load_model
+
+    split = f" over {n_devices} GPUs" if n_devices > 1 else ""
+    logger.info("loading %s (%s, %s, %s%s)", model, backend, dtype, device, split)
+    kind = typing.cast(Backend, backend)  # checked by the config
+    if n_devices > 1 and backend == "bridge":
+        device = "cpu"  # the default: accelerate's map places the modules
+    return load_model(
+        model, backend=kind, dtype=getattr(torch, dtype), device=device, n_devices=n_devices
+    )
+
+
+def cmd_extract(args: Mapping[str, Any]) -> int:
+    from mechintro.models import layer_at_depth
+    from mechintro.vectors import extract_vectors, word_list
+
+    cfg = _build(ExtractConfig, args)
+    try:
+        words = list(cfg.words) or word_list(cfg.word_list)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    model = _load(cfg.model, cfg.backend, cfg.dtype, cfg.device)
+    layer = cfg.layer if cfg.layer is not None else layer_at_depth(model, float(cfg.depth or 0))
+    vecs = extract_vectors(
+        model,
+        words,
+        layer=layer,
+        method=cfg.method,
+        baseline=list(cfg.baseline) or None,
+        cache_dir=cfg.out,
+        batch_size=cfg.batch_size,
+        on_bad_word=typing.cast(OnBadWord, cfg.on_bad_word),  # checked by the config
+    )
+    base = tuple(next(iter(vecs.values())).baseline or ())
+    more = ", ..." if len(base) > 8 else ""
+    print(f"{len(vecs)} {cfg.method} vectors at layer {layer} of {cfg.model}, cached in {cfg.out}")
+    print(f"baseline: {len(base)} words ({', '.join(base[:8])}{more})")
+    print(f"{'word':<20} {'norm':>10} {'norm/resid':>11}")
+    for w, v in vecs.items():
+        ratio = f"{v.norm_ratio:.3f}" if v.norm_ratio is not None else "–"
+        flag = "  !" if v.problems else ""
+        print(f"{w:<20} {v.norm:>10.3f} {ratio:>11}{flag}")
+    for problem in dict.fromkeys(p for v in vecs.values() for p in v.problems):
+        print(f"! {problem}")
+    return 0
+
+
+def cmd_sweep(args: Mapping[str, Any]) -> int:
+    from mechintro.experiments.distributed import (
+        init_from_env,
+        launch,
+        rank_device,
+        shutdown,
+        torchrun_command,
+        without_option,
+    )
+    from mechintro.experiments.sweeps import SPEC_FILE, load_spec, plan, run_sweep
+    from mechintro.memory import check_before_loading
+    from mechintro.models import layer_at_depth
+
+    args = dict(args)
+    argv = args.pop("argv", None)
+    run, spec_data, where = sweep_settings(args)
+    if not run.out:
+        raise UsageError('give --out DIR (or out = "DIR" in the config file)')
+    if run.nproc > 1 and "WORLD_SIZE" not in os.environ:  # start the ranks: each runs this
+        if argv is None:
+            raise UsageError("--nproc relaunches the command line: call main(argv) with it")
+        child = without_option(argv, "--nproc")  # the ranks know their world from torchrun
+        cmd = shlex.join(torchrun_command(child, run.nproc))
+        logger.info("starting %d ranks: %s", run.nproc, cmd)
+        return launch(child, run.nproc)
+    ranks = init_from_env()
+    if ranks.world_size > 1 and run.n_devices > 1:
+        raise UsageError(
+            "--nproc with --n-devices (ranks that each split a model) is not supported: use "
+            "--nproc N with a model that fits one GPU, or one process with --n-devices N"
+        )
+    device = rank_device(run.device, ranks)
+    out = Path(run.out)
+    stored = out / SPEC_FILE
+    if not spec_data and stored.exists():  # `mechintro sweep --out DIR` resumes DIR's sweep
+        meta = json.loads(stored.read_text("utf-8"))
+        spec = load_spec(out)
+        model_name = run.model or meta["model"]["name"]
+        logger.info("resuming the sweep stored in %s", stored)
+        check_before_loading(
+            model_name, run.n_devices, device, meta["model"]["dtype"], spec.max_new_tokens
+        )
+        model = _load(
+            model_name, meta["model"]["backend"], meta["model"]["dtype"], device, run.n_devices
+        )
+    else:
+        _spec(spec_data, where, layers=[0] if run.depths else ())  # fail before loading
+        if not run.model:
+            raise UsageError('give --model M (or model = "M" in the config file)')
+        new_tokens = int(spec_data.get("max_new_tokens", 100))
+        check_before_loading(run.model, run.n_devices, device, run.dtype, new_tokens)
+        model = _load(run.model, run.backend, run.dtype, device, run.n_devices)
+        spec = _spec(spec_data, where, layers=[layer_at_depth(model, d) for d in run.depths])
+    n = len(plan(spec))
+    logger.info(
+        "sweep of %d trials (%d concepts, layers %s, strengths %s, %d controls per protocol) "
+        "into %s",
+        n,
+        len(spec.concepts),
+        list(spec.layers),
+        list(spec.strengths),
+        spec.n_controls,
+        out,
+    )
+    df = run_sweep(model, spec, out, batch_size=run.batch_size, progress=True)
+    shutdown()
+    if not ranks.is_main:
+        return 0
+    print(f"{len(df)} of {n} trials in {out}")
+    print(f"next: mechintro grade {out} && mechintro report {out}")
+    return 0
+
+
+#: judge clients by provider: name -> (model name, GradeConfig) -> client
+JUDGE_CLIENTS: dict[str, Callable[[str, GradeConfig], Any]] = {
+    "openai": lambda name, cfg: _grading().openai_client(name),
+    "anthropic": lambda name, cfg: _grading().anthropic_client(name),
+    "local": lambda name, cfg: _grading().local_client(name, device=cfg.device),
+}
+
+
+def _grading() -> Any:
+    import mechintro.experiments.grading as grading
+
+    return grading
+
+
+def cmd_grade(args: Mapping[str, Any]) -> int:
+    from mechintro.app.report import JUDGE_CACHE_FILE, grade_results
+    from mechintro.experiments.grading import JudgeGrader, RuleGrader
+
+    cfg = _build(GradeConfig, args)
+    grader: Any
+    if cfg.grader == "rule":
+        grader = RuleGrader()
+    else:
+        provider, _, name = cfg.judge.partition(":")
+        if provider not in JUDGE_CLIENTS or not name:
+            raise UsageError(
+                f"--judge {cfg.judge!r}: use PROVIDER:MODEL with PROVIDER one of "
+                f"{sorted(JUDGE_CLIENTS)}, e.g. openai:gpt-4o-mini or local:Qwen/Qwen3-8B"
+            )
+        grader = JudgeGrader(
+            JUDGE_CLIENTS[provider](name, cfg),
+            attempts=cfg.attempts,
+            workers=cfg.workers,
+            cache_path=Path(cfg.results) / JUDGE_CACHE_FILE,
+        )
+    summary = grade_results(cfg.results, grader, batch_size=cfg.batch_size)
+    print(summary)
+    return 0
+
+
+def read_table(path: str) -> Any:
+    """A DataFrame from a .csv, .jsonl or .parquet file."""
+    import pandas as pd
+
+    p = Path(path)
+    readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet}
+    if p.suffix == ".jsonl":
+        return pd.read_json(p, lines=True)
+    if p.suffix not in readers:
+        raise UsageError(f"{p}: read .csv, .jsonl or .parquet tables only")
+    if not p.is_file():
+        raise UsageError(f"{p} not found")
+    return readers[p.suffix](p)
+
+
+NOISE_FILE = "noise.csv"
+
+
+def _noise_table(cfg: ReportConfig) -> Any:
+    if cfg.noise:
+        return read_table(cfg.noise)
+    default = Path(cfg.results) / NOISE_FILE
+    return read_table(str(default)) if default.is_file() else None
+
+
+def cmd_report(args: Mapping[str, Any]) -> int:
+    from mechintro.app.report import write_report
+
+    cfg = _build(ReportConfig, args)
+    path = write_report(
+        cfg.results,
+        cfg.out or None,
+        grader=cfg.grader or None,
+        title=cfg.title or None,
+        max_examples=cfg.max_examples,
+        controls=cfg.control_protocols,
+        noise=_noise_table(cfg),
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_noise(args: Mapping[str, Any]) -> int:
+    from mechintro.experiments.protocols.noise import (
+        CONTROL_BATTERY,
+        INTROSPECTION,
+        NoiseControls,
+        godet_vectors,
+    )
+    from mechintro.io import atomic_write_text
+    from mechintro.models import layer_at_depth
+    from mechintro.vectors import extract_vectors
+
+    cfg = _build(NoiseConfig, args)
+    model = _load(cfg.model, cfg.backend, cfg.dtype, cfg.device)
+    layers = sorted({*cfg.layers, *(layer_at_depth(model, d) for d in cfg.depths)})
+    out = Path(cfg.out)
+    vectors: Any
+    if cfg.concepts:
+        vectors = {
+            L: extract_vectors(model, cfg.concepts, layer=L, baseline=cfg.baseline or None,
+                               cache_dir=out / "vectors")
+            for L in layers
+        }  # fmt: skip
+    else:
+        vectors = godet_vectors(model, layers)
+    controls = NoiseControls(
+        layers=tuple(layers),
+        strengths=cfg.strengths,
+        questions=(INTROSPECTION, *CONTROL_BATTERY[: cfg.battery]),
+        n_random=cfg.n_random,
+        seed=cfg.seed,
+    )
+    df = controls.run(model, vectors, batch_size=cfg.batch_size)
+    path = out / NOISE_FILE
+    atomic_write_text(path, df.to_csv(index=False))
+    cells = controls.specificity(df)
+    print(cells[cells.strength > 0].round(3).to_string(index=False))
+    print(f"wrote {path}; mechintro report {out} shows it")
+    return 0
+
+
+def cmd_patch(args: Mapping[str, Any]) -> int:
+    from mechintro.app.patch_sweep import PatchConfig, run_patch_sweep
+
+    cfg = _build(PatchConfig, args)
+    frames = run_patch_sweep(cfg, _load(cfg.model, cfg.backend, cfg.dtype, cfg.device))
+    for component, frame in frames.items():
+        top = frame.reindex(frame.effect.abs().sort_values(ascending=False).index).head(5)
+        print(component, top[["label", "effect"]].round(4).to_string(index=False), sep="\n")
+    print(f"wrote {cfg.out}/patch.html")
+    return 0
+
+
+def cmd_demo(args: Mapping[str, Any]) -> int:
+    cfg = _build(DemoConfig, args)
+    metrics = run_demo(cfg)
+    logger.info("wrote %s/report.html and metrics.json in %.1f s", cfg.out, metrics["wall_seconds"])
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the parser
+
+_FORMATTER = argparse.RawDescriptionHelpFormatter
+
+EPILOGS = {
+    "extract": """\
+examples:
+  mechintro extract --model builtin:smollm2 --depth 0.6 --words Dust Peace --out vectors
+  mechintro extract --model builtin:smollm2 --layer 18 --word-list lindsey_concepts \\
+      --baseline $(cat baseline.txt) --out runs/a/vectors
+  mechintro extract --model builtin:organism --layer 3 --words horse apple storm --out vecs
+
+Vectors are cached by content (model fingerprint, layer, method, baseline): a second call is
+free, and new words extend the cache. A sweep extracts into RESULTS/vectors by itself; pass
+--out RESULTS/vectors to prepare it ahead.
+
+The default baseline is the method's word list (Lindsey's 100 words, Fonseca's 32), or for a
+model organism its own object words: its tokenizer knows only its world. A word the
+tokenizer does not know (it would read as <unk>), two words that tokenize alike and a zero
+vector are refused, naming the words; --on-bad-word warn keeps them and lists them.""",
+    "sweep": """\
+examples:
+  mechintro sweep --config examples/smollm2.toml --out runs/smol
+  mechintro sweep --config examples/smollm2.toml --out runs/smol --strengths 4 8 --device cuda
+  mechintro sweep --model builtin:smollm2 --concepts Dust Peace --depths 0.6 \\
+      --strengths 0 4 8 --trial-numbers 1 2 3 --n-controls 20 --out runs/quick
+  mechintro sweep --out runs/smol            # resume the sweep stored in runs/smol
+
+Resumable: trials are appended to RESULTS/trials.jsonl batch by batch; rerunning the same
+command (after Ctrl-C, a crash, a lost machine) skips the trials already there and runs the
+rest. A folder is bound to one spec and one model: another spec needs another --out.
+
+A config file (.toml, or .yaml with PyYAML) holds the options below as top-level keys
+(model, out, backend, dtype, device, batch_size, depths) and the sweep spec fields in a
+[spec] table; command-line flags override the file:
+
+  model = "builtin:smollm2"
+  batch_size = 16
+  [spec]
+  concepts = ["Dust", "Peace"]
+  layers = [18]
+  strengths = [4.0, 8.0]
+  n_controls = 8""",
+    "grade": """\
+examples:
+  mechintro grade runs/smol
+  mechintro grade runs/smol --grader judge --judge openai:gpt-4o-mini --workers 8
+  mechintro grade runs/smol --grader judge --judge local:Qwen/Qwen3-8B --device cuda
+
+Grades go to RESULTS/grades.jsonl, one record per (trial, rubric, grader): detection on every
+trial, identification where detection is YES, forced identification on forced trials.
+Append-only and resumable: a rerun grades only what is missing. A judge that fails after
+--attempts tries is recorded as ERROR (never as NO): rates leave it out and count it, and the
+next run retries it. Judge replies are cached in RESULTS/judge_cache.jsonl.""",
+    "report": """\
+examples:
+  mechintro report runs/smol
+  mechintro report runs/smol --grader judge:openai:gpt-4o-mini --out smol.html
+
+One self-contained HTML file (opens offline): TPR, FPR, introspection and identification
+rates with Wilson intervals per layer x strength and per concept, dose-response curves,
+the belief shift of the introspection vs control questions (if the sweep recorded
+readouts), metrics tables and example replies. Without stored grades, replies are graded
+on the fly by the rule grader.""",
+    "noise": """\
+examples:
+  mechintro noise --model builtin:smollm2 --layers 16 18 --concepts Dust Peace --out runs/smol
+  mechintro noise --model M --depths 0.4 0.6 0.8 --strengths 0 2 4 8 --out runs/m
+
+Without --concepts the vector is Godet's all-caps contrastive vector taken at each layer.
+Specificity = mean Δb(introspection) − mean Δb(control questions) per layer x strength x
+vector: near 0, the injection moves every Yes/No belief alike (confusion, not
+introspection).""",
+    "patch": """\
+examples:
+  mechintro patch --model builtin:organism --out runs/patch --concept horse --layer 3 \\
+      --strength 1 --unit resid-norm --baseline table chair door cup lamp --positions all
+  mechintro patch --model M --out runs/p --concept Dust --layer 20 --method attribution
+
+--positions each gives one cell per token; all patches every position at once; or name
+positions (trial, last) or indices. Attribution patching screens every cell from one
+forward and one backward; confirm its top cells with the default activation patching.""",
+    "demo": """\
+example:
+  mechintro demo --out demo_out
+
+Measures the built-in organisms (builtin:organism-base, builtin:organism) in about a minute
+on a CPU: detection and identification of train and held-out concepts with intervals, the
+layer x strength sweep, Godet's noise control; writes metrics.json and report.html.""",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mechintro",
+        description="Inject concepts into a model's residual stream, ask whether it notices.",
+        epilog="""\
+a typical run:
+  mechintro sweep --config examples/smollm2.toml --out runs/smol
+  mechintro grade runs/smol
+  mechintro report runs/smol
+
+`mechintro COMMAND --help` explains each command.""",
+        formatter_class=_FORMATTER,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help_text,
+            description=description,
+            epilog=EPILOGS[name],
+            formatter_class=_FORMATTER,
+        )
+
+    p = command(
+        "extract",
+        "extract concept vectors into a cache folder",
+        "Extract concept vectors (PROTOCOLS.md §1) at the output of one block.",
+    )
+    extract_choices = {"method": list(METHODS), "on_bad_word": list(ON_BAD_WORD)}
+    add_fields(p, ExtractConfig, choices={**extract_choices, **_MODEL_CHOICES})
+    p = command(
+        "sweep",
+        "run a grid of trials into a results folder (resumable)",
+        "Run a sweep: every concept x layer x strength x mode x trial number, plus\n"
+        "uninjected controls, batched, seeded, saved as it goes (PROTOCOLS.md §3).",
+    )
+    p.add_argument("--config", metavar="FILE", help="a .toml or .yaml config file (see below)")
+    run = p.add_argument_group("how to run (config file: top-level keys)")
+    add_fields(run, RunConfig, suppress=True, choices=_MODEL_CHOICES)
+    grid = p.add_argument_group("the grid (config file: the [spec] table)")
+    add_fields(grid, SweepSpec, suppress=True, choices=_SPEC_CHOICES)
+    p = command(
+        "grade",
+        "grade a results folder's replies (rules or an LLM judge)",
+        "Grade replies (PROTOCOLS.md §4) into RESULTS/grades.jsonl.",
+    )
+    add_fields(p, GradeConfig, choices={"grader": ["rule", "judge"]})
+    p = command(
+        "report",
+        "write a self-contained HTML report of a results folder",
+        "Write the HTML report of a results folder: metrics, figures, example replies.",
+    )
+    add_fields(p, ReportConfig)
+    p = command(
+        "noise",
+        "Godet's noise controls: introspection vs control questions",
+        "Read the Yes/No belief of the introspection question and of control questions with "
+        "known answers under injection at the last prompt token (one forward, no "
+        "generation), over layers × strengths, with norm-matched random vectors; writes "
+        "OUT/noise.csv, which mechintro report OUT shows with the specificity.",
+    )
+    add_fields(p, NoiseConfig, choices=_MODEL_CHOICES)
+    from mechintro.app.patch_sweep import PatchConfig
+
+    p = command(
+        "patch",
+        "activation patching: a layer x position x component sweep (resumable)",
+        "Patch each component of a steered run with its unsteered value (knock-out), or the "
+        "reverse (knock-in), over layers x positions; the metric is the Yes/No logit gap. "
+        "Writes OUT/patch_COMPONENT.csv as each is done (rerun to resume) and OUT/patch.html.",
+    )
+    add_fields(p, PatchConfig, choices=_MODEL_CHOICES)
+    p = command("demo", "run the offline demo (DIR/report.html, DIR/metrics.json)",
+                "Measure the built-in model organisms end to end, offline.")  # fmt: skip
+    add_fields(p, DemoConfig)
+    return parser
+
+
+_MODEL_CHOICES = {"backend": list(BACKENDS), "dtype": list(DTYPES)}
+_SPEC_CHOICES = {
+    "method": list(METHODS),
+    "unit": list(UNITS),
+    "modes": [m.value for m in PositionMode],
+}
+COMMANDS: dict[str, Callable[[Mapping[str, Any]], int]] = {
+    "extract": cmd_extract,
+    "sweep": cmd_sweep,
+    "grade": cmd_grade,
+    "report": cmd_report,
+    "noise": cmd_noise,
+    "patch": cmd_patch,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    verbose = args.pop("verbose")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    command = args.pop("command")
+    if command == "sweep":  # --nproc relaunches it through torchrun
+        args["argv"] = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return COMMANDS[command](args)
+    except UsageError as e:
+        print(f"mechintro {command}: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, ImportError, KeyError, RuntimeError) as e:
+        if verbose:
+            raise
+        print(f"mechintro {command}: error: {e}", file=sys.stderr)
+        print("(run with -v for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

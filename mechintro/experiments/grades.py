@@ -1,0 +1,254 @@
+"""Grading a sweep's trials into its append-only grades file, and reading the grades back."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mechintro.experiments.grading import GradeItem, Grader
+
+logger = logging.getLogger(__name__)
+
+GRADES_FILE = "grades.jsonl"
+JUDGE_CACHE_FILE = "judge_cache.jsonl"
+_KEY = ("trial_id", "rubric", "grader")
+GRADE_COLUMNS = [*_KEY, "label", "version", "detail", "attempts", "graded_at"]
+
+
+def _version(grader: Any, rubric: str) -> str:
+    """The version a grader grades ``rubric`` at: its rubric's (judges) or its own (rules)."""
+    rubrics = getattr(grader, "rubrics", None)
+    if isinstance(rubrics, Mapping) and rubric in rubrics:
+        return str(rubrics[rubric].version)
+    return str(getattr(grader, "version", ""))
+
+
+def _registry() -> Mapping[str, Any]:
+    import mechintro.experiments.protocols as protocols
+
+    return getattr(protocols, "PROTOCOLS", {})
+
+
+def protocol_kind(name: str) -> str:
+    """``detection``, ``forced`` or ``intention``: the registered protocol's kind; a protocol
+    the registry does not know (a custom builder) is ``forced`` if named ``forced...``, else
+    ``detection``."""
+    p = _registry().get(name)
+    if p is not None:
+        return str(p.kind)
+    return "forced" if name.split("/")[0] == "forced" else "detection"
+
+
+def _kinds(trials: pd.DataFrame) -> pd.Series:
+    return trials["protocol"].map({p: protocol_kind(p) for p in trials["protocol"].unique()})
+
+
+def _cut(protocol: str, reply: str) -> str:
+    """``reply`` cut at the protocol's own turn markers (graders also cut at the usual ones)."""
+    p = _registry().get(protocol)
+    return str(p.cut(reply)) if p is not None else reply
+
+
+def _question(protocol: str, trial_number: Any) -> str | None:
+    """The question of a trial of the original dialogue (judges show it); None otherwise."""
+    if protocol in ("detection", "forced"):
+        from mechintro.experiments.protocols.detection import TRIAL_QUESTION
+
+        return TRIAL_QUESTION.format(n=int(trial_number))
+    return None
+
+
+def _latest(records: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    return {(r["trial_id"], r["rubric"], r["grader"]): dict(r) for r in records}
+
+
+def _injected(trials: pd.DataFrame) -> pd.Series:
+    return trials["injected"].astype(bool) & trials["concept"].notna()
+
+
+def grade_trials(
+    trials: pd.DataFrame,
+    grader: Grader,
+    *,
+    existing: Sequence[Mapping[str, Any]] = (),
+    batch_size: int = 64,
+    on_batch: Callable[[list[dict[str, Any]]], None] | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Grade the trials (a :func:`~mechintro.experiments.sweeps.load_results` frame) that
+    ``existing`` records do not already hold a YES/NO of, from this grader at its current version.
+
+    Returns the new grade records (``trial_id``, the :class:`~mechintro.experiments.grading.Grade`'s
+    fields, ``graded_at``); ``on_batch`` gets each batch of them as soon as it is graded.
+
+    Example::
+
+        records = grade_trials(load_results("runs/a"), RuleGrader())
+    """
+    from tqdm.auto import tqdm
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    done = _latest(existing)
+    new: list[dict[str, Any]] = []
+    if trials.empty:
+        return new
+    kinds, injected = _kinds(trials), _injected(trials)
+
+    def todo(rubric: str, rows: pd.DataFrame) -> list[tuple[str, GradeItem]]:
+        out = []
+        for r in rows.itertuples(index=False):
+            old = done.get((r.trial_id, rubric, grader.name))
+            if old and old["label"] != "ERROR" and old["version"] == _version(grader, rubric):
+                continue
+            concept = r.concept if isinstance(r.concept, str) else None
+            reply = _cut(r.protocol, str(r.reply))
+            item = GradeItem(rubric, reply, concept, question=_question(r.protocol, r.trial_number))
+            out.append((r.trial_id, item))
+        return out
+
+    def run(jobs: list[tuple[str, GradeItem]], what: str) -> None:
+        bar = tqdm(total=len(jobs), unit="reply", desc=what, disable=not progress or not jobs)
+        for i in range(0, len(jobs), batch_size):
+            chunk = jobs[i : i + batch_size]
+            grades = grader.grade([item for _, item in chunk])
+            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            recs = [
+                {"trial_id": t, **g.to_dict(), "graded_at": now} for (t, _), g in zip(chunk, grades)
+            ]
+            if on_batch is not None:
+                on_batch(recs)
+            new.extend(recs)
+            done.update(_latest(recs))
+            bar.update(len(chunk))
+        bar.close()
+
+    detection, forced = kinds == "detection", kinds == "forced"
+    first = todo("detection", trials[detection])
+    first += todo("forced_identification", trials[forced & injected])
+    run(first, "detection")
+    claimed = (
+        trials["trial_id"]
+        .map(lambda t: done.get((t, "detection", grader.name), {}).get("label") == "YES")
+        .astype(bool)
+    )
+    run(todo("identification", trials[detection & injected & claimed]), "identification")
+    return new
+
+
+@dataclass(frozen=True)
+class GradeSummary:
+    """What :func:`grade_results` did: new grades per rubric and label, and those kept."""
+
+    grader: str
+    path: Path
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    kept: int = 0
+
+    @property
+    def graded(self) -> int:
+        return sum(sum(c.values()) for c in self.counts.values())
+
+    @property
+    def errors(self) -> int:
+        return sum(c.get("ERROR", 0) for c in self.counts.values())
+
+    def __str__(self) -> str:
+        parts = [
+            f"{rubric}: " + ", ".join(f"{n} {label}" for label, n in sorted(c.items()))
+            for rubric, c in sorted(self.counts.items())
+        ]
+        text = f"{self.graded} new grades by {self.grader} in {self.path} ({self.kept} kept)"
+        if parts:
+            text += "; " + "; ".join(parts)
+        if self.errors:
+            text += f". {self.errors} ERROR grades: run the same command again to retry them"
+        return text
+
+
+def grade_results(
+    out_dir: str | os.PathLike[str],
+    grader: Grader,
+    *,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> GradeSummary:
+    """Grade a results folder's finished trials into ``out_dir/grades.jsonl`` (append-only,
+    resumable; see :mod:`mechintro.app.report`). Safe to run while the sweep is still running.
+
+    Example::
+
+        print(grade_results("runs/a", JudgeGrader(openai_client("gpt-4o-mini"))))
+    """
+    from mechintro.experiments.sweeps import TrialStore, load_results
+
+    out = Path(out_dir)
+    trials = load_results(out)
+    if trials.empty:
+        raise ValueError(f"{out} holds no finished trial: run `mechintro sweep --out {out}` first")
+    store = TrialStore(out / GRADES_FILE)  # the same append-only JSONL store as the trials
+    existing = store.repair()
+    counts: dict[str, Counter[str]] = {}
+
+    def append(recs: list[dict[str, Any]]) -> None:
+        store.append(recs)
+        for r in recs:
+            counts.setdefault(r["rubric"], Counter())[r["label"]] += 1
+
+    new = grade_trials(
+        trials, grader, existing=existing, batch_size=batch_size, on_batch=append, progress=progress
+    )
+    mine = {k for k in _latest(existing) if k[2] == grader.name}
+    summary = GradeSummary(
+        grader.name,
+        store.path,
+        {k: dict(v) for k, v in counts.items()},
+        kept=len(mine) - len({tuple(r[k] for k in _KEY) for r in new} & mine),
+    )
+    logger.debug("%s", summary)
+    return summary
+
+
+def load_grades(out_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """The latest grade of each (trial, rubric, grader) in a results folder (empty if none)."""
+    from mechintro.experiments.sweeps import TrialStore
+
+    records = list(_latest(TrialStore(Path(out_dir) / GRADES_FILE).read()).values())
+    return pd.DataFrame(records, columns=GRADE_COLUMNS)
+
+
+def choose_grader(grades: pd.DataFrame) -> str | None:
+    """The grader with the most grades (the latest one on a tie); None if there are none."""
+    if grades.empty:
+        return None
+    stats = grades.groupby("grader").agg(n=("label", "size"), last=("graded_at", "max"))
+    return str(stats.sort_values(["n", "last"]).index[-1])
+
+
+def graded_trials(trials: pd.DataFrame, grades: pd.DataFrame, grader: str) -> pd.DataFrame:
+    """``trials`` with the columns :func:`mechintro.experiments.metrics.rates` reads, from
+    ``grader``'s grades: ``detection``, ``identification`` (on forced trials, the forced
+    identification) and ``forced``. Only detection- and forced-kind protocols are kept (intention
+    trials are classified by :mod:`mechintro.experiments.protocols.intention`), and of forced ones
+    only the injected trials (an uninjected forced trial measures nothing the metrics define).
+    """
+    mine = grades[grades["grader"] == grader]
+    wide = mine.pivot(index="trial_id", columns="rubric", values="label")
+    df = trials.drop(columns=["detection", "identification", "forced"], errors="ignore")
+    df = df.merge(wide, left_on="trial_id", right_index=True, how="left")
+    for col in ("detection", "identification", "forced_identification"):
+        if col not in df:
+            df[col] = None
+    kinds = _kinds(df)
+    df["forced"] = kinds == "forced"
+    df["identification"] = df["forced_identification"].where(df["forced"], df["identification"])
+    keep = (kinds == "detection") | (df["forced"] & df["injected"].astype(bool))
+    return df[keep].reset_index(drop=True)

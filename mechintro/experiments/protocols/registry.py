@@ -1,0 +1,111 @@
+"""Every named generation protocol, in one registry (what ``SweepSpec(protocols=...)`` names).
+
+Names:
+
+* ``{variant}`` in the chat template and ``{variant}/{format}`` in the other dialogue
+  formats, for the eight prompt variants (:mod:`~mechintro.experiments.protocols.variants`; the
+  original variant is called ``detection``) and the six formats of the paper
+  (:mod:`~mechintro.experiments.protocols.formats`): ``detection``, ``skeptical``,
+  ``detection/raw``,
+  ``hints/story``, ...;
+* ``forced`` and ``forced/{format}``: forced identification, the original dialogue with the
+  reply prefilled ``Yes, I detect an injected thought. The thought is about``;
+* ``transient`` and ``transient/fonseca`` (:mod:`~mechintro.experiments.protocols.transient`):
+meant for
+  ``mode="single-token"``;
+* ``intention`` (:mod:`~mechintro.experiments.protocols.intention`): the prefilled word is the
+trial's
+  concept; meant for ``mode="span"``, ``start="context"``.
+
+Each protocol records the mode and start it is defined with; a sweep uses the spec's own
+``modes`` and ``start`` (a sweep that mixes protocols needing different starts is two sweeps).
+The forward-only protocols (:mod:`~mechintro.experiments.protocols.noise`,
+:mod:`~mechintro.experiments.protocols.control`) are functions, not registry entries.
+
+Example::
+
+    from mechintro.experiments.protocols import PROTOCOLS, get
+    sorted(PROTOCOLS)[:3]; get("skeptical/characters").version
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mechintro.experiments.protocols import intention
+from mechintro.experiments.protocols.base import PromptProtocol
+from mechintro.experiments.protocols.detection import FORCED_PREFILL
+from mechintro.experiments.protocols.formats import PAPER_FORMATS, DialogueFormat, get_format
+from mechintro.experiments.protocols.transient import transient
+from mechintro.experiments.protocols.variants import VARIANTS, Variant
+from mechintro.prompts import Prompt
+
+
+def _name(base: str, fmt: str) -> str:
+    return base if fmt == "chat" else f"{base}/{fmt}"
+
+
+def dialogue_protocol(
+    variant: Variant, fmt: DialogueFormat, *, forced: bool = False, name: str | None = None
+) -> PromptProtocol:
+    """``variant`` rendered in ``fmt`` (``forced``: with the forced-identification prefill)."""
+    if name is None:
+        base = "forced" if forced else ("detection" if variant.name == "original" else variant.name)
+        name = _name(base, fmt.name)
+
+    def build(trial: int, concept: str | None, tokenizer: Any = None) -> Prompt:
+        return fmt.prompt(variant.dialogue(trial, forced=forced), tokenizer=tokenizer)
+
+    texts = (*variant.texts, *((FORCED_PREFILL,) if forced else ()), *fmt.texts)
+    return PromptProtocol(
+        name,
+        build,
+        texts,
+        kind="forced" if forced else "detection",
+        description=f"{variant.description} ({fmt.description})"
+        + ("; forced identification" if forced else ""),
+        turn_markers=fmt.turn_markers,
+        needs_tokenizer=fmt.needs_tokenizer,
+        injected_fraction=variant.injected_fraction,
+    )
+
+
+def _all() -> dict[str, PromptProtocol]:
+    out: list[PromptProtocol] = []
+    for fmt_name in PAPER_FORMATS:
+        fmt = get_format(fmt_name)
+        out += [dialogue_protocol(v, fmt) for v in VARIANTS.values()]
+        out.append(dialogue_protocol(VARIANTS["original"], fmt, forced=True))
+    out += [transient("chat"), transient("fonseca")]
+    out.append(
+        PromptProtocol(
+            "intention",
+            intention.build,
+            intention.TEXTS,
+            kind="intention",
+            mode="span",
+            start="context",
+            description="Lindsey's prefill intention: 'did you mean to say that?'",
+        )
+    )
+    return {p.name: p for p in out}
+
+
+PROTOCOLS: dict[str, PromptProtocol] = _all()
+
+DETECTION = PROTOCOLS["detection"]
+FORCED = PROTOCOLS["forced"]
+TRANSIENT = PROTOCOLS["transient"]
+INTENTION = PROTOCOLS["intention"]
+
+
+def get(name: str) -> PromptProtocol:
+    """The protocol named ``name``, or an error listing the names."""
+    if name not in PROTOCOLS:
+        raise KeyError(f"no protocol named {name!r}: use one of {sorted(PROTOCOLS)}")
+    return PROTOCOLS[name]
+
+
+def names() -> list[str]:
+    """Every registered name, sorted."""
+    return sorted(PROTOCOLS)

@@ -1,0 +1,141 @@
+"""Detection trials over concepts × strengths with controls, in batches, and their rule grades.
+
+Trials use the toolkit's own path end to end: :func:`~mechintro.experiments.protocols.detection.
+detection_prompt`, :class:`~mechintro.inject.Injection` (from-trial, ``resid-norm`` units),
+:func:`~mechintro.generation.generate` (greedy). Replies are graded by the quick rule below
+(the organism answers in one fixed format); :mod:`mechintro.experiments.grading` grades free text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from mechintro.experiments.protocols.detection import detection_prompt
+from mechintro.generation import generate
+from mechintro.inject import Injection
+from mechintro.models import TLModel, tokenizer_of
+from mechintro.prompts import encode
+
+
+def claims_detection(reply: str) -> bool:
+    """The organism's claim: the reply opens with "yes" (its No is "No, I do not detect")."""
+    return reply.strip().lower().startswith("yes")
+
+
+def named_word(reply: str, vocabulary: Sequence[str]) -> str | None:
+    """The first vocabulary word named after "about" in the reply, if any."""
+    m = re.search(r"\babout\s+([a-z]+)", reply.lower())
+    if m and m.group(1) in vocabulary:
+        return m.group(1)
+    return None
+
+
+def detection_trials(
+    model: TLModel,
+    vectors: Mapping[str, Tensor],
+    resid_norm: float,
+    *,
+    layer: int,
+    words: Sequence[str],
+    strengths: Sequence[float],
+    trials: Sequence[int] = (1,),
+    n_controls: int = 0,
+    forced: bool = False,
+    batch_size: int = 256,
+    max_new_tokens: int = 14,
+    temperature: float = 0.0,
+    seed: int = 0,
+    mode: str = "from-trial",
+) -> pd.DataFrame:
+    """One row per trial: word (None for controls), strength, trial number, reply, claim.
+
+    ``vectors`` are unit-norm directions; the injected norm is ``strength × resid_norm``,
+    at the positions ``mode`` names (:class:`~mechintro.inject.PositionMode`; the demo's
+    from-trial, or single-token for the LoRA recipe).
+    Controls are uninjected trials with trial numbers cycling through ``trials``: under
+    greedy decoding (``temperature=0``) controls of the same trial number are the same trial,
+    so count independent controls only when sampling. Row ``i`` samples with seed
+    ``seed + i`` whatever the batch size (:func:`mechintro.generation.generate`).
+    """
+    rows: list[tuple[str | None, float, int]] = [
+        (w, float(s), t) for s in strengths for w in words for t in trials
+    ]
+    rows += [(None, 0.0, trials[i % len(trials)]) for i in range(n_controls)]
+    filler = next(iter(vectors.values()))  # control rows: strength 0 leaves them untouched
+    tok = tokenizer_of(model)
+    out = []
+    for i in range(0, len(rows), batch_size):
+        part = rows[i : i + batch_size]
+        batch = encode(tok, [detection_prompt(t, forced=forced) for _, _, t in part])
+        V = torch.stack([vectors[w] if w else filler for w, _, _ in part])
+        inj = Injection(layer, V, [s for _, s, _ in part], mode=mode, unit="resid-norm",
+                        resid_norm=resid_norm)  # fmt: skip
+        gen = generate(
+            model,
+            batch,
+            injection=inj,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=[seed + i + k for k in range(len(part))],
+        )
+        path = gen.record.settings["path"]  # which forward ran: "twin", "bridge" or "hooked"
+        out += [(w, s, t, r, path) for (w, s, t), r in zip(part, gen.replies)]
+    df = pd.DataFrame(out, columns=["word", "strength", "trial", "reply", "path"])
+    df["injected"] = df.word.notna()
+    vocab = list(vectors)
+    df["claim"] = df.reply.map(claims_detection)
+    df["named"] = df.reply.map(lambda r: named_word(r, vocab))
+    df["identified"] = df.claim & (df.named == df.word)
+    return df
+
+
+def grade_trials(df: pd.DataFrame, category: Mapping[str, str]) -> pd.DataFrame:
+    """``df`` of :func:`detection_trials` with the toolkit's grades added.
+
+    ``detection`` and ``identification`` are :class:`~mechintro.experiments.grading.RuleGrader`
+    labels (identification graded only where detection is YES, as PROTOCOLS.md §4 says), the input
+    of :func:`mechintro.experiments.metrics.rates`; ``category_ok`` marks a claim that names a
+    concept of the injected concept's category (any concept of ``category``, the right one
+    included).
+    """
+    from mechintro.experiments.grading import GradeItem, RuleGrader
+
+    grader = RuleGrader()
+    words = [w if isinstance(w, str) else None for w in df.word]
+    det = grader.grade([GradeItem("detection", r, w) for r, w in zip(df.reply, words)])
+    out = df.copy()
+    out["detection"] = [g.label for g in det]
+    claimed = [i for i, g in enumerate(det) if g.yes and words[i] is not None]
+    ident = grader.grade([GradeItem("identification", df.reply.iloc[i], words[i]) for i in claimed])
+    labels: list[str | None] = [None] * len(df)
+    for i, g in zip(claimed, ident):
+        labels[i] = g.label
+    out["identification"] = labels
+    named = out.reply.map(lambda r: named_word(r, list(category)))
+    same = [
+        n is not None and w is not None and category.get(n) == category.get(w)
+        for n, w in zip(named, words)
+    ]
+    out["category_ok"] = (out.detection == "YES") & pd.Series(same, index=out.index)
+    return out
+
+
+def summary(df: pd.DataFrame, category: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """TPR, identification and (if ``category`` is given) category-level identification per
+    strength, and the FPR of the controls (repeated on every row)."""
+    inj = df[df.injected]
+    out = inj.groupby("strength").agg(
+        n=("claim", "size"), tpr=("claim", "mean"), identification=("identified", "mean")
+    )
+    if category is not None:
+        same = inj.named.map(lambda w: category.get(w) if w else None) == inj.word.map(category)
+        out["identification_category"] = (inj.claim & same).groupby(inj.strength).mean()
+    ctrl = df[~df.injected]
+    out["fpr"] = ctrl.claim.mean() if len(ctrl) else float("nan")
+    out["n_control"] = len(ctrl)
+    return out

@@ -1,0 +1,217 @@
+"""The built-in organism's transcoders: its prompts and activations, and their training run.
+
+``python -m mechintro.organism.transcoder_training --out DIR`` trains the transcoders that ship
+with the organism (layers 3–5) with :func:`mechintro.analysis.transcoders.train_transcoder`,
+on MLP activations of the organism's own prompts, plain and steered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mechintro.analysis.transcoders.core import ORGANISM_DIR
+from mechintro.analysis.transcoders.train import TrainConfig, train_transcoder
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OrganismData:
+    """How the organism's activations are collected (recorded with the transcoders)."""
+
+    n_plain: int = 3000  # phase-1 dialogues (facts, controls, "No" trials), with their replies
+    n_steered: int = 3000  # phase-2 dialogues: injected trials (train and pseudo concepts) ...
+    strengths: tuple[float, float] = (0.25, 3.0)  # resid-norm units, uniform
+    negative: float = 0.2  # the fraction of injections with the vector's sign flipped
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def organism_prompts(data: OrganismData, model: Any) -> list[tuple[Any, str | None, str, float]]:
+    """``(prompt, injected concept or None, mode, signed strength)`` per dialogue.
+
+    Phase-1 and phase-2 dialogues of :mod:`mechintro.organism.corpus` (new seeds), each
+    prompt followed by its reply as an assistant prefill, except single-token injections,
+    whose steered token is the last of the prompt (the reply is left out there).
+    """
+    from dataclasses import replace
+
+    from mechintro.models import tokenizer_of
+    from mechintro.organism import corpus
+    from mechintro.organism.train import pseudo_words
+
+    cs = corpus.concepts(0)
+    rng = random.Random(data.seed)
+    pseudo = pseudo_words(tokenizer_of(model), cs)
+    ex = corpus.phase1_examples(cs, data.n_plain, 10_000 + data.seed)
+    ex += corpus.phase2_examples(cs, data.n_steered, 20_000 + data.seed, pseudo=pseudo)
+    out: list[tuple[Any, str | None, str, float]] = []
+    for e in ex:
+        s = rng.uniform(*data.strengths) * (-1 if rng.random() < data.negative else 1)
+        if e.inject is not None and e.mode == "single-token":
+            out.append((e.prompt, e.inject, "single-token", s))
+            continue
+        prompt = replace(e.prompt, prefill=(e.prompt.prefill + " " + e.reply).strip())
+        out.append((prompt, e.inject, "from-trial", s if e.inject else 0.0))
+    return out
+
+
+def _length(prompt: Any) -> int:
+    """A prompt's length in characters (a proxy for its token count, to batch alike ones)."""
+    return sum(len(m.content) for m in prompt.messages) + len(prompt.prefill or "")
+
+
+def organism_activations(
+    model: Any, layers: Sequence[int], data: OrganismData, batch_size: int = 128
+) -> Any:
+    """MLP activations of ``builtin:organism`` on :func:`organism_prompts`, concept vectors
+    injected (Lindsey vectors of the base organism, ``resid-norm`` units, from the token
+    before ``Trial n`` or at the last prompt token) as in the organism's own training."""
+    from mechintro.analysis.transcoders.sites import MLPActivations, mlp_activations
+    from mechintro.inject import Injection
+    from mechintro.models import builtin_path
+    from mechintro.organism import corpus
+    from mechintro.organism.train import concept_vectors
+
+    cfg = json.loads((builtin_path("organism") / "training.json").read_text())
+    inj_layer = int(cfg["config"]["layer"])
+    rows = organism_prompts(data, model)
+    words = sorted({w for _, w, _, _ in rows if w})
+    cs = corpus.concepts(0)
+    vec, resid = concept_vectors(builtin_path("organism-base"), words,
+                                 corpus.split(cs, "baseline"), inj_layer, "cpu")  # fmt: skip
+    groups: dict[str, list[int]] = {"none": [], "from-trial": [], "single-token": []}
+    for i, (_, w, mode, _) in enumerate(rows):
+        groups["none" if w is None else mode].append(i)
+    parts = []
+    for mode, idx in groups.items():
+        if not idx:
+            continue
+        idx.sort(key=lambda i: _length(rows[i][0]))  # less padding per batch
+        prompts = [rows[i][0] for i in idx]
+        inj = None
+        if mode != "none":
+            V = torch.stack([vec[str(rows[i][1])] for i in idx])
+            inj = Injection(inj_layer, V, [rows[i][3] for i in idx], mode=mode,
+                            unit="resid-norm", resid_norm=resid)  # fmt: skip
+        parts.append(mlp_activations(model, prompts, layers, injection=inj, batch_size=batch_size))
+    return MLPActivations(
+        x={x: torch.cat([p.x[x] for p in parts]) for x in layers},
+        y={x: torch.cat([p.y[x] for p in parts]) for x in layers},
+        prompt=torch.cat([p.prompt for p in parts]),
+        position=torch.cat([p.position for p in parts]),
+        token=torch.cat([p.token for p in parts]),
+    )
+
+
+ORGANISM_CONFIG = TrainConfig(d_sae=2048, k=32, steps=1000, batch_size=512, dead_steps=100)
+ORGANISM_DATA = OrganismData(n_plain=1500, n_steered=1500, seed=0)
+ORGANISM_HELDOUT = OrganismData(n_plain=250, n_steered=250, seed=1)
+
+
+def train_organism(
+    out: str | os.PathLike[str] = ORGANISM_DIR,
+    *,
+    layers: Sequence[int] = (3, 4, 5),
+    cfg: TrainConfig = ORGANISM_CONFIG,
+    data: OrganismData = ORGANISM_DATA,
+    heldout: OrganismData = ORGANISM_HELDOUT,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Train the transcoders of ``builtin:organism`` (blocks ``layers``; the injection layer
+    is 3) into ``out/layer_L`` (sae-lens format, fp16 storage) and write ``out/fvu.json``.
+
+    Activations come from :func:`organism_activations` on the HookedTransformer backend
+    (the same sites as the bridge, tested, and faster on a CPU); FVUs are measured on
+    held-out dialogues of other seeds. ``threads`` sets torch's CPU threads (``None``: as
+    is). Seeded: the same call with the same thread count gives bit-identical files.
+
+    Example::
+
+        python -m mechintro.organism.transcoder_training train-organism --out
+        /tmp/organism-transcoders
+    """
+    from mechintro.io import atomic_write_text
+    from mechintro.models import fingerprint, load_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    model = load_model("builtin:organism", backend="hooked")
+    layers = sorted(layers)
+    train = organism_activations(model, layers, data)
+    hold = organism_activations(model, layers, heldout)
+    t_data = time.perf_counter() - t0
+    logger.info("activations: %d train / %d held-out tokens in %.0f s", len(train), len(hold),
+                t_data)  # fmt: skip
+    out = Path(out)
+    report: dict[str, Any] = {
+        "model": "builtin:organism",
+        "model_fingerprint": fingerprint(model),
+        "config": cfg.to_dict(),
+        "data": data.to_dict(),
+        "heldout_data": heldout.to_dict(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "seconds_activations": round(t_data, 1),
+        "layers": {},
+    }
+    for layer in layers:
+        info = {"model": "builtin:organism", "model_fingerprint": report["model_fingerprint"],
+                "data": data.to_dict()}  # fmt: skip
+        tc, rep = train_transcoder(train.x[layer], train.y[layer], cfg, layer=layer,
+                                   heldout=(hold.x[layer], hold.y[layer]), info=info)  # fmt: skip
+        tc.save(out / f"layer_{layer}", dtype=torch.float16)
+        row = {k: v for k, v in rep.to_dict().items() if k not in ("config", "layer")}
+        report["layers"][str(layer)] = row
+        logger.info("layer %d: held-out FVU %.4f (linear skip alone %.4f), L0 %.1f, %.0f s",
+                    layer, rep.fvu, rep.fvu_linear, rep.l0, rep.seconds)  # fmt: skip
+    report["seconds_total"] = round(time.perf_counter() - t0, 1)
+    atomic_write_text(out / "fvu.json", json.dumps(report, indent=1))
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m mechintro.organism.transcoder_training train-organism [--out DIR] [--layers 3 4
+    5]``."""
+    p = argparse.ArgumentParser(
+        prog="python -m mechintro.organism.transcoder_training",
+        description="Train transcoders (BatchTopK, saved as sae-lens JumpReLU transcoders).",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train-organism", help="train the transcoders of builtin:organism")
+    t.add_argument("--out", default=str(ORGANISM_DIR), help="folder for layer_L/ and fvu.json")
+    t.add_argument("--layers", type=int, nargs="+", default=[3, 4, 5])
+    t.add_argument("--steps", type=int, default=ORGANISM_CONFIG.steps)
+    t.add_argument("--d-sae", type=int, default=ORGANISM_CONFIG.d_sae)
+    t.add_argument("--k", type=int, default=ORGANISM_CONFIG.k)
+    t.add_argument("--seed", type=int, default=ORGANISM_CONFIG.seed)
+    t.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (on a shared 2-core machine one thread was 4x faster "
+                   "than two for these small matrices; the shipped weights used 1)")  # fmt: skip
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    from dataclasses import replace
+
+    cfg = replace(ORGANISM_CONFIG, steps=a.steps, d_sae=a.d_sae, k=a.k, seed=a.seed)
+    report = train_organism(a.out, layers=a.layers, cfg=cfg, threads=a.threads)
+    rows = {k: round(v["fvu"], 4) for k, v in report["layers"].items()}
+    logger.info("held-out FVU by layer: %s; %.0f s in all", rows, report["seconds_total"])
+
+
+if __name__ == "__main__":
+    main()
