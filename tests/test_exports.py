@@ -70,3 +70,19 @@ def test_the_flat_layouts_module_names_still_import_as_the_same_modules() -> Non
     from mechintro.experiments.protocols import detection
 
     assert detection_prompt is detection.detection_prompt
+
+
+def test_importing_mechintro_installs_no_torch_hook() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import torch.nn.modules.module as m\n"
+        "before = [len(getattr(m, n)) for n in dir(m) if n.startswith('_global_') and "
+        "isinstance(getattr(m, n), dict)]\n"
+        "import mechintro, mechintro.generation, mechintro.analysis.patching, circuits.graph\n"
+        "after = [len(getattr(m, n)) for n in dir(m) if n.startswith('_global_') and "
+        "isinstance(getattr(m, n), dict)]\n"
+        "assert before == after, (before, after)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

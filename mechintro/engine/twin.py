@@ -144,21 +144,28 @@ class _Twin:
         self.complete = self.covered and ours == theirs
 
 
-#: how many modules, parameters and buffers were registered in this process, anywhere
-#: (``setattr`` of a module or parameter, ``register_*``: how adapters get inserted)
-_REGISTRATIONS = [0]
+#: how many modules, parameters and buffers were registered in this process, anywhere, since
+#: the first twin was built (``setattr`` of a module or parameter, ``register_*``: how adapters
+#: get inserted); the second entry: whether the counting hooks are installed
+_REGISTRATIONS = [0, 0]
 
 
 def _registered(*_: Any) -> None:
     _REGISTRATIONS[0] += 1
 
 
-for _register_hook in (
-    torch.nn.modules.module.register_module_module_registration_hook,
-    torch.nn.modules.module.register_module_parameter_registration_hook,
-    torch.nn.modules.module.register_module_buffer_registration_hook,
-):
-    _register_hook(_registered)
+def _count_registrations() -> None:
+    """Install torch's global registration hooks that count into :data:`_REGISTRATIONS`, once,
+    when the first twin is built (never at import: importing mechintro changes nothing)."""
+    if _REGISTRATIONS[1]:
+        return
+    for register in (
+        torch.nn.modules.module.register_module_module_registration_hook,
+        torch.nn.modules.module.register_module_parameter_registration_hook,
+        torch.nn.modules.module.register_module_buffer_registration_hook,
+    ):
+        register(_registered)
+    _REGISTRATIONS[1] = 1
 
 
 def _contiguous(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -180,6 +187,7 @@ def _entry(model: TLModel, bind: bool = True) -> _Twin:
         raise TypeError("only a TransformerBridge has a twin (HookedTransformer runs as is)")
     entry = _TWINS.get(model)
     if entry is None:
+        _count_registrations()
         entry = _TWINS[model] = _Twin(model)
     elif bind:
         entry.bind(model)
