@@ -445,7 +445,7 @@ def test_detection_trials_mode_equals_the_demo_trials(tiny_dirs):
 def test_organism_runs_end_to_end(tmp_path, run):
     if run == "organism-lora":
         pytest.importorskip("peft")
-    from mechintro.training.__main__ import main
+    from mechintro.organism.training import main
 
     main([run, "--out", str(tmp_path), "--steps", "1", "--n-controls", "2"])
     result = json.loads((tmp_path / "result.json").read_text())

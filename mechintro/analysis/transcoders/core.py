@@ -48,7 +48,7 @@ ARCHITECTURES: dict[str, tuple[bool, bool]] = {
 
 CFG_FILE = "cfg.json"  # sae_lens.constants.SAE_CFG_FILENAME
 WEIGHTS_FILE = "sae_weights.safetensors"  # sae_lens.constants.SAE_WEIGHTS_FILENAME
-ORGANISM_DIR = Path(__file__).resolve().parent.parent / "organism" / "transcoders"
+ORGANISM_DIR = Path(__file__).resolve().parents[2] / "organism" / "transcoders"
 
 
 @dataclass(eq=False)
