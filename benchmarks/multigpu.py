@@ -266,8 +266,6 @@ def _launch(args: argparse.Namespace, run: str) -> int:
                f"--nproc-per-node={args.gpus}", "-m", "benchmarks.multigpu", *argv]  # fmt: skip
     else:
         cmd = [sys.executable, "-m", "benchmarks.multigpu", *argv]
-    if run == "split":  # the bridge's own path: the fast twin's modules lack accelerate's hooks
-        env["MECHINTRO_FAST"] = "0"
     print(f"[multigpu] {run}: {' '.join(cmd)}", file=sys.stderr, flush=True)
     return subprocess.run(cmd, env=env, check=False).returncode
 

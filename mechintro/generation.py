@@ -409,7 +409,7 @@ def generate(
             then see that prefix as one row: pass ``False`` if they must see every row.
         fast: on a bridge, run on its plain HF twin (:mod:`mechintro.engine.twin`: the same
             weights without TransformerLens's hook points; the same logits, a test checks
-            it). ``None``: unless ``MECHINTRO_FAST=0`` or a hook is registered on the bridge
+            it). ``None``: unless a hook is registered on the bridge
             (it must fire, so the bridge runs); ``False``: always the bridge.
         static_cache: on the twin with the KV cache, a preallocated ``StaticCache``
             written in place instead of a growing ``DynamicCache``. ``None``: where the CUDA

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -253,20 +252,3 @@ def hf_generate(hf: Any, batch: Any, n: int, device: str) -> Any:
 def new_tokens(prompt: int) -> Callable[[Any], dict[str, Any]]:
     """``after=`` for a call returning ``[batch, prompt + new]`` token ids."""
     return lambda out: {"new_tokens": int(out.shape[1]) - prompt}
-
-
-@contextlib.contextmanager
-def bridge_path() -> Iterator[None]:
-    """Inside the block mechintro runs on the TransformerBridge itself, not on its plain HF
-    twin (``MECHINTRO_FAST=0``): the path every bridge call took before the twin existed."""
-    from mechintro.engine.twin import FAST_ENV
-
-    old = os.environ.get(FAST_ENV)
-    os.environ[FAST_ENV] = "0"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ[FAST_ENV]
-        else:
-            os.environ[FAST_ENV] = old

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import shutil
 import tempfile
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.shapes import concept_words
-from benchmarks.suites.common import Bench, Inputs, bridge_path, new_tokens, tl_hook
+from benchmarks.suites.common import Bench, Inputs, new_tokens, tl_hook
 from benchmarks.suites.patch import patch_rows
 from benchmarks.suites.transcoders import transcoder_rows
 from benchmarks.table import Row
@@ -34,7 +33,7 @@ def _tl_forward_row(b: Bench, model: Any, x: Inputs, backend: str) -> Row:
 def tl_phase(b: Bench, model: Any, x: Inputs, backend: str, plain: dict[str, Row]) -> None:
     """Rows of one TransformerLens backend: TL's own tools and mechintro on it. On the bridge,
     mechintro's rows run on its plain HF twin (the default), and again on the bridge itself
-    (``..., bridge path``: ``MECHINTRO_FAST=0``), side by side."""
+    (``..., bridge path``: ``fast=False``), side by side."""
     s = b.s
     fwd = None
     if "forward" in s.groups or "patching" in s.groups:
@@ -195,15 +194,15 @@ def sweep_rows(b: Bench, model: Any, x: Inputs, backend: str) -> None:
             count: Iterator[int] = count,
             slow: bool = slow,
         ) -> Any:
-            with bridge_path() if slow else contextlib.nullcontext():
-                return run_sweep(
-                    model,
-                    spec,
-                    root / str(next(count)),
-                    vectors=vecs,
-                    batch_size=s.batch,
-                    progress=False,
-                )
+            return run_sweep(
+                model,
+                spec,
+                root / str(next(count)),
+                vectors=vecs,
+                batch_size=s.batch,
+                progress=False,
+                fast=False if slow else None,  # the bridge's own path: before the twin existed
+            )
 
         name = f"mechintro run_sweep, batch {s.batch}"
         if temperature:

@@ -18,7 +18,7 @@ logit difference between its two sides:
 
 Generation on a bridge runs on one of two paths (``RunRecord.settings["path"]``): its plain HF
 twin (:mod:`mechintro.engine.twin`, the default) or the bridge itself (``fast=False``, a hook left
-on the bridge, ``MECHINTRO_FAST=0``); a HookedTransformer runs on itself (``"hooked"``). A
+on the bridge); a HookedTransformer runs on itself (``"hooked"``). A
 check is only as good as the path it ran on, so batch vs single and cache vs no cache run on
 every path generation can take: the report gives the worst value and each path's value
 (:attr:`ParityReport.paths`), with the exact library versions that produced them.

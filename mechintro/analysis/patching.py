@@ -325,7 +325,7 @@ def activation_patch(
             at least one cell per forward.
         fast: on a bridge, run the forwards on its plain HF twin, hooks at the same sites
             (:mod:`mechintro.engine.twin`: the same numbers). ``None``: where every site has a place
-            there, unless ``MECHINTRO_FAST=0`` or a hook is on the bridge; ``False``: never.
+            there, unless a hook is on the bridge; ``False``: never.
         cuda_graph: capture the twin's patched forward as a CUDA graph (its second; the
             first runs eagerly) and replay it for every later one: a small model's forward
             is bound by launching its kernels from Python, which a replay skips. The same

@@ -22,7 +22,8 @@ rounding with sdpa (the bridge computes attention itself, eagerly; the twin runs
 implementation its config names).
 
 :func:`fast_twin` says when the fast path applies: a bridge, the fast path not switched off
-(``fast=False`` per call, or ``MECHINTRO_FAST=0`` in the environment), no hook left on any
+(``fast=False``: an option of each call, recorded in its run record; no environment
+variable changes it), no hook left on any
 of the bridge's hook points (a hook a caller added outside our call would not fire on the
 twin, so then the bridge path runs), and neither processed weights nor TransformerLens's
 compatibility mode. HookedTransformer models have no twin.
@@ -37,7 +38,6 @@ Example::
 from __future__ import annotations
 
 import copy
-import os
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -51,8 +51,6 @@ from mechintro.inject import Injection, InjectionLog, StepPosition, injected, in
 from mechintro.models import TLModel, backend_of
 from mechintro.prompts import PromptBatch, positions
 
-#: the environment switch: ``MECHINTRO_FAST=0`` sends every call down the bridge path
-FAST_ENV = "MECHINTRO_FAST"
 _WRAPPED = "._original_component"  # where the bridge keeps the HF module it wraps
 
 HookFn = Callable[..., Any]
@@ -205,13 +203,6 @@ def twin_of(model: TLModel) -> Any:
     return entry.hf
 
 
-def fast_enabled(fast: bool | None = None) -> bool:
-    """``fast`` if given, else the environment: only ``MECHINTRO_FAST=0`` switches it off."""
-    if fast is not None:
-        return fast
-    return os.environ.get(FAST_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
-
-
 def has_hooks(model: TLModel) -> bool:
     """Whether a hook is registered on any of ``model``'s hook points (a caller's, active).
 
@@ -229,19 +220,26 @@ def fast_twin(model: TLModel, fast: bool | None = None, names: Sequence[str] = (
     on the bridge, or once the bridge's weights were processed or its compatibility mode
     enabled (its forward is then no longer the HF model's), or when the HF modules hold
     tensors a fresh model of their class does not (e.g. unmerged LoRA adapters), or when
-    accelerate split the model over several devices.
+    accelerate dispatched the model (its hooks move tensors between devices, or offload; the
+    twin has none).
     """
-    if not fast_enabled(fast) or backend_of(model) != "bridge":
+    if fast is False or backend_of(model) != "bridge":
         return None
     if model.compatibility_mode or getattr(model, "_weights_processed", False):
         return None
-    placed = getattr(getattr(model, "original_model", None), "hf_device_map", None) or {}
-    if len(set(placed.values())) > 1:  # split over devices: the twin has no accelerate hooks
+    hf: Any = model.original_model
+    placed = getattr(hf, "hf_device_map", None) or {}
+    if len(set(placed.values())) > 1 or (placed and _dispatched(hf)):
         return None
     entry = _entry(model)  # built once, re-pointed at the bridge's tensors on every call
     if has_hooks(model) or not entry.complete or any(hf_site(model, n) is None for n in names):
         return None
     return entry.hf
+
+
+def _dispatched(hf: Any) -> bool:
+    """Whether accelerate put its hooks on any module of ``hf`` (``dispatch_model``)."""
+    return any(hasattr(m, "_hf_hook") for m in hf.modules())
 
 
 def hf_site(model: TLModel, name: str) -> Site | None:

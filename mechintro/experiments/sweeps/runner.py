@@ -103,6 +103,7 @@ def _run_batch(
     builders: Mapping[str, PromptBuilder],
     frozen: Frozen,
     common: Mapping[str, Any],
+    fast: bool | None,
 ) -> list[dict[str, Any]]:
     tok = tokenizer_of(model)
     prompts = [build_prompt(builders[t.protocol], t, tok) for t in trials]
@@ -117,13 +118,14 @@ def _run_batch(
         max_new_tokens=spec.max_new_tokens,
         temperature=spec.temperature,
         seed=[t.seed for t in trials],
+        fast=fast,
     )
     b: list[float | None] = [None] * len(trials)
     bv: list[float | None] = [None] * len(trials)
     read_s = 0.0
     if spec.readout:
         t1 = time.perf_counter()
-        r = readout(model, batch, injection=inj)
+        r = readout(model, batch, injection=inj, fast=fast)
         b, bv = r.b.tolist(), r.b_variants.tolist()
         read_s = time.perf_counter() - t1
     wall = time.perf_counter() - t0
@@ -314,10 +316,13 @@ def run_sweep(
     max_batch: int = 512,
     progress: bool = True,
     ranks: Ranks | None = None,
+    fast: bool | None = None,
 ) -> Any:
     """Run every trial of ``spec`` not yet in ``out_dir``; return all results as a DataFrame.
 
     Args:
+        fast: as :func:`~mechintro.generation.generate`'s: ``False`` runs a bridge itself,
+            not its plain HF twin (the same numbers; the run record names the path).
         vectors: ``{layer: {concept: ConceptVector}}`` for every layer and concept of the
             spec; by default extracted with ``spec.method``, all concepts of a layer in one
             call. Either way they are frozen in ``out_dir`` on the first run
@@ -398,7 +403,7 @@ def run_sweep(
         if ranks.is_main:
             if done:
                 _warn_if_batching_changed(out, size)
-            path = generation_path(model)
+            path = generation_path(model, fast)
             record = _run_record(ranks, size, batch_size, len(trials), len(pending), everyone, path)
             log_run(out, record)
         common = {
@@ -419,7 +424,7 @@ def run_sweep(
         store = TrialStore(shard_path(out, ranks.rank, ranks.world_size))
         try:
             for chunk in mine:
-                store.append(_run_batch(model, spec, chunk, builders, frozen, common))
+                store.append(_run_batch(model, spec, chunk, builders, frozen, common, fast))
                 bar.update(len(chunk))
         except KeyboardInterrupt:
             logger.warning(
