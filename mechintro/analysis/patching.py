@@ -46,7 +46,7 @@ earlier at the same hook, into the patched rows (a layer's source value never de
 patch). The numbers are those of ``transformer_lens.patching`` (the reference
 in the tests), without its one forward per cell. On a bridge the forwards run on its
 plain HF twin (:mod:`mechintro.engine.twin`), with the hooks at the modules the bridge's hook points
-wrap, and give the same values (``tests/test_twin.py``); ``fast=False`` keeps the bridge.
+wrap, and give the same values (``tests/unit/test_twin.py``); ``fast=False`` keeps the bridge.
 Every hook of a sweep reads which of its rows to patch from one mask buffer, written before
 each forward, so all forwards run the same kernels: on a GPU the twin's second forward is
 captured as a CUDA graph and the rest replay it (a 1B model's forward is bound by launching

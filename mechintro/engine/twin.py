@@ -16,7 +16,7 @@ of ``model.layers.3``; ``blocks.3.hook_mlp_out`` → the output of Gemma's
 → the input of ``o_proj``, reshaped per head by the bridge's own conversion), and
 :func:`twin_hooks` registers TransformerLens-style hook functions ``fn(x, hook) -> x`` there
 as plain PyTorch hooks. Whatever a hook sees and returns is what it would on the bridge, so
-the same hook code runs on either tree and gives the same numbers (``tests/test_twin.py``):
+the same hook code runs on either tree and gives the same numbers (``tests/unit/test_twin.py``):
 bit for bit where the HF config names eager attention (what ``load_model`` loads), to float
 rounding with sdpa (the bridge computes attention itself, eagerly; the twin runs the
 implementation its config names).

@@ -3,9 +3,9 @@
 ``demo.json`` beside this file holds, for each headline metric of ``mechintro demo`` (both
 organisms, the shipped LoRA adapter and bias vector before/after, the circuit), the value a run
 with the default settings on the locked versions (``constraints.txt``) gave, the versions, and
-the tolerance a new run is held to. ``tests/test_golden.py`` reruns the demo and compares;
-:func:`readme_tables` renders the README's tables from the same file, and a test checks that
-the README shows exactly them.
+the tolerance a new run is held to. ``tests/integration/test_golden.py`` reruns the demo and
+compares; :func:`readme_tables` renders the README's tables from the same file, and a test
+checks that the README shows exactly them.
 
 After a change that moves a number on purpose: run the demo, then
 ``python tests/golden/golden.py DEMO_OUT/metrics.json`` (writes demo.json, prints the tables

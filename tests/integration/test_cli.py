@@ -329,7 +329,7 @@ def test_report_without_grades_grades_on_the_fly(llama, config, tmp_path, capsys
 
 @pytest.mark.parametrize("name", ["smollm2.toml", "organism.toml"])
 def test_example_configs_are_valid(name):
-    path = Path(__file__).parent.parent / "examples" / name
+    path = Path(__file__).parents[2] / "examples" / name
     run, spec_data, _ = cli.sweep_settings({"config": str(path)})
     spec = SweepSpec.from_dict(spec_data)
     assert run.model and spec.n_controls > 0 and spec.readout

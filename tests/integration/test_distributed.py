@@ -266,7 +266,6 @@ def test_a_dispatched_model_passes_parity_and_sweeps_like_the_whole_one(
     from mechintro.analysis.parity import parity_check
     from mechintro.models import model_info
 
-    monkeypatch.setenv("MECHINTRO_FAST", "0")  # the twin's modules lack accelerate's hooks
     folder = tiny_dirs["llama"]
     hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager")
     modules = ["model.embed_tokens", *(f"model.layers.{i}" for i in range(4)), "model.norm",
@@ -314,7 +313,7 @@ def test_split_options_are_checked_before_loading(tiny_dirs):
 
 def test_the_multigpu_benchmark_runs_on_the_cpu(tmp_path, monkeypatch):
     """benchmarks/multigpu.py with CPU ranks: its three runs, identities and verdicts."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     monkeypatch.chdir(root)  # its runs start `python -m benchmarks.multigpu` from here
     monkeypatch.syspath_prepend(str(root))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

@@ -13,7 +13,7 @@ from golden.golden import GOLDEN, drift, readme_tables
 
 pytestmark = pytest.mark.slow
 
-README = Path(__file__).parents[1] / "README.md"
+README = Path(__file__).parents[2] / "README.md"
 REQUIRED = (
     "tpr", "fpr", "identification", "identification_category", "introspection_rate",
     "n_injected", "n_control", "control_flip_rate", "specificity",
