@@ -29,7 +29,7 @@ from torch import Tensor
 from mechintro.analysis.dla import LogitDirection, logit_direction
 from mechintro.analysis.transcoders import Transcoder, splice
 from mechintro.analysis.transcoders.analysis import as_layers
-from mechintro.generation import NO_VARIANTS, YES_VARIANTS, first_token_ids
+from mechintro.generation import Belief
 from mechintro.inject import Injection, injected
 from mechintro.models import TLModel, backend_of, tokenizer_of
 from mechintro.prompts import PromptBatch
@@ -75,13 +75,6 @@ def transcoder_layers(model: TLModel, transcoders: Any, after: int | None = None
     return tcs
 
 
-def yes_no_ids(model: TLModel) -> tuple[list[int], list[int]]:
-    tok = tokenizer_of(model)
-    return sorted(set(first_token_ids(tok, YES_VARIANTS))), sorted(
-        set(first_token_ids(tok, NO_VARIANTS))
-    )
-
-
 def readouts(
     model: TLModel, logits: Tensor, pos: Tensor, direction: LogitDirection | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -90,9 +83,7 @@ def readouts(
     last = logits[torch.arange(logits.shape[0], device=logits.device), pos.to(logits.device)]
     last = last.float()
     gap = last @ direction.weights(last.shape[-1]).to(last.device)
-    ys, ns = yes_no_ids(model)
-    b = torch.logsumexp(last[:, ys], -1) - torch.logsumexp(last[:, ns], -1)
-    return gap, b
+    return gap, Belief.of(tokenizer_of(model))(last)
 
 
 def forward(model: TLModel, batch: PromptBatch) -> Tensor:

@@ -590,6 +590,32 @@ def first_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
     return ids
 
 
+@dataclass(frozen=True)
+class Belief:
+    """Godet's Yes/No belief for one tokenizer: ``b = logsumexp(logits[Yes variants]) −
+    logsumexp(logits[No variants])`` over the variants' first tokens, deduplicated (defined even
+    when neither answer is the top token). The one definition :func:`readout`, patching's
+    ``yes_no_gap`` and the circuits' readouts share.
+
+    Example: ``Belief.of(tokenizer)(logits)  # [batch] from [batch, vocab]``.
+    """
+
+    yes: tuple[int, ...]
+    no: tuple[int, ...]
+
+    @classmethod
+    def of(
+        cls, tokenizer: Any, yes: Sequence[str] = YES_VARIANTS, no: Sequence[str] = NO_VARIANTS
+    ) -> Belief:
+        return cls(
+            tuple(sorted(set(first_token_ids(tokenizer, yes)))),
+            tuple(sorted(set(first_token_ids(tokenizer, no)))),
+        )
+
+    def __call__(self, logits: Float[Tensor, "batch vocab"]) -> Float[Tensor, " batch"]:
+        return logits[:, list(self.yes)].logsumexp(-1) - logits[:, list(self.no)].logsumexp(-1)
+
+
 @torch.no_grad()
 def readout(
     model: TLModel,
@@ -615,9 +641,8 @@ def readout(
         logits = runner.step(None)
     tok = tokenizer_of(model)
     y1, n1 = first_token_ids(tok, [yes[0], no[0]])
-    ys, ns = sorted(set(first_token_ids(tok, yes))), sorted(set(first_token_ids(tok, no)))
     b = logits[:, y1] - logits[:, n1]
-    bv = logits[:, ys].logsumexp(-1) - logits[:, ns].logsumexp(-1)
+    bv = Belief.of(tok, yes, no)(logits)
     probs = logits.softmax(-1)
     wp = probs[:, first_token_ids(tok, words)] if words else probs[:, :0]
     return Readout(b=b, b_variants=bv, word_probs=wp, words=tuple(words), logits=logits)

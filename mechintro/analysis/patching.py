@@ -103,7 +103,7 @@ from mechintro.analysis.patch_result import (
     heatmap as heatmap,  # re-exported: mechintro.analysis.patching.heatmap
 )
 from mechintro.engine.twin import fast_twin
-from mechintro.generation import NO_VARIANTS, YES_VARIANTS, first_token_ids
+from mechintro.generation import NO_VARIANTS, YES_VARIANTS, Belief
 from mechintro.inject import Injection, injected
 from mechintro.models import TLModel, backend_of, check_layer, n_layers, resid_post, tokenizer_of
 from mechintro.prompts import PromptBatch
@@ -131,12 +131,10 @@ def yes_no_gap(
     The same quantity as :func:`mechintro.generation.readout`'s ``b_variants`` (first tokens,
     deduplicated). Example: ``metric = yes_no_gap(model); metric(logits)  # [batch]``.
     """
-    tok = tokenizer_of(model)
-    ys, ns = sorted(set(first_token_ids(tok, yes))), sorted(set(first_token_ids(tok, no)))
+    belief = Belief.of(tokenizer_of(model), yes, no)
 
     def metric(logits: Tensor) -> Tensor:
-        last = logits[:, -1, :].float()
-        return last[:, ys].logsumexp(-1) - last[:, ns].logsumexp(-1)
+        return belief(logits[:, -1, :].float())
 
     return last_position(metric)
 

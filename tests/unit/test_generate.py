@@ -175,3 +175,16 @@ def test_stop_tokens_found_by_lookup_equal_the_whole_vocabulary_scan(model):
     assert expected, "the tiny tokenizers carry an end-of-turn token"
     assert expected <= set(stop_token_ids(model))
     assert tok.eos_token_id in stop_token_ids(model)
+
+
+def test_the_belief_is_logsumexp_of_the_variants_first_tokens(llama):
+    from mechintro.generation import NO_VARIANTS, YES_VARIANTS, Belief, first_token_ids
+
+    tok = llama.tokenizer
+    batch = encode(tok, [Prompt.chat("Trial 1: anything?"), Prompt.chat("Hi.")])
+    r = readout(llama, batch)
+    belief = Belief.of(tok)
+    ys = sorted(set(first_token_ids(tok, YES_VARIANTS)))
+    ns = sorted(set(first_token_ids(tok, NO_VARIANTS)))
+    by_hand = r.logits[:, ys].logsumexp(-1) - r.logits[:, ns].logsumexp(-1)
+    assert torch.equal(belief(r.logits), by_hand) and torch.equal(r.b_variants, by_hand)
