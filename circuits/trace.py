@@ -31,7 +31,8 @@ from mechintro.analysis.transcoders import Transcoder, splice
 from mechintro.analysis.transcoders.analysis import as_layers
 from mechintro.generation import Belief
 from mechintro.inject import Injection, injected
-from mechintro.models import TLModel, backend_of, tokenizer_of
+from mechintro.models import TLModel, tokenizer_of
+from mechintro.models import forward as models_forward
 from mechintro.prompts import PromptBatch
 
 FeatureSet = Mapping[int, Sequence[int]]
@@ -89,10 +90,7 @@ def readouts(
 def forward(model: TLModel, batch: PromptBatch) -> Tensor:
     """Logits of a left-padded batch on either backend (positions counted from each row's
     first real token, as generation does)."""
-    ids, mask = batch.input_ids, batch.attention_mask
-    if backend_of(model) == "bridge":
-        return model(ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
-    return model(ids, attention_mask=mask)
+    return models_forward(model, batch.input_ids, batch.attention_mask)
 
 
 def trace(

@@ -527,3 +527,17 @@ def fingerprint(model: TLModel) -> str:
     digest = h.hexdigest()[:16]
     _FINGERPRINTS[model] = (key, digest)
     return digest
+
+
+def forward(
+    model: TLModel, ids: torch.Tensor, mask: torch.Tensor, *, keep: int = 0
+) -> torch.Tensor:
+    """The one forward of a left-padded batch on either backend: logits ``[batch, pos, vocab]``
+    (on a bridge, of the last ``keep`` positions only; 0: all). A bridge is given position ids
+    that count from each row's first real token, as generation does
+    (:func:`mechintro.prompts.positions`); a HookedTransformer derives them from the mask."""
+    from mechintro.prompts import positions
+
+    if backend_of(model) == "bridge":
+        return model(ids, attention_mask=mask, position_ids=positions(mask), logits_to_keep=keep)
+    return model(ids, attention_mask=mask)

@@ -70,8 +70,8 @@ from torch import Tensor
 
 from mechintro.generation import NO_VARIANTS, YES_VARIANTS, first_token_ids
 from mechintro.inject import Injection, injected
-from mechintro.models import TLModel, backend_of, check_layer, n_layers, tokenizer_of
-from mechintro.prompts import PromptBatch, positions
+from mechintro.models import TLModel, backend_of, check_layer, forward, n_layers, tokenizer_of
+from mechintro.prompts import PromptBatch
 
 logger = logging.getLogger(__name__)
 
@@ -372,11 +372,7 @@ def direct_logit_attribution(
 
     ctx = injected(model, injections, batch) if injections else nullcontext()
     with ctx, model.hooks(fwd_hooks=[(x, grab(x)) for x in dict.fromkeys(names)]):
-        ids, mask = batch.input_ids, batch.attention_mask
-        if backend == "bridge":
-            logits = model(ids, attention_mask=mask, position_ids=positions(mask))
-        else:
-            logits = model(ids, attention_mask=mask)
+        logits = forward(model, batch.input_ids, batch.attention_mask)
 
     d = direction.weights(int(model.cfg.d_vocab)).to(device)
     final = acts["unembed.hook_out"] if cap is not None else logits[rows_idx, pos].float()

@@ -54,7 +54,7 @@ from torch import Tensor
 from mechintro.engine.twin import fast_twin, injected_on, twin_logits
 from mechintro.generation import generate
 from mechintro.inject import Injection, injected
-from mechintro.models import TLModel, backend_of, d_model, n_layers
+from mechintro.models import TLModel, backend_of, d_model, forward, n_layers
 from mechintro.prompts import Prompt, PromptBatch, encode, positions
 from mechintro.record import library_versions
 
@@ -304,10 +304,7 @@ def _prompts(tok: Any, prompt: Prompt | str, device: torch.device) -> tuple[Prom
 @torch.no_grad()
 def _forward(model: TLModel, ids: Tensor, mask: Tensor) -> Tensor:
     """The model's logits at every position of a left-padded batch, in fp32."""
-    pos = positions(mask)
-    if backend_of(model) == "bridge":
-        return model(ids, attention_mask=mask, position_ids=pos).float()
-    return model(ids, attention_mask=mask).float()
+    return forward(model, ids, mask).float()
 
 
 def _vs_hf(model: TLModel, hf: Any, batch: PromptBatch) -> float:

@@ -26,7 +26,7 @@ from mechintro.analysis.patch_result import Cell, Sites
 from mechintro.engine.decode import Replay, addresses, keep_forward, load_slots, take_forward
 from mechintro.engine.twin import full_mask, full_mask_applies, injected_on, twin_hooks, twin_logits
 from mechintro.inject import Injection, StepPosition, injection_hooks
-from mechintro.models import TLModel, backend_of
+from mechintro.models import TLModel, forward
 from mechintro.prompts import PromptBatch, positions
 
 Metric = Callable[[Float[Tensor, "batch pos vocab"]], Float[Tensor, " batch"]]
@@ -39,13 +39,11 @@ def keep_of(metric: Metric) -> int:
 
 def logits_of(model: TLModel, ids: Tensor, mask: Tensor, twin: Any = None, keep: int = 0) -> Tensor:
     """One forward on either backend or the bridge's twin, left padding handled (as
-    ``parity._forward``); ``keep``: the logits of the last ``keep`` positions only (0: all;
+    ``mechintro.models.forward``); ``keep``: the logits of the last ``keep`` positions only (0: all;
     a HookedTransformer computes all)."""
     if twin is not None:
         return twin_logits(twin, ids, mask, keep)
-    if backend_of(model) == "bridge":
-        return model(ids, attention_mask=mask, position_ids=positions(mask), logits_to_keep=keep)
-    return model(ids, attention_mask=mask)
+    return forward(model, ids, mask, keep=keep)
 
 
 Hooks = list[tuple[str | Callable[..., Any], Callable[..., Any]]]

@@ -7,11 +7,10 @@ import json
 import pytest
 import torch
 
-from mechintro.analysis.parity import _forward
 from mechintro.experiments.protocols.detection import detection_prompt
 from mechintro.experiments.trials import detection_trials, summary
 from mechintro.inject import Injection, injected
-from mechintro.models import load_model
+from mechintro.models import forward, load_model
 from mechintro.organism import corpus
 from mechintro.organism.train import (
     InjectionHook,
@@ -100,7 +99,7 @@ def test_training_hook_adds_what_injected_adds(organisms):
     v = torch.randn(2, CFG.d_model, generator=torch.Generator().manual_seed(0))
     inj = Injection(CFG.layer, v, [3.0, 1.0], mode="from-trial")
     with injected(model, inj, batch):
-        ref = _forward(model, batch.input_ids, batch.attention_mask)
+        ref = forward(model, batch.input_ids, batch.attention_mask)
     hook = InjectionHook()
     hook.delta = v * torch.tensor([3.0, 1.0])[:, None]
     hook.start, hook.end = batch.position("trial"), torch.full((2,), batch.length)

@@ -8,7 +8,6 @@ import sys
 import pytest
 import torch
 
-from mechintro.analysis.parity import _forward
 from mechintro.analysis.patching import (
     COMPONENTS,
     activation_patch,
@@ -20,6 +19,7 @@ from mechintro.analysis.patching import (
     yes_no_gap,
 )
 from mechintro.inject import Injection, injected
+from mechintro.models import forward
 from mechintro.prompts import Prompt, encode
 
 pytestmark = pytest.mark.identity
@@ -43,7 +43,7 @@ def _vector(model, batch, rows: int = 1, seed: int = 0) -> torch.Tensor:
         return x
 
     with model.hooks(fwd_hooks=[(f"blocks.{LAYER}.hook_resid_post", grab)]):
-        _forward(model, batch.input_ids, batch.attention_mask)
+        forward(model, batch.input_ids, batch.attention_mask)
     norm = float(seen["x"].norm(dim=-1).mean())
     g = torch.Generator().manual_seed(seed)
     v = torch.randn(rows, model.cfg.d_model, generator=g)
@@ -183,7 +183,7 @@ def test_both_runs_steered_give_each_runs_own_metric(model):
     alone = {}
     for key, inj in (("src", src), ("tgt", tgt)):
         with injected(model, inj, batch):
-            alone[key] = float(metric(_forward(model, batch.input_ids, batch.attention_mask)))
+            alone[key] = float(metric(forward(model, batch.input_ids, batch.attention_mask)))
     assert abs(alone["src"] - alone["tgt"]) > 1e-3
     last = model.cfg.n_layers - 1
     res = activation_patch(

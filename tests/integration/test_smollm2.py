@@ -8,11 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mechintro.analysis.parity import _forward, parity_check
+from mechintro.analysis.parity import parity_check
 from mechintro.experiments.protocols.detection import detection_prompt
 from mechintro.generation import generate, readout
 from mechintro.inject import Injection, injected
-from mechintro.models import layer_at_depth, load_model, model_info
+from mechintro.models import forward, layer_at_depth, load_model, model_info
 from mechintro.prompts import Prompt, encode
 from mechintro.vectors import extract_vectors, word_list
 
@@ -52,9 +52,9 @@ def test_parity_and_injection_on_the_real_model(smol):
     V = torch.stack([vecs[c].vector for c in concepts] + [vecs[concepts[0]].vector])
     inj = Injection(layer, V, [8.0, 8.0, 8.0, 0.0], mode="from-trial")
 
-    plain = _forward(smol, batch.input_ids, batch.attention_mask)
+    plain = forward(smol, batch.input_ids, batch.attention_mask)
     with injected(smol, inj, batch):
-        steered = _forward(smol, batch.input_ids, batch.attention_mask)
+        steered = forward(smol, batch.input_ids, batch.attention_mask)
     assert torch.equal(steered[3], plain[3])  # the control row is untouched, bit for bit
     assert not torch.allclose(steered[0], plain[0], atol=1e-2)
 
@@ -73,6 +73,6 @@ def test_hooked_backend_agrees_on_the_real_model(smol):
     hooked = load_model("builtin:smollm2", backend="hooked")
     batch = encode(smol.tokenizer, [detection_prompt(1), Prompt.chat("Hi")])
     real = batch.attention_mask.bool()
-    a = _forward(smol, batch.input_ids, batch.attention_mask)[real]
-    b = _forward(hooked, batch.input_ids, batch.attention_mask)[real]
+    a = forward(smol, batch.input_ids, batch.attention_mask)[real]
+    b = forward(hooked, batch.input_ids, batch.attention_mask)[real]
     assert (a - b).abs().max() < 1e-3

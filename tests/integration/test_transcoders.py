@@ -24,8 +24,8 @@ from mechintro.analysis.transcoders import (
     registry_entry,
     splice,
 )
-from mechintro.analysis.transcoders.sites import _forward
 from mechintro.inject import Injection
+from mechintro.models import forward as model_forward
 from mechintro.prompts import Prompt, encode
 
 pytestmark = pytest.mark.identity
@@ -137,7 +137,7 @@ def test_sites_equal_the_hf_mlp_input_and_output(case, tiny_dirs):
     sites = mlp_sites(model, LAYER)
     got: dict[str, torch.Tensor] = {}
     with model.hooks(fwd_hooks=[(sites.read, lambda t, hook: got.setdefault("raw", t))]):
-        _forward(model, batch)
+        model_forward(model, batch.input_ids, batch.attention_mask)
     if sites.weight is not None:
         assert float((got["raw"][keep] - acts.x[LAYER]).abs().max()) > 1e-2
 
@@ -172,7 +172,7 @@ def test_splice_applies_the_transcoder_as_computed_by_hand(model):
         splice(model, tc, error=False) as state,
         model.hooks(fwd_hooks=[(n, lambda t, hook, n=n: got.setdefault(n, t)) for n in names]),
     ):
-        _forward(model, batch)
+        model_forward(model, batch.input_ids, batch.attention_mask)
     added = (got[names[1]] - got[names[0]])[keep]  # what block LAYER's MLP added
     torch.testing.assert_close(added, y, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(state.acts[LAYER][keep], a, atol=1e-5, rtol=1e-5)
@@ -222,7 +222,7 @@ def test_round_trip_through_sae_lens_disk_format(tmp_path, tiny_dirs, arch):
     outs = []
     for t in (tc, back, ours):
         with splice(model, t, error=False):
-            outs.append(_forward(model, batch))
+            outs.append(model_forward(model, batch.input_ids, batch.attention_mask))
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
 
 
@@ -294,9 +294,9 @@ def test_from_pretrained_reads_gemma_scope_2_files(tmp_path, monkeypatch, tiny_d
     torch.testing.assert_close(tc(x), ref(x))
     # ... and it applies to the (tiny) Gemma-3 at block 0, exactly with the error term
     batch = encode(model.tokenizer, _prompts())
-    clean = _forward(model, batch)
+    clean = model_forward(model, batch.input_ids, batch.attention_mask)
     with splice(model, tc, error=True):
-        spliced = _forward(model, batch)
+        spliced = model_forward(model, batch.input_ids, batch.attention_mask)
     assert float((spliced - clean).abs().max()) <= 1e-4
 
 
@@ -354,11 +354,11 @@ def test_sparse_cache_equals_dense(model):
 def test_splice_with_error_term_leaves_logits_unchanged(model):
     tcs = {x: _random_tc(model.cfg.d_model, layer=x, seed=x) for x in (1, 3)}
     batch = encode(model.tokenizer, _prompts())
-    clean = _forward(model, batch)
+    clean = model_forward(model, batch.input_ids, batch.attention_mask)
     with splice(model, tcs, error=True) as state:
-        exact = _forward(model, batch)
+        exact = model_forward(model, batch.input_ids, batch.attention_mask)
     with splice(model, tcs, error=False):
-        approx = _forward(model, batch)
+        approx = model_forward(model, batch.input_ids, batch.attention_mask)
     assert float((exact - clean).abs().max()) <= 1e-4
     assert float((approx - clean).abs().max()) > 1e-2  # the splice does replace the MLPs
     assert set(state.acts) == {1, 3} and state.error[3] is not None
@@ -366,12 +366,12 @@ def test_splice_with_error_term_leaves_logits_unchanged(model):
     got: dict[str, torch.Tensor] = {}
     name = "blocks.3.hook_mlp_out"
     with model.hooks(fwd_hooks=[(name, lambda t, hook: got.setdefault("y", t))]):
-        _forward(model, batch)
+        model_forward(model, batch.input_ids, batch.attention_mask)
     with (
         splice(model, tcs[3], edit=lambda layer, a: torch.zeros_like(a)) as st,
         model.hooks(fwd_hooks=[(name, lambda t, hook: got.setdefault("edited", t))]),
     ):
-        _forward(model, batch)
+        model_forward(model, batch.input_ids, batch.attention_mask)
     want = got["y"] - st.acts[3] @ tcs[3].W_dec
     torch.testing.assert_close(got["edited"], want, atol=1e-4, rtol=1e-4)
     assert not model.hook_dict[name].fwd_hooks  # nothing left behind
@@ -380,12 +380,12 @@ def test_splice_with_error_term_leaves_logits_unchanged(model):
 def test_hooks_are_removed_after_an_error(tiny_dirs):
     model = _load(tiny_dirs, "llama", "bridge")
     batch = encode(model.tokenizer, _prompts())
-    clean = _forward(model, batch)
+    clean = model_forward(model, batch.input_ids, batch.attention_mask)
     with pytest.raises(RuntimeError, match="boom"), splice(model, _random_tc(model.cfg.d_model)):
         raise RuntimeError("boom")
-    assert torch.equal(_forward(model, batch), clean)
+    assert torch.equal(model_forward(model, batch.input_ids, batch.attention_mask), clean)
     mlp_activations(model, batch, [1])  # stops the forward early by raising inside a hook
-    assert torch.equal(_forward(model, batch), clean)
+    assert torch.equal(model_forward(model, batch.input_ids, batch.attention_mask), clean)
     assert all(not hp.fwd_hooks for hp in model.hook_dict.values())
 
 

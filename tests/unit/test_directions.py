@@ -32,9 +32,9 @@ HARMLESS = ["Explain how to bake bread today.", "Write a poem.", "Plant a tree."
 
 
 def _logits(model, batch):
-    from mechintro.analysis.parity import _forward
+    from mechintro.models import forward
 
-    return _forward(model, batch.input_ids, batch.attention_mask)
+    return forward(model, batch.input_ids, batch.attention_mask)
 
 
 def _batch(model):

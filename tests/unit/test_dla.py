@@ -11,9 +11,9 @@ import torch
 
 from mechintro.analysis import dla
 from mechintro.analysis.dla import LogitDirection, direct_logit_attribution, logit_direction
-from mechintro.analysis.parity import _forward
 from mechintro.generation import NO_VARIANTS, YES_VARIANTS, first_token_ids
 from mechintro.inject import Injection
+from mechintro.models import forward
 from mechintro.prompts import Prompt, PromptBatch, encode
 
 pytestmark = pytest.mark.identity
@@ -74,7 +74,7 @@ def _injection(model):
 @pytest.mark.parametrize("by", ["component", "head", "neuron"])
 def test_rows_sum_to_the_logit_difference(model, by):
     batch = _batch(model)
-    logits = _forward(model, batch.input_ids, batch.attention_mask)[:, -1]
+    logits = forward(model, batch.input_ids, batch.attention_mask)[:, -1]
     res = direct_logit_attribution(model, batch, by=by)
     torch.testing.assert_close(res.target, _yes_no_mean_gap(model, logits), atol=1e-5, rtol=0)
     assert float(res.error.abs().max()) <= 1e-4
@@ -183,7 +183,7 @@ def test_backends_agree_row_by_row(tiny_dirs):
 
 def _gap(model, batch, hooks) -> torch.Tensor:
     with model.hooks(fwd_hooks=hooks):
-        logits = _forward(model, batch.input_ids, batch.attention_mask)[:, -1]
+        logits = forward(model, batch.input_ids, batch.attention_mask)[:, -1]
     return _yes_no_mean_gap(model, logits)
 
 
@@ -195,7 +195,7 @@ def _frozen_scales(model, batch, layer: int | None = None):
         names += [n for n in model.hook_dict if n.startswith(f"blocks.{layer}.ln") and "scale" in n]
     clean = {}
     with model.hooks(fwd_hooks=[(n, _saver(clean, n)) for n in names]):
-        _forward(model, batch.input_ids, batch.attention_mask)
+        forward(model, batch.input_ids, batch.attention_mask)
     return [(n, lambda x, hook, v=clean[n]: v) for n in names]
 
 
@@ -316,7 +316,7 @@ def test_layernorm_models_with_biases(tiny_dirs):
     )
     direction = logit_direction(hooked, [5, 9], [7])
     for model in (bridge, hooked):
-        logits = _forward(model, ids, batch.attention_mask)[:, -1]
+        logits = forward(model, ids, batch.attention_mask)[:, -1]
         want = logits[:, [5, 9]].mean(-1) - logits[:, 7]
         for by in ("component", "head", "neuron"):
             res = direct_logit_attribution(model, batch, by=by, direction=direction)
@@ -331,13 +331,13 @@ def test_layernorm_models_with_biases(tiny_dirs):
 def test_softcap_refused_then_attributed_before_the_cap(tiny_dirs):
     model = _load(tiny_dirs, "llama", "hooked")
     batch = _batch(model)
-    plain = _forward(model, batch.input_ids, batch.attention_mask)[:, -1]
+    plain = forward(model, batch.input_ids, batch.attention_mask)[:, -1]
     model.cfg.output_logits_soft_cap = 1.0
     try:
         with pytest.raises(ValueError, match="pre_softcap=True"):
             direct_logit_attribution(model, batch)
         res = direct_logit_attribution(model, batch, pre_softcap=True)
-        capped = _forward(model, batch.input_ids, batch.attention_mask)[:, -1]
+        capped = forward(model, batch.input_ids, batch.attention_mask)[:, -1]
     finally:
         model.cfg.output_logits_soft_cap = -1.0
     assert not torch.allclose(capped, plain, atol=1e-3)  # the cap was really applied

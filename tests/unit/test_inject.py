@@ -30,9 +30,9 @@ def _prompts() -> list[Prompt]:
 
 
 def _logits(model, batch):
-    from mechintro.analysis.parity import _forward
+    from mechintro.models import forward
 
-    return _forward(model, batch.input_ids, batch.attention_mask)
+    return forward(model, batch.input_ids, batch.attention_mask)
 
 
 def test_zero_strength_is_bit_identical(model):

@@ -6,9 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mechintro.analysis.parity import _forward
 from mechintro.inject import Injection, injected
-from mechintro.models import check_layer, load_model, model_info
+from mechintro.models import check_layer, forward, load_model, model_info
 from mechintro.prompts import Prompt, encode
 
 pytestmark = pytest.mark.identity
@@ -24,7 +23,7 @@ def test_bridge_equals_hf_exactly(tiny_dir):
             attention_mask=batch.attention_mask,
             position_ids=(batch.attention_mask.cumsum(-1) - 1).clamp(min=0),
         ).logits
-        got = _forward(model, batch.input_ids, batch.attention_mask)
+        got = forward(model, batch.input_ids, batch.attention_mask)
     assert torch.equal(got, ref)
 
 
@@ -37,9 +36,9 @@ def test_bridge_and_hooked_agree_with_and_without_injection(tiny_dir):
     plain, steered = [], []
     with torch.no_grad():
         for m in (bridge, hooked):
-            plain.append(_forward(m, batch.input_ids, batch.attention_mask)[real])
+            plain.append(forward(m, batch.input_ids, batch.attention_mask)[real])
             with injected(m, inj, batch):
-                steered.append(_forward(m, batch.input_ids, batch.attention_mask)[real])
+                steered.append(forward(m, batch.input_ids, batch.attention_mask)[real])
     assert torch.allclose(plain[0], plain[1], atol=1e-4)
     assert torch.allclose(steered[0], steered[1], atol=1e-4)
     assert not torch.allclose(steered[0], plain[0], atol=1e-2)  # the injection did something

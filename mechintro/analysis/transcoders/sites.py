@@ -37,8 +37,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mechintro.inject import Injection, injected
-from mechintro.models import TLModel, backend_of, n_layers, tokenizer_of
-from mechintro.prompts import Prompt, PromptBatch, encode, positions
+from mechintro.models import TLModel, backend_of, forward, n_layers, tokenizer_of
+from mechintro.prompts import Prompt, PromptBatch, encode
 
 logger = logging.getLogger(__name__)
 
@@ -132,11 +132,7 @@ class _Stop(Exception):
 
 
 def _forward(model: TLModel, batch: PromptBatch) -> Tensor:
-    ids, mask = batch.input_ids, batch.attention_mask
-    if backend_of(model) == "bridge":
-        pos = positions(mask)
-        return model(ids, attention_mask=mask, position_ids=pos)
-    return model(ids, attention_mask=mask)
+    return forward(model, batch.input_ids, batch.attention_mask)
 
 
 def slice_injection(inj: Injection, lo: int, hi: int, total: int) -> Injection:
