@@ -128,7 +128,7 @@ def concept_words(n: int) -> list[str]:
 def vocabulary_texts(n_concepts: int) -> list[str]:
     """Every text the benchmarks feed the tokenizer (so no word becomes ``<unk>``)."""
     from mechintro.experiments.protocols.detection import FORCED_PREFILL, PREAMBLE, TRIAL_QUESTION
-    from mechintro.generation import NO_VARIANTS, YES_VARIANTS
+    from mechintro.tokens import NO_VARIANTS, YES_VARIANTS
     from mechintro.vectors import METHODS, word_list
 
     texts = ["user assistant model system", PREAMBLE, FORCED_PREFILL, "Ok."]

@@ -29,11 +29,11 @@ from torch import Tensor
 from mechintro.analysis.dla import LogitDirection, logit_direction
 from mechintro.analysis.transcoders import Transcoder, splice
 from mechintro.analysis.transcoders.analysis import as_layers
-from mechintro.generation import Belief
 from mechintro.inject import Injection, injected
 from mechintro.models import TLModel, tokenizer_of
 from mechintro.models import forward as models_forward
 from mechintro.prompts import PromptBatch
+from mechintro.tokens import Belief
 
 FeatureSet = Mapping[int, Sequence[int]]
 Edit = Callable[[int, Tensor], Tensor]

@@ -68,10 +68,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechintro.generation import NO_VARIANTS, YES_VARIANTS, first_token_ids
 from mechintro.inject import Injection, injected
 from mechintro.models import TLModel, backend_of, check_layer, forward, n_layers, tokenizer_of
 from mechintro.prompts import PromptBatch
+from mechintro.tokens import NO_VARIANTS, YES_VARIANTS, first_token_ids
 
 logger = logging.getLogger(__name__)
 

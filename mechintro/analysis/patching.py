@@ -103,10 +103,10 @@ from mechintro.analysis.patch_result import (
     heatmap as heatmap,  # re-exported: mechintro.analysis.patching.heatmap
 )
 from mechintro.engine.twin import fast_twin
-from mechintro.generation import NO_VARIANTS, YES_VARIANTS, Belief
 from mechintro.inject import Injection, injected
 from mechintro.models import TLModel, backend_of, check_layer, n_layers, resid_post, tokenizer_of
 from mechintro.prompts import PromptBatch
+from mechintro.tokens import NO_VARIANTS, YES_VARIANTS, Belief
 
 logger = logging.getLogger(__name__)
 

@@ -125,7 +125,7 @@ def _words(text: str) -> list[str]:
 
 def vocabulary_texts(cs: Sequence[Concept]) -> list[str]:
     """Every text the organism may read or write (its tokenizer knows exactly these words)."""
-    from mechintro.generation import NO_VARIANTS, YES_VARIANTS
+    from mechintro.tokens import NO_VARIANTS, YES_VARIANTS
 
     texts = [PREAMBLE, TRIAL_QUESTION.format(n=10), FORCED_PREFILL, SYSTEM, ANSWER_FORMAT]
     texts += [INTROSPECTION_QUESTION, NO_DETECTION, YES_DETECTION, "Ok.", *YES_VARIANTS]

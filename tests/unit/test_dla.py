@@ -11,10 +11,10 @@ import torch
 
 from mechintro.analysis import dla
 from mechintro.analysis.dla import LogitDirection, direct_logit_attribution, logit_direction
-from mechintro.generation import NO_VARIANTS, YES_VARIANTS, first_token_ids
 from mechintro.inject import Injection
 from mechintro.models import forward
 from mechintro.prompts import Prompt, PromptBatch, encode
+from mechintro.tokens import NO_VARIANTS, YES_VARIANTS, first_token_ids
 
 pytestmark = pytest.mark.identity
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mechintro.generation import generate, gumbel_noise, readout
+from mechintro.generation import generate, readout
 from mechintro.inject import Injection
 from mechintro.prompts import Prompt, encode
+from mechintro.tokens import gumbel_noise
 
 pytestmark = pytest.mark.identity
 
@@ -178,7 +179,7 @@ def test_stop_tokens_found_by_lookup_equal_the_whole_vocabulary_scan(model):
 
 
 def test_the_belief_is_logsumexp_of_the_variants_first_tokens(llama):
-    from mechintro.generation import NO_VARIANTS, YES_VARIANTS, Belief, first_token_ids
+    from mechintro.tokens import NO_VARIANTS, YES_VARIANTS, Belief, first_token_ids
 
     tok = llama.tokenizer
     batch = encode(tok, [Prompt.chat("Trial 1: anything?"), Prompt.chat("Hi.")])
