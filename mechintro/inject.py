@@ -74,6 +74,31 @@ class PositionMode(str, Enum):
 UNITS = ("raw", "resid-norm")
 
 
+def unit_rows(
+    vectors: Float[Tensor, "*rows d_model"], unit: str, resid_norm: float | None = None
+) -> Float[Tensor, "*rows d_model"]:
+    """What a strength of 1 adds, per row: the one place a strength unit is decided.
+
+    ``"raw"``: the vector as given, so strength ``s`` injects norm ``s·‖v‖`` (Lindsey 2025;
+    Macar et al. 2026). ``"resid-norm"``: ``resid_norm × v/‖v‖``, so strengths are multiples
+    of the mean residual norm at the layer and compare across layers and models.
+    :class:`Injection`, a sweep's frozen rows and the training streams all call this.
+    """
+    if unit not in UNITS:
+        raise ValueError(f"unknown strength unit {unit!r}: use one of {UNITS}")
+    if unit == "raw":
+        return vectors
+    if resid_norm is None or not math.isfinite(resid_norm) or resid_norm <= 0:
+        raise ValueError(
+            "unit='resid-norm' needs resid_norm=<mean residual norm at the layer> "
+            f"(ConceptVector.resid_norm gives it), got {resid_norm}"
+        )
+    norms = torch.linalg.vector_norm(vectors, dim=-1, keepdim=True)
+    if bool((norms == 0).any()):
+        raise ValueError("a zero vector cannot be scaled to a residual-norm strength")
+    return vectors / norms * resid_norm
+
+
 @dataclass(frozen=True, eq=False)
 class Injection:
     """What to add, where, and how strongly. Validated on construction.
@@ -107,7 +132,7 @@ class Injection:
                 "use mechintro.models.layer_at_depth(model, fraction)"
             )
         object.__setattr__(self, "mode", PositionMode.parse(self.mode))
-        if self.unit not in UNITS:
+        if self.unit not in UNITS:  # before the vector's checks: the first thing to fix
             raise ValueError(f"unknown strength unit {self.unit!r}: use one of {UNITS}")
         v = torch.as_tensor(self.vector)
         if not v.is_floating_point() or v.ndim not in (1, 2) or v.shape[-1] == 0:
@@ -126,23 +151,35 @@ class Injection:
             raise ValueError("strength contains NaN or inf")
         if v.ndim == 2 and s.ndim == 1 and s.shape[0] != v.shape[0]:
             raise ValueError(f"{v.shape[0]} vectors but {s.shape[0]} strengths: give one per row")
-        vf = v.float()
-        if self.unit == "resid-norm":
-            if (
-                self.resid_norm is None
-                or not math.isfinite(self.resid_norm)
-                or self.resid_norm <= 0
-            ):
-                raise ValueError(
-                    "unit='resid-norm' needs resid_norm=<mean residual norm at the layer> "
-                    "(ConceptVector.resid_norm gives it)"
-                )
-            norms = torch.linalg.vector_norm(vf, dim=-1, keepdim=True)
-            if bool((norms == 0).any()):
-                raise ValueError("a zero vector cannot be scaled to a residual-norm strength")
-            vf = vf / norms * self.resid_norm
+        vf = unit_rows(v.float(), self.unit, self.resid_norm)
         delta = (s[:, None] if s.ndim == 1 else s) * (vf if vf.ndim == 2 else vf[None, :])
         object.__setattr__(self, "_delta", delta)
+
+    @classmethod
+    def per_row(
+        cls,
+        layer: int,
+        vectors: Sequence[Tensor | None],
+        strengths: Sequence[float],
+        **kwargs: Any,
+    ) -> Injection:
+        """One injection for a batch whose rows add their own vectors.
+
+        A ``None`` row (a control, or a row injected at another layer) gets strength 0, so it
+        is left bit-identical (its vector slot holds another row's, multiplied by 0).
+        ``kwargs`` are the other fields (``mode``, ``start``, ``unit``, ``resid_norm``).
+        """
+        if len(vectors) != len(strengths):
+            raise ValueError(f"{len(vectors)} vectors but {len(strengths)} strengths")
+        filler = next((v for v in vectors if v is not None), None)
+        if filler is None:
+            raise ValueError("Injection.per_row needs at least one row with a vector")
+        return cls(
+            layer,
+            torch.stack([filler if v is None else v for v in vectors]),
+            [0.0 if v is None else s for v, s in zip(vectors, strengths)],
+            **kwargs,
+        )
 
     @property
     def rows(self) -> int | None:

@@ -53,6 +53,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechintro.batching import check_batch_size, in_batches
 from mechintro.io import atomic_write, atomic_write_text
 from mechintro.models import (
     TLModel,
@@ -223,8 +224,8 @@ def _last_token_acts(
         return x
 
     with torch.no_grad(), model.hooks(fwd_hooks=[(name, read)]):
-        for i in range(0, len(prompts), batch_size):
-            batch = encode(tokenizer_of(model), prompts[i : i + batch_size], device=device)
+        for _, part in in_batches(prompts, batch_size):
+            batch = encode(tokenizer_of(model), part, device=device)
             where.update(rows=torch.arange(len(batch), device=device), last=batch.position("last"))
             kwargs: dict[str, Any] = {"attention_mask": batch.attention_mask}
             if bridge:  # count real tokens only (RoPE would not care; absolute embeddings do)
@@ -344,8 +345,7 @@ def extract_vectors(
             "the baseline list is empty: pass baseline=None for the default "
             "(default_baseline(model, method)), or a non-empty list of words"
         )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_batch_size(batch_size)
     problems = Problems(
         on_bad_word,
         fix="Pass words the model's tokenizer knows (unknown_words(tokenizer, words) lists the "

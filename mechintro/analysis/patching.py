@@ -102,6 +102,7 @@ from mechintro.analysis.patch_result import PatchResult, Sites
 from mechintro.analysis.patch_result import (
     heatmap as heatmap,  # re-exported: mechintro.analysis.patching.heatmap
 )
+from mechintro.batching import check_batch_size
 from mechintro.engine.twin import fast_twin
 from mechintro.inject import Injection, injected
 from mechintro.models import TLModel, backend_of, check_layer, n_layers, resid_post, tokenizer_of
@@ -335,8 +336,7 @@ def activation_patch(
 
         res = activation_patch(model, plain, source_injection=inj, component="attn_out")
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    check_batch_size(batch_size)
     sites, target, source = _plan(model, target, source, component, layers, positions)
     metric = metric if metric is not None else yes_no_gap(model)
     injs = [i for i in (source_injection, target_injection) if i is not None]

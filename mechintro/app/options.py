@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mechintro.batching import check_batch_size
 from mechintro.models import BACKENDS
 from mechintro.vectors import METHODS
 from mechintro.word_checks import ON_BAD_WORD
@@ -227,8 +228,7 @@ def _check_model_options(backend: str, dtype: str, batch_size: int) -> None:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_batch_size(batch_size)
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ import re
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
-import torch
 from torch import Tensor
 
+from mechintro.batching import in_batches
 from mechintro.experiments.protocols.detection import detection_prompt
 from mechintro.generation import generate
 from mechintro.inject import Injection
@@ -66,15 +66,17 @@ def detection_trials(
         (w, float(s), t) for s in strengths for w in words for t in trials
     ]
     rows += [(None, 0.0, trials[i % len(trials)]) for i in range(n_controls)]
-    filler = next(iter(vectors.values()))  # control rows: strength 0 leaves them untouched
     tok = tokenizer_of(model)
     out = []
-    for i in range(0, len(rows), batch_size):
-        part = rows[i : i + batch_size]
+    for i, part in in_batches(rows, batch_size, label="detection trials"):
         batch = encode(tok, [detection_prompt(t, forced=forced) for _, _, t in part])
-        V = torch.stack([vectors[w] if w else filler for w, _, _ in part])
-        inj = Injection(layer, V, [s for _, s, _ in part], mode=mode, unit="resid-norm",
-                        resid_norm=resid_norm)  # fmt: skip
+        added = [vectors[w] if w else None for w, _, _ in part]
+        inj = None  # a batch of controls only: no hook (a strength-0 row is left as it is)
+        if any(v is not None for v in added):
+            amounts = [s for _, s, _ in part]
+            inj = Injection.per_row(
+                layer, added, amounts, mode=mode, unit="resid-norm", resid_norm=resid_norm
+            )
         gen = generate(
             model,
             batch,

@@ -54,8 +54,8 @@ from mechintro.training.common import (
     hf_mlp_bias,
     optimise,
     reply_loss,
-    resid_norm_of,
     seeded,
+    strength_rows,
     trainable_only,
     training_modules,
     unit_vectors,
@@ -271,20 +271,17 @@ def train_bias(
     missing = [L for L in cfg.injection_layers if L not in vectors]
     if missing:
         raise KeyError(f"no vectors for injection layers {missing}: give {{layer: vectors}}")
-    unit, scale = {}, {}
+    rows, scale = {}, {}
     for L in cfg.injection_layers:
         given = None if resid_norms is None else resid_norms.get(L)
-        scale[L] = resid_norm_of(vectors[L], given, cfg.unit)
-        if cfg.unit == "raw":  # raw strengths multiply the vectors as given
-            unit[L] = {w: _as_tensor(vectors[L][w]) for w in words}
-        else:
-            unit[L] = unit_vectors(vectors[L], words)
+        # raw strengths multiply the vectors as given
+        rows[L], scale[L] = strength_rows(vectors[L], words, cfg.unit, given, normalise=False)
     examples = bias_examples(words, cfg)
     stream = ExampleStream(
-        tok, examples, cfg.batch_size, cfg.seed, unit, scale, cfg.mode, cfg.injection_layers[0]
+        tok, examples, cfg.batch_size, cfg.seed, rows, cfg.mode, cfg.injection_layers[0]
     )
     dev = device_of(hf)
-    width = next(iter(unit[cfg.injection_layers[0]].values())).numel()
+    width = next(iter(rows[cfg.injection_layers[0]].values())).numel()
     hidden = getattr(getattr(hf, "config", None), "hidden_size", width)
     if width != hidden:
         raise ValueError(f"vector width {width} does not match the model's hidden size {hidden}")
@@ -318,11 +315,6 @@ def train_bias(
     result.config = {**cfg.to_dict(), "unit_scale": scale}
     result.extra = {"n_examples": len(examples)}
     return BiasResult(TrainedBias(cfg.layer, bias.detach()), result)
-
-
-def _as_tensor(v: ConceptVector | Tensor) -> Tensor:
-    t = v.vector if isinstance(v, ConceptVector) else torch.as_tensor(v)
-    return t.detach().float().cpu()
 
 
 @dataclass

@@ -22,6 +22,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from mechintro.generation import END_OF_TURN, vocab_id
+from mechintro.inject import unit_rows
 from mechintro.prompts import Prompt, encode
 from mechintro.vectors import ConceptVector
 
@@ -220,37 +221,58 @@ def unit_vectors(
     vectors: Mapping[str, ConceptVector | Tensor], words: Sequence[str]
 ) -> dict[str, Tensor]:
     """L2-normalised fp32 copies of ``vectors[w]`` (a clear error for a missing or zero one)."""
+    out = {}
+    for w, t in _as_tensors(vectors, words).items():
+        n = float(torch.linalg.vector_norm(t))
+        if t.ndim != 1 or not math.isfinite(n) or n == 0:
+            raise ValueError(f"the vector of {w!r} is not a finite nonzero [d_model] tensor")
+        out[w] = t / n
+    return out
+
+
+def strength_rows(
+    vectors: Mapping[str, ConceptVector | Tensor],
+    words: Sequence[str],
+    unit: str,
+    resid_norm: float | None = None,
+    *,
+    normalise: bool,
+) -> tuple[dict[str, Tensor], float]:
+    """What a strength of 1 adds for each of ``words`` (fp32, CPU), and the unit's scale.
+
+    The rows come from :func:`mechintro.inject.unit_rows`, the one place a strength unit is
+    decided. ``normalise=True`` starts from the unit vectors (a recipe whose raw strengths
+    are multiples of the unit vector, as Fonseca Rivera's LoRA), ``False`` from the vectors
+    as given. ``resid_norm`` is the ``resid-norm`` unit (default: the mean of the vectors'
+    own ``resid_norm``); the scale returned is it, or 1 for ``raw``.
+    """
+    base = unit_vectors(vectors, words) if normalise else _as_tensors(vectors, words)
+    scale = 1.0
+    if unit == "resid-norm":
+        if resid_norm is None:
+            norms = [v.resid_norm for v in vectors.values() if isinstance(v, ConceptVector)]
+            if not norms or any(x is None for x in norms):
+                raise ValueError(
+                    "unit='resid-norm' needs resid_norm=<mean residual norm at the layer> "
+                    "(ConceptVector.resid_norm gives it)"
+                )
+            resid_norm = float(sum(norms)) / len(norms)  # type: ignore[arg-type]
+        scale = float(resid_norm)
+    return {w: unit_rows(t, unit, scale) for w, t in base.items()}, scale
+
+
+def _as_tensors(
+    vectors: Mapping[str, ConceptVector | Tensor], words: Sequence[str]
+) -> dict[str, Tensor]:
     missing = [w for w in words if w not in vectors]
     if missing:
         raise KeyError(f"no vectors for {missing}: extract them first (extract_vectors(...))")
     out = {}
     for w in words:
         v = vectors[w]
-        t = (v.vector if isinstance(v, ConceptVector) else torch.as_tensor(v)).detach().float()
-        n = float(torch.linalg.vector_norm(t))
-        if t.ndim != 1 or not math.isfinite(n) or n == 0:
-            raise ValueError(f"the vector of {w!r} is not a finite nonzero [d_model] tensor")
-        out[w] = t.cpu() / n
+        t = v.vector if isinstance(v, ConceptVector) else torch.as_tensor(v)
+        out[w] = t.detach().float().cpu()
     return out
-
-
-def resid_norm_of(
-    vectors: Mapping[str, ConceptVector | Tensor], given: float | None, unit: str
-) -> float:
-    """The residual norm that ``resid-norm`` strengths are in units of (``1`` for ``raw``)."""
-    if unit == "raw":
-        return 1.0
-    if given is None:
-        norms = [v.resid_norm for v in vectors.values() if isinstance(v, ConceptVector)]
-        if not norms or any(x is None for x in norms):
-            raise ValueError(
-                "unit='resid-norm' needs resid_norm=<mean residual norm at the layer> "
-                "(ConceptVector.resid_norm gives it)"
-            )
-        given = float(sum(norms)) / len(norms)  # type: ignore[arg-type]
-    if not math.isfinite(given) or given <= 0:
-        raise ValueError(f"resid_norm must be positive, got {given}")
-    return float(given)
 
 
 def _output_hook(fn: Callable[[Tensor], Tensor]) -> Callable[..., Any]:

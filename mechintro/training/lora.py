@@ -53,11 +53,10 @@ from mechintro.training.common import (
     hf_injection,
     optimise,
     reply_loss,
-    resid_norm_of,
     seeded,
+    strength_rows,
     trainable_only,
     training_modules,
-    unit_vectors,
 )
 from mechintro.vectors import ConceptVector
 
@@ -197,8 +196,8 @@ def introspection_examples(
 class ExampleStream:
     """Seeded epochs over ``examples`` (tokenised once): each step's batch and injections.
 
-    ``unit[layer][word]`` are unit vectors and ``scale[layer]`` the strength unit (1 for raw
-    strengths, the residual norm for ``resid-norm``) at each injection layer.
+    ``rows[layer][word]`` is what a strength of 1 adds at each injection layer
+    (:func:`~mechintro.training.common.strength_rows`).
     """
 
     def __init__(
@@ -207,8 +206,7 @@ class ExampleStream:
         examples: Sequence[TrainExample],
         batch_size: int,
         seed: int,
-        unit: Mapping[int, Mapping[str, Tensor]],
-        scale: Mapping[int, float],
+        rows: Mapping[int, Mapping[str, Tensor]],
         mode: str,
         layer: int,
     ) -> None:
@@ -217,7 +215,7 @@ class ExampleStream:
             tokenizer, [e.prompt for e in self.examples], [e.reply for e in self.examples]
         )
         self.batch_size, self.rng = batch_size, random.Random(seed)
-        self.unit, self.scale, self.mode, self.layer = unit, scale, mode, layer
+        self.rows, self.mode, self.layer = rows, mode, layer
         self.order: list[int] = []
         self.epoch = 0
 
@@ -248,9 +246,9 @@ class ExampleStream:
                 continue
             layer = self.layer if e.layer is None else e.layer
             if layer not in out:
-                d = next(iter(self.unit[layer].values())).shape[0]
+                d = next(iter(self.rows[layer].values())).shape[0]
                 out[layer] = (torch.zeros(len(part), d), start, end)
-            out[layer][0][b] = self.unit[layer][e.concept] * (e.strength * self.scale[layer])
+            out[layer][0][b] = self.rows[layer][e.concept] * e.strength
         return out
 
 
@@ -403,16 +401,14 @@ def train_lora(
     if not words:
         raise ValueError("no training words given")
     hf, tok = training_modules(model, tokenizer, (cfg.layer,))
-    unit = unit_vectors(vectors, words)
-    scale = resid_norm_of(vectors, resid_norm, cfg.unit)
+    rows, scale = strength_rows(vectors, words, cfg.unit, resid_norm, normalise=True)
     examples = introspection_examples(words, cfg)
     stream = ExampleStream(
         tok,
         examples,
         cfg.batch_size,
         cfg.seed,
-        {cfg.layer: unit},
-        {cfg.layer: scale},
+        {cfg.layer: rows},
         cfg.mode,
         cfg.layer,
     )

@@ -52,12 +52,11 @@ from mechintro.training.common import (
     hf_model_of,
     optimise,
     reply_loss,
-    resid_norm_of,
     seeded,
     sequence_logprobs,
+    strength_rows,
     trainable_only,
     training_modules,
-    unit_vectors,
 )
 from mechintro.vectors import ConceptVector
 
@@ -270,13 +269,12 @@ def train_preferences(
     concepts = sorted({p.concept for p in pairs if p.concept is not None})
     layers = [cfg.layer] if concepts and cfg.layer is not None else []
     hf, tok = training_modules(model, tokenizer, layers)
-    unit: dict[str, Tensor] = {}
+    rows: dict[str, Tensor] = {}
     scale = 1.0
     if concepts:
         if vectors is None or cfg.layer is None:
             raise ValueError("pairs inject concepts: pass vectors=... and set cfg.layer")
-        unit = unit_vectors(vectors, concepts)
-        scale = resid_norm_of(vectors, resid_norm, cfg.unit)
+        rows, scale = strength_rows(vectors, concepts, cfg.unit, resid_norm, normalise=True)
     dev = device_of(hf)
     ref = None
     if cfg.needs_reference:
@@ -295,11 +293,11 @@ def train_preferences(
         part = [pairs[i] for i in idx]
         if not any(p.concept for p in part):
             return {}
-        d = next(iter(unit.values())).shape[0]
+        d = next(iter(rows.values())).shape[0]
         delta = torch.zeros(len(part), d)
         for b, p in enumerate(part):
             if p.concept is not None:
-                delta[b] = unit[p.concept] * (p.strength * scale)
+                delta[b] = rows[p.concept] * p.strength
         start, end = rb.starts(cfg.mode)
         assert cfg.layer is not None
         return {cfg.layer: (delta, start, end)}

@@ -15,6 +15,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechintro.batching import check_batch_size, in_batches
 from mechintro.models import (
     TLModel,
     backend_of,
@@ -129,8 +130,8 @@ def _mean_last_positions(
         (f"blocks.{layer}.hook_{site}", reader(layer)) for layer in range(L)
     ]
     with model.hooks(fwd_hooks=hooks):
-        for i in range(0, len(prompts), batch_size):
-            batch = encode(tokenizer_of(model), prompts[i : i + batch_size], device=device)
+        for i, part in in_batches(prompts, batch_size):
+            batch = encode(tokenizer_of(model), part, device=device)
             short = (batch.attention_mask.sum(-1) < k).nonzero().flatten().tolist()
             if short:
                 raise ValueError(
@@ -181,8 +182,7 @@ def refusal_directions(
         raise ValueError(f"site must be one of {SITES}, got {site!r}")
     if prompt_format not in ("chat", "text"):
         raise ValueError(f"prompt_format must be 'chat' or 'text', got {prompt_format!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_batch_size(batch_size)
     pos = [_as_prompt(x, prompt_format) for x in harmful]
     neg = [_as_prompt(x, prompt_format) for x in harmless]
     logger.info("refusal directions: %d harmful, %d harmless prompts", len(pos), len(neg))

@@ -36,6 +36,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from mechintro.batching import check_batch_size, in_batches
 from mechintro.inject import Injection, injected
 from mechintro.models import TLModel, backend_of, forward, n_layers, tokenizer_of
 from mechintro.prompts import Prompt, PromptBatch, encode
@@ -155,8 +156,7 @@ def batches(
     injection: Injection | Sequence[Injection] | None = None,
 ) -> Iterator[tuple[int, PromptBatch, tuple[Injection, ...]]]:
     """``(first row, batch, injections)`` per chunk of ``batch_size`` prompts."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)
     injs = () if injection is None else (
         (injection,) if isinstance(injection, Injection) else tuple(injection)
     )  # fmt: skip
@@ -164,10 +164,10 @@ def batches(
     if total == 0:
         raise ValueError("no prompts given")
     device = next(model.parameters()).device
-    for lo in range(0, total, batch_size):
-        hi = min(total, lo + batch_size)
+    for lo, rows in in_batches(range(total), batch_size):
+        hi = lo + len(rows)
         if isinstance(prompts, PromptBatch):
-            b = prompts.rows(range(lo, hi))
+            b = prompts.rows(rows)
         else:
             b = encode(tokenizer_of(model), list(prompts[lo:hi]))
         yield lo, b.to(device), tuple(slice_injection(i, lo, hi, total) for i in injs)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from mechintro.batching import in_batches
 from mechintro.experiments.grading.base import (
     DEFAULT_QUESTION,
     DEFAULT_TURN_MARKERS,
@@ -294,8 +295,7 @@ class JudgeGrader:
         results: list[tuple[Label, str, int]]
         if callable(batch):
             results = []
-            for i in range(0, len(prompts), self.batch_size):
-                chunk = prompts[i : i + self.batch_size]
+            for _, chunk in in_batches(prompts, self.batch_size):
                 try:
                     outs: list[str | None] = list(batch(chunk))
                     if len(outs) != len(chunk):

@@ -35,6 +35,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from mechintro.batching import in_batches
 from mechintro.prompts import Prompt, positions
 
 if TYPE_CHECKING:
@@ -133,8 +134,7 @@ def intentional_control(
     device = next(model.parameters()).device
     stop = layers[-1] + 1 if layers[-1] + 1 < n_layers(model) else None
     out: list[dict[str, Any]] = []
-    for i in range(0, len(rows), batch_size):
-        chunk = rows[i : i + batch_size]
+    for _, chunk in in_batches(rows, batch_size, label="intentional control"):
         batch = encode(tokenizer_of(model), [control_prompt(*r) for r in chunk], device=device)
         kwargs: dict[str, Any] = {"attention_mask": batch.attention_mask, "names_filter": names}
         if backend_of(model) == "bridge":
@@ -162,7 +162,6 @@ def intentional_control(
                     }
                 )
         del cache
-        logger.info("intentional control: %d of %d prompts", i + len(chunk), len(rows))
     return pd.DataFrame(out)
 
 

@@ -31,6 +31,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+from mechintro.batching import in_batches
 from mechintro.prompts import Prompt
 
 if TYPE_CHECKING:
@@ -187,8 +188,7 @@ def run_intention(
     rows = [(w, s, float(k)) for w in words for s in sentences for k in strengths]
     tok = tokenizer_of(model)
     records: list[dict[str, Any]] = []
-    for i in range(0, len(rows), batch_size):
-        chunk = rows[i : i + batch_size]
+    for i, chunk in in_batches(rows, batch_size, label="intention"):
         batch = encode(tok, [intention_prompt(s, w) for w, s, _ in chunk])
         _check_spans(batch)
         inj = Injection(
@@ -227,7 +227,6 @@ def run_intention(
                     "seed": seeds[j],
                 }
             )
-        logger.info("intention: %d of %d trials", min(i + batch_size, len(rows)), len(rows))
     return pd.DataFrame(records)
 
 

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from mechintro.batching import check_batch_size, in_batches
 from mechintro.prompts import Prompt
 
 if TYPE_CHECKING:
@@ -201,7 +202,6 @@ class NoiseControls:
     def run(self, model: TLModel, vectors: VectorsArg, *, batch_size: int = 64) -> pd.DataFrame:
         """Read ``b`` for every (question, layer, strength, vector), batched; see the class."""
         import pandas as pd
-        import torch
 
         from mechintro.experiments.metrics import add_delta_b
         from mechintro.generation import readout
@@ -209,8 +209,7 @@ class NoiseControls:
         from mechintro.models import check_layer, tokenizer_of
         from mechintro.prompts import encode
 
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        check_batch_size(batch_size)
         for L in self.layers:
             check_layer(model, L)
         prompts = self.prompts()
@@ -223,14 +222,13 @@ class NoiseControls:
         tok = tokenizer_of(model)
         b: list[float] = []
         bv: list[float] = []
-        for i in range(0, len(rows), batch_size):
-            chunk = rows[i : i + batch_size]
+        for _, chunk in in_batches(rows, batch_size, label="noise controls"):
             batch = encode(tok, [prompts[r[0]] for r in chunk])
             injections = [
-                Injection(
+                Injection.per_row(
                     L,
-                    torch.stack([r[5].vector for r in chunk]),
-                    [r[2] if r[1] == L else 0.0 for r in chunk],
+                    [r[5].vector if r[1] == L else None for r in chunk],
+                    [r[2] for r in chunk],
                     mode="single-token",
                 )
                 for L in sorted({r[1] for r in chunk})
@@ -257,9 +255,6 @@ class NoiseControls:
         )
         df = add_delta_b(df, value="b", keys=keys)
         cells = self.specificity(df)[["layer", "strength", "vector", "specificity"]]
-        logger.info(
-            "noise controls: %d readouts in %d batches", len(rows), -(-len(rows) // batch_size)
-        )
         return df.merge(cells, on=["layer", "strength", "vector"], how="left")
 
     def specificity(self, df: pd.DataFrame, *, per_control: bool = False) -> pd.DataFrame:

@@ -39,6 +39,7 @@ from torch import Tensor
 
 from mechintro.experiments.sweeps.spec import SweepSpec
 from mechintro.experiments.sweeps.store import MODEL_BINDING
+from mechintro.inject import unit_rows
 from mechintro.io import atomic_write, atomic_write_text
 from mechintro.vectors import ConceptVector
 
@@ -69,15 +70,11 @@ def vector_record(v: ConceptVector) -> dict[str, Any]:
 
 
 def row_vector(v: ConceptVector, unit: str) -> Tensor:
-    """The vector a strength multiplies: ``v`` (raw) or ``resid_norm·v/‖v‖`` (resid-norm)."""
-    if unit == "raw":
-        return v.vector
-    if not v.resid_norm or v.norm == 0:
-        raise ValueError(
-            f"unit='resid-norm' needs a non-zero vector with resid_norm; {v.word!r} has "
-            f"norm {v.norm} and resid_norm {v.resid_norm}"
-        )
-    return v.vector / v.norm * v.resid_norm
+    """What a strength of 1 adds for ``v`` (:func:`mechintro.inject.unit_rows`)."""
+    try:
+        return unit_rows(v.vector, unit, v.resid_norm)
+    except ValueError as e:
+        raise ValueError(f"the vector of {v.word!r} (norm {v.norm}): {e}") from None
 
 
 def select(vectors: Vectors, keys: Iterable[Key]) -> dict[Key, ConceptVector]:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from mechintro.batching import check_batch_size
 from mechintro.experiments import distributed
 from mechintro.experiments.distributed import Ranks
 from mechintro.experiments.sweeps.builders import (
@@ -80,15 +81,14 @@ def _injections(trials: Sequence[Trial], rows: Mapping[Key, torch.Tensor]) -> li
         layer, mode, start = key
         assert layer is not None and mode is not None and start is not None
         mine = [t.injected and (t.layer, t.mode, t.start) == key for t in trials]
-        added = [
-            rows[(layer, t.concept)] if m and t.concept else None for t, m in zip(trials, mine)
-        ]
-        filler = next(r for r in added if r is not None)  # multiplied by strength 0
         out.append(
-            Injection(
+            Injection.per_row(
                 layer,
-                torch.stack([filler if r is None else r for r in added]),
-                [t.strength if m else 0.0 for t, m in zip(trials, mine)],
+                [
+                    rows[(layer, t.concept)] if m and t.concept is not None else None
+                    for t, m in zip(trials, mine)
+                ],
+                [t.strength for t in trials],
                 mode=mode,
                 start=start,
             )
@@ -366,10 +366,7 @@ def run_sweep(
         )
     for layer in spec.layers:
         check_layer(model, layer)
-    if batch_size != "auto" and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-    ):
-        raise ValueError(f"batch_size must be a positive int or 'auto', got {batch_size!r}")
+    check_batch_size(batch_size, auto=True)
     ranks = ranks or distributed.current()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mechintro.batching import check_batch_size
 from mechintro.inject import UNITS, PositionMode
 from mechintro.vectors import METHODS
 
@@ -343,8 +344,7 @@ def batches(trials: Sequence[Trial], batch_size: int) -> list[list[Trial]]:
     Injected trials keep their order (by layer, then mode: most batches hook one layer);
     controls, which need no hook, are spread evenly among them.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_batch_size(batch_size)
     inj = [t for t in trials if not t.control]
     ctl = [t for t in trials if t.control]
     n, c = len(inj) + len(ctl), len(ctl)
