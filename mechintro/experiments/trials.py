@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import pandas as pd
 from torch import Tensor
@@ -125,6 +127,92 @@ def grade_trials(df: pd.DataFrame, category: Mapping[str, str]) -> pd.DataFrame:
     ]
     out["category_ok"] = (out.detection == "YES") & pd.Series(same, index=out.index)
     return out
+
+
+def check_heldout(
+    words: Sequence[str], *, baseline: Sequence[str], train_words: Sequence[str] = ()
+) -> list[str]:
+    """``words`` if they are held-out concepts: not baseline words (their mean was subtracted
+    from every vector, so they are no concepts at all: the trained-vector anchor evaluated
+    on them), and not training words. Raises ``ValueError`` naming the offenders."""
+    if isinstance(words, str):
+        raise TypeError(f"words must be a list, not one string: pass [{words!r}]")
+    words = list(words)
+    if not words:
+        raise ValueError("no evaluation words given: pass the held-out concepts")
+    base = sorted(set(words) & set(baseline))
+    if base:
+        raise ValueError(
+            f"evaluation words {base} are baseline words (the mean subtracted from every "
+            "concept vector): evaluate on held-out concepts, never on the baseline"
+        )
+    seen = sorted(set(words) & set(train_words))
+    if seen:
+        raise ValueError(
+            f"evaluation words {seen} were trained on: a held-out evaluation needs concepts "
+            "that training never injected"
+        )
+    return words
+
+
+@dataclass(frozen=True)
+class DetectionRates:
+    """Held-out detection of graded trials (the rule grader's labels, as the demo reports).
+
+    ``tpr``/``fpr`` are ``None`` without injected/control trials; the intervals are Wilson
+    95% (:func:`mechintro.experiments.metrics.wilson`); ``introspection_rate`` counts a
+    detection that also names the injected concept; ``paths`` are the generation paths
+    that ran; ``examples`` a few injected replies, evenly spaced.
+    """
+
+    tpr: float | None
+    tpr_ci: tuple[float, float]
+    n_injected: int
+    fpr: float | None
+    fpr_ci: tuple[float, float]
+    n_control: int
+    introspection_rate: float | None
+    tpr_by_strength: dict[str, float]
+    paths: list[str]
+    examples: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, as ``result.json`` and ``metrics.json`` hold it."""
+        out = asdict(self)
+        out["tpr_ci"], out["fpr_ci"] = list(self.tpr_ci), list(self.fpr_ci)
+        return out
+
+
+def detection_rates(df: pd.DataFrame, category: Mapping[str, str]) -> DetectionRates:
+    """:class:`DetectionRates` of :func:`detection_trials` output ``df`` (graded here with
+    :func:`grade_trials`; ``category`` maps each concept to its category)."""
+    from mechintro.experiments.metrics import wilson
+
+    g = grade_trials(df, category)
+    yes = g.detection == "YES"
+    inj, ctrl = g[g.injected], g[~g.injected]
+    k_t, n_t = int(yes[g.injected].sum()), len(inj)
+    k_f, n_f = int(yes[~g.injected].sum()), len(ctrl)
+    ident = int((yes & (g.identification == "YES"))[g.injected].sum())
+    per = {
+        f"{s:g}": float(yes[g.injected & (g.strength == s)].mean())
+        for s in sorted(inj.strength.unique())
+    }
+    examples = g[g.injected].iloc[:: max(1, n_t // 6)][["word", "strength", "reply"]]
+    return DetectionRates(
+        tpr=k_t / n_t if n_t else None,
+        tpr_ci=wilson(k_t, n_t),
+        n_injected=n_t,
+        fpr=k_f / n_f if n_f else None,
+        fpr_ci=wilson(k_f, n_f),
+        n_control=n_f,
+        introspection_rate=ident / n_t if n_t else None,
+        tpr_by_strength=per,
+        paths=sorted(g.path.unique()) if "path" in g else [],
+        examples=[
+            {"word": w, "strength": s, "reply": r} for w, s, r in examples.itertuples(index=False)
+        ],
+    )
 
 
 def summary(df: pd.DataFrame, category: Mapping[str, str] | None = None) -> pd.DataFrame:

@@ -9,8 +9,9 @@ Lindsey method, baseline = the ``object`` category), and trains the blocks above
 drawn uniformly from ``strengths``, from the token before ``Trial n`` on (Fonseca Rivera 2025's
 recipe with Lindsey's from-trial mode). Loss on reply tokens only.
 
-The injection here is a plain forward hook on the HF decoder layer, for speed; a test checks
-that it adds exactly what :func:`mechintro.inject.injected` adds on the TransformerLens model.
+Training injects with :func:`mechintro.training.common.hf_injection`, the trainers' hook on the
+HF decoder layer; a test checks that it adds exactly what :func:`mechintro.inject.injected` adds
+on the TransformerLens model.
 
 Run on a GPU (each phase takes minutes; a CPU step takes about a second)::
 
@@ -35,9 +36,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mechintro.batching import in_batches
 from mechintro.organism import corpus
 from mechintro.organism.corpus import Concept, Example
-from mechintro.prompts import positions
+from mechintro.training.common import hf_injection
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +113,7 @@ def encode_examples(tok: Any, examples: Sequence[Example], chunk: int = 256) -> 
 
     end_id = tok.convert_tokens_to_ids("<|end|>")
     out = Encoded([], [], [], [], [])
-    for i in range(0, len(examples), chunk):
-        part = examples[i : i + chunk]
+    for _, part in in_batches(examples, chunk):
         batch = encode(tok, [e.prompt for e in part])
         for b, e in enumerate(part):
             pad = int(batch.n_pad[b])
@@ -154,24 +155,6 @@ def _batch(
     }
 
 
-class InjectionHook:
-    """Adds ``delta[b]`` to the output of one decoder layer at positions ``[start, end)``."""
-
-    def __init__(self) -> None:
-        self.delta: Tensor | None = None
-        self.start: Tensor | None = None
-        self.end: Tensor | None = None
-
-    def __call__(self, module: Any, args: Any, output: Any) -> Any:
-        if self.delta is None:
-            return output
-        h = output[0] if isinstance(output, tuple) else output
-        pos = torch.arange(h.shape[1], device=h.device)
-        mask = (pos[None] >= self.start[:, None]) & (pos[None] < self.end[:, None])  # type: ignore[index]
-        h = torch.where(mask[..., None], h + self.delta[:, None, :].to(h.dtype), h)
-        return (h, *output[1:]) if isinstance(output, tuple) else h
-
-
 def _loss(model: Any, b: dict[str, Tensor]) -> Tensor:
     logits = model(input_ids=b["ids"], attention_mask=b["att"]).logits[:, :-1]
     target = b["ids"][:, 1:]
@@ -194,7 +177,6 @@ def _train(
     device: torch.device,
     *,
     vectors: dict[str, Tensor] | None = None,
-    hook: InjectionHook | None = None,
     label: str = "",
 ) -> list[float]:
     from tqdm.auto import tqdm
@@ -218,14 +200,16 @@ def _train(
         idx = order[pos : pos + cfg.batch_size]
         pos += cfg.batch_size
         b = _batch(enc, idx, pad, device)
-        if hook is not None and vectors is not None:
+        inj = {}
+        if vectors is not None:
             lo, hi = cfg.strengths
             names = [enc.concept[i] for i in idx]
             s = torch.tensor([rng.uniform(lo, hi) if n else 0.0 for n in names], device=device)
             d = vectors["_zero"]
             V = torch.stack([vectors[n] if n else d for n in names])  # unit norm x resid_norm
-            hook.delta, hook.start, hook.end = V * s[:, None], b["start"], b["end"]
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+            inj = {cfg.layer: (V * s[:, None], b["start"], b["end"])}
+        autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp)
+        with hf_injection(model, inj), autocast:
             loss = _loss(model, b)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -235,8 +219,6 @@ def _train(
         losses.append(loss.detach())
         if step % 500 == 0:
             bar.set_postfix(loss=f"{float(torch.stack(losses[-100:]).mean()):.4f}")
-    if hook is not None:
-        hook.delta = None
     model.eval()
     return [float(x) for x in torch.stack(losses).cpu()] if losses else []
 
@@ -273,46 +255,18 @@ def pseudo_words(tok: Any, cs: Sequence[Concept]) -> list[str]:
 def concept_vectors(
     folder: Path, words: Sequence[str], baseline: Sequence[str], layer: int, device: str
 ) -> tuple[dict[str, Tensor], float]:
-    """Unit-norm Lindsey vectors of ``words`` from a saved checkpoint, and the mean residual
-    norm at ``layer`` (what ``resid-norm`` units use).
+    """Unit-norm Lindsey vectors of ``words`` from a saved checkpoint
+    (:func:`mechintro.vectors.extract_vectors` against ``baseline``), and the mean residual
+    norm at ``layer`` over those prompts (what ``resid-norm`` units use)."""
+    from mechintro.models import load_model
+    from mechintro.vectors import extract_vectors
 
-    The same prompts (:data:`mechintro.vectors.METHODS`), batching and arithmetic as
-    :func:`mechintro.vectors.extract_vectors`, read with a forward hook on the plain HF model
-    so that training needs no TransformerLens (a test checks the two agree).
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from mechintro.prompts import encode
-    from mechintro.vectors import METHODS
-
-    tok = AutoTokenizer.from_pretrained(str(folder))
-    hf: Any = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
-    hf = hf.to(device).eval()
-    method = METHODS["lindsey"]
-    prompts = [method.prompt(w) for w in [*words, *baseline]]
-    got: list[Tensor] = []
-    where: dict[str, Tensor] = {}
-
-    def read(module: Any, args: Any, output: Any) -> None:
-        h = output[0] if isinstance(output, tuple) else output
-        got.append(h[where["rows"], where["last"]].detach().float().cpu())
-
-    handle = hf.model.layers[layer].register_forward_hook(read)
-    try:
-        with torch.no_grad():
-            for i in range(0, len(prompts), 256):
-                batch = encode(tok, prompts[i : i + 256], device=device)
-                where.update(rows=torch.arange(len(batch), device=device),
-                             last=batch.position("last"))  # fmt: skip
-                pos = positions(batch.attention_mask)
-                hf(batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos)
-    finally:
-        handle.remove()
-    acts = torch.cat(got)
-    mean = acts[len(words) :].mean(0)
-    resid = float(torch.linalg.vector_norm(acts, dim=-1).double().mean())
-    vecs = {w: (a - mean) / torch.linalg.vector_norm(a - mean) for w, a in zip(words, acts)}
-    return vecs, resid
+    model = load_model(folder, device=device)
+    got = extract_vectors(model, words, layer=layer, baseline=baseline, batch_size=256)
+    vecs = {w: (v.vector / v.norm).cpu() for w, v in got.items()}
+    resid = next(iter(got.values())).resid_norm
+    assert resid is not None
+    return vecs, float(resid)
 
 
 def train_base(out: str | Path, cfg: TrainConfig, device: str = "cpu") -> dict[str, Any]:
@@ -361,17 +315,13 @@ def train_introspective(
     for block in model.model.layers[: cfg.layer + 1]:
         for p in block.parameters():
             p.requires_grad_(False)
-    hook = InjectionHook()
-    handle = model.model.layers[cfg.layer].register_forward_hook(hook)
     ex2 = corpus.phase2_examples(
         cs, cfg.n_examples, cfg.seed + 1, pseudo=pseudo, pseudo_fraction=cfg.pseudo
     )
     enc2 = encode_examples(tok, ex2)
-    try:
-        losses = _train(model, enc2, cfg.phase2_steps, cfg.phase2_lr, cfg, dev, vectors=vectors,
-                        hook=hook, label="phase 2")  # fmt: skip
-    finally:
-        handle.remove()
+    losses = _train(
+        model, enc2, cfg.phase2_steps, cfg.phase2_lr, cfg, dev, vectors=vectors, label="phase 2"
+    )
     meta = {"config": cfg.to_dict(), "phase": "introspective", "resid_norm": resid,
             "final_loss": sum(losses[-100:]) / max(1, len(losses[-100:])),
             "trained_from": "base", "n_pseudo": len(pseudo)}  # fmt: skip
@@ -387,67 +337,37 @@ def quick_eval(
     strengths: Sequence[float] = (0.5, 1.0, 1.5, 2.0, 3.0),
     n_controls: int = 100,
 ) -> dict[str, Any]:
-    """Greedy detection trials on the plain HF checkpoint (no TransformerLens, no KV cache):
-    the trainer's own validation numbers. The demo measures with the toolkit's full path."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from mechintro.experiments.protocols.detection import detection_prompt
-    from mechintro.experiments.trials import claims_detection, named_word
-    from mechintro.prompts import encode
+    """The trainer's own validation numbers: greedy detection trials
+    (:func:`mechintro.experiments.trials.detection_trials`, trials 1 and 2) on the train and
+    held-out concepts, and controls over trials 1-10, with vectors from ``base``."""
+    from mechintro.experiments.trials import detection_trials
+    from mechintro.models import load_model
 
     folder, base = Path(folder), Path(base)
     cfg = json.loads((folder / "training.json").read_text())["config"]
     cs = corpus.concepts(cfg["seed"])
-    tok = AutoTokenizer.from_pretrained(str(folder))
-    hf: Any = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
-    hf = hf.to(device).eval()
     words = [c.word for c in cs if c.split != "baseline"]
     unit, resid = concept_vectors(base, words, corpus.split(cs, "baseline"), cfg["layer"], device)
-    end_id = tok.convert_tokens_to_ids("<|end|>")
-    hook = InjectionHook()
-    handle = hf.model.layers[cfg["layer"]].register_forward_hook(hook)
-    out: dict[str, Any] = {}
-    try:
-        for name in ("train", "heldout", "control"):
-            if name == "control":
-                rows = [(words[0], 0.0, 1 + i % 10) for i in range(n_controls)]
-            else:
-                ws = corpus.split(cs, name)
-                rows = [(w, s, t) for s in strengths for w in ws for t in (1, 2)]
-            batch = encode(tok, [detection_prompt(t) for _, _, t in rows], device=device)
-            ids, att = batch.input_ids, batch.attention_mask
-            sv = torch.tensor([s for _, s, _ in rows], device=device)
-            hook.delta = torch.stack([unit[w] for w, _, _ in rows]).to(device) * sv[:, None] * resid
-            hook.start = batch.position("trial")
-            hook.end = torch.full_like(hook.start, 10**9)
-            for _ in range(14):
-                pos = positions(att)
-                nxt = hf(ids, attention_mask=att, position_ids=pos).logits[:, -1].argmax(-1)
-                ids = torch.cat([ids, nxt[:, None]], 1)
-                att = torch.cat([att, torch.ones_like(nxt)[:, None]], 1)
-            replies = []
-            for r in ids[:, batch.length :].tolist():
-                r = r[: r.index(end_id)] if end_id in r else r
-                replies.append(str(tok.decode(r)))
-            claim = [claims_detection(r) for r in replies]
-            if name == "control":
-                out["fpr"] = sum(claim) / len(claim)
-                continue
-            ident = [
-                c and named_word(r, words) == w for c, r, (w, _, _) in zip(claim, replies, rows)
-            ]
-            for s in strengths:
-                k = [i for i, row in enumerate(rows) if row[1] == s]
-                out[f"{name}@{s}"] = {
-                    "tpr": sum(claim[i] for i in k) / len(k),
-                    "identification": sum(ident[i] for i in k) / len(k),
-                }
-            out[f"{name}_examples"] = [
-                (rows[i][0], rows[i][1], replies[i]) for i in range(0, len(rows), 37)
-            ]
-    finally:
-        handle.remove()
-        hook.delta = None
+    model = load_model(folder, device=device)
+    kw: dict[str, Any] = dict(layer=cfg["layer"], max_new_tokens=14)
+    every = tuple(range(1, 11))
+    controls = detection_trials(
+        model, unit, resid, words=[], strengths=[], trials=every, n_controls=n_controls, **kw
+    )
+    out: dict[str, Any] = {"fpr": float(controls.claim.mean())}
+    for name in ("train", "heldout"):
+        ws = corpus.split(cs, name)
+        df = detection_trials(
+            model, unit, resid, words=ws, strengths=strengths, trials=(1, 2), **kw
+        )
+        for s, g in df.groupby("strength"):
+            out[f"{name}@{s}"] = {
+                "tpr": float(g.claim.mean()),
+                "identification": float(g.identified.mean()),
+            }
+        out[f"{name}_examples"] = list(
+            df[["word", "strength", "reply"]].iloc[::37].itertuples(index=False, name=None)
+        )
     return out
 
 

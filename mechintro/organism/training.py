@@ -101,9 +101,9 @@ def _evaluate(
     seed: int,
     strengths: Sequence[float],
 ) -> dict[str, Any]:
-    from mechintro.training.evaluation import detection_rates, detection_trials_mode
+    from mechintro.experiments.trials import detection_rates, detection_trials
 
-    df = detection_trials_mode(
+    df = detection_trials(
         model,
         world.vectors,
         world.resid_norm,
@@ -111,11 +111,12 @@ def _evaluate(
         words=world.heldout,
         strengths=strengths,
         mode=mode,
+        trials=(1,),
         n_controls=n_controls,
         temperature=1.0,
         seed=seed,
     )
-    return detection_rates(df, world.category)
+    return detection_rates(df, world.category).to_dict()
 
 
 def trained_path(method: str) -> Path:
@@ -158,7 +159,7 @@ def measure_trained(
                 n_controls,
                 seed,
             )
-            before, after = ev.before, ev.after
+            before, after = ev.before.to_dict(), ev.after.to_dict()
         keep = (
             "tpr", "tpr_ci", "fpr", "fpr_ci", "n_injected", "n_control", "tpr_by_strength",
             "paths",
@@ -380,8 +381,8 @@ def organism_bias(
             "n_controls": n_controls,
             "seed": seed,
         },
-        "before": ev.before,
-        "after": ev.after,
+        "before": ev.before.to_dict(),
+        "after": ev.after.to_dict(),
         "steps": res.steps,
         "train_seconds": res.seconds,
         "final_loss": res.mean_loss(),

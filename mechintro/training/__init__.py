@@ -35,7 +35,6 @@ from mechintro.training.bias import (
 )
 from mechintro.training.checkpoints import Checkpoint, compare_checkpoints
 from mechintro.training.common import ReplyBatch, TrainResult, encode_replies, reply_loss
-from mechintro.training.evaluation import check_heldout, detection_rates, detection_trials_mode
 from mechintro.training.lora import (
     FONSECA_NO,
     FONSECA_QUESTIONS,
@@ -72,10 +71,7 @@ __all__ = [
     "TrainResult",
     "TrainedBias",
     "biased",
-    "check_heldout",
     "compare_checkpoints",
-    "detection_rates",
-    "detection_trials_mode",
     "dpo_loss",
     "encode_replies",
     "evaluate_bias",

@@ -39,6 +39,12 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from mechintro.experiments.protocols.detection import TRIAL_QUESTION, detection_prompt
+from mechintro.experiments.trials import (
+    DetectionRates,
+    check_heldout,
+    detection_rates,
+    detection_trials,
+)
 from mechintro.inject import UNITS
 from mechintro.models import TLModel, backend_of, check_layer, d_model
 from mechintro.prompts import Prompt
@@ -60,7 +66,6 @@ from mechintro.training.common import (
     training_modules,
     unit_vectors,
 )
-from mechintro.training.evaluation import check_heldout
 from mechintro.training.lora import ExampleStream, TrainExample
 from mechintro.vectors import ConceptVector
 
@@ -319,11 +324,11 @@ def train_bias(
 
 @dataclass
 class BiasEvaluation:
-    """Held-out detection without and with the bias: rates (``tpr``, ``fpr``, ...) and the
-    graded trials of both runs (column ``biased``)."""
+    """Held-out detection without and with the bias: rates and the graded trials of both
+    runs (column ``biased``)."""
 
-    before: dict[str, Any]
-    after: dict[str, Any]
+    before: DetectionRates
+    after: DetectionRates
     trials: pd.DataFrame
 
 
@@ -353,8 +358,6 @@ def evaluate_bias(
     """
     import pandas as pd
 
-    from mechintro.training.evaluation import detection_rates, detection_trials_mode
-
     base = set(baseline or ())
     for v in vectors.values():
         if isinstance(v, ConceptVector) and isinstance(v.baseline, tuple):
@@ -372,13 +375,14 @@ def evaluate_bias(
         words=words,
         strengths=strengths,
         mode=mode,
+        trials=(1,),
         n_controls=n_controls,
         temperature=temperature,
         seed=seed,
     )
-    plain = detection_trials_mode(model, unit, resid_norm, **kw)
+    plain = detection_trials(model, unit, resid_norm, **kw)
     with biased(model, bias):
-        with_bias = detection_trials_mode(model, unit, resid_norm, **kw)
+        with_bias = detection_trials(model, unit, resid_norm, **kw)
     trials = pd.concat([plain.assign(biased=False), with_bias.assign(biased=True)])
     return BiasEvaluation(
         detection_rates(plain, category), detection_rates(with_bias, category), trials

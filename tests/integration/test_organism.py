@@ -13,7 +13,6 @@ from mechintro.inject import Injection, injected
 from mechintro.models import forward, load_model
 from mechintro.organism import corpus
 from mechintro.organism.train import (
-    InjectionHook,
     TrainConfig,
     concept_vectors,
     encode_examples,
@@ -21,6 +20,7 @@ from mechintro.organism.train import (
     train_introspective,
 )
 from mechintro.prompts import encode
+from mechintro.training.common import hf_injection
 from mechintro.vectors import extract_vectors
 
 CFG = TrainConfig(
@@ -76,20 +76,32 @@ def test_pipeline_writes_loadable_checkpoints(organisms):
             assert torch.equal(v, i_params[k]), k  # phase 2 left the frozen part alone
 
 
-def test_trainer_vectors_equal_extract_vectors(organisms):
+def test_trainer_vectors_equal_hf_hidden_states(organisms):
+    """The trainer's vectors (extract_vectors on the bridge, batched) equal Lindsey's
+    recipe computed prompt by prompt from the plain HF model's hidden states."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mechintro.vectors import METHODS
+
     cs = corpus.concepts(0)
     words, base = ["dog", "rain", "joy"], corpus.split(cs, "baseline")
     unit, resid = concept_vectors(organisms / "base", words, base, CFG.layer, "cpu")
-    model = load_model(organisms / "base")
-    ref = extract_vectors(model, words, layer=CFG.layer, baseline=base)
-    for w in words:
-        torch.testing.assert_close(unit[w], ref[w].vector / ref[w].norm, atol=1e-5, rtol=0)
-    mean_norm = torch.tensor([r.resid_norm for r in ref.values()])
-    # extract_vectors' resid_norm is over the call's words + baseline, like the trainer's
-    assert resid == pytest.approx(float(mean_norm[0]), rel=1e-5)
+    tok = AutoTokenizer.from_pretrained(organisms / "base")
+    hf = AutoModelForCausalLM.from_pretrained(organisms / "base", dtype=torch.float32).eval()
+    acts = []
+    for w in [*words, *base]:
+        batch = encode(tok, [METHODS["lindsey"].prompt(w)])
+        with torch.no_grad():
+            out = hf(batch.input_ids, output_hidden_states=True)
+        acts.append(out.hidden_states[CFG.layer + 1][0, -1])
+    A = torch.stack(acts)
+    mean = A[len(words) :].mean(0)
+    for w, a in zip(words, A):
+        torch.testing.assert_close(unit[w], (a - mean) / (a - mean).norm(), atol=1e-5, rtol=0)
+    assert resid == pytest.approx(float(A.norm(dim=-1).double().mean()), rel=1e-5)
 
 
-def test_training_hook_adds_what_injected_adds(organisms):
+def test_training_injection_adds_what_injected_adds(organisms):
     from transformers import AutoModelForCausalLM
 
     folder = organisms / "base"
@@ -100,16 +112,11 @@ def test_training_hook_adds_what_injected_adds(organisms):
     inj = Injection(CFG.layer, v, [3.0, 1.0], mode="from-trial")
     with injected(model, inj, batch):
         ref = forward(model, batch.input_ids, batch.attention_mask)
-    hook = InjectionHook()
-    hook.delta = v * torch.tensor([3.0, 1.0])[:, None]
-    hook.start, hook.end = batch.position("trial"), torch.full((2,), batch.length)
-    handle = hf.model.layers[CFG.layer].register_forward_hook(hook)
-    try:
+    delta = v * torch.tensor([3.0, 1.0])[:, None]
+    start, end = batch.position("trial"), torch.full((2,), batch.length)
+    with hf_injection(hf, {CFG.layer: (delta, start, end)}), torch.no_grad():
         pos = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-        with torch.no_grad():
-            got = hf(batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos).logits
-    finally:
-        handle.remove()
+        got = hf(batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos).logits
     real = batch.attention_mask.bool()
     torch.testing.assert_close(got[real], ref[real], atol=1e-5, rtol=0)
 

@@ -4,6 +4,7 @@ checkpoint comparison, and the organism runs end to end (a step each)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from mechintro.experiments.protocols.detection import detection_prompt
+from mechintro.experiments.trials import check_heldout
 from mechintro.inject import Injection, injected
 from mechintro.models import fingerprint, load_model
 from mechintro.prompts import Prompt, encode
@@ -24,7 +26,6 @@ from mechintro.training import (
     PreferencePair,
     TrainedBias,
     biased,
-    check_heldout,
     compare_checkpoints,
     dpo_loss,
     encode_replies,
@@ -387,8 +388,11 @@ def test_evaluate_bias_runs_before_and_after(tiny_dirs):
     vecs = {w: v / v.norm() for w, v in _vectors(d).items()}
     zero = evaluate_bias(model, TrainedBias(2, torch.zeros(d)), vecs, 1.0, ["apple", "river"],
                          layer=1, strengths=[4.0], baseline=["table"], n_controls=3)  # fmt: skip
-    assert zero.before["n_injected"] == 2 and zero.before["n_control"] == 3
-    assert zero.before["tpr"] == zero.after["tpr"]  # a zero bias changes nothing
+    assert zero.before.n_injected == 2 and zero.before.n_control == 3
+    # a zero bias changes nothing; the biased run takes the bridge (the twin has no bias hook)
+    assert zero.before.paths == ["twin"] and zero.after.paths == ["bridge"]
+    assert dataclasses.replace(zero.after, paths=["twin"]) == zero.before
+    assert list(zero.before.to_dict())[:3] == ["tpr", "tpr_ci", "n_injected"]
     got = zero.trials.groupby("biased").reply.apply(list)
     assert got[True] == got[False]
 
@@ -428,17 +432,22 @@ def test_compare_checkpoints(tiny_dirs):
         compare_checkpoints([("a", tiny_dirs["llama"])], lambda m: {"source": 1}, load=loader)
 
 
-def test_detection_trials_mode_equals_the_demo_trials(tiny_dirs):
+def test_detection_trials_batched_equal_per_trial(tiny_dirs):
+    """Batches of 4 (the last one of controls only, which runs without a hook) give the
+    replies of one trial at a time, and a row keeps its seed whatever its batch."""
     from mechintro.experiments.trials import detection_trials
-    from mechintro.training.evaluation import detection_trials_mode
 
     model = load_model(tiny_dirs["llama"])
     vecs = {w: v / v.norm() for w, v in _vectors(model.cfg.d_model).items()}
-    kw = dict(layer=1, words=WORDS[:2], strengths=[2.0, 4.0], n_controls=3, temperature=1.0,
-              seed=5, max_new_tokens=3)  # fmt: skip
-    ref = detection_trials(model, vecs, 1.0, **kw)
-    got = detection_trials_mode(model, vecs, 1.0, mode="from-trial", **kw)
-    pd.testing.assert_frame_equal(got, ref)
+    kw = dict(layer=1, words=WORDS[:2], strengths=[2.0, 4.0], n_controls=3, max_new_tokens=3)
+    one = detection_trials(model, vecs, 1.0, batch_size=1, **kw)
+    four = detection_trials(model, vecs, 1.0, batch_size=4, **kw)
+    assert len(one) == 7 and one.injected.tolist() == [True] * 4 + [False] * 3
+    pd.testing.assert_frame_equal(four, one)
+    sampled = dict(kw, temperature=1.0, seed=5)
+    a = detection_trials(model, vecs, 1.0, batch_size=4, **sampled)
+    b = detection_trials(model, vecs, 1.0, batch_size=4, **sampled)
+    pd.testing.assert_frame_equal(a, b)
 
 
 @pytest.mark.parametrize("run", ["organism-lora", "organism-bias"])
