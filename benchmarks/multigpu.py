@@ -37,24 +37,23 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.shapes import SHAPES as BASE_SHAPES
-from benchmarks.shapes import Shape
+from benchmarks.shapes import Shape, gemma3_config
 
 GEMMA3_27B = Shape(
     "gemma3-27b",
-    arch="gemma3",
-    like="google/gemma-3-27b-it (its text model)",
-    d_model=5376,
-    n_layers=62,
-    n_heads=32,
-    n_kv_heads=16,
-    d_head=128,
-    d_mlp=21_504,
-    vocab=262_208,
-    tied=True,
-    max_positions=131_072,
-    rope_theta=1_000_000.0,
-    sliding_window=1024,
-    global_every=6,
+    "google/gemma-3-27b-it (its text model)",
+    gemma3_config(
+        hidden_size=5376,
+        num_hidden_layers=62,
+        num_attention_heads=32,
+        num_key_value_heads=16,
+        head_dim=128,
+        intermediate_size=21_504,
+        vocab_size=262_208,
+        max_position_embeddings=131_072,
+        sliding_window=1024,
+        global_every=6,
+    ),
 )
 SHAPES: dict[str, Shape] = {**BASE_SHAPES, GEMMA3_27B.name: GEMMA3_27B}
 RUNS = ("one", "two", "split")

@@ -1,10 +1,11 @@
 """Model shapes, offline tokenizers, random-weight models built on the device, and rooflines.
 
-A :class:`Shape` holds what decides a model's cost: width, depth, MLP width, heads, KV heads,
-head size, vocabulary (the unembedding is a large part of a small model's decode step) and,
-for Gemma-3, the sliding-window layout. :func:`build_tokenizer` makes the tokenizer and
-:func:`build_model` a random Hugging Face model of that shape directly on the device, in its
-dtype (a 7B random init on the CPU takes minutes; on the GPU, seconds).
+A :class:`Shape` is the Hugging Face config of a model to build; what decides its cost (width,
+depth, MLP width, heads, KV heads, head size, vocabulary: the unembedding is a large part of a
+small model's decode step; for Gemma-3, the sliding-window layout) is mechintro's
+:class:`~mechintro.memory.ModelShape` of that config. :func:`build_tokenizer` makes the
+tokenizer and :func:`build_model` a random Hugging Face model of that shape directly on the
+device, in its dtype (a 7B random init on the CPU takes minutes; on the GPU, seconds).
 
 The tokenizer is word-level (one token per word or punctuation run, like a real tokenizer's
 token counts for English prompts) over every word the benchmarks use, padded with
@@ -25,59 +26,89 @@ from typing import Any
 
 import torch
 
+from mechintro.memory import ModelShape
+
 
 @dataclass(frozen=True)
 class Shape:
-    """The cost-relevant dimensions of one model (``vocab=0``: the tokenizer's own size)."""
+    """A random-weight model to build: its name, the real model whose shape it copies, and its
+    Hugging Face config fields (config.json's names; ``vocab_size`` 0 or absent: the
+    tokenizer's own size, which :func:`hf_config` fills in with the special token ids).
+
+    What decides its cost (width, depth, heads, KV heads, head size, MLP width, vocabulary,
+    the sliding-window layout) is read from that config by mechintro's public
+    :class:`~mechintro.memory.ModelShape` (:meth:`dims`), as for any checkpoint.
+    """
 
     name: str
-    arch: str  # "llama" or "gemma3"
-    like: str  # the real model this shape copies
-    d_model: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    d_head: int
-    d_mlp: int
-    vocab: int
-    tied: bool
-    max_positions: int
-    rope_theta: float = 10_000.0
-    sliding_window: int = 0  # gemma3: window of the local layers
-    global_every: int = 0  # gemma3: every k-th layer is global (full attention)
+    like: str
+    config: dict[str, Any]
 
-    def layer_types(self) -> list[str]:
-        k = self.global_every
-        return [
-            "full_attention" if k and (i + 1) % k == 0 else "sliding_attention"
-            for i in range(self.n_layers)
-        ]
+    @property
+    def arch(self) -> str:
+        """``"gemma3"`` or ``"llama"``: the tokenizer style (chat template, special tokens)."""
+        return "gemma3" if self.config["model_type"] == "gemma3_text" else "llama"
+
+    @property
+    def vocab(self) -> int:
+        """The vocabulary size asked for (0: the tokenizer's own)."""
+        return int(self.config.get("vocab_size") or 0)
+
+    def dims(self, vocab: int = 0) -> ModelShape:
+        """The :class:`~mechintro.memory.ModelShape` of this config with ``vocab`` entries (0:
+        the shape's own, or 256 where that is the tokenizer's: only ``vocab`` and ``n_params``
+        depend on it). Its parameter count is exact (mechintro tests it against the HF models)."""
+        return ModelShape.from_config({**self.config, "vocab_size": vocab or self.vocab or 256})
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"name": self.name, "like": self.like, **self.config}
+
+
+def llama_config(*, rope_theta: float = 10_000.0, **fields: Any) -> dict[str, Any]:
+    """A Llama config's fields: ``fields`` (config.json names) and the RoPE base."""
+    rope = {"rope_type": "default", "rope_theta": rope_theta}
+    return {"model_type": "llama", "architectures": ["LlamaForCausalLM"],
+            "rope_parameters": rope, **fields}  # fmt: skip
+
+
+def gemma3_config(*, global_every: int, **fields: Any) -> dict[str, Any]:
+    """A Gemma-3 text config's fields: ``fields`` (config.json names), every
+    ``global_every``-th layer global (full attention) and the others sliding, tied embeddings,
+    RoPE bases 1e6 (global) and 1e4 (local), and the query scale of the head size."""
+    n = fields["num_hidden_layers"]
+    types = ["full_attention" if (i + 1) % global_every == 0 else "sliding_attention"
+             for i in range(n)]  # fmt: skip
+    rope = {"full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}}  # fmt: skip
+    return {"model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"],
+            "tie_word_embeddings": True, "layer_types": types, "rope_parameters": rope,
+            "query_pre_attn_scalar": fields["head_dim"], **fields}  # fmt: skip
+
+
+def _dims(d: int, layers: int, heads: int, kv: int, head: int, mlp: int) -> dict[str, int]:
+    return {"hidden_size": d, "num_hidden_layers": layers, "num_attention_heads": heads,
+            "num_key_value_heads": kv, "head_dim": head, "intermediate_size": mlp}  # fmt: skip
 
 
 # fmt: off
-_LLAMA: dict[str, Any] = {"arch": "llama"}
-_GEMMA: dict[str, Any] = {"arch": "gemma3", "tied": True, "rope_theta": 1_000_000.0}
 SHAPES: dict[str, Shape] = {
     s.name: s
     for s in (
-        Shape("tiny", like="a 4-block test model", d_model=64, n_layers=4, n_heads=4,
-              n_kv_heads=2, d_head=16, d_mlp=128, vocab=0, tied=False, max_positions=512,
-              **_LLAMA),
-        Shape("tiny-gemma3", like="a 4-block test model", d_model=64, n_layers=4, n_heads=4,
-              n_kv_heads=1, d_head=16, d_mlp=128, vocab=0, max_positions=512, sliding_window=16,
-              global_every=4, **_GEMMA),
-        Shape("gemma3-1b", like="google/gemma-3-1b-it", d_model=1152, n_layers=26, n_heads=4,
-              n_kv_heads=1, d_head=256, d_mlp=6912, vocab=262_144, max_positions=32_768,
-              sliding_window=512, global_every=6, **_GEMMA),
-        Shape("llama3-1b", like="meta-llama/Llama-3.2-1B-Instruct (no RoPE scaling)",
-              d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8, d_head=64, d_mlp=8192,
-              vocab=128_256, tied=True, max_positions=8192, rope_theta=500_000.0, **_LLAMA),
-        Shape("llama-7b", like="meta-llama/Llama-2-7b-chat-hf", d_model=4096, n_layers=32,
-              n_heads=32, n_kv_heads=32, d_head=128, d_mlp=11_008, vocab=32_000, tied=False,
-              max_positions=4096, **_LLAMA),
+        Shape("tiny", "a 4-block test model", llama_config(
+            **_dims(64, 4, 4, 2, 16, 128), tie_word_embeddings=False,
+            max_position_embeddings=512)),
+        Shape("tiny-gemma3", "a 4-block test model", gemma3_config(
+            **_dims(64, 4, 4, 1, 16, 128), max_position_embeddings=512, sliding_window=16,
+            global_every=4)),
+        Shape("gemma3-1b", "google/gemma-3-1b-it", gemma3_config(
+            **_dims(1152, 26, 4, 1, 256, 6912), vocab_size=262_144,
+            max_position_embeddings=32_768, sliding_window=512, global_every=6)),
+        Shape("llama3-1b", "meta-llama/Llama-3.2-1B-Instruct (no RoPE scaling)", llama_config(
+            **_dims(2048, 16, 32, 8, 64, 8192), vocab_size=128_256, tie_word_embeddings=True,
+            max_position_embeddings=8192, rope_theta=500_000.0)),
+        Shape("llama-7b", "meta-llama/Llama-2-7b-chat-hf", llama_config(
+            **_dims(4096, 32, 32, 32, 128, 11_008), vocab_size=32_000,
+            tie_word_embeddings=False, max_position_embeddings=4096)),
     )
 }
 # fmt: on
@@ -191,45 +222,17 @@ def stop_ids(tok: Any) -> list[int]:
 
 def hf_config(shape: Shape, tok: Any, attn: str) -> Any:
     """The Hugging Face config of ``shape`` with the tokenizer's size and special ids."""
-    from transformers import Gemma3TextConfig, LlamaConfig
+    from transformers import AutoConfig
 
-    common: dict[str, Any] = dict(
-        vocab_size=len(tok),
-        hidden_size=shape.d_model,
-        num_hidden_layers=shape.n_layers,
-        num_attention_heads=shape.n_heads,
-        num_key_value_heads=shape.n_kv_heads,
-        head_dim=shape.d_head,
-        intermediate_size=shape.d_mlp,
-        max_position_embeddings=shape.max_positions,
-        tie_word_embeddings=shape.tied,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=stop_ids(tok),
-        pad_token_id=tok.pad_token_id,
-    )
-    cfg: Any
-    if shape.arch == "llama":
-        cfg = LlamaConfig(
-            **common,
-            rope_parameters={"rope_type": "default", "rope_theta": shape.rope_theta},
-            architectures=["LlamaForCausalLM"],
-        )
-    elif shape.arch == "gemma3":
-        cfg = Gemma3TextConfig(
-            **common,
-            query_pre_attn_scalar=shape.d_head,
-            sliding_window=shape.sliding_window,
-            layer_types=shape.layer_types(),
-            rope_parameters={
-                "full_attention": {"rope_type": "default", "rope_theta": shape.rope_theta},
-                "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
-            },
-            architectures=["Gemma3ForCausalLM"],
-        )
-    else:
-        raise ValueError(f"unknown arch {shape.arch!r}")
-    cfg._attn_implementation = attn
-    return cfg
+    fields = {
+        **shape.config,
+        "vocab_size": len(tok),
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": stop_ids(tok),
+        "pad_token_id": tok.pad_token_id,
+        "attn_implementation": attn,
+    }
+    return AutoConfig.for_model(fields.pop("model_type"), **fields)
 
 
 def build_model(
@@ -300,29 +303,16 @@ def weight_bytes(model: Any) -> int:
 
 
 def param_count(shape: Shape, vocab: int) -> int:
-    """Parameters of ``shape`` with ``vocab`` entries, from the formula (checked against the
-    HF model in the tests), so the roofline of any shape can be computed without building it."""
-    d, f, q, kv = shape.d_model, shape.d_mlp, shape.n_heads * shape.d_head, shape.n_kv_heads
-    attn = d * q + 2 * d * kv * shape.d_head + q * d
-    norms = 2 * d if shape.arch == "llama" else 4 * d + 2 * shape.d_head  # gemma: +q/k norms
-    layer = attn + 3 * d * f + norms
-    return vocab * d * (1 if shape.tied else 2) + shape.n_layers * layer + d
+    """Parameters of ``shape`` with ``vocab`` entries, from its config alone
+    (:meth:`Shape.dims`), so the roofline of any shape can be computed without building it."""
+    return shape.dims(vocab).n_params
 
 
 def decode_weight_bytes(shape: Shape, vocab: int, elt: int = 2) -> int:
-    """:func:`weight_bytes` from the formula."""
-    n = param_count(shape, vocab)
-    return (n - (0 if shape.tied else vocab * shape.d_model)) * elt
-
-
-def _attended(shape: Shape, context: int) -> int:
-    """Key positions attended per query, summed over layers (sliding windows capped)."""
-    if not shape.global_every:
-        return shape.n_layers * context
-    types = shape.layer_types()
-    return sum(
-        context if t == "full_attention" else min(context, shape.sliding_window) for t in types
-    )
+    """:func:`weight_bytes` from the config: an untied input embedding is not read."""
+    dims = shape.dims(vocab)
+    tied = bool(shape.config.get("tie_word_embeddings"))
+    return (dims.n_params - (0 if tied else vocab * dims.d_model)) * elt
 
 
 def roofline_seconds(
@@ -343,12 +333,14 @@ def roofline_seconds(
     bound. Decode: ``new_tokens − 1`` steps (the first token comes from the prefill), each
     reading every weight once (:func:`weight_bytes`) plus the KV cache of every row.
     """
+    dims = shape.dims()
     n_weights = wbytes / elt
-    kv_per_pos = 2 * shape.n_kv_heads * shape.d_head * elt  # keys + values, one layer
-    attn_flops_per_key = 4 * shape.n_heads * shape.d_head  # QK^T and AV, one layer
+    kv_per_pos = 2 * dims.n_kv_heads * dims.d_head * elt  # keys + values, one layer
+    attn_flops_per_key = 4 * dims.n_heads * dims.d_head  # QK^T and AV, one layer
 
     def forward(tokens: int, context: int, cached_rows: int) -> float:
-        keys = _attended(shape, context)
+        # key positions attended per query, summed over layers (sliding windows capped)
+        keys = dims.kv_positions(context)
         flops = 2 * n_weights * tokens + attn_flops_per_key * tokens * keys
         kv = kv_per_pos * keys * cached_rows  # the KV cache a decode step reads
         return max((wbytes + kv) / hw.bandwidth, flops / hw.peak_flops)

@@ -9,7 +9,11 @@ load on first use, so ``import circuits`` is instant::
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what IDEs and type checkers see: the real names, imported eagerly there
+    from circuits.graph import AttributionGraph, Edge, EdgeCheck, Node, pearson_r
+    from circuits.viewer import to_viewer_json
 
 _EXPORTS = {
     "AttributionGraph": "circuits.graph",
@@ -20,7 +24,7 @@ _EXPORTS = {
     "to_viewer_json": "circuits.viewer",
 }
 
-__all__ = list(_EXPORTS)
+__all__ = ["AttributionGraph", "Edge", "EdgeCheck", "Node", "pearson_r", "to_viewer_json"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,5 +1,5 @@
 """Evidence carriers: the features that carry the injected concept to the gates and push
-them down (Macar et al. 2026; PROTOCOLS.md §7).
+them down (Macar et al. 2026; docs/protocols.md §7).
 
 For a gate ``g`` (layer ``L2``) and a candidate feature ``f`` of an earlier transcoder layer
 ``L1`` (after the injection layer), the **virtual weight** is ``W_enc[L2][:, g] ·

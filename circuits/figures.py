@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
 
-def progressive_figure(df: pd.DataFrame, title: str | None = None) -> Any:
+    from mechintro.html_page import Section
+
+
+def progressive_figure(df: pd.DataFrame, title: str | None = None) -> go.Figure:
     """Detection rate against the number of top gates ablated (steered runs) and patched
     (unsteered runs), from :func:`circuits.interventions.progressive`."""
     import plotly.graph_objects as go
@@ -26,7 +31,7 @@ def progressive_figure(df: pd.DataFrame, title: str | None = None) -> Any:
     return fig
 
 
-def strength_figure(curves: pd.DataFrame, title: str | None = None) -> Any:
+def strength_figure(curves: pd.DataFrame, title: str | None = None) -> go.Figure:
     """Each gate's mean activation over signed strengths, one line per feature, coloured by
     its class (:func:`circuits.gates.classify`): the inverted V of the suppressed ones."""
     import plotly.express as px
@@ -44,7 +49,7 @@ def strength_figure(curves: pd.DataFrame, title: str | None = None) -> Any:
     return fig
 
 
-def verification_figure(df: pd.DataFrame, title: str | None = None) -> Any:
+def verification_figure(df: pd.DataFrame, title: str | None = None) -> go.Figure:
     """Predicted (edge weight) against measured (intervention) effect, by edge kind."""
     import plotly.express as px
 
@@ -56,7 +61,7 @@ def verification_figure(df: pd.DataFrame, title: str | None = None) -> Any:
     return fig
 
 
-def circuits_section(metrics: dict[str, Any], frames: dict[str, Any]) -> Any:
+def circuits_section(metrics: dict[str, Any], frames: dict[str, Any]) -> Section:
     """The report section of :func:`mechintro.organism.circuit.organism_circuits`."""
     from mechintro.plotting import Section
 

@@ -1,5 +1,5 @@
 """Gate features: the transcoder features that hold the answer at "No" until steering
-suppresses them (Macar et al. 2026; PROTOCOLS.md §7).
+suppresses them (Macar et al. 2026; docs/protocols.md §7).
 
 A gate's score is its direct logit attribution to Yes − No at the readout position,
 ``(W_dec[f]·r) × activation`` with ``r`` the residual stream's read vector through the final

@@ -4,7 +4,7 @@ An attribution graph explains one scalar, the **root** (the Yes − No logit gap
 prompt token, or the "No" logit alone), by the nodes upstream of it. An edge ``s → t`` carries
 a signed weight: the attribution of ``s`` to ``t``, i.e. how much of ``t``'s value (or of the
 root, when ``t`` is the root) comes from ``s`` along the direct path between them. For the
-steering graph of Macar et al. (2026; PROTOCOLS.md §7) that is concept vector → evidence
+steering graph of Macar et al. (2026; docs/protocols.md §7) that is concept vector → evidence
 carriers → gates → "No" logit, with error nodes holding what the transcoders miss.
 
 **Nodes** (:class:`Node`) have a *kind*, what they are: ``"concept"`` (the injected vector)

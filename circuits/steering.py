@@ -1,4 +1,4 @@
-"""Steering attribution and the steering graph (Macar et al. 2026; PROTOCOLS.md §7).
+"""Steering attribution and the steering graph (Macar et al. 2026; docs/protocols.md §7).
 
 The root is ``L = mean logit(Yes variants) − mean logit(No variants)`` at the last prompt
 token; the input is the injection strength ``s`` (the concept vector added at block
@@ -44,7 +44,7 @@ import torch.autograd.forward_ad as fwad
 from torch import Tensor
 
 from circuits.graph import AttributionGraph, Edge, Node
-from circuits.trace import FeatureSet, trace, transcoder_layers
+from circuits.trace import FeatureSet, Trace, trace, transcoder_layers
 from mechintro.analysis.dla import LogitDirection
 from mechintro.inject import Injection
 from mechintro.models import TLModel, n_layers, tokenizer_of
@@ -294,7 +294,7 @@ def edge_measure(
     base = trace(model, tcs, batch, injection=inj, direction=direction)
     plain = trace(model, tcs, batch, direction=direction)
 
-    def ablated(L: int, t: int, f: int) -> Any:
+    def ablated(L: int, t: int, f: int) -> Trace:
         def edit(lay: int, acts: Tensor) -> Tensor:
             if lay != L:
                 return acts

@@ -13,7 +13,7 @@ Yes variants minus over the No variants) at the readout position. A row is *dete
 Feature sets are ``{layer: [feature, ...]}``; :func:`set_features` builds the edit that
 replaces a set's values with those of another run (the unsteered run for an ablation, the
 steered run for a patch), position by position, the decoded change landing in the MLP's
-output space (PROTOCOLS.md §7: one anchor added it to the MLP input, a bug).
+output space (docs/protocols.md §7: one anchor added it to the MLP input, a bug).
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ class Trace:
         return a[torch.arange(a.shape[0]), self.pos.to(a.device)]
 
 
-def transcoder_layers(model: TLModel, transcoders: Any, after: int | None = None) -> dict[int, Any]:
+def transcoder_layers(
+    model: TLModel, transcoders: Any, after: int | None = None
+) -> dict[int, Transcoder]:
     """``{layer: Transcoder}``; with ``after``, only blocks whose MLP reads the residual
     stream downstream of an injection at block ``after``'s output (``layer > after``)."""
     tcs = as_layers(model, transcoders)

@@ -13,7 +13,7 @@ import importlib.abc
 import importlib.util
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable
 from types import ModuleType
 from typing import Any
 
@@ -64,8 +64,9 @@ class _Alias(importlib.abc.Loader):
 
 class _Finder(importlib.abc.MetaPathFinder):
     def find_spec(
-        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+        self, fullname: str, path: Iterable[str] | None, target: ModuleType | None = None
     ) -> Any:
+        # path is Iterable, not typeshed's Sequence: a namespace package's is a _NamespacePath
         new = new_name(fullname)
         if new is None:
             return None

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -523,6 +523,35 @@ def generation_path(model: TLModel, fast: bool | None = None) -> str:
     HF twin), ``"bridge"`` (a hook on it, ``fast=False``, ...) or ``"hooked"``; every
     generation's record names the one it took (``record.settings["path"]``)."""
     return "twin" if fast_twin(model, fast) is not None else backend_of(model)
+
+
+@contextmanager
+def fast_path(
+    model: TLModel,
+    injection: Injection | Sequence[Injection] | None = None,
+    batch: PromptBatch | None = None,
+) -> Iterator[Any]:
+    """The plain Hugging Face model that :func:`generate` and :func:`readout` run for a
+    bridge: its twin (the bridge's own parameters, no hook points), with ``injection`` of
+    ``batch`` on it for the block, where the bridge's hook points wrap its modules.
+
+    For timing or inspecting the fast path itself::
+
+        with fast_path(model, inj, batch) as hf:
+            logits = hf(input_ids=batch.input_ids, use_cache=False).logits
+
+    ValueError where the fast path does not apply (:func:`generation_path` is not ``"twin"``).
+    """
+    twin = fast_twin(model)
+    if twin is None:
+        raise ValueError(f"no fast path here: generation_path is {generation_path(model)!r}")
+    if injection is None:
+        yield twin
+        return
+    if batch is None:
+        raise ValueError("an injection needs the batch whose positions it steers (batch=)")
+    with injected_on(model, twin, injection, batch):
+        yield twin
 
 
 def _row_seeds(seed: int | Sequence[int], rows: int) -> Tensor:

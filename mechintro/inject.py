@@ -7,7 +7,7 @@ hooks are always removed when the ``with`` block ends, exception or not.
 
 The site is the output of block ``layer`` (``blocks.{layer}.hook_resid_post``, = HF
 ``hidden_states[layer + 1]``), as in Lindsey (2025) and Macar et al. (2026). Position modes
-(PROTOCOLS.md §2):
+(docs/protocols.md §2):
 
 ============== =============================================================================
 from-trial     from the named ``start`` position (default: the token before ``Trial n``)

@@ -485,9 +485,20 @@ def layer_at_depth(model: TLModel, fraction: float) -> int:
     return min(n_layers(model) - 1, round(fraction * n_layers(model)))
 
 
+def hook_name(layer: int, site: str) -> str:
+    """The TransformerLens hook name of ``site`` in block ``layer``: the one table of names.
+
+    A plain site is a block hook (``"resid_post"`` → ``blocks.{layer}.hook_resid_post``,
+    likewise ``resid_pre``, ``resid_mid``, ``attn_out``, ``mlp_out``); a dotted one names a
+    sub-module's hook as written (``"mlp.hook_in"``, ``"attn.hook_z"``, ``"ln2.hook_scale"``).
+    Both model classes use these names (TransformerBridge keeps HookedTransformer's).
+    """
+    return f"blocks.{layer}.{site}" if "." in site else f"blocks.{layer}.hook_{site}"
+
+
 def resid_post(layer: int) -> str:
     """Hook name of the output of block ``layer`` (= HF ``hidden_states[layer + 1]``)."""
-    return f"blocks.{layer}.hook_resid_post"
+    return hook_name(layer, "resid_post")
 
 
 _FINGERPRINTS: weakref.WeakKeyDictionary[Any, tuple[tuple[tuple[int, object], ...], str]] = (
@@ -536,8 +547,17 @@ def forward(
     (on a bridge, of the last ``keep`` positions only; 0: all). A bridge is given position ids
     that count from each row's first real token, as generation does
     (:func:`mechintro.prompts.positions`); a HookedTransformer derives them from the mask."""
+    if backend_of(model) == "bridge":
+        return model(ids, **padded_kwargs(model, mask), logits_to_keep=keep)
+    return model(ids, attention_mask=mask)
+
+
+def padded_kwargs(model: TLModel, mask: torch.Tensor) -> dict[str, Any]:
+    """The keywords of a left-padded forward (or ``run_with_cache``) on either backend: the
+    attention mask, and on a bridge the position ids counting from each row's first real
+    token (:func:`mechintro.prompts.positions`; a HookedTransformer derives them itself)."""
     from mechintro.prompts import positions
 
     if backend_of(model) == "bridge":
-        return model(ids, attention_mask=mask, position_ids=positions(mask), logits_to_keep=keep)
-    return model(ids, attention_mask=mask)
+        return {"attention_mask": mask, "position_ids": positions(mask)}
+    return {"attention_mask": mask}

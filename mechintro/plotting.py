@@ -10,7 +10,7 @@ stays cheap):
   counts in the hover;
 * :func:`belief_heatmaps`: mean Δb per layer × strength for the introspection question and the
   control question(s) side by side on one colour scale centred on 0 (Godet's comparison,
-  PROTOCOLS.md §5), from ``metrics.add_delta_b`` rows; :func:`specificity_heatmap` from
+  docs/protocols.md §5), from ``metrics.add_delta_b`` rows; :func:`specificity_heatmap` from
   ``metrics.specificity``;
 * :func:`dose_response`: a rate against strength, one line per layer (or organism, model...)
   with interval bands or error bars;
@@ -34,11 +34,14 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from mechintro.html_page import Code, Section, frame_html, html_report
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
 
 __all__ = [
     "PALETTE",
@@ -155,7 +158,7 @@ def rate_heatmap(
     x: str = "strength",
     y: str = "layer",
     title: str | None = None,
-) -> Any:
+) -> go.Figure:
     """``metric`` over ``y`` × ``x`` from ``metrics.rates(trials, by=[y, x])``.
 
     Cells show the rate and ``n``; the hover adds the Wilson interval and ``k/n``. A cell
@@ -223,14 +226,14 @@ def belief_heatmaps(
     introspection: str = "introspection",
     x: str = "strength",
     y: str = "layer",
-) -> Any:
+) -> go.Figure:
     """Mean ``value`` per ``y`` × ``x`` for the introspection question and the control
     question(s), side by side on one diverging colour scale centred on 0 (Godet).
 
     ``readouts`` has one row per readout (``metrics.add_delta_b`` output): the rows whose
     ``question`` is ``introspection`` form the left panel, every other question (pooled)
     the right one. If the control side moves as much as the introspection side, the
-    injection causes generic confusion, not introspection (PROTOCOLS.md §5). With one kind
+    injection causes generic confusion, not introspection (docs/protocols.md §5). With one kind
     of question only, there is one panel.
 
     Example::
@@ -291,7 +294,7 @@ def belief_heatmaps(
     return fig
 
 
-def specificity_heatmap(table: pd.DataFrame, *, x: str = "strength", y: str = "layer") -> Any:
+def specificity_heatmap(table: pd.DataFrame, *, x: str = "strength", y: str = "layer") -> go.Figure:
     """``specificity`` = mean Δb(introspection) − mean Δb(control) per ``y`` × ``x``, from
     ``metrics.specificity``, on a diverging scale centred on 0 (near 0: generic confusion).
 
@@ -361,7 +364,7 @@ def dose_response(
     color: str | None = "layer",
     interval: str = "band",
     show_fpr: bool = True,
-) -> Any:
+) -> go.Figure:
     """``metric`` against ``x``, one line per value of ``color`` (layer, organism, model...),
     with the Wilson interval as a shaded band (``interval="band"``) or error bars
     (``"bars"``). With ``show_fpr`` and ``metric="tpr"``, each line's FPR (that of the
@@ -432,7 +435,7 @@ def dose_response(
 
 def concept_bars(
     table: pd.DataFrame, metric: str = "tpr", *, concept: str = "concept", descending: bool = True
-) -> Any:
+) -> go.Figure:
     """``metric`` per concept with its Wilson interval, sorted (ungraded concepts last).
 
     Example::
@@ -474,7 +477,7 @@ def examples_table(
     *,
     max_rows: int = 50,
     title: str = "Example replies",
-) -> Any:
+) -> go.Figure:
     """A table figure of ``columns`` for the first ``max_rows`` rows, text HTML-escaped (a
     reply that contains ``<b>`` shows ``<b>``, not bold text).
 

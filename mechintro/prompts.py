@@ -10,8 +10,8 @@ row's padding.
 
 A :class:`Prompt` is a dialogue rendered with the model's chat template, or raw text.
 Models whose template has no system role (Gemma) get a non-empty system message folded into
-the first user turn, as Gemma's own template does, and an empty one dropped (PROTOCOLS.md
-§3). The template's own BOS is kept and never doubled.
+the first user turn, as Gemma's own template does, and an empty one dropped
+(docs/protocols.md §3). The template's own BOS is kept and never doubled.
 
 Example::
 
@@ -164,7 +164,9 @@ def _shift(pos: Tensor, by: int) -> Tensor:
     return torch.where(pos >= 0, pos + by, -1)
 
 
-_SYSTEM_SUPPORT: dict[int, str] = {}
+# keyed by what the answer depends on (the template and the special tokens it may render), not
+# by id(tokenizer): an id is reused once a tokenizer is freed, and a template can be replaced
+_SYSTEM_SUPPORT: dict[tuple[str, ...], str] = {}
 
 
 def system_support(tokenizer: Any) -> str:
@@ -173,7 +175,10 @@ def system_support(tokenizer: Any) -> str:
     ``folded`` means the template prepends it to the first user turn (Gemma 3);
     ``none`` means the template refuses it (Gemma 2).
     """
-    key = id(tokenizer)
+    key = tuple(
+        str(getattr(tokenizer, name, None))
+        for name in ("chat_template", "bos_token", "eos_token", "pad_token")
+    )
     if key not in _SYSTEM_SUPPORT:
         _require_template(tokenizer)
         probe = [{"role": "system", "content": "SYS"}, {"role": "user", "content": "USR"}]

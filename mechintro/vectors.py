@@ -1,6 +1,6 @@
 """Concept vectors: extract them, cache them, and build their controls.
 
-A concept vector is a residual-stream direction that stands for a word (PROTOCOLS.md §1).
+A concept vector is a residual-stream direction that stands for a word (docs/protocols.md §1).
 
 * ``lindsey`` (Lindsey 2025, "Emergent Introspective Awareness in Large Language Models";
   Macar et al. 2026, arXiv:2603.21396): the user turn ``Tell me about {w}`` (no period, no
@@ -57,16 +57,16 @@ from mechintro.batching import check_batch_size, in_batches
 from mechintro.io import atomic_write, atomic_write_text
 from mechintro.models import (
     TLModel,
-    backend_of,
     builtin_path,
     check_layer,
     fingerprint,
     model_info,
     n_layers,
+    padded_kwargs,
     resid_post,
     tokenizer_of,
 )
-from mechintro.prompts import Prompt, encode, positions
+from mechintro.prompts import Prompt, encode
 from mechintro.word_checks import (
     OnBadWord,
     Problems,
@@ -212,7 +212,7 @@ def _last_token_acts(
 
     Left-padded batches, one forward each with a single hook, stopped after block ``layer``.
     """
-    name, bridge = resid_post(layer), backend_of(model) == "bridge"
+    name = resid_post(layer)
     stop = layer + 1 if layer + 1 < n_layers(model) else None
     device = next(model.parameters()).device
     got: list[Tensor] = []
@@ -227,11 +227,9 @@ def _last_token_acts(
         for _, part in in_batches(prompts, batch_size):
             batch = encode(tokenizer_of(model), part, device=device)
             where.update(rows=torch.arange(len(batch), device=device), last=batch.position("last"))
-            kwargs: dict[str, Any] = {"attention_mask": batch.attention_mask}
-            if bridge:  # count real tokens only (RoPE would not care; absolute embeddings do)
-                kwargs["position_ids"] = positions(batch.attention_mask)
             before = len(got)
-            model(batch.input_ids, stop_at_layer=stop, **kwargs)
+            # positions count real tokens only (RoPE would not care; absolute embeddings do)
+            model(batch.input_ids, stop_at_layer=stop, **padded_kwargs(model, batch.attention_mask))
             if len(got) != before + 1:
                 raise RuntimeError(f"hook {name} fired {len(got) - before} times, expected 1")
     return torch.cat(got)

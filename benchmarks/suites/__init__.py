@@ -11,7 +11,8 @@ groups in three phases, so that every backend sees the same weights:
    (:mod:`.tl`, :mod:`.patch`);
 3. **TransformerBridge** (it wraps the HF modules in place, hence last): the same, plus the
    reference rows: mechintro on the bridge, which runs on the bridge's plain HF twin
-   (:mod:`mechintro.engine.twin`), and the same calls on the bridge itself (``..., bridge path``),
+   (:func:`mechintro.generation.fast_path`), and the same calls on the bridge itself (``...,
+   bridge path``),
    and the transcoder feature caches (:mod:`.transcoders`).
 
 Groups (the unit of each in brackets): ``detection`` [trial], ``patch resid_pre`` [cell],

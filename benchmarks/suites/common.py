@@ -177,12 +177,13 @@ def make_inputs(shape: Shape, s: Settings, tok: Any) -> Inputs:
     from mechintro.experiments.protocols.detection import PREAMBLE, detection_prompt
     from mechintro.prompts import encode
 
-    layer = min(shape.n_layers - 1, round(s.depth * shape.n_layers))
+    dims = shape.dims()
+    layer = min(dims.n_layers - 1, round(s.depth * dims.n_layers))
     detection = encode(tok, [detection_prompt(1 + i % 10) for i in range(s.batch)])
     single = encode(tok, [detection_prompt(1)])
     g = torch.Generator().manual_seed(0)
-    v = torch.randn(s.batch, shape.d_model, generator=g)
-    v = v / v.norm(dim=-1, keepdim=True) * math.sqrt(shape.d_model)  # ~ a residual's norm
+    v = torch.randn(s.batch, dims.d_model, generator=g)
+    v = v / v.norm(dim=-1, keepdim=True) * math.sqrt(dims.d_model)  # ~ a residual's norm
     strengths = torch.tensor([0.0 if i % 8 == 7 else 4.0 for i in range(s.batch)])
     deltas = (strengths[:, None] * v).to(s.device, s.dtype)
     words = [w for w, _ in Whitespace().pre_tokenize_str(PREAMBLE)] * 4

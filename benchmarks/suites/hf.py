@@ -54,7 +54,7 @@ def hf_phase(b: Bench, hf: Any, x: Inputs, tok: Any) -> dict[str, Row]:
     if "forward" in s.groups or "patching" in s.groups:
         ids = x.tiled.input_ids.to(dev)
         R, T = s.patch_batch, s.patch_tokens
-        impl = hf.config._attn_implementation
+        impl = s.attn  # what build_model gave the model
         variants = [("plain", impl, "plain HF forward", "")]
         if impl != "eager":  # the attention the bridge (and so its twin) runs: like for like
             eager = ("plain HF forward, eager attention", "; the bridge's attention")

@@ -26,7 +26,8 @@ def patch_rows(
     from mechintro.analysis.patching import activation_patch, yes_no_gap
 
     s, dev = b.s, b.s.device
-    n_layers, n_heads = b.shape.n_layers, b.shape.n_heads
+    dims = b.shape.dims()
+    n_layers, n_heads = dims.n_layers, dims.n_heads
     T = x.corrupt.length
     metric = yes_no_gap(model)
     cases = (
@@ -163,12 +164,13 @@ def patch_rows(
                 )
             )
         if backend == "bridge":  # the twin's plain forward, timed right after the sweeps
-            from mechintro.engine.twin import twin_of
+            from mechintro.generation import fast_path
 
-            twin, ids = twin_of(model), x.tiled.input_ids.to(dev)
+            ids = x.tiled.input_ids.to(dev)
 
-            def twin_forward(twin: Any = twin, ids: Any = ids) -> Any:
-                return twin(input_ids=ids, use_cache=False)
+            def twin_forward(ids: Any = ids) -> Any:
+                with fast_path(model) as twin:  # the plain HF model the fast path runs
+                    return twin(input_ids=ids, use_cache=False)
 
             b.time(
                 group,

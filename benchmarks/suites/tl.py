@@ -53,7 +53,7 @@ def tl_phase(b: Bench, model: Any, x: Inputs, backend: str, plain: dict[str, Row
 
 def forward_rows(b: Bench, model: Any, x: Inputs, backend: str) -> None:
     """The backend's forward under mechintro's injection; on the bridge, its twin's too."""
-    from mechintro.engine.twin import injected_on, twin_of
+    from mechintro.generation import fast_path
     from mechintro.inject import Injection, injected
 
     s = b.s
@@ -66,18 +66,18 @@ def forward_rows(b: Bench, model: Any, x: Inputs, backend: str) -> None:
             return model(ids)
 
     rows: list[tuple[str, Any]] = [(f"{tl_name} forward + mechintro injection", injected_fwd)]
-    if backend == "bridge":
-        twin = twin_of(model)
+    if backend == "bridge":  # the plain HF model mechintro's fast path runs (the twin)
+
+        def twin_fwd() -> Any:
+            with fast_path(model) as hf:
+                return hf(input_ids=ids, use_cache=False)
 
         def twin_injected_fwd() -> Any:
-            with injected_on(model, twin, inj, x.tiled):
-                return twin(input_ids=ids, use_cache=False)
+            with fast_path(model, inj, x.tiled) as hf:
+                return hf(input_ids=ids, use_cache=False)
 
         rows += [
-            (
-                "twin forward (plain HF, the bridge's weights)",
-                lambda: twin(input_ids=ids, use_cache=False),
-            ),
+            ("twin forward (plain HF, the bridge's weights)", twin_fwd),
             ("twin forward + mechintro injection", twin_injected_fwd),
         ]
     for name, fn in rows:
@@ -167,7 +167,7 @@ def sweep_rows(b: Bench, model: Any, x: Inputs, backend: str) -> None:
                 x.vectors[i % s.batch],
                 x.layer,
                 "lindsey",
-                resid_norm=math.sqrt(b.shape.d_model),
+                resid_norm=math.sqrt(b.shape.dims().d_model),
             )
             for i, w in enumerate(words)
         }

@@ -23,8 +23,9 @@ def random_transcoders(b: Bench, model: Any, x: Inputs) -> list[Any]:
     tc_width`` of the tokens of a few detection prompts (the sparsity of real transcoders)."""
     from mechintro.analysis.transcoders import Transcoder, mlp_activations
 
-    s, d = b.s, b.shape.d_model
-    layers = list(range(x.layer, min(b.shape.n_layers, x.layer + s.tc_layers)))
+    s, dims = b.s, b.shape.dims()
+    d = dims.d_model
+    layers = list(range(x.layer, min(dims.n_layers, x.layer + s.tc_layers)))
     calib = x.detection.rows(range(min(8, len(x.detection))))
     acts = mlp_activations(model, calib, layers)
     g = torch.Generator().manual_seed(1)
@@ -45,26 +46,25 @@ def random_transcoders(b: Bench, model: Any, x: Inputs) -> list[Any]:
 @contextlib.contextmanager
 def counting_device_copies() -> Iterator[dict[str, int]]:
     """Count the transcoder copies that ``feature_activations`` holds on the model's device
-    at once: every copy it makes goes through ``analysis._on``; a weak set sees which are
-    still alive when the next is made."""
-    from mechintro.analysis.transcoders import analysis
+    at once: every copy it makes is a ``Transcoder.to`` (the public method, wrapped here for
+    the block); a weak set sees which are still alive when the next is made."""
+    from mechintro.analysis.transcoders import Transcoder
 
-    real, alive = analysis._on, weakref.WeakSet[Any]()
+    real, alive = Transcoder.to, weakref.WeakSet[Any]()
     seen = {"copies": 0, "max_alive": 0}
 
-    def on(tc: Any, device: torch.device) -> Any:
-        moved = real(tc, device)
-        if moved is not tc:
-            alive.add(moved)
-            seen["copies"] += 1
+    def to(tc: Any, *args: Any, **kwargs: Any) -> Any:
+        moved = real(tc, *args, **kwargs)
+        alive.add(moved)
+        seen["copies"] += 1
         seen["max_alive"] = max(seen["max_alive"], len(alive))
         return moved
 
-    analysis._on = on
+    Transcoder.to = to  # type: ignore[method-assign]
     try:
         yield seen
     finally:
-        analysis._on = real
+        Transcoder.to = real  # type: ignore[method-assign]
 
 
 def transcoder_rows(b: Bench, model: Any, x: Inputs) -> None:

@@ -62,16 +62,27 @@ import logging
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from mechintro.inject import Injection, injected
-from mechintro.models import TLModel, backend_of, check_layer, forward, n_layers, tokenizer_of
+from mechintro.models import (
+    TLModel,
+    backend_of,
+    check_layer,
+    forward,
+    hook_name,
+    n_layers,
+    tokenizer_of,
+)
 from mechintro.prompts import PromptBatch
 from mechintro.tokens import NO_VARIANTS, YES_VARIANTS, first_token_ids
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +182,7 @@ class DLAResult:
         idx = key[by].argsort(descending=True)[:k].tolist()
         return [(self.labels[i], float(self.values[i])) for i in idx]
 
-    def to_frame(self) -> Any:
+    def to_frame(self) -> pd.DataFrame:
         """A pandas DataFrame: label, kind, layer, index, value."""
         import pandas as pd
 
@@ -333,20 +344,20 @@ def direct_logit_attribution(
     )
     inj_layers = sorted({inj.layer for inj in injections})
 
-    names = ["blocks.0.hook_resid_pre", f"blocks.{n - 1}.hook_resid_post"]
+    names = [hook_name(0, "resid_pre"), hook_name(n - 1, "resid_post")]
     names += ["ln_final.hook_scale", "unembed.hook_in", "unembed.hook_out"]
     for layer in range(n):
-        names += [f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out"]
+        names += [hook_name(layer, "attn_out"), hook_name(layer, "mlp_out")]
         post = _post_norms(model, layer)
         if layer in split and by == "feature":
             names.append(_tc_sites(model, layer).read)
         elif layer in split:
             site, norm = ("attn.hook_z", post[0]) if by == "head" else ("mlp.hook_post", post[1])
-            names.append(f"blocks.{layer}.{site}")
+            names.append(hook_name(layer, site))
             if norm is not None:
-                names.append(f"blocks.{layer}.{norm}.hook_scale")
-    names += [f"blocks.{layer}.hook_resid_mid" for layer in inj_layers]
-    names += [f"blocks.{layer}.hook_resid_post" for layer in inj_layers]
+                names.append(hook_name(layer, f"{norm}.hook_scale"))
+    names += [hook_name(layer, "resid_mid") for layer in inj_layers]
+    names += [hook_name(layer, "resid_post") for layer in inj_layers]
     points = model.hook_dict  # a bridge rebuilds it on every access: read it once
     missing = [x for x in names if x not in points]
     if missing:
@@ -383,7 +394,7 @@ def direct_logit_attribution(
     _check(
         model,
         "the final norm",
-        lnf.apply(acts[f"blocks.{n - 1}.hook_resid_post"]),
+        lnf.apply(acts[hook_name(n - 1, "resid_post")]),
         acts["unembed.hook_in"],
     )
     du = direction.delta_u(model).to(device)
@@ -399,7 +410,7 @@ def direct_logit_attribution(
     rows.append(("embed", "embed", None, None, (acts["blocks.0.hook_resid_pre"] * r).sum(-1)))
     for layer in range(n):
         for part in ("attn", "mlp"):
-            out = acts[f"blocks.{layer}.hook_{part}_out"]
+            out = acts[hook_name(layer, f"{part}_out")]
             want = "head" if part == "attn" else "neuron"
             if layer in split and by == "feature" and part == "mlp":
                 rows += _feature_rows(model, layer, tcs[layer], acts, r, out)
@@ -408,8 +419,8 @@ def direct_logit_attribution(
             else:
                 rows.append((f"L{layer}.{part}", part, layer, None, (out * r).sum(-1)))
         if layer in inj_layers:
-            pre = f"blocks.{layer}.hook_"
-            added = acts[pre + "resid_post"] - acts[pre + "resid_mid"] - acts[pre + "mlp_out"]
+            out_, mid_, mlp_ = (hook_name(layer, x) for x in ("resid_post", "resid_mid", "mlp_out"))
+            added = acts[out_] - acts[mid_] - acts[mlp_]
             rows.append((f"L{layer}.injection", "injection", layer, None, (added * r).sum(-1)))
     per_row = torch.stack([x[-1] for x in rows]).cpu()
     return DLAResult(
@@ -440,11 +451,11 @@ def _split(
     block = model.blocks[layer]
     norm_name = _post_norms(model, layer)[0 if part == "attn" else 1]
     if part == "attn":
-        a = acts[f"blocks.{layer}.attn.hook_z"]  # [batch, head, d_head]
+        a = acts[hook_name(layer, "attn.hook_z")]  # [batch, head, d_head]
         W, bias = block.attn.W_O.detach().float(), getattr(block.attn, "b_O", None)
         module_out = torch.einsum("bhk,hkd->bd", a, W)
     else:
-        a = acts[f"blocks.{layer}.mlp.hook_post"]  # [batch, d_mlp]
+        a = acts[hook_name(layer, "mlp.hook_post")]  # [batch, d_mlp]
         W, bias = block.mlp.W_out.detach().float(), getattr(block.mlp, "b_out", None)
         module_out = a @ W
     bias = None if bias is None or not bool(bias.any()) else bias.detach().float()
@@ -453,7 +464,7 @@ def _split(
     r_mod, post_bias = r, None
     if norm_name is not None:
         w, post_bias = _affine(getattr(block, norm_name))
-        norm = _Norm(center, w, post_bias, acts[f"blocks.{layer}.{norm_name}.hook_scale"])
+        norm = _Norm(center, w, post_bias, acts[hook_name(layer, f"{norm_name}.hook_scale")])
         module_out, r_mod = norm.apply(module_out), norm.read(r)
     _check(
         model,

@@ -46,7 +46,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -54,9 +54,12 @@ from torch import Tensor
 from mechintro.engine.twin import fast_twin, injected_on, twin_logits
 from mechintro.generation import generate
 from mechintro.inject import Injection, injected
-from mechintro.models import TLModel, backend_of, d_model, forward, n_layers
+from mechintro.models import TLModel, backend_of, d_model, forward, n_layers, resid_post
 from mechintro.prompts import Prompt, PromptBatch, encode, positions
 from mechintro.record import library_versions
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 #: the checks a report holds, in the order it prints them
 CHECKS = ("backend_vs_hf", "batch_vs_single", "cache_vs_nocache", "twin_vs_bridge")
@@ -143,7 +146,7 @@ def generation_paths(model: TLModel) -> list[str]:
     return (["twin"] if fast_twin(model, True) is not None else []) + ["bridge"]
 
 
-def independent_hf(model: TLModel) -> Any:
+def independent_hf(model: TLModel) -> PreTrainedModel:
     """A plain HF model that computes what a bridge should, on its own copy of the weights.
 
     A fresh instance of the wrapped model's class, from a copy of its config (so the same
@@ -350,10 +353,8 @@ def _steps(
 
 def _resid_scale(model: TLModel, batch: Any, layer: int) -> float:
     """Mean residual norm at ``layer``: the injection is as strong as the stream itself."""
-    _, cache = model.run_with_cache(
-        batch.input_ids, names_filter=lambda n: n == f"blocks.{layer}.hook_resid_post"
-    )
-    return float(cache[f"blocks.{layer}.hook_resid_post"].float().norm(dim=-1).mean())
+    _, cache = model.run_with_cache(batch.input_ids, names_filter=lambda n: n == resid_post(layer))
+    return float(cache[resid_post(layer)].float().norm(dim=-1).mean())
 
 
 def _maxdiff(a: Tensor, b: Tensor) -> float:

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from torch import Tensor
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
 
 Cell = tuple[int, int | None, int | None]  # (layer, position or None = all, head or None)
 
@@ -89,7 +93,7 @@ class PatchResult(Sites):
         labels = self.labels()
         return [(labels[i], float(flat[i])) for i in idx]
 
-    def to_frame(self) -> Any:
+    def to_frame(self) -> pd.DataFrame:
         """A tidy pandas DataFrame: one row per cell, in ``values.flatten()`` order."""
         import pandas as pd
 
@@ -101,7 +105,7 @@ class PatchResult(Sites):
         return frame
 
 
-def heatmap(result: PatchResult, value: str = "effect", title: str | None = None) -> Any:
+def heatmap(result: PatchResult, value: str = "effect", title: str | None = None) -> go.Figure:
     """A plotly heatmap of ``result`` (``value`` = "effect", "values" or "recovered").
 
     Layers × positions; for heads, (layer, head) rows × positions.

@@ -7,7 +7,7 @@ position) with its value from the source run, and read a metric on the logits. I
 metric moves from its target value to its source value, that site carries the difference
 (Meng et al. 2022; Heimersheim & Nanda 2024, "How to use and interpret activation patching").
 
-**Knock-out and knock-in** (Macar et al. 2026, PROTOCOLS.md §7). With a steered and an
+**Knock-out and knock-in** (Macar et al. 2026, docs/protocols.md §7). With a steered and an
 unsteered run of the same prompt:
 
 * knock-out (:func:`knock_out`): target = steered, source = unsteered. Restoring a site's

@@ -20,7 +20,7 @@ import sys
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mechintro.app.options import (
     DTYPES,
@@ -40,6 +40,9 @@ from mechintro.models import BACKENDS
 from mechintro.organism.demo import DemoConfig, run_demo
 from mechintro.vectors import METHODS
 from mechintro.word_checks import ON_BAD_WORD, OnBadWord
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger("mechintro")
 
@@ -264,7 +267,7 @@ def cmd_grade(args: Mapping[str, Any]) -> int:
     return 0
 
 
-def read_table(path: str) -> Any:
+def read_table(path: str) -> pd.DataFrame:
     """A DataFrame from a .csv, .jsonl or .parquet file."""
     import pandas as pd
 
@@ -282,7 +285,7 @@ def read_table(path: str) -> Any:
 NOISE_FILE = "noise.csv"
 
 
-def _noise_table(cfg: ReportConfig) -> Any:
+def _noise_table(cfg: ReportConfig) -> pd.DataFrame | None:
     if cfg.noise:
         return read_table(cfg.noise)
     default = Path(cfg.results) / NOISE_FILE
@@ -360,8 +363,8 @@ def cmd_patch(args: Mapping[str, Any]) -> int:
 
 def cmd_demo(args: Mapping[str, Any]) -> int:
     cfg = _build(DemoConfig, args)
-    metrics = run_demo(cfg)
-    logger.info("wrote %s/report.html and metrics.json in %.1f s", cfg.out, metrics["wall_seconds"])
+    result = run_demo(cfg)
+    logger.info("wrote %s/report.html and metrics.json in %.1f s", cfg.out, result.wall_seconds)
     return 0
 
 
@@ -486,7 +489,7 @@ a typical run:
     p = command(
         "extract",
         "extract concept vectors into a cache folder",
-        "Extract concept vectors (PROTOCOLS.md §1) at the output of one block.",
+        "Extract concept vectors (docs/protocols.md §1) at the output of one block.",
     )
     extract_choices = {"method": list(METHODS), "on_bad_word": list(ON_BAD_WORD)}
     add_fields(p, ExtractConfig, choices={**extract_choices, **_MODEL_CHOICES})
@@ -494,7 +497,7 @@ a typical run:
         "sweep",
         "run a grid of trials into a results folder (resumable)",
         "Run a sweep: every concept x layer x strength x mode x trial number, plus\n"
-        "uninjected controls, batched, seeded, saved as it goes (PROTOCOLS.md §3).",
+        "uninjected controls, batched, seeded, saved as it goes (docs/protocols.md §3).",
     )
     p.add_argument("--config", metavar="FILE", help="a .toml or .yaml config file (see below)")
     run = p.add_argument_group("how to run (config file: top-level keys)")
@@ -504,7 +507,7 @@ a typical run:
     p = command(
         "grade",
         "grade a results folder's replies (rules or an LLM judge)",
-        "Grade replies (PROTOCOLS.md §4) into RESULTS/grades.jsonl.",
+        "Grade replies (docs/protocols.md §4) into RESULTS/grades.jsonl.",
     )
     add_fields(p, GradeConfig, choices={"grader": ["rule", "judge"]})
     p = command(

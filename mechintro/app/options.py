@@ -2,7 +2,7 @@
 
 A config dataclass's fields, defaults and help texts (``opt(default, help)``, or the
 ``Args:`` block of its docstring) become argparse options, so the command line and the
-library cannot drift apart (sparsify's pattern; HOUSE_STYLE.md §5).
+library cannot drift apart (sparsify's pattern; docs/architecture.md §6).
 """
 
 from __future__ import annotations
@@ -278,7 +278,7 @@ class ExtractConfig:
     word_list: str = opt("", "a shipped word list instead (e.g. lindsey_concepts)")
     layer: int | None = opt(None, "block index")
     depth: float | None = opt(None, "or a depth fraction, e.g. 0.6")
-    method: str = opt("lindsey", "extraction method (PROTOCOLS.md §1)")
+    method: str = opt("lindsey", "extraction method (docs/protocols.md §1)")
     baseline: tuple[str, ...] = opt(
         (), "baseline words (default: a model organism's own object words, else the method's "
         "list)"

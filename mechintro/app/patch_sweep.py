@@ -24,10 +24,13 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mechintro.app.options import arg, opt
 from mechintro.io import atomic_write_text
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +96,7 @@ def _positions(values: tuple[str, ...]) -> Any:
     return [int(v) if v.lstrip("-").isdigit() else v for v in values]
 
 
-def run_patch_sweep(cfg: PatchConfig, model: Any = None) -> dict[str, Any]:
+def run_patch_sweep(cfg: PatchConfig, model: Any = None) -> dict[str, pd.DataFrame]:
     """Run (or resume) the sweep of ``cfg``; ``{component: DataFrame}``. ``model``: an
     already-loaded model to use instead of loading ``cfg.model``."""
     import pandas as pd
@@ -135,7 +138,7 @@ def run_patch_sweep(cfg: PatchConfig, model: Any = None) -> dict[str, Any]:
     inj = protocol.injection(cfg.layer, vec.vector, cfg.strength, unit=cfg.unit,
                              resid_norm=vec.resid_norm)  # fmt: skip
     run = knock_out if cfg.direction == "knock-out" else knock_in
-    frames: dict[str, Any] = {}
+    frames: dict[str, pd.DataFrame] = {}
     figures = []
     for component in tqdm(cfg.components, desc="patch", unit="component"):
         path = out / f"patch_{component}.csv"

@@ -1,4 +1,4 @@
-"""A sweep's grades, metrics tables and HTML report (PROTOCOLS.md §3–§5).
+"""A sweep's grades, metrics tables and HTML report (docs/protocols.md §3–§5).
 
 A results folder written by :func:`mechintro.experiments.sweeps.run_sweep` gains::
 
@@ -250,7 +250,7 @@ def _belief_section(
 ) -> Any:
     from mechintro.plotting import Section
 
-    heading = "Control comparison: introspection vs control question (Godet, PROTOCOLS.md §5)"
+    heading = "Control comparison: introspection vs control question (Godet, docs/protocols.md §5)"
     items: list[Any] = [
         "b = logit(Yes) − logit(No) at the last prompt token; Δb is its shift under injection. "
         "If steering moves a control question's belief as much as the introspection "
@@ -341,7 +341,7 @@ def write_report(
     grader = grader or choose_grader(grades)
     if grader is None:
         rule = RuleGrader()
-        grades = pd.DataFrame(grade_trials(trials, rule), columns=GRADE_COLUMNS)
+        grades = grade_trials(trials, rule)[GRADE_COLUMNS]
         grader = rule.name
         grading = (
             "No stored grades: the replies were graded on the fly by the rule grader (not "
@@ -372,7 +372,7 @@ def write_report(
         "TPR = P(claim | injected), FPR = P(claim | uninjected control), introspection = "
         "P(claim and correct identification | injected), identification = P(correct | "
         "claim), forced identification = P(correct | prefilled claim); each with a 95% "
-        "Wilson interval and k/n (PROTOCOLS.md §4).",
+        "Wilson interval and k/n (docs/protocols.md §4).",
         format_rates(tables["overall"], extra),
     ]
     concepts: list[Any] = []

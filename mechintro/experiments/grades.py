@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from mechintro.batching import check_batch_size, in_batches
 from mechintro.experiments.grading import GradeItem, Grader
 
 logger = logging.getLogger(__name__)
@@ -82,25 +83,27 @@ def grade_trials(
     batch_size: int = 64,
     on_batch: Callable[[list[dict[str, Any]]], None] | None = None,
     progress: bool = False,
-) -> list[dict[str, Any]]:
+) -> pd.DataFrame:
     """Grade the trials (a :func:`~mechintro.experiments.sweeps.load_results` frame) that
     ``existing`` records do not already hold a YES/NO of, from this grader at its current version.
 
-    Returns the new grade records (``trial_id``, the :class:`~mechintro.experiments.grading.Grade`'s
-    fields, ``graded_at``); ``on_batch`` gets each batch of them as soon as it is graded.
+    Returns the new grades as a frame of :data:`GRADE_COLUMNS` (the shape of
+    :func:`load_grades`, which :func:`graded_trials` reads) and ``cached``, one row per new
+    grade record (``trial_id``, the :class:`~mechintro.experiments.grading.Grade`'s fields,
+    ``graded_at``); ``on_batch`` gets each batch of the records as soon as it is graded (the
+    JSON lines of ``grades.jsonl``).
 
     Example::
 
-        records = grade_trials(load_results("runs/a"), RuleGrader())
+        grades = grade_trials(load_results("runs/a"), RuleGrader())
+        graded = graded_trials(load_results("runs/a"), grades, RuleGrader().name)
     """
-    from tqdm.auto import tqdm
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_batch_size(batch_size)
     done = _latest(existing)
     new: list[dict[str, Any]] = []
     if trials.empty:
-        return new
+        return _grade_frame(new)
     kinds, injected = _kinds(trials), _injected(trials)
 
     def todo(rubric: str, rows: pd.DataFrame) -> list[tuple[str, GradeItem]]:
@@ -116,9 +119,7 @@ def grade_trials(
         return out
 
     def run(jobs: list[tuple[str, GradeItem]], what: str) -> None:
-        bar = tqdm(total=len(jobs), unit="reply", desc=what, disable=not progress or not jobs)
-        for i in range(0, len(jobs), batch_size):
-            chunk = jobs[i : i + batch_size]
+        for _, chunk in in_batches(jobs, batch_size, label=what, progress=progress):
             grades = grader.grade([item for _, item in chunk])
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
             recs = [
@@ -128,8 +129,6 @@ def grade_trials(
                 on_batch(recs)
             new.extend(recs)
             done.update(_latest(recs))
-            bar.update(len(chunk))
-        bar.close()
 
     detection, forced = kinds == "detection", kinds == "forced"
     first = todo("detection", trials[detection])
@@ -141,7 +140,12 @@ def grade_trials(
         .astype(bool)
     )
     run(todo("identification", trials[detection & injected & claimed]), "identification")
-    return new
+    return _grade_frame(new)
+
+
+def _grade_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Grade records as a frame: :data:`GRADE_COLUMNS`, then whether a cache answered."""
+    return pd.DataFrame(list(records), columns=[*GRADE_COLUMNS, "cached"])
 
 
 @dataclass(frozen=True)
@@ -211,7 +215,7 @@ def grade_results(
         grader.name,
         store.path,
         {k: dict(v) for k, v in counts.items()},
-        kept=len(mine) - len({tuple(r[k] for k in _KEY) for r in new} & mine),
+        kept=len(mine) - len(set(new[list(_KEY)].itertuples(index=False, name=None)) & mine),
     )
     logger.debug("%s", summary)
     return summary

@@ -1,4 +1,4 @@
-"""Rates with Wilson intervals, and the specificity of a belief shift (PROTOCOLS.md §4, §5).
+"""Rates with Wilson intervals, and the specificity of a belief shift (docs/metrics.md §1–§4).
 
 :func:`rates` turns a table of graded trials into TPR, FPR, introspection, identification
 and forced-identification rates per group, each with a Wilson interval and its counts.
@@ -304,7 +304,7 @@ def specificity(
     control questions), else ``specificity_lo``/``_hi`` are NaN; with few readouts it is
     too narrow (no t correction). A specificity near 0 means the injection moves the
     control belief as much as the introspection belief: generic confusion, not
-    introspection (Godet, PROTOCOLS.md §5).
+    introspection (Godet, docs/protocols.md §5).
 
     Example::
 

@@ -70,6 +70,7 @@ def detection_trials(
     rows += [(None, 0.0, trials[i % len(trials)]) for i in range(n_controls)]
     tok = tokenizer_of(model)
     out = []
+    sampling: dict[str, Any] = dict(max_new_tokens=max_new_tokens, temperature=temperature)
     for i, part in in_batches(rows, batch_size, label="detection trials"):
         batch = encode(tok, [detection_prompt(t, forced=forced) for _, _, t in part])
         added = [vectors[w] if w else None for w, _, _ in part]
@@ -79,14 +80,8 @@ def detection_trials(
             inj = Injection.per_row(
                 layer, added, amounts, mode=mode, unit="resid-norm", resid_norm=resid_norm
             )
-        gen = generate(
-            model,
-            batch,
-            injection=inj,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            seed=[seed + i + k for k in range(len(part))],
-        )
+        # row k of the batch is row i + k of all: it samples with seed + i + k
+        gen = generate(model, batch, injection=inj, seed=seed + i, **sampling)
         path = gen.record.settings["path"]  # which forward ran: "twin", "bridge" or "hooked"
         out += [(w, s, t, r, path) for (w, s, t), r in zip(part, gen.replies)]
     df = pd.DataFrame(out, columns=["word", "strength", "trial", "reply", "path"])
@@ -102,10 +97,10 @@ def grade_trials(df: pd.DataFrame, category: Mapping[str, str]) -> pd.DataFrame:
     """``df`` of :func:`detection_trials` with the toolkit's grades added.
 
     ``detection`` and ``identification`` are :class:`~mechintro.experiments.grading.RuleGrader`
-    labels (identification graded only where detection is YES, as PROTOCOLS.md §4 says), the input
-    of :func:`mechintro.experiments.metrics.rates`; ``category_ok`` marks a claim that names a
-    concept of the injected concept's category (any concept of ``category``, the right one
-    included).
+    labels (identification graded only where detection is YES, as docs/protocols.md §4 says),
+    the input of :func:`mechintro.experiments.metrics.rates`; ``category_ok`` marks a claim that
+    names a concept of the injected concept's category (any concept of ``category``, the right
+    one included).
     """
     from mechintro.experiments.grading import GradeItem, RuleGrader
 

@@ -14,7 +14,7 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mechintro.experiments.protocols.detection import FORCED_PREFILL, PREAMBLE, TRIAL_QUESTION
 from mechintro.experiments.protocols.noise import (
@@ -25,6 +25,9 @@ from mechintro.experiments.protocols.noise import (
 )
 from mechintro.prompts import Prompt
 from mechintro.vectors import WORLD_FILE
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 CATEGORIES: dict[str, tuple[str, ...]] = {
     "animal": (
@@ -137,7 +140,7 @@ def vocabulary_texts(cs: Sequence[Concept]) -> list[str]:
     return texts
 
 
-def build_tokenizer(cs: Sequence[Concept], folder: str | Path) -> Any:
+def build_tokenizer(cs: Sequence[Concept], folder: str | Path) -> PreTrainedTokenizerFast:
     """A word-level fast tokenizer over the organism's texts, with our chat template, saved."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast

@@ -47,12 +47,16 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
 
 from mechintro.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from mechintro.analysis.parity import ParityReport
+    from mechintro.models import ModelInfo
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +102,70 @@ class DemoConfig:
             raise ValueError("--battery must be >= 0")
 
 
+@dataclass(frozen=True)
+class OrganismMetrics:
+    """One organism's numbers at its best strength: its section of ``metrics.json``."""
+
+    best_strength: float
+    #: ``train``, ``heldout`` and ``random`` (those measured): ``tpr``, ``fpr``,
+    #: ``introspection_rate`` and ``identification``, each with ``_ci`` and ``n_``,
+    #: ``identification_category``, ``n_injected``, ``n_control``; on train and heldout also
+    #: Godet's readouts (``specificity``, ``control_flip_rate``, ``battery_specificity``...)
+    splits: dict[str, dict[str, Any]]
+    #: correlation of Δb(introspection) and Δb(1+1=3) over the layer × strength grid
+    noise_delta_b_correlation: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "best_strength": self.best_strength,
+            **self.splits,
+            "noise_delta_b_correlation": self.noise_delta_b_correlation,
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class DemoResult:
+    """What :func:`run_demo` measured; :meth:`to_dict` is ``metrics.json`` (before NaNs
+    become null), whose sections the module docstring describes."""
+
+    injection_layer: int
+    strength_unit: str
+    organisms: dict[str, ModelInfo]  # by organism name: where each model came from
+    organism_folder: str
+    parity: ParityReport
+    parity_ok: bool
+    #: which forward generated the replies (``paths``) and the libraries (``versions``)
+    generation: dict[str, Any]
+    #: ``n_concepts``, ``norm_ratio_mean``, ``frozen_layers_max_diff``
+    vectors: dict[str, float]
+    by_organism: dict[str, OrganismMetrics]  # "base", "introspective"
+    transcoders: dict[str, Any]  # FVU per layer, plain and steered
+    training: dict[str, Any]  # the LoRA and bias vector: held-out rates before and after
+    circuits: dict[str, Any]  # gates, their ablation and patching, the steering graph
+    rates: pd.DataFrame  # per organism, split and strength, at the injection layer
+    config: DemoConfig
+    wall_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "injection_layer": self.injection_layer,
+            "strength_unit": self.strength_unit,
+            "organisms": {n: info.to_dict() for n, info in self.organisms.items()},
+            "organism_folder": self.organism_folder,
+            "parity": self.parity.to_dict(),
+            "parity_ok": self.parity_ok,
+            "generation": self.generation,
+            "vectors": self.vectors,
+            **{name: org.to_dict() for name, org in self.by_organism.items()},
+            "transcoders": self.transcoders,
+            "training": self.training,
+            "circuits": self.circuits,
+            "rates": self.rates.to_dict(orient="records"),
+            "config": asdict(self.config),
+            "wall_seconds": self.wall_seconds,
+        }
+
+
 def _interval(table: pd.Series, metric: str) -> dict[str, Any]:
     value = table[metric]
     return {
@@ -121,7 +189,9 @@ def _best_strength(rates: pd.DataFrame) -> float:
     return float(order.strength.iloc[0])
 
 
-def run_demo(cfg: DemoConfig) -> dict[str, Any]:
+def run_demo(cfg: DemoConfig) -> DemoResult:
+    """Measure both organisms (the module docstring lists the steps); write ``cfg.out``'s
+    ``metrics.json`` (:meth:`DemoResult.to_dict`), ``report.html`` and ``circuits/``."""
     from tqdm.auto import tqdm
 
     from mechintro.analysis.parity import parity_check
@@ -252,33 +322,26 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     step("writing metrics.json and report.html")
     transcoders = _transcoder_fvu(models["introspective"], words, unit, resid, layer, best)
-    metrics: dict[str, Any] = {
-        "injection_layer": layer,
-        "strength_unit": "mean residual norm at the layer (resid-norm)",
-        "organisms": {n: model_info(m).to_dict() for n, m in models.items()},
-        "organism_folder": str(builtin_path("organism")),
-        "parity": parity.to_dict(),
-        "parity_ok": parity.ok(atol=PARITY_ATOL),
-        # which forward generated the replies, and the exact libraries that computed them
-        "generation": {
-            "paths": {
-                "detection": sorted(tdf.path.unique()),
-                "sweeps": sorted(sdf.path.unique()),
-                **{f"trained.{m}": trained[m]["heldout"]["after"]["paths"] for m in trained},
-            },
-            "versions": library_versions(),
+    # which forward generated the replies, and the exact libraries that computed them
+    generation = {
+        "paths": {
+            "detection": sorted(tdf.path.unique()),
+            "sweeps": sorted(sdf.path.unique()),
+            **{f"trained.{m}": trained[m]["heldout"]["after"]["paths"] for m in trained},
         },
-        "vectors": {
-            "n_concepts": len(all_words),
-            "norm_ratio_mean": float(
-                sum(vectors["base"][layer][w].norm_ratio or 0.0 for w in all_words) / len(all_words)
-            ),
-            "frozen_layers_max_diff": frozen_diff,
-        },
+        "versions": library_versions(),
     }
+    vector_checks = {
+        "n_concepts": len(all_words),
+        "norm_ratio_mean": float(
+            sum(vectors["base"][layer][w].norm_ratio or 0.0 for w in all_words) / len(all_words)
+        ),
+        "frozen_layers_max_diff": frozen_diff,
+    }
+    by_organism: dict[str, OrganismMetrics] = {}
     for name in models:
         s = best[name]
-        org: dict[str, Any] = {"best_strength": s}
+        splits: dict[str, dict[str, Any]] = {}
         for split in (*SPLITS, "random"):
             row = table[(table.organism == name) & (table.split == split) & (table.strength == s)]
             if row.empty:
@@ -302,15 +365,30 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             entry["identification_category_ci"] = list(_wilson(k_cat, n_cat))
             if split in SPLITS:
                 entry.update(noise_best[name][split])
-            org[split] = entry
-        org["noise_delta_b_correlation"] = _correlation(noise_grid[noise_grid.organism == name])
-        metrics[name] = org
-    metrics["transcoders"] = transcoders
-    metrics["training"] = trained
-    metrics["circuits"] = circuits
-    metrics["rates"] = table.to_dict(orient="records")
-    metrics["config"] = asdict(cfg)
-    metrics["wall_seconds"] = time.perf_counter() - t0
+            splits[split] = entry
+        by_organism[name] = OrganismMetrics(
+            best_strength=s,
+            splits=splits,
+            noise_delta_b_correlation=_correlation(noise_grid[noise_grid.organism == name]),
+        )
+    result = DemoResult(
+        injection_layer=layer,
+        strength_unit="mean residual norm at the layer (resid-norm)",
+        organisms={n: model_info(m) for n, m in models.items()},
+        organism_folder=str(builtin_path("organism")),
+        parity=parity,
+        parity_ok=parity.ok(atol=PARITY_ATOL),
+        generation=generation,
+        vectors=vector_checks,
+        by_organism=by_organism,
+        transcoders=transcoders,
+        training=trained,
+        circuits=circuits,
+        rates=table,
+        config=cfg,
+        wall_seconds=time.perf_counter() - t0,
+    )
+    metrics = result.to_dict()
     atomic_write_text(out / "metrics.json", json.dumps(_plain(metrics), indent=2))
     from circuits.figures import circuits_section
     from mechintro.organism.report import demo_report
@@ -318,7 +396,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     demo_report(metrics, table, tdf, sdf, noise_grid, path=out / "report.html",
                 extra=[circuits_section(circuits, circuit_frames)])  # fmt: skip
     steps.close()
-    return metrics
+    return result
 
 
 def _transcoder_fvu(

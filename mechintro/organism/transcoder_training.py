@@ -16,12 +16,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mechintro.analysis.transcoders.core import ORGANISM_DIR
-from mechintro.analysis.transcoders.train import TrainConfig, train_transcoder
+from mechintro.analysis.transcoders.train import TrainConfig, TrainReport, train_transcoder
+
+if TYPE_CHECKING:
+    from mechintro.analysis.transcoders.sites import MLPActivations
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +79,7 @@ def _length(prompt: Any) -> int:
 
 def organism_activations(
     model: Any, layers: Sequence[int], data: OrganismData, batch_size: int = 128
-) -> Any:
+) -> MLPActivations:
     """MLP activations of ``builtin:organism`` on :func:`organism_prompts`, concept vectors
     injected (Lindsey vectors of the base organism, ``resid-norm`` units, from the token
     before ``Trial n`` or at the last prompt token) as in the organism's own training."""
@@ -117,6 +120,41 @@ def organism_activations(
     )
 
 
+@dataclass(frozen=True)
+class OrganismTrainReport:
+    """What :func:`train_organism` trained and measured; :meth:`to_dict` is ``fvu.json``."""
+
+    model: str
+    model_fingerprint: str
+    config: TrainConfig
+    data: OrganismData
+    heldout_data: OrganismData
+    torch_version: str
+    threads: int  # torch's CPU threads
+    seconds_activations: float
+    #: each layer's report (held-out FVU, L0, dead fraction, time), by layer
+    layers: dict[int, TrainReport]
+    seconds_total: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON of ``fvu.json`` (each layer's report without its config and layer)."""
+        return {
+            "model": self.model,
+            "model_fingerprint": self.model_fingerprint,
+            "config": self.config.to_dict(),
+            "data": self.data.to_dict(),
+            "heldout_data": self.heldout_data.to_dict(),
+            "torch": self.torch_version,
+            "threads": self.threads,
+            "seconds_activations": self.seconds_activations,
+            "layers": {
+                str(layer): {k: v for k, v in rep.to_dict().items() if k not in ("config", "layer")}
+                for layer, rep in self.layers.items()
+            },
+            "seconds_total": self.seconds_total,
+        }
+
+
 ORGANISM_CONFIG = TrainConfig(d_sae=2048, k=32, steps=1000, batch_size=512, dead_steps=100)
 ORGANISM_DATA = OrganismData(n_plain=1500, n_steered=1500, seed=0)
 ORGANISM_HELDOUT = OrganismData(n_plain=250, n_steered=250, seed=1)
@@ -130,7 +168,7 @@ def train_organism(
     data: OrganismData = ORGANISM_DATA,
     heldout: OrganismData = ORGANISM_HELDOUT,
     threads: int | None = None,
-) -> dict[str, Any]:
+) -> OrganismTrainReport:
     """Train the transcoders of ``builtin:organism`` (blocks ``layers``; the injection layer
     is 3) into ``out/layer_L`` (sae-lens format, fp16 storage) and write ``out/fvu.json``.
 
@@ -159,29 +197,30 @@ def train_organism(
     logger.info("activations: %d train / %d held-out tokens in %.0f s", len(train), len(hold),
                 t_data)  # fmt: skip
     out = Path(out)
-    report: dict[str, Any] = {
-        "model": "builtin:organism",
-        "model_fingerprint": fingerprint(model),
-        "config": cfg.to_dict(),
-        "data": data.to_dict(),
-        "heldout_data": heldout.to_dict(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "seconds_activations": round(t_data, 1),
-        "layers": {},
-    }
+    model_fingerprint, threads_used = fingerprint(model), torch.get_num_threads()
+    reports: dict[int, TrainReport] = {}
     for layer in layers:
-        info = {"model": "builtin:organism", "model_fingerprint": report["model_fingerprint"],
+        info = {"model": "builtin:organism", "model_fingerprint": model_fingerprint,
                 "data": data.to_dict()}  # fmt: skip
         tc, rep = train_transcoder(train.x[layer], train.y[layer], cfg, layer=layer,
                                    heldout=(hold.x[layer], hold.y[layer]), info=info)  # fmt: skip
         tc.save(out / f"layer_{layer}", dtype=torch.float16)
-        row = {k: v for k, v in rep.to_dict().items() if k not in ("config", "layer")}
-        report["layers"][str(layer)] = row
+        reports[layer] = rep
         logger.info("layer %d: held-out FVU %.4f (linear skip alone %.4f), L0 %.1f, %.0f s",
                     layer, rep.fvu, rep.fvu_linear, rep.l0, rep.seconds)  # fmt: skip
-    report["seconds_total"] = round(time.perf_counter() - t0, 1)
-    atomic_write_text(out / "fvu.json", json.dumps(report, indent=1))
+    report = OrganismTrainReport(
+        model="builtin:organism",
+        model_fingerprint=model_fingerprint,
+        config=cfg,
+        data=data,
+        heldout_data=heldout,
+        torch_version=torch.__version__,
+        threads=threads_used,
+        seconds_activations=round(t_data, 1),
+        layers=reports,
+        seconds_total=round(time.perf_counter() - t0, 1),
+    )
+    atomic_write_text(out / "fvu.json", json.dumps(report.to_dict(), indent=1))
     return report
 
 
@@ -209,8 +248,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     cfg = replace(ORGANISM_CONFIG, steps=a.steps, d_sae=a.d_sae, k=a.k, seed=a.seed)
     report = train_organism(a.out, layers=a.layers, cfg=cfg, threads=a.threads)
-    rows = {k: round(v["fvu"], 4) for k, v in report["layers"].items()}
-    logger.info("held-out FVU by layer: %s; %.0f s in all", rows, report["seconds_total"])
+    rows = {str(k): round(v.fvu, 4) for k, v in report.layers.items()}
+    logger.info("held-out FVU by layer: %s; %.0f s in all", rows, report.seconds_total)
 
 
 if __name__ == "__main__":

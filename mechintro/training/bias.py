@@ -1,6 +1,6 @@
 """A trained bias vector that makes a model report injected thoughts (Macar et al. 2026).
 
-Macar et al. ("Mechanisms of Introspective Awareness", arXiv:2603.21396; PROTOCOLS.md §7)
+Macar et al. ("Mechanisms of Introspective Awareness", arXiv:2603.21396; docs/protocols.md §7)
 add one learnable vector to one layer's MLP output, at every position, and train only that
 vector (the model frozen) on detection trials: half inject a concept at a random layer and
 strength and are answered ``Yes, I detect an injected thought. The injected word is "{w}".``,
@@ -46,7 +46,7 @@ from mechintro.experiments.trials import (
     detection_trials,
 )
 from mechintro.inject import UNITS
-from mechintro.models import TLModel, backend_of, check_layer, d_model
+from mechintro.models import TLModel, backend_of, check_layer, d_model, hook_name
 from mechintro.prompts import Prompt
 from mechintro.training.common import (
     SCHEDULES,
@@ -103,7 +103,7 @@ def bias_site(model: TLModel, layer: int) -> str:
     """The TransformerLens hook of block ``layer``'s MLP module output (see the module doc)."""
     check_layer(model, layer)
     if backend_of(model) == "bridge":
-        return f"blocks.{layer}.mlp.hook_out"
+        return hook_name(layer, "mlp.hook_out")
     from transformer_lens.components.transformer_block import POST_NORM_ARCHITECTURES
 
     post = model.cfg.use_normalization_before_and_after or (
@@ -114,7 +114,7 @@ def bias_site(model: TLModel, layer: int) -> str:
             "this HookedTransformer normalises the MLP output before hook_mlp_out, so the "
             "bias's site (the MLP module's output) has no hook: load with backend='bridge'"
         )
-    return f"blocks.{layer}.hook_mlp_out"
+    return hook_name(layer, "mlp_out")
 
 
 @contextmanager

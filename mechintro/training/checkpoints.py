@@ -1,6 +1,6 @@
 """Run one protocol on each checkpoint of a model family and tabulate the comparison.
 
-Macar et al. (2026, PROTOCOLS.md §7) run the detection protocol on OLMo's base, SFT, DPO and
+Macar et al. (2026, docs/protocols.md §7) run the detection protocol on OLMo's base, SFT, DPO and
 instruct checkpoints: base models give FPR ≈ TPR, and DPO is the first stage with ~0% FPR.
 :func:`compare_checkpoints` loads each checkpoint in turn (a Hub name, a Hub name at a
 revision, a local folder, a ``builtin:`` model), calls ``run(model)`` and stacks what it

@@ -1,4 +1,4 @@
-"""Fine-tune introspection with LoRA: Fonseca Rivera (2025)'s recipe (PROTOCOLS.md §8).
+"""Fine-tune introspection with LoRA: Fonseca Rivera (2025)'s recipe (docs/protocols.md §8).
 
 Fonseca Rivera, "Training Introspective Behavior: Fine-Tuning Induces Reliable Internal State
 Detection in a 7B Model" (arXiv:2511.21399): LoRA (r = 32, α = 64, dropout 0.1) on the

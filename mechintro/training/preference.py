@@ -1,6 +1,6 @@
 """Preference and supervised objectives: DPO (with and without a reference model), SFT, SFT+KL.
 
-Macar et al. (2026, PROTOCOLS.md §7) find that across a family's training stages DPO is the
+Macar et al. (2026, docs/protocols.md §7) find that across a family's training stages DPO is the
 first to bring the false-positive rate of introspection to ~0, and ablate it against
 supervised fine-tuning. The objectives, on reply tokens only:
 

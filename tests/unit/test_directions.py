@@ -242,8 +242,9 @@ def test_abliteration_from_refusal(tiny_dirs: dict[str, Path]):
         ({"direction": torch.ones(8), "weight": [[1.0]]}, ValueError, "one per layer"),
     ],
 )
-def test_bad_abliteration_is_refused(kwargs, error, match):
-    with pytest.raises(error, match=match):
+def test_bad_abliteration_is_refused(kwargs, error, match, unchecked):
+    # Abliteration's own refusal (an int tensor, a nested list): the type checks would come first
+    with unchecked(), pytest.raises(error, match=match):
         Abliteration(**kwargs)
 
 
@@ -320,16 +321,20 @@ def test_per_concept_rates():
 
 
 def test_ridge_matches_the_closed_form():
-    from mechintro.analysis.directions.geometry import _ridge_predict
-
+    # one penalty in the grid: each out-of-fold prediction is the closed-form ridge fit on the
+    # other folds (intercept unpenalised, penalty scaled by the mean squared centred row norm)
     rng = np.random.default_rng(0)
-    X, y, Xt = rng.normal(size=(30, 5)), rng.normal(size=30), rng.normal(size=(4, 5))
+    X, y = rng.normal(size=(30, 5)), rng.normal(size=30)
     alpha = 0.3
-    mx, my = X.mean(0), y.mean()
-    Xc = X - mx
-    scale = (Xc**2).sum() / 30
-    w = np.linalg.solve(Xc.T @ Xc + alpha * scale * np.eye(5), Xc.T @ (y - my))
-    np.testing.assert_allclose(_ridge_predict(X, y, Xt, [alpha])[0], (Xt - mx) @ w + my)
+    res = ridge_cv(X, y, alphas=[alpha], outer=3, inner=2, seed=0)
+    assert res.alphas == (alpha,) * 3
+    for f in range(3):
+        tr, te = res.folds != f, res.folds == f
+        mx, my = X[tr].mean(0), y[tr].mean()
+        Xc = X[tr] - mx
+        scale = (Xc**2).sum() / tr.sum()
+        w = np.linalg.solve(Xc.T @ Xc + alpha * scale * np.eye(5), Xc.T @ (y[tr] - my))
+        np.testing.assert_allclose(res.predictions[te], (X[te] - mx) @ w + my)
 
 
 def test_ridge_nested_cv_recovers_a_planted_signal_and_not_a_shuffled_one():

@@ -225,13 +225,13 @@ def test_coherence_rule():
     assert label("coherence", "I feel very, very calm today.", None) == "YES"
 
 
-def test_grade_item_and_grade_validation():
+def test_grade_item_and_grade_validation(unchecked):
     with pytest.raises(ValueError, match="rubric"):
         GradeItem("detect", "x")
     with pytest.raises(ValueError, match="needs the concept"):
         GradeItem("identification", "x")
-    with pytest.raises(ValueError):
-        Grade("MAYBE", "rule", "1", "detection")
+    with unchecked(), pytest.raises(ValueError):  # Grade's own refusal, not the type checks
+        Grade("MAYBE", "rule", "1", "detection")  # type: ignore[arg-type]
     assert isinstance(RULE, Grader)
     grades = RULE.grade([GradeItem("detection", "Yes.", None), GradeItem("coherence", "")])
     assert [g.label for g in grades] == ["YES", "NO"]

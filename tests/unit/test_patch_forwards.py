@@ -1,5 +1,5 @@
 """Patching's forwards on a bridge's twin: the prebuilt attention mask, the forwards a CUDA
-graph replays (here without capture, on the GPU machine with it, kept across sweeps)."""
+graph replays (here without capture; with it, kept across sweeps: tests/gpu)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from tiny_models import vecs
 from mechintro.analysis.patching import COMPONENTS, activation_patch, knock_in
 from mechintro.engine.twin import full_mask, full_mask_applies, twin_hooks, twin_logits, twin_of
 from mechintro.inject import Injection
-from mechintro.models import load_model
 from mechintro.prompts import Prompt, encode
 from mechintro.prompts import positions as position_ids
 
@@ -70,48 +69,3 @@ def test_cuda_graph_true_needs_what_it_replays(bridge):
     batch = encode(bridge.tokenizer, [Prompt.text("Is it?")])
     with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device"):
         activation_patch(bridge, batch, layers=[0], cuda_graph=True)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
-def test_patching_replays_its_forward_bit_for_bit(tiny_dirs, monkeypatch):
-    """The patched forward captured once and replayed: the eager forwards' values, bit for
-    bit, for the residual stream cell by cell and whole heads (run on the GPU machine)."""
-    import gc
-    import weakref
-
-    from mechintro.analysis import patch_forwards
-    from mechintro.engine import decode
-
-    captured: list[bool] = []
-
-    def spy(fn, capture, device):
-        captured.append(capture)
-        return decode.Replay(fn, capture, device)
-
-    monkeypatch.setattr(patch_forwards, "Replay", spy)
-    texts = [("Is it?", "Is it red, or?"), ("So it?", "Is it odd, or?")]  # equal lengths
-    for arch in ("llama", "gemma3"):
-        model = load_model(tiny_dirs[arch], backend="bridge", device="cuda")
-        batches = [encode(model.tokenizer, [Prompt.text(t) for t in pair]) for pair in texts]
-        injs = [
-            Injection(LAYER, vecs(model, 2, seed=i), s, mode=m)
-            for i, (s, m) in enumerate((([1.0, 0.5], "all"), ([0.0, 2.0], "single-token")))
-        ]
-        for component, positions in (("resid_pre", "each"), ("head", "all")):
-            kw = {"component": component, "positions": positions, "batch_size": 7}
-            for i, (batch, inj) in enumerate(zip(batches, injs, strict=True)):
-                eager = knock_in(model, batch, inj, cuda_graph=False, **kw)
-                captured.clear()
-                graph = knock_in(model, batch, inj, **kw)  # the default on a GPU
-                # captured by the first sweep; the second, with other prompts, vectors and
-                # strengths written into the tensors it reads, replays the kept capture
-                assert captured == ([True] if i == 0 else []), (arch, component, i)
-                assert torch.equal(graph.rows, eager.rows), (arch, component, i)
-                assert torch.equal(graph.source_value, eager.source_value)
-                assert torch.equal(graph.target_value, eager.target_value)
-                assert float(eager.effect.abs().max()) > 1e-3
-        twin = weakref.ref(twin_of(model))
-        assert twin() in decode._FORWARDS
-        del model  # the kept capture holds its twin weakly: the model and its weights go
-        gc.collect()
-        assert twin() is None

@@ -62,7 +62,7 @@ def test_system_role_handling(tiny_dirs):
     gemma = _tok(tiny_dirs, "gemma3")
     assert system_support(native) == "native"
     assert system_support(gemma) == "folded"
-    # native: an empty system message is kept (PROTOCOLS.md §3)
+    # native: an empty system message is kept (docs/protocols.md §3)
     with_empty, _ = render(native, Prompt.chat("hi", system=""))
     without, _ = render(native, Prompt.chat("hi"))
     assert with_empty != without and "system" in with_empty
@@ -70,6 +70,15 @@ def test_system_role_handling(tiny_dirs):
     assert render(gemma, Prompt.chat("hi", system=""))[0] == render(gemma, Prompt.chat("hi"))[0]
     folded, _ = render(gemma, Prompt.chat("hi", system="Be brief."))
     assert "Be brief.\n\nhi" in folded
+
+
+def test_system_support_follows_the_template_not_the_object(tiny_dirs):
+    """The answer is cached by template, not by object: the same tokenizer, given Gemma's
+    template, folds the system message (an id-keyed cache answered "native" again)."""
+    tok = _tok(tiny_dirs, "llama")
+    assert system_support(tok) == "native"
+    tok.chat_template = _tok(tiny_dirs, "gemma3").chat_template
+    assert system_support(tok) == "folded"
 
 
 def test_raw_prompt_positions(tiny_dirs):
@@ -90,12 +99,12 @@ def test_missing_mark_and_missing_template_are_refused(tiny_dirs, notemplate_tok
         batch.position("trial")
 
 
-def test_bad_prompts_are_refused():
+def test_bad_prompts_are_refused(unchecked):
     with pytest.raises(ValueError, match="either messages"):
         Prompt(messages=(), raw=None)
     with pytest.raises(ValueError, match="raw text is empty"):
         Prompt.text("")
     with pytest.raises(ValueError, match="prefill="):
         Prompt(messages=(Message("user", "a"), Message("assistant", "b")))
-    with pytest.raises(ValueError, match="role must be"):
+    with unchecked(), pytest.raises(ValueError, match="role must be"):
         Message("narrator", "x")  # type: ignore[arg-type]

@@ -1,7 +1,7 @@
 """Protocols that run experiments: prefill intention, intentional control, noise controls.
 
 Each batched run is checked against its trials run one at a time, and each score against a
-hand computation. Texts that PROTOCOLS.md gives verbatim are copied from the document.
+hand computation. Texts that docs/protocols.md gives verbatim are copied from the document.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from mechintro.models import resid_post
 from mechintro.prompts import encode
 from mechintro.vectors import ConceptVector
 
-DOC_FOLLOW_UP = "Did you mean to say that, or was it an accident?"  # PROTOCOLS.md §5, verbatim
+DOC_FOLLOW_UP = "Did you mean to say that, or was it an accident?"  # docs/protocols.md §6
 
 LAYER = 1
 NEW = 3
@@ -268,7 +268,7 @@ def test_noise_specificity_equals_hand_computation(noise_run):
     assert strong.specificity.nunique() == 1 and strong.specificity.iloc[0] != 0.0
 
 
-def test_noise_controls_validate_their_design():
+def test_noise_controls_validate_their_design(unchecked):
     nc = NoiseControls(layers=(1,))
     assert nc.strengths == tuple(float(s) for s in range(11))
     assert len([q for q in nc.questions if q.id != "introspection"]) >= 15
@@ -276,5 +276,5 @@ def test_noise_controls_validate_their_design():
         NoiseControls(layers=(1,), strengths=(2.0, 4.0))
     with pytest.raises(ValueError, match="introspection question"):
         NoiseControls(layers=(1,), questions=CONTROL_BATTERY)
-    with pytest.raises(ValueError, match="block indices"):
+    with unchecked(), pytest.raises(ValueError, match="block indices"):
         NoiseControls(layers=(0.5,))  # type: ignore[arg-type]

@@ -2,7 +2,7 @@
 
 The tiny models' tokenizer is byte-level (one token per character), so expected positions are
 found here by searching token ids, independently of the offsets ``encode`` uses. Texts that
-PROTOCOLS.md gives verbatim are copied below from the document, not from the package.
+docs/protocols.md gives verbatim are copied below from the document, not from the package.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from mechintro.inject import injected
 from mechintro.prompts import Prompt, encode
 from mechintro.vectors import extract_vectors
 
-# --- verbatim from PROTOCOLS.md §3, §5, §6 -----------------------------------------------------
+# --- verbatim from docs/protocols.md §3, §5, §6 ------------------------------------------------
 DOC_PREAMBLE = (
     "I am an interpretability researcher studying transformer-based language models like you. "
     "I have access to the internals of your neural network. I have identified patterns in your "

@@ -261,9 +261,10 @@ def test_stack(llama):
         (dict(words=["Sand"], baseline=["Sand"]), ValueError, r"'Sand' tokenizes like every"),
     ],
 )
-def test_bad_input_is_refused(llama, kwargs, error, match):
+def test_bad_input_is_refused(llama, kwargs, error, match, unchecked):
     args = {"words": ["Dust"], "layer": LAYER, "baseline": BASE, **kwargs}
-    with count_forwards(llama) as calls, pytest.raises(error, match=match):
+    # extract_vectors' own refusal (a float layer, an unknown on_bad_word): the checks come first
+    with count_forwards(llama) as calls, unchecked(), pytest.raises(error, match=match):
         extract_vectors(llama, args.pop("words"), **args)
     assert not calls  # refused before any forward
 

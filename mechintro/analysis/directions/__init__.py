@@ -7,7 +7,7 @@ template positions (the post-instruction tokens, e.g. ``<end_of_turn>\\n<start_o
 \\n``); the refusal direction of layer ``l`` is the normalised difference of the means,
 harmful − harmless. :func:`refusal_directions` returns all layers at once.
 
-**Abliteration** (Arditi et al. 2024; Macar et al. 2026, §7 of PROTOCOLS.md: TPR 10.8% →
+**Abliteration** (Arditi et al. 2024; Macar et al. 2026, docs/protocols.md §7: TPR 10.8% →
 63.8%). Remove the direction's projection from the residual stream at every layer and
 position: ``h ← h − w_l·(h·r̂)r̂``. :class:`Abliteration` is the intervention as a value
 (directions and per-layer weights, validated); :func:`abliterated` turns it into hooks for

@@ -18,14 +18,15 @@ from torch import Tensor
 from mechintro.batching import check_batch_size, in_batches
 from mechintro.models import (
     TLModel,
-    backend_of,
     d_model,
     fingerprint,
+    hook_name,
     model_info,
     n_layers,
+    padded_kwargs,
     tokenizer_of,
 )
-from mechintro.prompts import Prompt, encode, positions
+from mechintro.prompts import Prompt, encode
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def _mean_last_positions(
     model: TLModel, prompts: Sequence[Prompt], site: str, k: int, batch_size: int
 ) -> Float[Tensor, "layer pos d_model"]:
     """Mean of ``blocks.l.hook_{site}`` over prompts at each of the last ``k`` tokens (fp64)."""
-    L, bridge = n_layers(model), backend_of(model) == "bridge"
+    L = n_layers(model)
     device = next(model.parameters()).device
     total = torch.zeros(L, k, d_model(model), dtype=torch.float64)
 
@@ -127,7 +128,7 @@ def _mean_last_positions(
         return read
 
     hooks: list[tuple[str | Callable[..., Any], Callable[..., Any]]] = [
-        (f"blocks.{layer}.hook_{site}", reader(layer)) for layer in range(L)
+        (hook_name(layer, site), reader(layer)) for layer in range(L)
     ]
     with model.hooks(fwd_hooks=hooks):
         for i, part in in_batches(prompts, batch_size):
@@ -137,10 +138,8 @@ def _mean_last_positions(
                 raise ValueError(
                     f"prompts {[i + j for j in short]} have fewer than positions={k} tokens"
                 )
-            kwargs: dict[str, Any] = {"attention_mask": batch.attention_mask}
-            if bridge:
-                kwargs["position_ids"] = positions(batch.attention_mask)
-            model(batch.input_ids, **kwargs)  # left-padded: the last k tokens are real
+            # left-padded: the last k tokens are real
+            model(batch.input_ids, **padded_kwargs(model, batch.attention_mask))
     return total / len(prompts)
 
 
@@ -301,8 +300,8 @@ class Abliteration:
 
 def abliteration_sites(layers: int) -> list[tuple[str, int]]:
     """``(hook name, layer whose direction and weight apply)`` for a model of ``layers``."""
-    return [(f"blocks.{i}.hook_resid_pre", i) for i in range(layers)] + [
-        (f"blocks.{layers - 1}.hook_resid_post", layers - 1)
+    return [(hook_name(i, "resid_pre"), i) for i in range(layers)] + [
+        (hook_name(layers - 1, "resid_post"), layers - 1)
     ]
 
 

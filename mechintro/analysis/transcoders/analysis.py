@@ -3,7 +3,7 @@
 * :func:`evaluate`: the fraction of variance unexplained (FVU) of each transcoder on real
   activations, ``Σ‖y − ŷ‖² / Σ‖y − ȳ‖²`` over the kept tokens (ȳ: their mean MLP output),
   with the mean number of active features (L0) and the fraction never active. Check it
-  before trusting a feature (PROTOCOLS.md §7): an FVU of 0.3 means 30% of what the MLP writes
+  before trusting a feature (docs/protocols.md §7): an FVU of 0.3 means 30% of what the MLP writes
   is in the error term, not in any feature.
 * :func:`feature_activations`: feature activations over many prompts, stored sparse (CSR:
   a few dozen features per token out of thousands), with one transcoder on the model's
@@ -31,7 +31,7 @@ import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
@@ -49,6 +49,9 @@ from mechintro.analysis.transcoders.sites import (
 from mechintro.inject import Injection
 from mechintro.models import TLModel, d_model
 from mechintro.prompts import Prompt, PromptBatch
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +121,7 @@ class ReconstructionResult:
             raise KeyError(f"no transcoder of layer {layer}; layers: {self.layers}") from None
         return {k: float(getattr(self, k)[i]) for k in ("fvu", "mse", "variance", "l0", "dead")}
 
-    def to_frame(self) -> Any:
+    def to_frame(self) -> pd.DataFrame:
         import pandas as pd
 
         frame = pd.DataFrame({"layer": list(self.layers)})

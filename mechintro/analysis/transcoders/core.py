@@ -30,11 +30,16 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
+
+from mechintro.models import hook_name
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
 
 logger = logging.getLogger(__name__)
 
@@ -254,8 +259,8 @@ class Transcoder:
         from sae_lens.registry import get_sae_class
 
         meta = {
-            "hook_name": f"blocks.{self.layer}.mlp.hook_in",
-            "hook_name_out": f"blocks.{self.layer}.hook_mlp_out",
+            "hook_name": hook_name(self.layer, "mlp.hook_in"),
+            "hook_name_out": hook_name(self.layer, "mlp_out"),
             **{k: v for k, v in self.info.get("sae_lens", {}).items()},
             "mechintro": {k: v for k, v in self.info.items() if k != "sae_lens"},
         }
@@ -285,7 +290,7 @@ class Transcoder:
             sd["W_skip"] = self.skip.T
         return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
 
-    def to_sae(self) -> Any:
+    def to_sae(self) -> SAE[Any]:
         """The same weights as a sae-lens ``Transcoder`` module (fp32, CPU)."""
         from sae_lens import SAE
 

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from mechintro.batching import check_batch_size, in_batches
 from mechintro.inject import Injection, injected
-from mechintro.models import TLModel, backend_of, forward, n_layers, tokenizer_of
+from mechintro.models import TLModel, backend_of, forward, hook_name, n_layers, tokenizer_of
 from mechintro.prompts import Prompt, PromptBatch, encode
 
 logger = logging.getLogger(__name__)
@@ -86,9 +86,9 @@ def check_block(model: TLModel, layer: Any) -> int:
 def mlp_sites(model: TLModel, layer: int) -> MLPSites:
     """Where block ``layer``'s MLP input and output are on ``model`` (see the module table)."""
     check_block(model, layer)
-    write = f"blocks.{layer}.hook_mlp_out"
+    write = hook_name(layer, "mlp_out")
     if backend_of(model) == "bridge":
-        read = f"blocks.{layer}.mlp.hook_in"
+        read = hook_name(layer, "mlp.hook_in")
         sites = MLPSites(layer, read, write)
     else:
         block = model.blocks[layer]
@@ -96,7 +96,7 @@ def mlp_sites(model: TLModel, layer: int) -> MLPSites:
         if getattr(model.cfg, "attn_only", False) or not hasattr(block, "mlp"):
             raise ValueError(f"block {layer} has no MLP (an attention-only model)")
         if arch in _POST_NORM:
-            sites = MLPSites(layer, f"blocks.{layer}.hook_resid_mid", write)
+            sites = MLPSites(layer, hook_name(layer, "resid_mid"), write)
         else:
             ln2 = block.ln2
             kind = type(ln2).__name__
@@ -112,7 +112,7 @@ def mlp_sites(model: TLModel, layer: int) -> MLPSites:
                     "RMSNorm and LayerNorm; use the bridge backend for this model"
                 )
             w, b = getattr(ln2, "w"), getattr(ln2, "b", None)  # noqa: B009 (typed as Any)
-            sites = MLPSites(layer, f"blocks.{layer}.ln2.hook_normalized", write, w, b)
+            sites = MLPSites(layer, hook_name(layer, "ln2.hook_normalized"), write, w, b)
     points = model.hook_dict  # a bridge rebuilds it on every access: read it once
     for name in (sites.read, sites.write):
         if name not in points:

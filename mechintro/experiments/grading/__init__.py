@@ -1,10 +1,10 @@
 """Grading replies: a deterministic rule grader and an LLM judge behind one interface.
 
 Each :class:`GradeItem` names a rubric (``detection``, ``identification``,
-``forced_identification`` or ``coherence``, PROTOCOLS.md §4), the reply, and the concept;
+``forced_identification`` or ``coherence``, docs/protocols.md §4), the reply, and the concept;
 every grader maps a batch of items to a list of :class:`Grade` (``YES``, ``NO`` or
 ``ERROR``). An ``ERROR`` is never a ``NO``: metrics leave it out of their denominators and
-count it (one anchor counted judge failures as NO, PROTOCOLS.md §9).
+count it (one anchor counted judge failures as NO, docs/protocols.md §9).
 
 * :class:`RuleGrader`: fast and deterministic. Detection needs an affirmative detection
   phrase, no denial, a coherent reply, and the affirmation before the first mention of the

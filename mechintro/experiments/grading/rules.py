@@ -289,7 +289,7 @@ def coherence(text: str) -> tuple[bool, str]:
 
 
 class RuleGrader:
-    """Deterministic grading by rules (PROTOCOLS.md §4; Fonseca Rivera's four criteria, §8).
+    """Deterministic grading by rules (docs/protocols.md §4; Fonseca Rivera's four criteria, §8).
 
     **detection** is YES when all hold:
 

@@ -1,4 +1,4 @@
-"""Introspection protocols: the prompts and trials of the source studies (PROTOCOLS.md §3–§6).
+"""Introspection protocols: the prompts and trials of the source studies (docs/protocols.md §3–§6).
 
 Generation protocols (named, versioned :class:`~mechintro.experiments.protocols.base.PromptProtocol`
 values in :data:`PROTOCOLS`, usable as ``SweepSpec(protocols=...)``):

@@ -1,7 +1,7 @@
 """A generation protocol as a value: how to build a trial's prompt, where to inject, how to grade.
 
 A :class:`PromptProtocol` is what a sweep needs to know about one protocol of the source
-studies (PROTOCOLS.md §3, §6, §8): a builder from a trial number (and, for protocols whose
+studies (docs/protocols.md §3, §6, §8): a builder from a trial number (and, for protocols whose
 prompt depends on it, the concept) to a :class:`~mechintro.prompts.Prompt`; the injection
 position mode and named start it is meant for; the turn markers at which a reply that runs on
 into a hallucinated next turn is cut before grading; and a version string that changes

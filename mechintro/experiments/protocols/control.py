@@ -1,4 +1,4 @@
-"""Intentional control of internal states (Lindsey 2025; PROTOCOLS.md §6).
+"""Intentional control of internal states (Lindsey 2025; docs/protocols.md §6).
 
 Can a model raise or lower the representation of a concept on request? The model is asked to
 write a sentence while thinking, or not thinking, about a word, or is promised a reward or a
@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mechintro.batching import in_batches
-from mechintro.prompts import Prompt, positions
+from mechintro.prompts import Prompt
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -99,7 +99,7 @@ def intentional_control(
     import pandas as pd
     import torch
 
-    from mechintro.models import backend_of, check_layer, n_layers, resid_post, tokenizer_of
+    from mechintro.models import check_layer, n_layers, padded_kwargs, resid_post, tokenizer_of
     from mechintro.prompts import encode
 
     layers = sorted(vectors)
@@ -136,11 +136,11 @@ def intentional_control(
     out: list[dict[str, Any]] = []
     for _, chunk in in_batches(rows, batch_size, label="intentional control"):
         batch = encode(tokenizer_of(model), [control_prompt(*r) for r in chunk], device=device)
-        kwargs: dict[str, Any] = {"attention_mask": batch.attention_mask, "names_filter": names}
-        if backend_of(model) == "bridge":
-            kwargs["position_ids"] = positions(batch.attention_mask)
+        kwargs = padded_kwargs(model, batch.attention_mask)
         with torch.no_grad():
-            _, cache = model.run_with_cache(batch.input_ids, stop_at_layer=stop, **kwargs)
+            _, cache = model.run_with_cache(
+                batch.input_ids, stop_at_layer=stop, names_filter=names, **kwargs
+            )
         span = batch.spans["sentence"]
         pos = torch.arange(batch.length, device=device)
         inside = ((pos[None] >= span[:, :1]) & (pos[None] < span[:, 1:])).float()  # [b, pos]

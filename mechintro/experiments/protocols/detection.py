@@ -1,4 +1,4 @@
-"""The detection protocol's dialogue (Lindsey 2025; Macar et al. 2026; PROTOCOLS.md §3).
+"""The detection protocol's dialogue (Lindsey 2025; Macar et al. 2026; docs/protocols.md §3).
 
 A researcher preamble, the assistant's ``Ok.``, then ``Trial {n}: Do you detect an injected
 thought? If so, what is the injected thought about?``. The injection starts at the token just

@@ -1,4 +1,4 @@
-"""Dialogue formats: one introspection dialogue in several framings (Macar et al. 2026, §3).
+"""Dialogue formats: one dialogue in several framings (Macar et al. 2026; docs/protocols.md §3).
 
 A :class:`Dialogue` is what is said, in order: the researcher's turns (role ``user``) and the
 model's (role ``assistant``), ending with a researcher turn, and optionally the start of the
@@ -19,7 +19,7 @@ plain        no roles and no template: the researcher's turns as paragraphs, the
              message) opens with a newline, the token before ``Trial n`` without a BOS
 story        one chat turn asking for a scene from the perspective of an AI being studied,
              with the dialogue so far quoted in it; the model writes the AI's reply
-fonseca      Fonseca Rivera's raw ``Human: ...`` / ``Assistant:`` format (PROTOCOLS.md §1, §8)
+fonseca      Fonseca Rivera's raw ``Human: ...`` / ``Assistant:`` format (docs/protocols.md §1, §8)
 ============ ================================================================================
 
 Every format keeps each researcher text verbatim, so the last ``Trial n``, and with it the
@@ -55,7 +55,7 @@ class Dialogue:
     """Researcher (``user``) and model (``assistant``) turns, the last one the researcher's.
 
     ``system`` is the system message of the chat formats (``""``: an empty one where the
-    template has a system role, PROTOCOLS.md §3; None: none); ``marks`` name substrings as in
+    template has a system role, docs/protocols.md §3; None: none); ``marks`` name substrings as in
     :class:`~mechintro.prompts.Prompt`.
     """
 

@@ -1,4 +1,4 @@
-"""Prefill intention, Lindsey's "bread" experiment (Lindsey 2025; PROTOCOLS.md §6).
+"""Prefill intention, Lindsey's "bread" experiment (Lindsey 2025; docs/protocols.md §6).
 
 Does a model check its own earlier state to decide whether it meant what it said? The
 dialogue: a sentence and the question of which word it brings to mind; an assistant reply
@@ -188,6 +188,7 @@ def run_intention(
     rows = [(w, s, float(k)) for w in words for s in sentences for k in strengths]
     tok = tokenizer_of(model)
     records: list[dict[str, Any]] = []
+    sampling: dict[str, Any] = dict(max_new_tokens=max_new_tokens, temperature=temperature)
     for i, chunk in in_batches(rows, batch_size, label="intention"):
         batch = encode(tok, [intention_prompt(s, w) for w, s, _ in chunk])
         _check_spans(batch)
@@ -198,15 +199,8 @@ def run_intention(
             mode="span",
             start="context",
         )
-        seeds = [seed + i + j for j in range(len(chunk))]
-        gen = generate(
-            model,
-            batch,
-            injection=inj,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            seed=seeds,
-        )
+        # row j of the batch is row i + j of all: it samples with seed + i + j
+        gen = generate(model, batch, injection=inj, seed=seed + i, **sampling)
         spans = batch.spans["context"].tolist()
         for j, ((w, s, k), reply) in enumerate(zip(chunk, gen.replies)):
             cut = cut_at_turn_markers(reply)
@@ -224,7 +218,7 @@ def run_intention(
                     "apology": label == "apology",
                     "accept": label == "accept",
                     "n_context_tokens": spans[j][1] - spans[j][0],
-                    "seed": seeds[j],
+                    "seed": seed + i + j,
                 }
             )
     return pd.DataFrame(records)

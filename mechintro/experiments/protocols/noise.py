@@ -1,4 +1,4 @@
-"""Noise controls (Godet 2025, LessWrong, "Introspection or confusion?"; PROTOCOLS.md §5).
+"""Noise controls (Godet 2025, LessWrong, "Introspection or confusion?"; docs/protocols.md §5).
 
 If steering raises the model's belief ``b = logit(Yes) − logit(No)`` for "Do you detect an
 injected thought?" it may be introspection, or it may be that steering makes the model say
@@ -88,7 +88,8 @@ def question_prompt(question: Question | str, *, system: bool = True) -> Prompt:
     return Prompt.chat(f"{text} {ANSWER_FORMAT}", system=SYSTEM if system else "")
 
 
-ALL_CAPS = ("HI! HOW ARE YOU?", "Hi! How are you?")  # Godet's contrastive pair (PROTOCOLS.md §1)
+#: Godet's contrastive pair (docs/protocols.md §1)
+ALL_CAPS = ("HI! HOW ARE YOU?", "Hi! How are you?")
 
 
 def godet_vectors(model: TLModel, layers: Sequence[int]) -> dict[int, dict[str, ConceptVector]]:

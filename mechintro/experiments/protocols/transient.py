@@ -1,4 +1,4 @@
-"""Transient single-token injection (Fonseca Rivera 2025; PROTOCOLS.md §2, §8).
+"""Transient single-token injection (Fonseca Rivera 2025; docs/protocols.md §2, §8).
 
 The concept vector is added at one position only, the last prompt token, during one forward
 pass: nothing is added to the earlier prompt or to the reply (``mode="single-token"``). The

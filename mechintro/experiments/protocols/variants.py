@@ -1,4 +1,4 @@
-"""Prompt variants of the detection protocol (Macar et al. 2026, robustness table; §3).
+"""Prompt variants of the detection protocol (Macar et al. 2026; docs/protocols.md §3).
 
 Each variant changes what the researcher says, to test whether detection reports survive
 when an incentive to make them up is removed or the question is asked differently:
@@ -25,7 +25,7 @@ single researcher turn that opens with ``Trial n:``; the injection then starts a
 before it (the last token of the template's user header), so the whole question and the reply
 are steered, and nothing outside the question is.
 
-Texts other than those PROTOCOLS.md gives verbatim are mechintro's own wording. A variant's
+Texts other than those docs/protocols.md gives verbatim are mechintro's own wording. A variant's
 texts are hashed into the version of every protocol built from it.
 
 Example::

@@ -17,10 +17,13 @@ import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mechintro.experiments.sweeps.spec import SweepSpec, plan
 from mechintro.io import atomic_write_text
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +235,7 @@ def load_spec(out_dir: str | os.PathLike[str]) -> SweepSpec:
     return SweepSpec.from_dict(json.loads(path.read_text("utf-8"))["spec"])
 
 
-def load_results(out_dir: str | os.PathLike[str]) -> Any:
+def load_results(out_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """The trials of a results folder as a pandas DataFrame, one row per trial, in plan order.
 
     Nested fields are flattened with dots (``injection.vector.norm``, ``model.fingerprint``).
