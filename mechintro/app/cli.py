@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mechintro.app import organism_commands
 from mechintro.app.options import (
     DTYPES,
     ExtractConfig,
@@ -30,8 +31,8 @@ from mechintro.app.options import (
     ReportConfig,
     RunConfig,
     UsageError,
-    _build,
     add_fields,
+    build_config,
     read_config,
 )
 from mechintro.experiments.sweeps import SweepSpec
@@ -79,7 +80,7 @@ def sweep_settings(args: Mapping[str, Any]) -> tuple[RunConfig, dict[str, Any], 
     run_data = {k: v for k, v in data.items() if k != "spec"}
     run_data.update({k: v for k, v in args.items() if k in RUN_KEYS})
     spec_data = {**spec_data, **{k: v for k, v in args.items() if k in SPEC_KEYS}}
-    run = _build(RunConfig, run_data)
+    run = build_config(RunConfig, run_data)
     return run, spec_data, where
 
 
@@ -123,7 +124,7 @@ def cmd_extract(args: Mapping[str, Any]) -> int:
     from mechintro.models import layer_at_depth
     from mechintro.vectors import extract_vectors, word_list
 
-    cfg = _build(ExtractConfig, args)
+    cfg = build_config(ExtractConfig, args)
     try:
         words = list(cfg.words) or word_list(cfg.word_list)
     except ValueError as e:
@@ -245,7 +246,7 @@ def cmd_grade(args: Mapping[str, Any]) -> int:
     from mechintro.app.report import JUDGE_CACHE_FILE, grade_results
     from mechintro.experiments.grading import JudgeGrader, RuleGrader
 
-    cfg = _build(GradeConfig, args)
+    cfg = build_config(GradeConfig, args)
     grader: Any
     if cfg.grader == "rule":
         grader = RuleGrader()
@@ -295,7 +296,7 @@ def _noise_table(cfg: ReportConfig) -> pd.DataFrame | None:
 def cmd_report(args: Mapping[str, Any]) -> int:
     from mechintro.app.report import write_report
 
-    cfg = _build(ReportConfig, args)
+    cfg = build_config(ReportConfig, args)
     path = write_report(
         cfg.results,
         cfg.out or None,
@@ -320,7 +321,7 @@ def cmd_noise(args: Mapping[str, Any]) -> int:
     from mechintro.models import layer_at_depth
     from mechintro.vectors import extract_vectors
 
-    cfg = _build(NoiseConfig, args)
+    cfg = build_config(NoiseConfig, args)
     model = _load(cfg.model, cfg.backend, cfg.dtype, cfg.device)
     layers = sorted({*cfg.layers, *(layer_at_depth(model, d) for d in cfg.depths)})
     out = Path(cfg.out)
@@ -352,7 +353,7 @@ def cmd_noise(args: Mapping[str, Any]) -> int:
 def cmd_patch(args: Mapping[str, Any]) -> int:
     from mechintro.app.patch_sweep import PatchConfig, run_patch_sweep
 
-    cfg = _build(PatchConfig, args)
+    cfg = build_config(PatchConfig, args)
     frames = run_patch_sweep(cfg, _load(cfg.model, cfg.backend, cfg.dtype, cfg.device))
     for component, frame in frames.items():
         top = frame.reindex(frame.effect.abs().sort_values(ascending=False).index).head(5)
@@ -362,7 +363,7 @@ def cmd_patch(args: Mapping[str, Any]) -> int:
 
 
 def cmd_demo(args: Mapping[str, Any]) -> int:
-    cfg = _build(DemoConfig, args)
+    cfg = build_config(DemoConfig, args)
     result = run_demo(cfg)
     logger.info("wrote %s/report.html and metrics.json in %.1f s", cfg.out, result.wall_seconds)
     return 0
@@ -458,6 +459,7 @@ example:
 Measures the built-in organisms (builtin:organism-base, builtin:organism) in about a minute
 on a CPU: detection and identification of train and held-out concepts with intervals, the
 layer x strength sweep, Godet's noise control; writes metrics.json and report.html.""",
+    "organism": organism_commands.EPILOG,
 }
 
 
@@ -535,9 +537,19 @@ a typical run:
         "Writes OUT/patch_COMPONENT.csv as each is done (rerun to resume) and OUT/patch.html.",
     )
     add_fields(p, PatchConfig, choices=_MODEL_CHOICES)
-    p = command("demo", "run the offline demo (DIR/report.html, DIR/metrics.json)",
-                "Measure the built-in model organisms end to end, offline.")  # fmt: skip
+    p = command(
+        "demo",
+        "run the offline demo (DIR/report.html, DIR/metrics.json)",
+        "Measure the built-in model organisms end to end, offline.",
+    )
     add_fields(p, DemoConfig)
+    p = command(
+        "organism",
+        "build, train and measure the built-in organisms",
+        "Build the built-in organisms, train introspection into the base one (LoRA, bias "
+        "vector), evaluate an organism, train its transcoders (docs/organism.md).",
+    )
+    organism_commands.add_commands(p)
     return parser
 
 
@@ -555,6 +567,7 @@ COMMANDS: dict[str, Callable[[Mapping[str, Any]], int]] = {
     "noise": cmd_noise,
     "patch": cmd_patch,
     "demo": cmd_demo,
+    "organism": organism_commands.run,
 }
 
 

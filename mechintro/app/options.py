@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import re
 import types
@@ -48,8 +49,9 @@ def arg(help: str, **metadata: Any) -> Any:
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Per-field help from a dataclass docstring's ``Args:`` block (one line per field)."""
-    docs: dict[str, str] = {}
+    """Per-field help from a dataclass docstring's ``Args:`` block (one line per field), else
+    from the comment that ends the field's line in the class body."""
+    docs = _comment_docs(cls)
     lines = (cls.__doc__ or "").splitlines()
     if not any(line.strip() == "Args:" for line in lines):
         return docs
@@ -69,6 +71,16 @@ def field_docs(cls: type) -> dict[str, str]:
         else:
             break
     return {k: _plain(v) for k, v in docs.items()}
+
+
+def _comment_docs(cls: type) -> dict[str, str]:
+    """``{field: comment}`` for body lines ``name: type = default  # comment``."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    found = re.findall(r"^    (\w+): [^\n]*?  # ([^\n]+)$", source, flags=re.MULTILINE)
+    return {name: _plain(text) for name, text in found}
 
 
 def _plain(text: str) -> str:
@@ -91,11 +103,13 @@ def add_fields(
     *,
     suppress: bool = False,
     choices: Mapping[str, Sequence[Any]] | None = None,
+    defaults: Any = None,
 ) -> None:
     """One option per field of dataclass ``cls``: ``--field-name``, typed from the field's
     annotation, help from ``metadata["help"]`` or the docstring's ``Args:``, and the default
     shown. ``positional`` metadata makes an argument. With ``suppress``, options that are not
     given are absent from the parsed namespace (so they can override a config file).
+    ``defaults``: an instance of ``cls`` whose values are the defaults shown (a recipe's).
     """
     try:
         hints = typing.get_type_hints(cls)
@@ -111,6 +125,8 @@ def add_fields(
         default = f.default if f.default is not dataclasses.MISSING else None
         if f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
+        if defaults is not None:
+            default, has_default = getattr(defaults, f.name), True
         if f.metadata.get("positional"):
             parser.add_argument(f.name, help=help_text, metavar=f.name.upper())
             continue
@@ -160,13 +176,15 @@ def _show(value: Any) -> str:
     return "none" if value in (None, "") else str(value)
 
 
-def _tuples(args: Mapping[str, Any]) -> dict[str, Any]:
+def as_tuples(args: Mapping[str, Any]) -> dict[str, Any]:
+    """Parsed options with argparse's lists (``nargs="+"``) as the tuples dataclasses hold."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
 
 
-def _build(cls: Any, args: Mapping[str, Any]) -> Any:
+def build_config(cls: Any, args: Mapping[str, Any]) -> Any:
+    """``cls(**args)``, a refused value reported as a :class:`UsageError`."""
     try:
-        return cls(**_tuples(args))
+        return cls(**as_tuples(args))
     except (TypeError, ValueError) as e:
         raise UsageError(str(e)) from None
 

@@ -13,16 +13,15 @@ Training injects with :func:`mechintro.training.common.hf_injection`, the traine
 HF decoder layer; a test checks that it adds exactly what :func:`mechintro.inject.injected` adds
 on the TransformerLens model.
 
-Run on a GPU (each phase takes minutes; a CPU step takes about a second)::
+Run on a GPU (a CPU runs it too, much slower)::
 
-    python -m mechintro.organism.train --out organisms --device cuda
+    mechintro organism build --out organisms --device cuda
 
 ``--out DIR`` gets ``DIR/base`` (reused if present) and ``DIR/introspective``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -369,27 +368,3 @@ def quick_eval(
             df[["word", "strength", "reply"]].iloc[::37].itertuples(index=False, name=None)
         )
     return out
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--out", required=True)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--set", nargs="*", default=[], help="TrainConfig overrides, key=json")
-    p.add_argument("--eval", action="store_true", help="print quick detection numbers after")
-    a = p.parse_args(argv)
-    over = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
-    if "strengths" in over:
-        over["strengths"] = tuple(over["strengths"])
-    cfg = TrainConfig(**over)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    out = Path(a.out)
-    if not (out / "base" / "config.json").is_file():
-        train_base(out / "base", cfg, a.device)
-    train_introspective(out / "base", out / "introspective", cfg, a.device)
-    if a.eval:
-        print("EVAL", json.dumps(quick_eval(out / "introspective", out / "base", a.device)))
-
-
-if __name__ == "__main__":
-    main()

@@ -16,13 +16,12 @@ rule grader; :func:`mechintro.experiments.trials.detection_trials`):
 Both write ``DIR/result.json`` with ``before`` and ``after`` (``tpr``, ``fpr``, their
 intervals and counts, per-strength rates) and return it::
 
-    python -m mechintro.organism.training organism-lora --out runs/lora
-    python -m mechintro.organism.training organism-bias --out runs/bias
+    mechintro organism lora --out runs/lora
+    mechintro organism bias --out runs/bias
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -121,7 +120,7 @@ def _evaluate(
 
 def trained_path(method: str) -> Path:
     """The folder of the shipped run of ``method`` ("lora" or "bias"): its weights and
-    ``result.json``, written by ``python -m mechintro.organism.training organism-<method>``."""
+    ``result.json``, written by ``mechintro organism <method>``."""
     if method not in ("lora", "bias"):
         raise ValueError(f"method must be 'lora' or 'bias', got {method!r}")
     return Path(__file__).resolve().parents[1] / "organism" / "trained" / method
@@ -208,7 +207,7 @@ def organism_lora_config(**overrides: Any) -> Any:
     (r 32, α 64, dropout 0.1, lr 2e-4, 3 epochs, balanced negatives), with the organism's
     sentences, questions (after the detection preamble) and strengths in residual-norm units;
     batch 16, so the 3 epochs over 60 concepts × 5 questions × 4 strengths (+ as many
-    negatives) are 450 steps, about 7 minutes on one CPU thread."""
+    negatives) are 450 steps."""
     from mechintro.organism import corpus
     from mechintro.training.lora import LoRAConfig
 
@@ -391,49 +390,3 @@ def organism_bias(
         "train_words": world.train,
     }
     return _write(out, result)
-
-
-_CLI_DOC = """``python -m mechintro.organism.training organism-lora|organism-bias --out DIR``:
-train introspection into the base organism and write ``DIR/result.json`` (held-out TPR/FPR before
-and after)."""
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m mechintro.organism.training", description=_CLI_DOC)
-    sub = p.add_subparsers(dest="run", required=True)
-    for name, what in (
-        ("organism-lora", "Fonseca Rivera's LoRA recipe (mechintro.training.lora)"),
-        ("organism-bias", "Macar et al.'s trained bias vector (mechintro.training.bias)"),
-    ):
-        s = sub.add_parser(name, help=what, description=what)
-        s.add_argument("--out", required=True, help="output folder (result.json goes there)")
-        s.add_argument("--seed", type=int, default=0, help="training and sampling seed")
-        s.add_argument("--n-controls", type=int, default=200, help="uninjected trials")
-        s.add_argument("--device", default="cpu")
-        s.add_argument(
-            "--steps", type=int, default=None, help="training steps (default: the config's)"
-        )
-        s.add_argument(
-            "--set",
-            nargs="*",
-            default=[],
-            metavar="KEY=JSON",
-            help="other config fields, e.g. lr=5e-4",
-        )
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    over = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
-    if a.run == "organism-lora":
-        if a.steps is not None:
-            over["max_steps"] = a.steps
-        result = organism_lora(a.out, seed=a.seed, n_controls=a.n_controls, device=a.device, **over)
-    else:
-        if a.steps is not None:
-            over["steps"] = a.steps
-        result = organism_bias(a.out, seed=a.seed, n_controls=a.n_controls, device=a.device, **over)
-    summary = {k: {m: result[k][m] for m in ("tpr", "fpr")} for k in ("before", "after")}
-    print(json.dumps({**summary, "steps": result["steps"], "wall_seconds": result["wall_seconds"]}))
-
-
-if __name__ == "__main__":
-    main()

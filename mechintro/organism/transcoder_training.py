@@ -1,13 +1,12 @@
 """The built-in organism's transcoders: its prompts and activations, and their training run.
 
-``python -m mechintro.organism.transcoder_training --out DIR`` trains the transcoders that ship
+``mechintro organism transcoders --out DIR`` trains the transcoders that ship
 with the organism (layers 3–5) with :func:`mechintro.analysis.transcoders.train_transcoder`,
 on MLP activations of the organism's own prompts, plain and steered.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -179,8 +178,7 @@ def train_organism(
 
     Example::
 
-        python -m mechintro.organism.transcoder_training train-organism --out
-        /tmp/organism-transcoders
+        mechintro organism transcoders --out /tmp/organism-transcoders
     """
     from mechintro.io import atomic_write_text
     from mechintro.models import fingerprint, load_model
@@ -222,35 +220,3 @@ def train_organism(
     )
     atomic_write_text(out / "fvu.json", json.dumps(report.to_dict(), indent=1))
     return report
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m mechintro.organism.transcoder_training train-organism [--out DIR] [--layers 3 4
-    5]``."""
-    p = argparse.ArgumentParser(
-        prog="python -m mechintro.organism.transcoder_training",
-        description="Train transcoders (BatchTopK, saved as sae-lens JumpReLU transcoders).",
-    )
-    sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train-organism", help="train the transcoders of builtin:organism")
-    t.add_argument("--out", default=str(ORGANISM_DIR), help="folder for layer_L/ and fvu.json")
-    t.add_argument("--layers", type=int, nargs="+", default=[3, 4, 5])
-    t.add_argument("--steps", type=int, default=ORGANISM_CONFIG.steps)
-    t.add_argument("--d-sae", type=int, default=ORGANISM_CONFIG.d_sae)
-    t.add_argument("--k", type=int, default=ORGANISM_CONFIG.k)
-    t.add_argument("--seed", type=int, default=ORGANISM_CONFIG.seed)
-    t.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (on a shared 2-core machine one thread was 4x faster "
-                   "than two for these small matrices; the shipped weights used 1)")  # fmt: skip
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    from dataclasses import replace
-
-    cfg = replace(ORGANISM_CONFIG, steps=a.steps, d_sae=a.d_sae, k=a.k, seed=a.seed)
-    report = train_organism(a.out, layers=a.layers, cfg=cfg, threads=a.threads)
-    rows = {str(k): round(v.fvu, 4) for k, v in report.layers.items()}
-    logger.info("held-out FVU by layer: %s; %.0f s in all", rows, report.seconds_total)
-
-
-if __name__ == "__main__":
-    main()

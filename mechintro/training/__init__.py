@@ -12,7 +12,7 @@ Modules (one concept each):
 * :mod:`.bias`: :class:`TrainedBias`, :func:`train_bias`, :func:`biased`, :func:`evaluate_bias`;
 * :mod:`.checkpoints`: :func:`compare_checkpoints`;
 * :mod:`.organism`: both recipes on the base organism, before/after on held-out concepts
-  (``python -m mechintro.organism.training organism-lora --out DIR`` and ``organism-bias``).
+  (``mechintro organism lora --out DIR`` and ``mechintro organism bias``).
 
 ``peft`` (LoRA) is an optional extra: ``pip install 'mechintro[train]'``. Nothing here is
 imported by ``import mechintro``; heavy libraries load inside the functions that need them.

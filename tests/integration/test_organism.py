@@ -158,3 +158,25 @@ def test_shipped_organisms_detect_and_name_held_out_concepts():
             assert (inj.detection == "YES").all() and (inj.identification == "YES").all()
         else:
             assert (inj.detection == "NO").all()
+
+
+def test_organism_commands_build_and_evaluate(tmp_path, capsys):
+    """``mechintro organism build`` takes TrainConfig's fields as options and ``evaluate``
+    measures the folder it wrote."""
+    from mechintro.app.cli import main
+
+    tiny = ["--d-model", "32", "--n-layers", "3", "--n-heads", "2", "--d-mlp", "64"]
+    tiny += ["--layer", "1", "--phase1-steps", "2", "--phase2-steps", "2", "--batch-size", "8"]
+    tiny += ["--n-examples", "300", "--warmup", "1", "--device", "cpu"]
+    assert main(["organism", "build", "--out", str(tmp_path), *tiny]) == 0
+    meta = json.loads((tmp_path / "introspective" / "training.json").read_text())
+    assert meta["config"]["d_model"] == 32 and meta["config"]["phase2_steps"] == 2
+    capsys.readouterr()
+    folder = str(tmp_path / "introspective")
+    argv = ["organism", "evaluate", folder, "--strengths", "1", "--trials", "1"]
+    argv += ["--n-controls", "2"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["folder"] == folder and report["heldout"][0]["n_control"] == 2
+    with pytest.raises(SystemExit, match="2"):  # argparse's usage error
+        main(["organism", "build", "--out", str(tmp_path), "--d-model", "x"])

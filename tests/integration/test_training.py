@@ -450,13 +450,17 @@ def test_detection_trials_batched_equal_per_trial(tiny_dirs):
     pd.testing.assert_frame_equal(a, b)
 
 
-@pytest.mark.parametrize("run", ["organism-lora", "organism-bias"])
+@pytest.mark.parametrize("run", ["lora", "bias"])
 def test_organism_runs_end_to_end(tmp_path, run):
-    if run == "organism-lora":
+    """``mechintro organism lora|bias``: the recipe's config fields are options (a LoRA's
+    step limit is --max-steps, the bias's --steps), the rest keeps the organism's recipe."""
+    if run == "lora":
         pytest.importorskip("peft")
-    from mechintro.organism.training import main
+    from mechintro.app.cli import main
 
-    main([run, "--out", str(tmp_path), "--steps", "1", "--n-controls", "2"])
+    steps = "--max-steps" if run == "lora" else "--steps"
+    argv = ["organism", run, "--out", str(tmp_path), steps, "1", "--n-controls", "2"]
+    assert main(argv) == 0
     result = json.loads((tmp_path / "result.json").read_text())
     for when in ("before", "after"):
         assert result[when]["n_control"] == 2 and result[when]["n_injected"] == 30 * 4

@@ -465,7 +465,7 @@ def organism_transcoders(
     if not found:
         raise FileNotFoundError(
             f"no organism transcoders under {ORGANISM_DIR}: reinstall mechintro, or train them "
-            "with python -m mechintro.organism.transcoder_training train-organism"
+            "with mechintro organism transcoders"
         )
     want = sorted(found) if layers is None else list(layers)
     missing = [x for x in want if x not in found]
