@@ -39,16 +39,17 @@ from torch import Tensor
 from mechintro.engine.decode import (
     MASKS,
     Captured,
+    CaptureKey,
     Preamble,
     Replay,
     addresses,
     forget,
     in_place,
     keep,
-    kept,
     make_static_cache,
     repeat_rows,
     reset,
+    take,
     weights_version,
 )
 from mechintro.engine.twin import fast_twin, injected_on
@@ -96,8 +97,8 @@ def stop_token_ids(model: TLModel) -> list[int]:
 def vocab_id(tokenizer: Any, token: str) -> int | None:
     """The id of ``token`` as one vocabulary entry, or None if the vocabulary lacks it.
 
-    A lookup, not ``get_vocab()``: that builds a dict of the whole vocabulary (about 0.2 s
-    for Gemma-3's 262k entries), which every generation call used to pay.
+    A lookup, not ``get_vocab()``: that builds a dict of the whole vocabulary (Gemma-3's has
+    262k entries) on every call.
     """
     i = tokenizer.convert_tokens_to_ids(token)
     if i is None or tokenizer.convert_ids_to_tokens(int(i)) != token:
@@ -391,8 +392,7 @@ def generate(
             (it must fire, so the bridge runs); ``False``: always the bridge.
         static_cache: on the twin with the KV cache, a preallocated ``StaticCache``
             written in place instead of a growing ``DynamicCache``. ``None``: where the CUDA
-            graph runs (without it the static cache was the slower: on an H100, gemma3-1b
-            at batch 64, 32 vs 24 ms per trial, benchmarks/RESULTS.md).
+            graph runs (without it the static cache is the slower: benchmarks/RESULTS.md).
         cuda_graph: capture one decode step of the twin as a CUDA graph and replay it for
             every later token: a small model's decode loop is bound by launching kernels
             from Python, which a replay skips. The same kernels on the same buffers: the
@@ -428,14 +428,15 @@ def generate(
     graph = graphable and cuda_graph is not False and static_cache is not False
     static = static_cache if static_cache is not None else graph
     cache_len = batch.length + max_new_tokens if static else 0
-    key: tuple[Any, ...] = ()
+    key = None
     reuse = None
     if cache_len and twin is not None and use_cache:  # an earlier call's step, if kept
         injs = [injection] if isinstance(injection, Injection) else list(injection or ())
         param, attention = next(twin.parameters()), twin.config._attn_implementation
         layers = tuple(i.layer for i in injs)
-        key = (B, cache_len, param.device, param.dtype, attention, layers, graph, addresses(twin))
-        reuse = kept(twin, key)
+        shape = (B, cache_len, param.device, param.dtype, attention, layers, graph)
+        key = CaptureKey("decode", shape, addresses(twin))
+        reuse = take(twin, key)
     try:  # whatever happens, a kept step taken for this call is given back
         runner = _Runner(model, batch, use_cache, twin, cache_len, graph, reuse)
         if cuda_graph and not runner.graph:
@@ -482,8 +483,9 @@ def generate(
                 logits = runner.step(nxt)
     finally:
         if reuse is not None:
-            reuse.in_use = False
-    if reuse is None and runner.decode is not None and runner.buf is not None:
+            assert key is not None
+            keep(twin, key, reuse)
+    if reuse is None and key is not None and runner.decode is not None and runner.buf is not None:
         captured = Captured(runner.cache, runner.buf, runner.step_position, runner.decode)
         captured.preamble = runner.preamble
         keep(twin, key, captured)

@@ -6,7 +6,7 @@ its rows to patch from one mask buffer, written before each forward, and copies 
 the source rows' value at the same hook. So every forward runs the same hooks on tensors
 that stay in place, and on a GPU the twin's forward is captured once as a CUDA graph and
 replayed (:func:`graph_applies`), the capture kept for the next sweep of the same shape
-(:func:`mechintro.engine.decode.keep_forward`).
+(:func:`mechintro.engine.decode.keep`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechintro.analysis.patch_result import Cell, Sites
-from mechintro.engine.decode import Replay, addresses, keep_forward, load_slots, take_forward
+from mechintro.engine.decode import CaptureKey, Replay, addresses, load_slots, take
+from mechintro.engine.decode import keep as store
 from mechintro.engine.twin import full_mask, full_mask_applies, injected_on, twin_hooks, twin_logits
 from mechintro.inject import Injection, StepPosition, injection_hooks
 from mechintro.models import TLModel, forward
@@ -155,7 +156,7 @@ class _Captured:
     """A patched forward of the twin captured as a CUDA graph, and the tensors its replay
     reads: the batch (token ids, 4D mask, positions), the patch masks and the injection
     hooks' vectors and bounds (``slots``). Kept for the next sweep of the same shape
-    (:func:`mechintro.engine.decode.keep_forward`), which writes its own into them."""
+    (:func:`mechintro.engine.decode.keep`), which writes its own into them."""
 
     ids: Tensor
     mask: Tensor
@@ -196,15 +197,16 @@ def _forwards(
     injs = _row_injections(len(batch), *injections, B)
     heads = () if sites.heads is None else (int(model.cfg.n_heads),)
     shape = (len(sites.layers), len(batch), batch.length, *heads)
-    key: tuple[Any, ...] = ()
+    key = None
     if graph:
         roles = tuple(None if i is None else i.layer for i in injections)
-        key = (shape, sites.hook, sites.layers, keep, roles, B, addresses(twin))
-        held = take_forward(twin, key)
+        what = (shape, sites.hook, sites.layers, keep, roles, B)
+        key = CaptureKey("forward", what, addresses(twin))
+        held = take(twin, key)
         if held is not None:
             held.load(model, twin, batch, injs)
             yield held.replay, held.masks
-            keep_forward(twin, key, held)
+            store(twin, key, held)
             return
     masks = torch.zeros(shape, dtype=torch.bool, device=batch.input_ids.device)
     hooks: Hooks = [(n, _patch_hook(masks[j], B)) for j, n in enumerate(sites.hook_names())]
@@ -227,8 +229,8 @@ def _forwards(
         entry = _Captured(ids, mask, pos, masks, step.slots, Replay(fn, True, ids.device))
         calls = iter([fn])  # the first eagerly, then the replay
         yield lambda: next(calls, entry.replay)(), masks
-    if entry.replay.graph is not None:
-        keep_forward(twin, key, entry)
+    if entry.replay.graph is not None and key is not None:
+        store(twin, key, entry)
 
 
 @torch.no_grad()

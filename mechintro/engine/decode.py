@@ -9,7 +9,8 @@ kernels from Python; a replay launches them all at once.
 
 Capturing costs about two eager forwards (record, then instantiate), once per call of
 ``generate``: a sweep's batches of one shape would each pay it. So the step is kept
-(:class:`Captured`, :func:`kept`, :func:`keep`; with or without a graph), with the static
+(:class:`Captured`, :func:`take`, :func:`keep`, under a :class:`CaptureKey`; with or
+without a graph), with the static
 cache, the buffers and the tensors its injection hooks steer with (``StepPosition.slots``):
 a later call of the same shape resets the cache (:func:`reset`), writes its own batch into
 the buffers and its own vectors and bounds into the slots, and replays the same graph,
@@ -22,8 +23,7 @@ dropped when a call of another shape starts: it holds its KV cache (gemma3-1b at
 and 160 positions: 270 MB; a 7B of 32 KV heads: 5.4 GB), which the next call's memory plan
 expects to be free.
 :func:`forget` drops it (``run_sweep`` does before it plans ``batch_size='auto'``). A
-patching sweep's captured forward is kept the same way, one per twin
-(:func:`take_forward`, :func:`keep_forward`), and dropped by :func:`forget` too. A kept
+patching sweep's captured forward is kept in the same cache, under its own kind of key. A kept
 capture's key includes where every weight lives (:func:`addresses`): its kernels read them
 there.
 """
@@ -184,7 +184,6 @@ class Captured:
     step: StepPosition
     replay: Replay
     preamble: Preamble | None = None
-    in_use: bool = False
 
     def load(self, log: InjectionLog | None, batch: int) -> None:
         """Write a new call's injection vectors and bounds where the hooks' replay reads."""
@@ -203,48 +202,45 @@ def load_slots(slots: dict[int, tuple[Tensor, Tensor, Tensor]], log: InjectionLo
         hi.copy_(log.bounds[i][1])
 
 
-_KEPT: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], Captured]] = (
+@dataclass(frozen=True)
+class CaptureKey:
+    """What a kept capture was made for; only a call with an equal key may replay it.
+
+    ``kind``: ``"decode"`` (a generation step) or ``"forward"`` (a patching forward), one of
+    each kept per twin; ``shape``: everything the capture's kernels were recorded for (batch,
+    lengths, dtype, attention, injection layers, ...); ``addresses``: where the module's
+    weights live (:func:`addresses`), which a graph reads.
+    """
+
+    kind: str
+    shape: tuple[Any, ...]
+    addresses: tuple[int, ...]
+
+
+#: per twin, per kind: the last capture kept and its key (the one cache of captures)
+_CAPTURES: weakref.WeakKeyDictionary[Any, dict[str, tuple[CaptureKey, Any]]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def kept(twin: Any, key: tuple[Any, ...]) -> Captured | None:
-    """The step kept for ``twin`` if it is of shape ``key`` and not in use, marked in use
-    (the caller clears ``in_use`` when done). Otherwise None, and a step of another shape
-    is dropped first: the call about to make its own cache then has the memory that
+def take(twin: Any, key: CaptureKey) -> Any:
+    """The capture of ``key.kind`` kept for ``twin`` if its key equals ``key``, taken out
+    while in use (:func:`keep` gives it back); else None. One of another key is dropped:
+    the call about to make its own then has the memory that
     :func:`mechintro.memory.plan_batch` budgeted for it."""
-    held = _KEPT.get(twin)
-    if held is None:
-        return None
-    if held[0] != key or held[1].in_use:
-        if not held[1].in_use:
-            del _KEPT[twin]
-        return None
-    held[1].in_use = True
-    return held[1]
-
-
-def keep(twin: Any, key: tuple[Any, ...], entry: Captured) -> None:
-    """Keep ``entry`` for the next call of shape ``key`` (one step per twin)."""
-    _KEPT[twin] = (key, entry)
-
-
-#: per twin, the last patching forward captured (:mod:`mechintro.analysis.patch_forwards`), and its
-#: key
-_FORWARDS: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
-
-
-def take_forward(twin: Any, key: tuple[Any, ...]) -> Any:
-    """The captured forward kept for ``twin`` if it is of shape ``key``, else None (one of
-    another shape is dropped: its memory is free for the caller's own). Taken out while in
-    use: :func:`keep_forward` gives it back."""
-    held = _FORWARDS.pop(twin, None)
+    held = _CAPTURES.get(twin, {}).pop(key.kind, None)
     return held[1] if held is not None and held[0] == key else None
 
 
-def keep_forward(twin: Any, key: tuple[Any, ...], entry: Any) -> None:
-    """Keep ``entry`` for the next sweep of shape ``key`` (one per twin)."""
-    _FORWARDS[twin] = (key, entry)
+def held(twin: Any, kind: str = "decode") -> Any:
+    """The capture of ``kind`` kept for ``twin`` now (None if none), left where it is."""
+    got = _CAPTURES.get(twin, {}).get(kind)
+    return None if got is None else got[1]
+
+
+def keep(twin: Any, key: CaptureKey, entry: Any) -> None:
+    """Keep ``entry`` for the next call with key ``key`` (one per twin and kind)."""
+    _CAPTURES.setdefault(twin, {})[key.kind] = (key, entry)
 
 
 def addresses(module: torch.nn.Module) -> tuple[int, ...]:
@@ -254,10 +250,8 @@ def addresses(module: torch.nn.Module) -> tuple[int, ...]:
 
 
 def forget(twin: Any | None = None) -> None:
-    """Drop the kept steps and forwards (of ``twin``, or all) and the GPU memory they hold."""
+    """Drop the kept captures (of ``twin``, or all) and the GPU memory they hold."""
     if twin is None:
-        _KEPT.clear()
-        _FORWARDS.clear()
+        _CAPTURES.clear()
     else:
-        _KEPT.pop(twin, None)
-        _FORWARDS.pop(twin, None)
+        _CAPTURES.pop(twin, None)

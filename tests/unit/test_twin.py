@@ -188,10 +188,10 @@ def test_a_kept_decode_step_computes_what_a_fresh_one_does(tiny_dirs, tmp_path):
     b = Injection(LAYER, vecs(model, 3, seed=1), [0.0, 4.0, 2.0], mode="from-trial")
     for share in (True, False):  # the preamble computed once and copied to every row, or not
         generate(model, first, injection=a, share_prefix=share, **kw)
-        entry = decode._KEPT[twin][1]
+        entry = decode.held(twin)
         read = entry.step.slots[0][0]  # the vectors' tensor a captured step reads
         reused = generate(model, second, injection=b, share_prefix=share, **kw)
-        assert decode._KEPT[twin][1] is entry and not entry.in_use
+        assert decode.held(twin) is entry
         assert entry.step.slots[0][0] is read  # holding the new call's vectors
         assert torch.equal(read, b.deltas(3).to(read.dtype))
         decode.forget(twin)
@@ -202,19 +202,19 @@ def test_a_kept_decode_step_computes_what_a_fresh_one_does(tiny_dirs, tmp_path):
     # the preamble's one-row KV is kept too, and computed again once the weights change
     for change in (False, True):
         generate(model, first, injection=a, **kw)
-        preamble = decode._KEPT[twin][1].preamble
+        preamble = decode.held(twin).preamble
         assert preamble is not None
         if change:
             with torch.no_grad():  # the bridge's own tensor, changed in place
                 twin.model.layers[0].mlp.down_proj.weight.mul_(1.5)
         reused = generate(model, second, injection=b, **kw)
-        assert (decode._KEPT[twin][1].preamble is preamble) is not change
+        assert (decode.held(twin).preamble is preamble) is not change
         decode.forget(twin)
         fresh = generate(model, second, injection=b, **kw)
         _same_generation(fresh, reused)
         decode.forget(twin)
     generate(model, second, injection=a, **kw)
-    entry = decode._KEPT[twin][1]
+    entry = decode.held(twin)
 
     def fail(self, n):
         raise RuntimeError("boom")
@@ -223,16 +223,16 @@ def test_a_kept_decode_step_computes_what_a_fresh_one_does(tiny_dirs, tmp_path):
         mp.setattr(gen._Runner, "prefill_shared", fail)
         with pytest.raises(RuntimeError, match="boom"):
             generate(model, second, injection=a, **kw)
-    assert decode._KEPT[twin][1] is entry and not entry.in_use
+    assert decode.held(twin) is entry
     generate(model, second.rows([0, 1]), **kw)  # another shape: its step replaces the kept
-    assert decode._KEPT[twin][1] is not entry
-    entry = decode._KEPT[twin][1]
+    assert decode.held(twin) is not entry
+    entry = decode.held(twin)
     weight = twin.model.layers[0].mlp.down_proj.weight
     weight.data = weight.data.clone()  # the weights elsewhere (as after .to() and back)
     generate(model, second.rows([0, 1]), **kw)  # a graph would read the old place: not kept
-    assert decode._KEPT[twin][1] is not entry
+    assert decode.held(twin) is not entry
     decode.forget()
-    assert twin not in decode._KEPT
+    assert decode.held(twin) is None
 
 
 def test_weights_made_under_inference_mode_are_never_taken_as_unchanged(tiny_dirs, tmp_path):
@@ -250,9 +250,9 @@ def test_weights_made_under_inference_mode_are_never_taken_as_unchanged(tiny_dir
     batch = encode(model.tokenizer, [_shared(n) for n in (1, 4)])
     kw = {"max_new_tokens": 3, "static_cache": True, "stop_ids": [], "keep_logits": True}
     first = generate(model, batch, **kw)
-    preamble = decode._KEPT[twin_of(model)][1].preamble
+    preamble = decode.held(twin_of(model)).preamble
     again = generate(model, batch, **kw)
-    assert decode._KEPT[twin_of(model)][1].preamble is not preamble
+    assert decode.held(twin_of(model)).preamble is not preamble
     _same_generation(first, again)
 
 
@@ -268,7 +268,7 @@ def test_a_kept_decode_step_does_not_keep_its_model_alive(tiny_dirs, tmp_path):
     batch = encode(model.tokenizer, [_shared(n) for n in (1, 4)])
     generate(model, batch, max_new_tokens=3, static_cache=True, stop_ids=[])
     twin = weakref.ref(twin_of(model))
-    assert twin() in decode._KEPT
+    assert decode.held(twin()) is not None
     del model
     gc.collect()
     assert twin() is None
