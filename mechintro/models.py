@@ -478,11 +478,16 @@ def check_layer(model: TLModel, layer: Any) -> int:
     return layer
 
 
-def layer_at_depth(model: TLModel, fraction: float) -> int:
-    """The block at ``fraction`` of the depth (0.6 → Macar's layer 37 of 62 for Gemma3-27B)."""
+def layer_at_depth(model: TLModel, fraction: float, *, rule: str = "round") -> int:
+    """The block at ``fraction`` of the depth: ``round(n·f)`` (0.6 → Macar's layer 37 of 62
+    for Gemma3-27B), or ``rule="floor"``, ``int(n·f)`` (Godet's script: 0.45 and 0.6 of 28
+    layers → 12 and 16)."""
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"depth fraction must be in [0, 1), got {fraction}")
-    return min(n_layers(model) - 1, round(fraction * n_layers(model)))
+    if rule not in ("round", "floor"):
+        raise ValueError(f"rule must be 'round' or 'floor', got {rule!r}")
+    at = fraction * n_layers(model)
+    return min(n_layers(model) - 1, round(at) if rule == "round" else int(at))
 
 
 def hook_name(layer: int, site: str) -> str:

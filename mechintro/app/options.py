@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mechintro.batching import check_batch_size
+from mechintro.experiments.protocols.noise import CONTROL_BATTERY
 from mechintro.models import BACKENDS
 from mechintro.vectors import METHODS
 from mechintro.word_checks import ON_BAD_WORD
@@ -353,15 +354,22 @@ class NoiseConfig:
     model: str = arg(MODEL_HELP)
     out: str = arg("results folder (a sweep's, to report both together)")
     layers: tuple[int, ...] = opt((), "block indices")
-    depths: tuple[float, ...] = opt((), "or depth fractions, e.g. 0.6")
-    strengths: tuple[float, ...] = opt((0.0, 2.0, 4.0, 8.0), "raw strengths; 0 is the baseline")
+    depths: tuple[float, ...] = opt((), "or depth fractions, e.g. 0.6 (layer int(n·f), as Godet)")
+    strengths: tuple[float, ...] = opt(
+        tuple(float(s) for s in range(11)), "raw strengths; 0 is the baseline (Godet: 0 to 10)"
+    )
     concepts: tuple[str, ...] = opt((), "Lindsey concept vectors (default: the all-caps vector)")
     baseline: tuple[str, ...] = opt(
         (),
         "baseline words of the concept vectors (default: a model organism's own object words, "
         "else the method's list)",
     )
-    battery: int = opt(20, "control questions with known answers (at most 20)")
+    battery: int = opt(20, "control questions with known answers: the first N of the 20")
+    controls: tuple[str, ...] = opt(
+        (), "or the control questions by id (Godet's: one_plus_one_is_three); overrides --battery"
+    )
+    yes: str = opt("Yes", "the Yes token of b (Godet's model: ' Yes')")
+    no: str = opt("No", "the No token of b (Godet's model: ' No')")
     n_random: int = opt(1, "norm-matched random vectors per vector (the baseline)")
     seed: int = opt(0, "seed of the random vectors")
     backend: str = opt("bridge", "TransformerLens model class")
@@ -377,6 +385,10 @@ class NoiseConfig:
             raise ValueError("--strengths must include 0: Δb is measured from it")
         if not 1 <= self.battery <= 20:
             raise ValueError("--battery must be between 1 and 20")
+        ids = [q.id for q in CONTROL_BATTERY]
+        unknown = [c for c in self.controls if c not in ids]
+        if unknown:
+            raise ValueError(f"unknown --controls {unknown}: use ids of {ids}")
 
 
 @dataclass(frozen=True)

@@ -360,6 +360,27 @@ def test_report_rates_several_protocols_apart(llama, config, tmp_path):
     assert "detection: TPR" in page and "skeptical: TPR" in page  # figure titles per protocol
 
 
+def test_noise_command_runs_godets_design(llama, tmp_path, capsys):
+    """Godet's choices: a depth is int(n·f) (0.7 of 4 blocks: block 2, where rounding gives
+    3), the one control question by id, the 11 strengths 0..10 by default, the top token."""
+    import pandas as pd
+
+    out = tmp_path / "noise"
+    argv = ["noise", "--model", llama, "--depths", "0.7", "--concepts", "Dust",
+            "--baseline", "Bread", "Milk", "--controls", "one_plus_one_is_three",
+            "--n-random", "0", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    table = pd.read_csv(out / "noise.csv")
+    assert set(table.layer) == {2} and sorted(set(table.question)) == [
+        "introspection",
+        "one_plus_one_is_three",
+    ]
+    assert sorted(set(table.strength)) == [float(s) for s in range(11)]
+    assert table.top_token.notna().all()
+    assert "nan" not in capsys.readouterr().out.lower()  # no empty spread columns printed
+    assert main([*argv[:-2], "--controls", "nope", "--out", str(out)]) == 2
+
+
 def test_noise_command_feeds_the_report(llama, swept, tmp_path):
     """`mechintro noise` writes Godet's readouts next to a sweep; the report then shows the
     control side and the specificity, which it computes from that table."""

@@ -247,6 +247,20 @@ def test_noise_batched_b_equals_per_question_readout(llama, noise_run):
         assert r.b_variants == pytest.approx(float(alone.b_variants[0]), abs=1e-4)
 
 
+def test_noise_answer_tokens_are_selectable_and_the_top_token_recorded(llama, noise_run):
+    """b with the answers swapped is −b (the same forward); the top next token is recorded."""
+    nc, vectors, df = noise_run
+    swapped = replace(nc, yes="No", no="Yes").run(llama, vectors, batch_size=13)
+    assert (swapped.b == -df.b).all() and (swapped.top_token == df.top_token).all()
+    first = df.iloc[0]
+    q = next(q for q in NOISE_QUESTIONS if q.id == first.question)
+    alone = readout(llama, encode(llama.tokenizer, [question_prompt(q)]))
+    assert first.strength == 0.0
+    assert first.top_token == llama.tokenizer.decode([int(alone.logits[0].argmax())])
+    with pytest.raises(ValueError, match="two different words"):
+        replace(nc, yes="No", no="No")
+
+
 def test_noise_specificity_equals_hand_computation(noise_run):
     nc, _, df = noise_run
     b = {(r.question, r.layer, r.strength, r.vector): r.b for r in df.itertuples()}

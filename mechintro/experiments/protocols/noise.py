@@ -120,8 +120,11 @@ class NoiseControls:
     each forward pass (per-row vectors and strengths; one injection per layer, strength 0 on
     the rows of other layers).
 
+    ``yes``/``no`` are the answer tokens of ``b`` ("Yes"/"No"; Godet read " Yes"/" No" on his
+    model's tokenizer, where the answer follows a space); ``b_variants`` adds the usual variants.
+
     :meth:`run` returns one row per (question, layer, strength, vector): ``b`` and
-    ``b_variants`` (:func:`mechintro.generation.readout`), ``delta_b`` and
+    ``b_variants`` (:func:`mechintro.generation.readout`), the top next token, ``delta_b`` and
     ``delta_b_variants`` (minus the same question, layer and vector at strength 0,
     :func:`mechintro.experiments.metrics.add_delta_b`), and the cell's ``specificity`` =
     Δb(introspection) − mean Δb(controls) over the battery
@@ -140,6 +143,8 @@ class NoiseControls:
     n_random: int = 1
     seed: int = 0
     system: bool = True
+    yes: str = "Yes"
+    no: str = "No"
 
     def __post_init__(self) -> None:
         for name in ("layers", "strengths", "questions"):
@@ -167,6 +172,8 @@ class NoiseControls:
             raise TypeError(f"n_random must be an int, got {self.n_random!r}")
         if self.n_random < 0:
             raise ValueError(f"n_random must be >= 0, got {self.n_random}")
+        if not self.yes.strip() or not self.no.strip() or self.yes == self.no:
+            raise ValueError(f"yes and no must be two different words: {self.yes!r}, {self.no!r}")
 
     def prompts(self) -> list[Prompt]:
         """One prompt per question, in order."""
@@ -209,6 +216,7 @@ class NoiseControls:
         from mechintro.inject import Injection
         from mechintro.models import check_layer, tokenizer_of
         from mechintro.prompts import encode
+        from mechintro.tokens import NO_VARIANTS, YES_VARIANTS
 
         check_batch_size(batch_size)
         for L in self.layers:
@@ -223,6 +231,8 @@ class NoiseControls:
         tok = tokenizer_of(model)
         b: list[float] = []
         bv: list[float] = []
+        top: list[str] = []
+        yes, no = (self.yes, *YES_VARIANTS), (self.no, *NO_VARIANTS)  # b: the first of each
         for _, chunk in in_batches(rows, batch_size, label="noise controls"):
             batch = encode(tok, [prompts[r[0]] for r in chunk])
             injections = [
@@ -234,9 +244,10 @@ class NoiseControls:
                 )
                 for L in sorted({r[1] for r in chunk})
             ]
-            r = readout(model, batch, injection=injections)
+            r = readout(model, batch, injection=injections, yes=yes, no=no)
             b += r.b.tolist()
             bv += r.b_variants.tolist()
+            top += [tok.decode([int(i)]) for i in r.logits.argmax(-1).tolist()]
         df = pd.DataFrame(
             {
                 "question": [self.questions[r[0]].id for r in rows],
@@ -248,6 +259,7 @@ class NoiseControls:
                 "vector_norm": [r[5].norm for r in rows],
                 "b": b,
                 "b_variants": bv,
+                "top_token": top,
             }
         )
         keys = ["question", "layer", "vector"]
