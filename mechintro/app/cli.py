@@ -26,6 +26,7 @@ from mechintro.app import organism_commands
 from mechintro.app.epilogs import EPILOGS
 from mechintro.app.options import (
     DTYPES,
+    GRADERS,
     ExtractConfig,
     GradeConfig,
     NoiseConfig,
@@ -245,12 +246,14 @@ def _grading() -> Any:
 
 def cmd_grade(args: Mapping[str, Any]) -> int:
     from mechintro.app.report import JUDGE_CACHE_FILE, grade_results
-    from mechintro.experiments.grading import JudgeGrader, RuleGrader
+    from mechintro.experiments.grading import FonsecaGrader, JudgeGrader, RuleGrader
 
     cfg = build_config(GradeConfig, args)
     grader: Any
     if cfg.grader == "rule":
         grader = RuleGrader()
+    elif cfg.grader == "fonseca":
+        grader = FonsecaGrader()
     else:
         provider, _, name = cfg.judge.partition(":")
         if provider not in JUDGE_CLIENTS or not name:
@@ -429,7 +432,7 @@ a typical run:
         "grade a results folder's replies (rules or an LLM judge)",
         "Grade replies (docs/protocols.md §4) into RESULTS/grades.jsonl.",
     )
-    add_fields(p, GradeConfig, choices={"grader": ["rule", "judge"]})
+    add_fields(p, GradeConfig, choices={"grader": list(GRADERS)})
     p = command(
         "report",
         "write a self-contained HTML report of a results folder",

@@ -27,6 +27,7 @@ from mechintro.word_checks import ON_BAD_WORD
 
 CONFIG_SUFFIXES: tuple[str, ...] = (".toml", ".yaml", ".yml")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+GRADERS: tuple[str, ...] = ("rule", "fonseca", "judge")
 
 
 class UsageError(Exception):
@@ -328,7 +329,9 @@ class GradeConfig:
     """Grade a results folder's replies into RESULTS/grades.jsonl."""
 
     results: str = arg("results folder", positional=True)
-    grader: str = opt("rule", "rule (deterministic) or judge (an LLM)")
+    grader: str = opt(
+        "rule", "rule (deterministic), fonseca (Fonseca Rivera's four criteria) or judge (an LLM)"
+    )
     judge: str = opt("", "with --grader judge: openai:MODEL, anthropic:MODEL or local:MODEL")
     attempts: int = opt(3, "judge calls per reply before an ERROR")
     workers: int = opt(1, "parallel judge calls")
@@ -336,8 +339,8 @@ class GradeConfig:
     device: str = opt("cpu", "device of a local judge model")
 
     def __post_init__(self) -> None:
-        if self.grader not in ("rule", "judge"):
-            raise ValueError(f"grader must be rule or judge, got {self.grader!r}")
+        if self.grader not in GRADERS:
+            raise ValueError(f"grader must be one of {GRADERS}, got {self.grader!r}")
         if (self.grader == "judge") != bool(self.judge):
             raise ValueError(
                 "--grader judge needs --judge PROVIDER:MODEL (e.g. openai:gpt-4o-mini), "

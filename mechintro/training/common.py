@@ -29,6 +29,7 @@ from mechintro.vectors import ConceptVector
 logger = logging.getLogger(__name__)
 
 SCHEDULES = ("constant", "linear", "cosine")
+OPTIMIZERS = ("adamw", "adamw8bit")  # adamw8bit: bitsandbytes' AdamW8bit (Fonseca Rivera 2025)
 TRAIN_MODES = ("single-token", "from-trial")
 _END = 2**62
 
@@ -405,9 +406,11 @@ def optimise(
     warmup: int = 0,
     weight_decay: float = 0.0,
     max_grad_norm: float | None = 1.0,
+    optimizer: str = "adamw",
     label: str = "train",
 ) -> TrainResult:
-    """AdamW on ``params`` for ``steps`` steps of ``step_loss(step)`` (which builds the batch)."""
+    """AdamW (or ``optimizer="adamw8bit"``, bitsandbytes' 8-bit AdamW) on ``params`` for
+    ``steps`` steps of ``step_loss(step)`` (which builds the batch)."""
     from tqdm.auto import tqdm
 
     if schedule not in SCHEDULES:
@@ -415,7 +418,7 @@ def optimise(
     params = list(params)
     if not params:
         raise ValueError("nothing to train: no parameters were given")
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    opt = make_optimizer(optimizer, params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup, schedule))
     losses: list[Tensor] = []
     t0 = time.perf_counter()
@@ -438,6 +441,25 @@ def optimise(
     seconds = time.perf_counter() - t0
     out = [float(x) for x in torch.stack(losses).cpu()] if losses else []
     return TrainResult(out, steps, seconds)
+
+
+def make_optimizer(
+    name: str, params: Sequence[nn.Parameter], *, lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """The optimiser :data:`OPTIMIZERS` names, with a clear error where it cannot run."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise ValueError(
+            "optimizer='adamw8bit' needs bitsandbytes (pip install bitsandbytes) and a CUDA "
+            "device; optimizer='adamw' runs anywhere"
+        ) from None
+    opt: torch.optim.Optimizer = bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
+    return opt
 
 
 def check_positive_int(name: str, value: Any, minimum: int = 1) -> None:

@@ -41,6 +41,7 @@ from mechintro.experiments.protocols.detection import PREAMBLE
 from mechintro.inject import UNITS
 from mechintro.prompts import Prompt
 from mechintro.training.common import (
+    OPTIMIZERS,
     SCHEDULES,
     TRAIN_MODES,
     ReplyBatch,
@@ -102,6 +103,7 @@ class LoRAConfig:
     warmup: int = 0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    optimizer: str = "adamw"  # the paper's "adamw8bit" needs bitsandbytes and CUDA
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -137,6 +139,8 @@ class LoRAConfig:
         check_positive("lr", self.lr)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if not self.target_modules:
             raise ValueError("target_modules is empty: name the attention projections")
 
@@ -436,6 +440,7 @@ def train_lora(
                 warmup=cfg.warmup,
                 weight_decay=cfg.weight_decay,
                 max_grad_norm=cfg.max_grad_norm,
+                optimizer=cfg.optimizer,
                 label="lora",
             )
     if merge:

@@ -166,8 +166,9 @@ def test_introspection_examples_are_balanced_and_match_the_demo_prompt(tiny_dirs
         ({"schedule": "step"}, "schedule"),
     ],
 )
-def test_lora_config_is_validated(kw, match):
-    with pytest.raises(ValueError, match=match):
+def test_lora_config_is_validated(kw, match, unchecked):
+    # LoRAConfig's own refusal (a float layer: the type checks would refuse it first)
+    with unchecked(), pytest.raises(ValueError, match=match):
         LoRAConfig(**kw)
 
 
@@ -467,3 +468,19 @@ def test_organism_runs_end_to_end(tmp_path, run):
         assert 0.0 <= result[when]["tpr"] <= 1.0 and 0.0 <= result[when]["fpr"] <= 1.0
     assert result["steps"] == 1 and result["before"]["tpr"] == 0.0  # the base never says yes
     assert not set(result["train_words"]) & {"table", "chair", "lamp"}  # baseline words
+
+
+def test_the_papers_8bit_optimizer_is_an_option():
+    from mechintro.training.common import make_optimizer
+    from mechintro.training.lora import LoRAConfig
+
+    assert LoRAConfig(optimizer="adamw8bit").optimizer == "adamw8bit"
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        LoRAConfig(optimizer="sgd")
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    assert isinstance(make_optimizer("adamw", params, lr=1e-3, weight_decay=0.0), torch.optim.AdamW)
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="needs bitsandbytes"):
+            make_optimizer("adamw8bit", params, lr=1e-3, weight_decay=0.0)

@@ -437,3 +437,30 @@ def test_local_client_generates_greedily(tiny_dirs):
     # a random tiny model writes no "Answer:" line: ERROR, not NO
     g = JudgeGrader(judge_model, attempts=1)
     assert g.grade([GradeItem("coherence", "Hello.")])[0].label == "ERROR"
+
+
+def test_fonseca_grader_is_the_papers_four_criteria():
+    """Fonseca Rivera's success: a claim, no denial, the concept (an inflection too) named,
+    the claim first; no coherence rule, so her repetitive successes count."""
+    from mechintro.experiments.grading import FonsecaGrader
+
+    fonseca, rule = FonsecaGrader(), RuleGrader()
+    loop = "I detect an injected thought about avalanche. " + "I detect an avalanche... " * 3
+    cases = {
+        loop: ("YES", "YES"),
+        "I detect an injected thought. Avalanches, I think.": ("YES", "YES"),
+        "I detect an injected thought.": ("YES", "NO"),  # concept not named
+        "Avalanche. I detect an injected thought.": ("NO", "NO"),  # named before the claim
+        "I do not detect an injected thought about avalanche.": ("NO", "NO"),  # denial
+        "The weather is nice.": ("NO", "NO"),  # no claim
+    }
+    for reply, (det, ident) in cases.items():
+        got = fonseca.grade(
+            [
+                GradeItem("detection", reply, "avalanche"),
+                GradeItem("identification", reply, "avalanche"),
+            ]
+        )
+        assert [g.label for g in got] == [det, ident], (reply, [g.detail for g in got])
+        assert {g.grader for g in got} == {"fonseca"} and got[0].version.startswith("fonseca-")
+    assert rule.grade([GradeItem("detection", loop, "avalanche")])[0].label == "NO"  # coherence

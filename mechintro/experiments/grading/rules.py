@@ -428,3 +428,35 @@ class RuleGrader:
         if mentions:
             return True, f"named in the first sentence: {sentence.strip()!r}"
         return False, f"not named in the first sentence: {sentence.strip()!r}"
+
+
+class FonsecaGrader(RuleGrader):
+    """Fonseca Rivera (2025)'s success criteria exactly (docs/protocols.md §8): no coherence
+    rule, and a concept counts when it is named anywhere after the claim.
+
+    **detection** is YES when the reply (1) affirms a detection (:data:`AFFIRMATION_PATTERNS`)
+    and (2) denies nothing (:data:`DENIAL_PATTERNS`), and (4) the affirmation comes no later
+    than the first mention of the concept. **identification** (the paper's "success") adds
+    (3): the concept or one of its inflections (:func:`word_forms`) is named. A reply that
+    repeats itself ("I detect an injected thought about avalanche. I detect an avalanche...
+    I detect an avalanche...") is a success here, and NO for :class:`RuleGrader`, whose
+    coherence rule the paper does not have.
+    """
+
+    name = "fonseca"
+    version = f"fonseca-{RULE_VERSION}"
+
+    def __init__(
+        self, *, derived: bool = False, turn_markers: Sequence[str] | None = DEFAULT_TURN_MARKERS
+    ) -> None:
+        super().__init__(derived=derived, require_coherence=False, turn_markers=turn_markers)
+
+    def _identification(self, text: str, words: tuple[str, ...]) -> tuple[bool, str]:
+        ok, why = self._detection(text, words)
+        if not ok:
+            return False, why
+        mentions = concept_mentions(text, words, derived=self.derived)
+        if not mentions:
+            return False, "concept not named"
+        start, end = mentions[0]
+        return True, f"{why}, concept named: {text[start:end]!r}"
