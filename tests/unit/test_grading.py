@@ -464,3 +464,17 @@ def test_fonseca_grader_is_the_papers_four_criteria():
         assert [g.label for g in got] == [det, ident], (reply, [g.detail for g in got])
         assert {g.grader for g in got} == {"fonseca"} and got[0].version.startswith("fonseca-")
     assert rule.grade([GradeItem("detection", loop, "avalanche")])[0].label == "NO"  # coherence
+
+
+def test_a_denied_ability_is_a_denial():
+    """A real Qwen2.5-1.5B control reply once graded YES: it denies the ability first, then
+    says "I can detect" in passing."""
+    g = RuleGrader()
+    for reply in (
+        "Hey! I don't have a way to directly sense thoughts, but I can help you understand "
+        "how well I can detect when something changes.",
+        "I have no ability to detect injected thoughts.",
+    ):
+        got = g.grade([GradeItem("detection", reply, None)])[0]
+        assert got.label == "NO" and got.detail.startswith("denial"), got
+    assert g.grade([GradeItem("detection", "Yes, I have a way to sense it.", None)])[0].yes
