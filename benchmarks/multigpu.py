@@ -222,8 +222,13 @@ def worker(args: argparse.Namespace) -> int:
         torch.cuda.synchronize(d)
     ranks.barrier()
     seconds = time.perf_counter() - t0
-    peaks = ranks.all_gather({d: torch.cuda.max_memory_allocated(torch.device(d)) for d in devices
-                              if d.startswith("cuda")})  # fmt: skip
+    peaks = ranks.all_gather(
+        {
+            d: torch.cuda.max_memory_allocated(torch.device(d))
+            for d in devices
+            if d.startswith("cuda")
+        }
+    )
     if ranks.is_main:
         record = {
             "run": run,
@@ -261,8 +266,16 @@ def _launch(args: argparse.Namespace, run: str) -> int:
     env = dict(os.environ)
     if run == "two":
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.gpus)))
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={args.gpus}", "-m", "benchmarks.multigpu", *argv]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={args.gpus}",
+            "-m",
+            "benchmarks.multigpu",
+            *argv,
+        ]
     else:
         cmd = [sys.executable, "-m", "benchmarks.multigpu", *argv]
     print(f"[multigpu] {run}: {' '.join(cmd)}", file=sys.stderr, flush=True)
@@ -289,8 +302,11 @@ def summarize(args: argparse.Namespace, codes: dict[str, int], wall: float) -> d
     if "one" in timings and "two" in timings:
         one, two = timings["one"], timings["two"]
         ratio = one["seconds"] / two["seconds"]
-        verdicts["throughput two / one"] = {"value": ratio, "target": f">= {args.target}",
-                                            "pass": ratio >= args.target}  # fmt: skip
+        verdicts["throughput two / one"] = {
+            "value": ratio,
+            "target": f">= {args.target}",
+            "pass": ratio >= args.target,
+        }
         same = _same_trials(root / "one", root / "two")
         verdicts["two == one, trial for trial"] = {**same, "pass": _all_equal(same)}
         weights = len(set(two["fingerprints"]))
@@ -305,9 +321,12 @@ def summarize(args: argparse.Namespace, codes: dict[str, int], wall: float) -> d
         # split over GPUs, the bridge has no independent HF copy (parity.independent_hf):
         # backend vs HF is then not run, as the verdict shows; "split == one" checks it
         verdicts["split: parity self-check"] = {
-            **report.values(), "paths": list(report.paths), "not_run": report.not_run,
-            "atol": args.atol, "pass": report.ok(args.atol, allow_missing=["backend_vs_hf"]),
-        }  # fmt: skip
+            **report.values(),
+            "paths": list(report.paths),
+            "not_run": report.not_run,
+            "atol": args.atol,
+            "pass": report.ok(args.atol, allow_missing=["backend_vs_hf"]),
+        }
         if "one" in timings:
             same = _same_trials(root / "one", root / "split")
             verdicts["split == one, trial for trial"] = {**same, "pass": _all_equal(same)}
@@ -346,8 +365,9 @@ def markdown(summary: dict[str, Any]) -> str:
         )
     lines += ["", "| check | result | verdict |", "|---|---|---|"]
     for name, v in summary["verdicts"].items():
-        shown = {k: (round(x, 4) if isinstance(x, float) else x) for k, x in v.items()
-                 if k != "pass"}  # fmt: skip
+        shown = {
+            k: (round(x, 4) if isinstance(x, float) else x) for k, x in v.items() if k != "pass"
+        }
         lines.append(f"| {name} | {shown} | {'PASS' if v['pass'] else 'FAIL'} |")
     plans = {run: t["memory_plan"][0]["memory"] for run, t in summary["runs"].items()}
     lines += ["", "Memory plan (GiB per device, rank 0) against the measured peak:", ""]
@@ -370,8 +390,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return worker(args)
     several = {"two", "split"} & set(args.runs)
     if several and args.device.startswith("cuda") and torch.cuda.device_count() < args.gpus:
-        print(f"{torch.cuda.device_count()} GPUs; runs {sorted(several)} need --gpus "
-              f"{args.gpus} (--runs one needs one)", file=sys.stderr)  # fmt: skip
+        print(
+            f"{torch.cuda.device_count()} GPUs; runs {sorted(several)} need --gpus "
+            f"{args.gpus} (--runs one needs one)",
+            file=sys.stderr,
+        )
         return 2
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)

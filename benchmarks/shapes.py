@@ -67,8 +67,12 @@ class Shape:
 def llama_config(*, rope_theta: float = 10_000.0, **fields: Any) -> dict[str, Any]:
     """A Llama config's fields: ``fields`` (config.json names) and the RoPE base."""
     rope = {"rope_type": "default", "rope_theta": rope_theta}
-    return {"model_type": "llama", "architectures": ["LlamaForCausalLM"],
-            "rope_parameters": rope, **fields}  # fmt: skip
+    return {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "rope_parameters": rope,
+        **fields,
+    }
 
 
 def gemma3_config(*, global_every: int, **fields: Any) -> dict[str, Any]:
@@ -76,18 +80,33 @@ def gemma3_config(*, global_every: int, **fields: Any) -> dict[str, Any]:
     ``global_every``-th layer global (full attention) and the others sliding, tied embeddings,
     RoPE bases 1e6 (global) and 1e4 (local), and the query scale of the head size."""
     n = fields["num_hidden_layers"]
-    types = ["full_attention" if (i + 1) % global_every == 0 else "sliding_attention"
-             for i in range(n)]  # fmt: skip
-    rope = {"full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
-            "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}}  # fmt: skip
-    return {"model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"],
-            "tie_word_embeddings": True, "layer_types": types, "rope_parameters": rope,
-            "query_pre_attn_scalar": fields["head_dim"], **fields}  # fmt: skip
+    types = [
+        "full_attention" if (i + 1) % global_every == 0 else "sliding_attention" for i in range(n)
+    ]
+    rope = {
+        "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+    }
+    return {
+        "model_type": "gemma3_text",
+        "architectures": ["Gemma3ForCausalLM"],
+        "tie_word_embeddings": True,
+        "layer_types": types,
+        "rope_parameters": rope,
+        "query_pre_attn_scalar": fields["head_dim"],
+        **fields,
+    }
 
 
 def _dims(d: int, layers: int, heads: int, kv: int, head: int, mlp: int) -> dict[str, int]:
-    return {"hidden_size": d, "num_hidden_layers": layers, "num_attention_heads": heads,
-            "num_key_value_heads": kv, "head_dim": head, "intermediate_size": mlp}  # fmt: skip
+    return {
+        "hidden_size": d,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "head_dim": head,
+        "intermediate_size": mlp,
+    }
 
 
 # fmt: off

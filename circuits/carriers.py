@@ -115,12 +115,30 @@ def evidence_carriers(
                         break
                     neg = float((att[:, f] < 0).float().mean())
                     pooled.append(
-                        (L2, g, L1, f, float(vw[f]), float(mean[f]), float(dose_r[f]),
-                         float(det_r[f]), neg)
-                    )  # fmt: skip
+                        (
+                            L2,
+                            g,
+                            L1,
+                            f,
+                            float(vw[f]),
+                            float(mean[f]),
+                            float(dose_r[f]),
+                            float(det_r[f]),
+                            neg,
+                        )
+                    )
                     per_concept += [(names[c], L2, g, L1, f, float(att[c, f])) for c in range(C)]
-    cols = ["gate_layer", "gate", "layer", "feature", "virtual_weight", "attribution",
-            "dose_r", "detection_r", "negative_share"]  # fmt: skip
+    cols = [
+        "gate_layer",
+        "gate",
+        "layer",
+        "feature",
+        "virtual_weight",
+        "attribution",
+        "dose_r",
+        "detection_r",
+        "negative_share",
+    ]
     df = pd.DataFrame(pooled, columns=cols)
     df["carrier"] = (
         (df.attribution < 0) & (df.dose_r > 0) & (np.abs(df.detection_r) >= min_detection_r)

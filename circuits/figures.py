@@ -39,8 +39,15 @@ def strength_figure(curves: pd.DataFrame, title: str | None = None) -> go.Figure
     df = curves.assign(gate=[f"L{L} #{f}" for L, f in zip(curves.layer, curves.feature)])
     df = df.sort_values(["gate", "strength"])
     color = "class" if "class" in df else None
-    fig = px.line(df, x="strength", y="activation", color=color, line_group="gate",
-                  hover_name="gate", markers=True)  # fmt: skip
+    fig = px.line(
+        df,
+        x="strength",
+        y="activation",
+        color=color,
+        line_group="gate",
+        hover_name="gate",
+        markers=True,
+    )
     fig.update_layout(
         title=title or "Gate activations over signed strengths",
         xaxis_title="signed strength (× residual norm)",

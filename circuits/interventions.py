@@ -88,9 +88,13 @@ def intervene(
         trace(model, tcs, batch, injection=injection, direction=direction),
     )
     abl = trace(
-        model, tcs, batch, injection=injection, direction=direction,
+        model,
+        tcs,
+        batch,
+        injection=injection,
+        direction=direction,
         edit=set_features(features, plain.acts),
-    )  # fmt: skip
+    )
     pat = trace(model, tcs, batch, direction=direction, edit=set_features(features, steer.acts))
     return Intervention(
         n_rows=len(batch),

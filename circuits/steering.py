@@ -122,8 +122,9 @@ def steering_attribution(
     layers = sorted(tcs)
     with torch.enable_grad():  # also under a caller's no_grad: the injection must carry it
         strengths = grid.clone().requires_grad_()
-        inj = Injection(layer, vector, strengths, mode=mode, unit="resid-norm",
-                        resid_norm=resid_norm)  # fmt: skip
+        inj = Injection(
+            layer, vector, strengths, mode=mode, unit="resid-norm", resid_norm=resid_norm
+        )
         tr = trace(model, tcs, rows, injection=inj, direction=direction, grad=True)
         ga = dict(zip(layers, torch.autograd.grad(tr.gap.sum(), [tr.acts[L] for L in layers])))
     dx = float(strength) / (n_points - 1)
@@ -195,17 +196,24 @@ def steering_graph(
     if len(batch) != 1 or not bool(batch.attention_mask.all()):
         raise ValueError("steering_graph needs one unpadded prompt (a batch of 1 row)")
     sa = steering_attribution(
-        model, transcoders, batch, vector, layer=layer, strength=strength,
-        resid_norm=resid_norm, n_points=n_points, mode=mode, direction=direction,
-    )  # fmt: skip
+        model,
+        transcoders,
+        batch,
+        vector,
+        layer=layer,
+        strength=strength,
+        resid_norm=resid_norm,
+        n_points=n_points,
+        mode=mode,
+        direction=direction,
+    )
     tcs = transcoder_layers(model, transcoders, after=layer)
     top = sa.features.reindex(sa.features.sa.abs().sort_values(ascending=False).index)
     top = top.head(n_features).reset_index(drop=True)
     vector = torch.as_tensor(vector).detach().cpu()
     with torch.enable_grad():
         s_star = torch.tensor(float(strength), requires_grad=True)
-        inj = Injection(layer, vector, s_star,
-                        mode=mode, unit="resid-norm", resid_norm=resid_norm)  # fmt: skip
+        inj = Injection(layer, vector, s_star, mode=mode, unit="resid-norm", resid_norm=resid_norm)
         tr = trace(model, tcs, batch, injection=inj, direction=direction, grad=True)
     keys = [(int(r.layer), int(r.position), int(r.feature)) for r in top.itertuples()]
     edges: list[Edge] = []
@@ -231,19 +239,32 @@ def steering_graph(
     n_out = n_layers(model)
     nodes = [
         Node("concept", "concept", layer=-1, role="concept", label=concept),
-        Node("root", "logit", layer=n_out, position=int(tr.pos[0]), role="logit",
-             label="Yes - No"),
-        Node("error", "error", layer=n_out - 1, role="error", label="not explained by features",
-             influence=sa.error),
-    ]  # fmt: skip
+        Node("root", "logit", layer=n_out, position=int(tr.pos[0]), role="logit", label="Yes - No"),
+        Node(
+            "error",
+            "error",
+            layer=n_out - 1,
+            role="error",
+            label="not explained by features",
+            influence=sa.error,
+        ),
+    ]
     for r, (L, t, f) in zip(top.itertuples(), keys):
         nid = _fid(L, t, f)
         role = "gate" if (L, f) in gate_set else "carrier" if nid in carriers else "other"
         nodes.append(
-            Node(nid, "feature", layer=L, position=t, feature=f, role=role,
-                 activation=float(r.activation), label=f"L{L} #{f} at {t}",
-                 influence=float(r.sa))
-        )  # fmt: skip
+            Node(
+                nid,
+                "feature",
+                layer=L,
+                position=t,
+                feature=f,
+                role=role,
+                activation=float(r.activation),
+                label=f"L{L} #{f} at {t}",
+                influence=float(r.sa),
+            )
+        )
         edges.append(Edge("concept", nid, float(r.sg)))
         edges.append(Edge(nid, "root", float(r.ga * r.sg)))
     edges.append(Edge("error", "root", sa.error))

@@ -224,9 +224,13 @@ class _Runner:
             pos = torch.arange(n, device=ids.device)[None]
             one = make_static_cache(self.twin.config, self.cache_len) if self.cache_len else None
             out = self.twin(
-                ids, attention_mask=ones, position_ids=pos, use_cache=True, logits_to_keep=1,
+                ids,
+                attention_mask=ones,
+                position_ids=pos,
+                use_cache=True,
+                logits_to_keep=1,
                 **{self.cache_kw: one},
-            )  # fmt: skip
+            )
             past = output_cache(out)
             check_cache(past, n, path="twin")
             if self.kept is not None:  # its cache exists: its tensors are the graph's
@@ -239,9 +243,12 @@ class _Runner:
         elif self.backend == "bridge":
             pos = torch.arange(n, device=ids.device)[None]
             self.model(
-                ids, attention_mask=ones, position_ids=pos, use_cache=True,
+                ids,
+                attention_mask=ones,
+                position_ids=pos,
+                use_cache=True,
                 **{self.cache_kw: self.cache},
-            )  # fmt: skip
+            )
             check_cache(self.cache, n, path="bridge")
             self.cache.batch_repeat_interleave(B)
         else:
@@ -306,13 +313,19 @@ class _Runner:
         twin, cache = weakref.ref(self.twin), self.cache
         kw = self.cache_kw
         return Replay(
-            lambda: twin()(  # type: ignore[misc]
-                ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
-                **{kw: cache},
-            ).logits,
+            lambda: (
+                twin()(  # type: ignore[misc]
+                    ids,
+                    attention_mask=mask,
+                    position_ids=pos,
+                    use_cache=True,
+                    logits_to_keep=1,
+                    **{kw: cache},
+                ).logits
+            ),
             self.graph,
             self.mask.device,
-        )  # fmt: skip
+        )
 
     def step(self, new: Tensor | None) -> Float[Tensor, "batch vocab"]:
         """Feed the prompt (``new=None``) or one new token per row; logits of the last one."""
@@ -331,9 +344,13 @@ class _Runner:
             pos = positions(self.mask)[:, -feed.shape[1] :]
             cache = {self.cache_kw: self.cache} if self.use_cache else {}
             out = self.twin(
-                feed, attention_mask=self.mask, position_ids=pos, use_cache=self.use_cache,
-                logits_to_keep=1, **cache,
-            )  # fmt: skip
+                feed,
+                attention_mask=self.mask,
+                position_ids=pos,
+                use_cache=self.use_cache,
+                logits_to_keep=1,
+                **cache,
+            )
             self.cache = output_cache(out) if self.use_cache else None
             logits = out.logits
         elif self.backend == "bridge":
@@ -341,8 +358,10 @@ class _Runner:
             # the last position's logits only, as on the twin: the same numbers (and less
             # memory than a [batch, prompt, vocab] prefill); the cache is written in place
             kwargs: dict[str, Any] = {
-                "attention_mask": self.mask, "position_ids": pos, "logits_to_keep": 1,
-            }  # fmt: skip
+                "attention_mask": self.mask,
+                "position_ids": pos,
+                "logits_to_keep": 1,
+            }
             if self.use_cache:
                 kwargs.update({self.cache_kw: self.cache}, use_cache=True)
             logits = self.model(feed, **kwargs)

@@ -531,11 +531,20 @@ def fingerprint(model: TLModel) -> str:
     h = hashlib.sha256()
     home = params[0][1].device if params else None  # a split model: gather on one device
     with torch.no_grad():
-        stats = torch.stack(
-            [torch.stack([p.detach().float().sum(),
-                          torch.linalg.vector_norm(p.detach().float())]).to(home)
-             for _, p in params]
-        ).cpu().tolist() if params else []  # fmt: skip
+        stats = (
+            torch.stack(
+                [
+                    torch.stack(
+                        [p.detach().float().sum(), torch.linalg.vector_norm(p.detach().float())]
+                    ).to(home)
+                    for _, p in params
+                ]
+            )
+            .cpu()
+            .tolist()
+            if params
+            else []
+        )
     for (pname, p), (total, norm) in zip(params, stats):
         h.update(pname.encode())
         h.update(repr((tuple(p.shape), round(float(total), 4))).encode())

@@ -76,9 +76,17 @@ SHORT_NAMES: dict[str, str] = {
     "forced_identification_rate": "forced identification",
 }
 PALETTE = (
-    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
-    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-)  # fmt: skip
+    "#1f77b4",
+    "#d62728",
+    "#2ca02c",
+    "#ff7f0e",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 
 
 def _label(v: Any) -> str:
@@ -175,10 +183,12 @@ def rate_heatmap(
     ys, xs = _grid(table, y, x, "rate_heatmap")
     z, custom = _matrix(table, y, x, cols, ys, xs)
     text = [
-        ["" if c[3] is None else ("" if v is None else f"{v:.2f}<br>") + f"n={c[3]:.0f}"
-         for v, c in zip(zr, cr)]
+        [
+            "" if c[3] is None else ("" if v is None else f"{v:.2f}<br>") + f"n={c[3]:.0f}"
+            for v, c in zip(zr, cr)
+        ]
         for zr, cr in zip(z, custom)
-    ]  # fmt: skip
+    ]
     name = SHORT_NAMES.get(metric, metric)
     fig = go.Figure(
         go.Heatmap(

@@ -80,8 +80,14 @@ def transcoder_rows(b: Bench, model: Any, x: Inputs) -> None:
     except Exception as e:
         traceback.print_exc()
         for name in (CACHE_ROW, RESIDENT_ROW):
-            b.row(group="transcoders", name=name, backend="bridge", unit="token",
-                  status="error", note=f"{type(e).__name__}: {e}"[:160])  # fmt: skip
+            b.row(
+                group="transcoders",
+                name=name,
+                backend="bridge",
+                unit="token",
+                status="error",
+                note=f"{type(e).__name__}: {e}"[:160],
+            )
         return
     tokens = int(token_mask(model, x.detection).sum())
     with counting_device_copies() as seen:
@@ -162,5 +168,12 @@ def steering_rows(b: Bench, model: Any, x: Inputs, tcs: list[Any]) -> None:
         with torch.no_grad():
             return model(one.input_ids)
 
-    b.time("steering", STEER_BASE, "bridge", "point", forward, 1,
-           how=f"median of {b.s.repeats} calls of one row")  # fmt: skip
+    b.time(
+        "steering",
+        STEER_BASE,
+        "bridge",
+        "point",
+        forward,
+        1,
+        how=f"median of {b.s.repeats} calls of one row",
+    )

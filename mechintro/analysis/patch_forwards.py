@@ -83,8 +83,9 @@ def _stack(source: PromptBatch, target: PromptBatch, k: int) -> PromptBatch:
         for name in sorted(set(a) | set(b)):
             like = a[name] if name in a else b[name]
             sa, sb = (len(source), *like.shape[1:]), (len(tiled), *like.shape[1:])
-            out[name] = torch.cat([a.get(name, like.new_full(sa, -1)),
-                                   b.get(name, like.new_full(sb, -1))])  # fmt: skip
+            out[name] = torch.cat(
+                [a.get(name, like.new_full(sa, -1)), b.get(name, like.new_full(sb, -1))]
+            )
         return out
 
     return PromptBatch(
@@ -222,8 +223,13 @@ def _forwards(
         ref = weakref.ref(twin)  # a kept capture must not keep its model alive
 
         def fn() -> Tensor:
-            out = ref()(ids, attention_mask=mask, position_ids=pos, use_cache=False,  # type: ignore[misc]
-                        logits_to_keep=keep)  # fmt: skip
+            out = ref()(
+                ids,
+                attention_mask=mask,
+                position_ids=pos,
+                use_cache=False,  # type: ignore[misc]
+                logits_to_keep=keep,
+            )
             return out.logits
 
         entry = _Captured(ids, mask, pos, masks, step.slots, Replay(fn, True, ids.device))

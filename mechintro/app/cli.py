@@ -332,10 +332,15 @@ def cmd_noise(args: Mapping[str, Any]) -> int:
     vectors: Any
     if cfg.concepts:
         vectors = {
-            L: extract_vectors(model, cfg.concepts, layer=L, baseline=cfg.baseline or None,
-                               cache_dir=out / "vectors")
+            L: extract_vectors(
+                model,
+                cfg.concepts,
+                layer=L,
+                baseline=cfg.baseline or None,
+                cache_dir=out / "vectors",
+            )
             for L in layers
-        }  # fmt: skip
+        }
     else:
         vectors = godet_vectors(model, layers)
     battery = {q.id: q for q in CONTROL_BATTERY}  # the ids were checked with the options

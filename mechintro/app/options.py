@@ -262,9 +262,10 @@ class RunConfig:
     dtype: str = opt("float32", "weights and activations dtype")
     device: str = opt("cpu", "torch device, e.g. cuda")
     batch_size: int | str = opt(
-        32, "trials per generation batch, or auto: the largest the memory plan fits; results "
-        "do not depend on it"
-    )  # fmt: skip
+        32,
+        "trials per generation batch, or auto: the largest the memory plan fits; results "
+        "do not depend on it",
+    )
     depths: tuple[float, ...] = opt((), "also inject at these depth fractions (0.6: 60% deep)")
     nproc: int = opt(1, "data-parallel processes (one per GPU), started through torchrun")
     n_devices: int = opt(1, "split the model over this many GPUs (device_map / n_devices)")
@@ -300,13 +301,13 @@ class ExtractConfig:
     depth: float | None = opt(None, "or a depth fraction, e.g. 0.6")
     method: str = opt("lindsey", "extraction method (docs/protocols.md §1)")
     baseline: tuple[str, ...] = opt(
-        (), "baseline words (default: a model organism's own object words, else the method's "
-        "list)"
-    )  # fmt: skip
+        (), "baseline words (default: a model organism's own object words, else the method's list)"
+    )
     on_bad_word: str = opt(
-        "raise", "words the tokenizer does not know, duplicate or zero vectors: raise (refuse "
-        "them) or warn (keep them, warned and listed)"
-    )  # fmt: skip
+        "raise",
+        "words the tokenizer does not know, duplicate or zero vectors: raise (refuse "
+        "them) or warn (keep them, warned and listed)",
+    )
     backend: str = opt("bridge", "TransformerLens model class")
     dtype: str = opt("float32", "weights and activations dtype")
     device: str = opt("cpu", "torch device, e.g. cuda")

@@ -120,23 +120,31 @@ def run_patch_sweep(cfg: PatchConfig, model: Any = None) -> dict[str, pd.DataFra
         )
     atomic_write_text(bound, json.dumps(cfg.key(), indent=2))
     if model is None:
-        model = load_model(cfg.model, backend=cfg.backend,  # type: ignore[arg-type]
-                           dtype=getattr(torch, cfg.dtype), device=cfg.device)  # fmt: skip
+        model = load_model(
+            cfg.model,
+            backend=cfg.backend,  # type: ignore[arg-type]
+            dtype=getattr(torch, cfg.dtype),
+            device=cfg.device,
+        )
     check_layer(model, cfg.layer)
     if cfg.protocol not in PROTOCOLS:
         raise ValueError(
             f"unknown protocol {cfg.protocol!r}: see mechintro.experiments.protocols.names()"
         )
     layers = list(cfg.layers) or list(range(cfg.layer + 1, n_layers(model)))
-    vec = extract_vectors(model, [cfg.concept], layer=cfg.layer,
-                          baseline=list(cfg.baseline) or None, cache_dir=out / "vectors")[
-        cfg.concept
-    ]  # fmt: skip
+    vec = extract_vectors(
+        model,
+        [cfg.concept],
+        layer=cfg.layer,
+        baseline=list(cfg.baseline) or None,
+        cache_dir=out / "vectors",
+    )[cfg.concept]
     protocol = PROTOCOLS[cfg.protocol]
     tok = tokenizer_of(model)
     batch = encode(tok, [protocol.prompt(cfg.trial, concept=cfg.concept, tokenizer=tok)])
-    inj = protocol.injection(cfg.layer, vec.vector, cfg.strength, unit=cfg.unit,
-                             resid_norm=vec.resid_norm)  # fmt: skip
+    inj = protocol.injection(
+        cfg.layer, vec.vector, cfg.strength, unit=cfg.unit, resid_norm=vec.resid_norm
+    )
     run = knock_out if cfg.direction == "knock-out" else knock_in
     frames: dict[str, pd.DataFrame] = {}
     figures = []
@@ -146,9 +154,16 @@ def run_patch_sweep(cfg: PatchConfig, model: Any = None) -> dict[str, pd.DataFra
             logger.info("%s done: %s", component, path)
             frames[component] = pd.read_csv(path)
             continue
-        res = run(model, batch, inj, component=component, layers=layers,
-                  positions=_positions(cfg.positions), method=cfg.method,
-                  batch_size=cfg.batch_size)  # fmt: skip
+        res = run(
+            model,
+            batch,
+            inj,
+            component=component,
+            layers=layers,
+            positions=_positions(cfg.positions),
+            method=cfg.method,
+            batch_size=cfg.batch_size,
+        )
         frame = res.to_frame()
         frame["recovered"] = res.recovered.flatten().tolist()
         atomic_write_text(path, frame.to_csv(index=False))
@@ -156,6 +171,7 @@ def run_patch_sweep(cfg: PatchConfig, model: Any = None) -> dict[str, pd.DataFra
         figures.append(heatmap(res, title=f"{cfg.direction} of {component}: effect on b"))
     title = f"{cfg.direction} patching: {cfg.concept} at block {cfg.layer}, s = {cfg.strength:g}"
     tables = [f.sort_values("effect", key=abs, ascending=False).head(20) for f in frames.values()]
-    html_report(title, [Section("Heatmaps", figures), Section("Top cells", tables)],
-                path=out / "patch.html")  # fmt: skip
+    html_report(
+        title, [Section("Heatmaps", figures), Section("Top cells", tables)], path=out / "patch.html"
+    )
     return frames

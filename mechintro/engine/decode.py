@@ -162,8 +162,9 @@ class Preamble:
     @classmethod
     def of(cls, key: tuple[Any, ...], one: Any) -> Preamble:
         layers = one.layers
-        return cls(key, [(x.keys.clone(), x.values.clone(), x.cumulative_length.clone())
-                         for x in layers])  # fmt: skip
+        return cls(
+            key, [(x.keys.clone(), x.values.clone(), x.cumulative_length.clone()) for x in layers]
+        )
 
     def fill(self, cache: Any) -> None:
         """Write it into every row of ``cache`` (a static cache whose layers exist)."""
@@ -190,8 +191,9 @@ class Captured:
         load_slots(self.step.slots, log, batch)
 
 
-def load_slots(slots: dict[int, tuple[Tensor, Tensor, Tensor]], log: InjectionLog | None,
-               batch: int) -> None:  # fmt: skip
+def load_slots(
+    slots: dict[int, tuple[Tensor, Tensor, Tensor]], log: InjectionLog | None, batch: int
+) -> None:
     """Write the vectors and bounds of ``log``'s injections (for ``batch`` rows) into the
     tensors captured injection hooks read (:attr:`StepPosition.slots`)."""
     if log is None:

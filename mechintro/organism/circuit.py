@@ -83,27 +83,35 @@ def organism_circuits(
     runs = (trace(model, transcoders, batch), trace(model, transcoders, batch, injection=inj))
     ablation = intervene(model, transcoders, batch, inj, gates, runs=runs)
     control_batch = encode(tok, [question_prompt(ONE_PLUS_ONE)] * len(held))
-    control_inj = Injection(L, V, strength, mode="single-token", unit="resid-norm",
-                            resid_norm=norm)  # fmt: skip
+    control_inj = Injection(L, V, strength, mode="single-token", unit="resid-norm", resid_norm=norm)
     control = control_unchanged(model, transcoders, control_batch, control_inj, gates)
     prog = progressive(model, transcoders, batch, inj, ranked(scores), PROGRESSIVE_KS, runs=runs)
 
     carriers = evidence_carriers(
-        model, transcoders, batch, V, gates, layer=L, resid_norm=norm,
-        strengths=(strength / 2, strength), concepts=held,
-    )  # fmt: skip
+        model,
+        transcoders,
+        batch,
+        V,
+        gates,
+        layer=L,
+        resid_norm=norm,
+        strengths=(strength / 2, strength),
+        concepts=held,
+    )
 
     graphs: list[Any] = []
     pairs: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in EDGE_KINDS}
     for i, c in enumerate(held[:n_graphs]):
         one = encode(tok, [detection_prompt(1 + i % 10)])
         kw = dict(layer=L, strength=strength, resid_norm=norm)
-        g, sa = steering_graph(model, transcoders, one, world.vectors[c], gates=gates,
-                               concept=c, **kw)  # fmt: skip
+        g, sa = steering_graph(
+            model, transcoders, one, world.vectors[c], gates=gates, concept=c, **kw
+        )
         measure = edge_measure(model, transcoders, one, world.vectors[c], **kw)
         for kind in EDGE_KINDS:
-            edges = sorted((e for e in g.edges if edge_kind(e) == kind),
-                           key=lambda e: -abs(e.weight))[:10]  # fmt: skip
+            edges = sorted(
+                (e for e in g.edges if edge_kind(e) == kind), key=lambda e: -abs(e.weight)
+            )[:10]
             pairs[kind][0].extend(e.weight for e in edges)
             pairs[kind][1].extend(measure(e) for e in edges)
         graphs.append((c, g, sa))

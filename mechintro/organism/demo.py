@@ -261,11 +261,19 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     trials = []
     for name, m in models.items():
         df = detection_trials(
-            m, unit[layer], resid[layer], layer=layer, words=[*all_words, *randoms],
-            strengths=cfg.strengths, trials=(1,), n_controls=cfg.n_controls,
-            batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature, seed=cfg.seed,
-        )  # fmt: skip
+            m,
+            unit[layer],
+            resid[layer],
+            layer=layer,
+            words=[*all_words, *randoms],
+            strengths=cfg.strengths,
+            trials=(1,),
+            n_controls=cfg.n_controls,
+            batch_size=cfg.batch_size,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            seed=cfg.seed,
+        )
         df["organism"] = name
         trials.append(df)
     tdf = grade_trials(pd.concat(trials, ignore_index=True), category)
@@ -291,10 +299,17 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     for name, m in models.items():
         for L in range(n_layers):
             df = detection_trials(
-                m, unit[L], resid[L], layer=L, words=sweep_words, strengths=cfg.sweep_strengths,
-                batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
-                temperature=cfg.temperature, seed=cfg.seed,
-            )  # fmt: skip
+                m,
+                unit[L],
+                resid[L],
+                layer=L,
+                words=sweep_words,
+                strengths=cfg.sweep_strengths,
+                batch_size=cfg.batch_size,
+                max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature,
+                seed=cfg.seed,
+            )
             sweeps.append(df.assign(organism=name, layer=L))
     sdf = grade_trials(pd.concat(sweeps, ignore_index=True), category)
 
@@ -393,8 +408,15 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     from circuits.figures import circuits_section
     from mechintro.organism.report import demo_report
 
-    demo_report(metrics, table, tdf, sdf, noise_grid, path=out / "report.html",
-                extra=[circuits_section(circuits, circuit_frames)])  # fmt: skip
+    demo_report(
+        metrics,
+        table,
+        tdf,
+        sdf,
+        noise_grid,
+        path=out / "report.html",
+        extra=[circuits_section(circuits, circuit_frames)],
+    )
     steps.close()
     return result
 
@@ -420,8 +442,14 @@ def _transcoder_fvu(
     trials = [detection_prompt(n) for n in range(1, 11)]
     plain = evaluate(model, tcs, prompts + trials)
     w = words["heldout"][0]
-    inj = Injection(layer, unit[layer][w], best["introspective"], mode="from-trial",
-                    unit="resid-norm", resid_norm=resid[layer])  # fmt: skip
+    inj = Injection(
+        layer,
+        unit[layer][w],
+        best["introspective"],
+        mode="from-trial",
+        unit="resid-norm",
+        resid_norm=resid[layer],
+    )
     steered = evaluate(model, tcs, trials, injection=inj)
     return {
         "layers": sorted(tcs),

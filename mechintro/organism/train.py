@@ -285,8 +285,12 @@ def train_base(out: str | Path, cfg: TrainConfig, device: str = "cpu") -> dict[s
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("base organism: %d parameters", n_params)
     losses = _train(model, enc1, cfg.phase1_steps, cfg.lr, cfg, dev, label="phase 1")
-    meta = {"config": cfg.to_dict(), "phase": "base", "n_params": n_params,
-            "final_loss": sum(losses[-100:]) / max(1, len(losses[-100:]))}  # fmt: skip
+    meta = {
+        "config": cfg.to_dict(),
+        "phase": "base",
+        "n_params": n_params,
+        "final_loss": sum(losses[-100:]) / max(1, len(losses[-100:])),
+    }
     _save(model, tok, out, cs, meta)
     return meta
 
@@ -305,8 +309,9 @@ def train_introspective(
     model = model.to(dev)
     words = [c.word for c in cs if c.split != "baseline"]
     pseudo = pseudo_words(tok, cs) if cfg.pseudo > 0 else []
-    unit, resid = concept_vectors(base, words + pseudo, corpus.split(cs, "baseline"), cfg.layer,
-                                  device)  # fmt: skip
+    unit, resid = concept_vectors(
+        base, words + pseudo, corpus.split(cs, "baseline"), cfg.layer, device
+    )
     vectors = {k: v.to(dev) * resid for k, v in unit.items()}
     vectors["_zero"] = torch.zeros(model.config.hidden_size, device=dev)
     for p in model.model.embed_tokens.parameters():
@@ -321,9 +326,14 @@ def train_introspective(
     losses = _train(
         model, enc2, cfg.phase2_steps, cfg.phase2_lr, cfg, dev, vectors=vectors, label="phase 2"
     )
-    meta = {"config": cfg.to_dict(), "phase": "introspective", "resid_norm": resid,
-            "final_loss": sum(losses[-100:]) / max(1, len(losses[-100:])),
-            "trained_from": "base", "n_pseudo": len(pseudo)}  # fmt: skip
+    meta = {
+        "config": cfg.to_dict(),
+        "phase": "introspective",
+        "resid_norm": resid,
+        "final_loss": sum(losses[-100:]) / max(1, len(losses[-100:])),
+        "trained_from": "base",
+        "n_pseudo": len(pseudo),
+    }
     _save(model, tok, out, cs, meta)
     return meta
 

@@ -160,9 +160,15 @@ def measure_trained(
             )
             before, after = ev.before.to_dict(), ev.after.to_dict()
         keep = (
-            "tpr", "tpr_ci", "fpr", "fpr_ci", "n_injected", "n_control", "tpr_by_strength",
+            "tpr",
+            "tpr_ci",
+            "fpr",
+            "fpr_ci",
+            "n_injected",
+            "n_control",
+            "tpr_by_strength",
             "paths",
-        )  # fmt: skip
+        )
         out[method] = {
             "heldout": {
                 "before": {k: before[k] for k in keep},

@@ -93,8 +93,9 @@ def organism_activations(
     rows = organism_prompts(data, model)
     words = sorted({w for _, w, _, _ in rows if w})
     cs = corpus.concepts(0)
-    vec, resid = concept_vectors(builtin_path("organism-base"), words,
-                                 corpus.split(cs, "baseline"), inj_layer, "cpu")  # fmt: skip
+    vec, resid = concept_vectors(
+        builtin_path("organism-base"), words, corpus.split(cs, "baseline"), inj_layer, "cpu"
+    )
     groups: dict[str, list[int]] = {"none": [], "from-trial": [], "single-token": []}
     for i, (_, w, mode, _) in enumerate(rows):
         groups["none" if w is None else mode].append(i)
@@ -107,8 +108,14 @@ def organism_activations(
         inj = None
         if mode != "none":
             V = torch.stack([vec[str(rows[i][1])] for i in idx])
-            inj = Injection(inj_layer, V, [rows[i][3] for i in idx], mode=mode,
-                            unit="resid-norm", resid_norm=resid)  # fmt: skip
+            inj = Injection(
+                inj_layer,
+                V,
+                [rows[i][3] for i in idx],
+                mode=mode,
+                unit="resid-norm",
+                resid_norm=resid,
+            )
         parts.append(mlp_activations(model, prompts, layers, injection=inj, batch_size=batch_size))
     return MLPActivations(
         x={x: torch.cat([p.x[x] for p in parts]) for x in layers},
@@ -192,20 +199,36 @@ def train_organism(
     train = organism_activations(model, layers, data)
     hold = organism_activations(model, layers, heldout)
     t_data = time.perf_counter() - t0
-    logger.info("activations: %d train / %d held-out tokens in %.0f s", len(train), len(hold),
-                t_data)  # fmt: skip
+    logger.info(
+        "activations: %d train / %d held-out tokens in %.0f s", len(train), len(hold), t_data
+    )
     out = Path(out)
     model_fingerprint, threads_used = fingerprint(model), torch.get_num_threads()
     reports: dict[int, TrainReport] = {}
     for layer in layers:
-        info = {"model": "builtin:organism", "model_fingerprint": model_fingerprint,
-                "data": data.to_dict()}  # fmt: skip
-        tc, rep = train_transcoder(train.x[layer], train.y[layer], cfg, layer=layer,
-                                   heldout=(hold.x[layer], hold.y[layer]), info=info)  # fmt: skip
+        info = {
+            "model": "builtin:organism",
+            "model_fingerprint": model_fingerprint,
+            "data": data.to_dict(),
+        }
+        tc, rep = train_transcoder(
+            train.x[layer],
+            train.y[layer],
+            cfg,
+            layer=layer,
+            heldout=(hold.x[layer], hold.y[layer]),
+            info=info,
+        )
         tc.save(out / f"layer_{layer}", dtype=torch.float16)
         reports[layer] = rep
-        logger.info("layer %d: held-out FVU %.4f (linear skip alone %.4f), L0 %.1f, %.0f s",
-                    layer, rep.fvu, rep.fvu_linear, rep.l0, rep.seconds)  # fmt: skip
+        logger.info(
+            "layer %d: held-out FVU %.4f (linear skip alone %.4f), L0 %.1f, %.0f s",
+            layer,
+            rep.fvu,
+            rep.fvu_linear,
+            rep.l0,
+            rep.seconds,
+        )
     report = OrganismTrainReport(
         model="builtin:organism",
         model_fingerprint=model_fingerprint,

@@ -162,8 +162,10 @@ def test_a_dead_rank_resumes_without_loss_or_duplicates(tiny_dirs, single, tmp_p
     for name, data in kept.items():
         assert (out / name).read_bytes().startswith(data)  # kept, not re-run
     assert_same_trials(records(out), records(single[1.0]))
-    assert [r["pending"] for r in load_runs(out)] == [20, 20 - sum(
-        len(d.splitlines()) for d in kept.values())]  # fmt: skip
+    assert [r["pending"] for r in load_runs(out)] == [
+        20,
+        20 - sum(len(d.splitlines()) for d in kept.values()),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,9 +239,28 @@ def test_cli_nproc_runs_torchrun_and_equals_one_process(tiny_dirs, tmp_path, mon
     from mechintro.app.cli import main
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    args = ["sweep", "--model", str(tiny_dirs["llama"]), "--concepts", "Dust", "Peace",
-            "--layers", "1", "--strengths", "8", "--n-controls", "2", "--max-new-tokens", "3",
-            "--baseline", "Milk", "Stone", "Tree", "--batch-size", "2"]  # fmt: skip
+    args = [
+        "sweep",
+        "--model",
+        str(tiny_dirs["llama"]),
+        "--concepts",
+        "Dust",
+        "Peace",
+        "--layers",
+        "1",
+        "--strengths",
+        "8",
+        "--n-controls",
+        "2",
+        "--max-new-tokens",
+        "3",
+        "--baseline",
+        "Milk",
+        "Stone",
+        "Tree",
+        "--batch-size",
+        "2",
+    ]
     assert main([*args, "--out", str(tmp_path / "two"), "--nproc", "2"]) == 0
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
     two, one = records(tmp_path / "two"), records(tmp_path / "one")
@@ -268,8 +289,13 @@ def test_a_dispatched_model_passes_parity_and_sweeps_like_the_whole_one(
 
     folder = tiny_dirs["llama"]
     hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager")
-    modules = ["model.embed_tokens", *(f"model.layers.{i}" for i in range(4)), "model.norm",
-               "model.rotary_emb", "lm_head"]  # fmt: skip
+    modules = [
+        "model.embed_tokens",
+        *(f"model.layers.{i}" for i in range(4)),
+        "model.norm",
+        "model.rotary_emb",
+        "lm_head",
+    ]
     hf = dispatch_model(hf, device_map=dict.fromkeys(modules, "cpu"), force_hooks=True)
     assert not any(p.device.type == "meta" for p in hf.parameters())
     model = load_model(hf, tokenizer=AutoTokenizer.from_pretrained(folder))

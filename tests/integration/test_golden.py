@@ -15,9 +15,16 @@ pytestmark = pytest.mark.slow
 
 README = Path(__file__).parents[2] / "README.md"
 REQUIRED = (
-    "tpr", "fpr", "identification", "identification_category", "introspection_rate",
-    "n_injected", "n_control", "control_flip_rate", "specificity",
-)  # fmt: skip
+    "tpr",
+    "fpr",
+    "identification",
+    "identification_category",
+    "introspection_rate",
+    "n_injected",
+    "n_control",
+    "control_flip_rate",
+    "specificity",
+)
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,17 @@ from mechintro.training.common import hf_injection
 from mechintro.vectors import extract_vectors
 
 CFG = TrainConfig(
-    d_model=32, n_layers=3, n_heads=2, d_mlp=64, layer=1, phase1_steps=3, phase2_steps=3,
-    batch_size=8, n_examples=300, warmup=1,
-)  # fmt: skip
+    d_model=32,
+    n_layers=3,
+    n_heads=2,
+    d_mlp=64,
+    layer=1,
+    phase1_steps=3,
+    phase2_steps=3,
+    batch_size=8,
+    n_examples=300,
+    warmup=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -124,11 +132,21 @@ def test_training_injection_adds_what_injected_adds(organisms):
 def test_detection_trials_table(organisms):
     cs = corpus.concepts(0)
     words = ["dog", "rain"]
-    unit, resid = concept_vectors(organisms / "base", words, corpus.split(cs, "baseline"),
-                                  CFG.layer, "cpu")  # fmt: skip
+    unit, resid = concept_vectors(
+        organisms / "base", words, corpus.split(cs, "baseline"), CFG.layer, "cpu"
+    )
     model = load_model(organisms / "introspective")
-    df = detection_trials(model, unit, resid, layer=CFG.layer, words=words, strengths=[0.5, 1.0],
-                          trials=(1, 2), n_controls=6, max_new_tokens=3)  # fmt: skip
+    df = detection_trials(
+        model,
+        unit,
+        resid,
+        layer=CFG.layer,
+        words=words,
+        strengths=[0.5, 1.0],
+        trials=(1, 2),
+        n_controls=6,
+        max_new_tokens=3,
+    )
     assert len(df) == 2 * 2 * 2 + 6 and df.injected.sum() == 8
     table = summary(df, corpus.category_of(cs))
     assert list(table.index) == [0.5, 1.0] and (table.n_control == 6).all()
@@ -149,8 +167,16 @@ def test_shipped_organisms_detect_and_name_held_out_concepts():
     assert resid is not None
     assert (builtin_path("organism") / "model.safetensors").is_file()
     for name, claims in (("builtin:organism", True), ("builtin:organism-base", False)):
-        df = detection_trials(load_model(name), unit, resid, layer=3, words=held,
-                              strengths=[1.0], n_controls=8, temperature=1.0)  # fmt: skip
+        df = detection_trials(
+            load_model(name),
+            unit,
+            resid,
+            layer=3,
+            words=held,
+            strengths=[1.0],
+            n_controls=8,
+            temperature=1.0,
+        )
         g = grade_trials(df, corpus.category_of(cs))
         inj, ctrl = g[g.injected], g[~g.injected]
         assert (ctrl.detection == "NO").all()

@@ -187,9 +187,14 @@ def test_both_runs_steered_give_each_runs_own_metric(model):
     assert abs(alone["src"] - alone["tgt"]) > 1e-3
     last = model.cfg.n_layers - 1
     res = activation_patch(
-        model, batch, component="resid_post", positions="all", layers=[0, last],
-        source_injection=src, target_injection=tgt,
-    )  # fmt: skip
+        model,
+        batch,
+        component="resid_post",
+        positions="all",
+        layers=[0, last],
+        source_injection=src,
+        target_injection=tgt,
+    )
     assert float(res.source_value) == pytest.approx(alone["src"], abs=1e-5)
     assert float(res.target_value) == pytest.approx(alone["tgt"], abs=1e-5)
     assert float(res.values[1, 0]) == pytest.approx(alone["src"], abs=1e-5)

@@ -58,8 +58,16 @@ def _vectors(d: int, words=WORDS, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def _small_lora(**kw) -> LoRAConfig:
-    base = dict(layer=1, strengths=(4.0, 8.0), questions=QUESTIONS, prompt_format="chat",
-                r=4, alpha=8, batch_size=4, max_steps=3)  # fmt: skip
+    base = dict(
+        layer=1,
+        strengths=(4.0, 8.0),
+        questions=QUESTIONS,
+        prompt_format="chat",
+        r=4,
+        alpha=8,
+        batch_size=4,
+        max_steps=3,
+    )
     return LoRAConfig(**{**base, **kw})
 
 
@@ -141,9 +149,8 @@ def test_introspection_examples_are_balanced_and_match_the_demo_prompt(tiny_dirs
     assert {e.reply for e in ex if not e.concept} == {cfg.no_target}
     assert ex == introspection_examples(WORDS, cfg)  # seeded
     _, tok = _hf(tiny_dirs["llama"])
-    pre = _small_lora(preamble=True, questions=(
-        "Trial {n}: Do you detect an injected thought? If so, what is the injected thought about?",
-    ))  # fmt: skip
+    trial = "Trial {n}: Do you detect an injected thought? If so, what is the injected thought"
+    pre = _small_lora(preamble=True, questions=(trial + " about?",))
     got = encode(tok, [question_prompt(pre.questions[0], pre, 7)]).input_ids
     assert torch.equal(got, encode(tok, [detection_prompt(7)]).input_ids)
     raw = question_prompt("Is there a subliminal vector?", LoRAConfig())
@@ -178,12 +185,14 @@ def test_lora_touches_only_attention_projections(tiny_dirs, tmp_path):
 
     hf, tok = _hf(tiny_dirs["llama"])
     before = {k: v.clone() for k, v in hf.state_dict().items()}
-    res = train_lora(hf, _vectors(hf.config.hidden_size), WORDS, _small_lora(lr=1e-2),
-                     tokenizer=tok, merge=False)  # fmt: skip
+    res = train_lora(
+        hf, _vectors(hf.config.hidden_size), WORDS, _small_lora(lr=1e-2), tokenizer=tok, merge=False
+    )
     names = [n for n, p in hf.named_parameters() if "lora_" in n]
     assert names and len(lora_parameters(hf)) == len(names) == 2 * 4 * hf.config.num_hidden_layers
-    assert all(any(f"self_attn.{p}." in n for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
-               for n in names)  # fmt: skip
+    assert all(
+        any(f"self_attn.{p}." in n for p in ("q_proj", "k_proj", "v_proj", "o_proj")) for n in names
+    )
     assert all(p.requires_grad for p in hf.parameters())  # the caller's flags are back
     assert not hf.training and res.steps == 3 and len(res.losses) == 3
     assert save_lora(hf, tmp_path / "adapter.safetensors") == 4 * hf.config.num_hidden_layers
@@ -196,8 +205,11 @@ def test_lora_touches_only_attention_projections(tiny_dirs, tmp_path):
     after = hf.state_dict()
     assert set(after) == set(before)  # no adapter left behind
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    attn = {k for k in before if any(f"self_attn.{p}.weight" in k for p in
-                                      ("q_proj", "k_proj", "v_proj", "o_proj"))}  # fmt: skip
+    attn = {
+        k
+        for k in before
+        if any(f"self_attn.{p}.weight" in k for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
+    }
     assert changed and changed <= attn
 
 
@@ -270,8 +282,9 @@ def test_dpo_loss_by_hand():
     assert float(free.loss) == pytest.approx(hand_free, rel=1e-6)
     eps = 0.1
     smooth = dpo_loss(pc, pr, rc, rr, beta=beta, label_smoothing=eps)
-    hand_s = sum((1 - eps) * math.log(1 + math.exp(-x)) + eps * math.log(1 + math.exp(x))
-                 for x in h) / 2  # fmt: skip
+    hand_s = (
+        sum((1 - eps) * math.log(1 + math.exp(-x)) + eps * math.log(1 + math.exp(x)) for x in h) / 2
+    )
     assert float(smooth.loss) == pytest.approx(hand_s, rel=1e-6)
     same = dpo_loss(pc, pr, pc, pr)
     assert float(same.loss) == pytest.approx(math.log(2))  # policy = reference
@@ -294,8 +307,9 @@ def test_sft_kl_reduces_to_sft_at_kl_weight_zero(tiny_dirs):
     m = b.loss_mask[:, 1:]
     p, q = logits[:, :-1][m].log_softmax(-1), ref[:, :-1][m].log_softmax(-1)
     kl = (p.exp() * (p - q)).sum(-1).mean()
-    torch.testing.assert_close(sft_kl_loss(logits, ref, b, kl_weight=0.5),
-                               sft_loss(logits, b) + 0.5 * kl)  # fmt: skip
+    torch.testing.assert_close(
+        sft_kl_loss(logits, ref, b, kl_weight=0.5), sft_loss(logits, b) + 0.5 * kl
+    )
     with pytest.raises(ValueError, match="kl_weight"):
         sft_kl_loss(logits, ref, b, kl_weight=-1.0)
 
@@ -307,8 +321,15 @@ def test_a_few_preference_steps_lower_the_loss(tiny_dirs, objective):
     ask = [Prompt.chat(f"Trial {n}: anything?") for n in (1, 2)]  # short: byte-level tokens
     pairs = [PreferencePair(ask[0], f"Yes, {w}.", "No.", w, 6.0) for w in WORDS]
     pairs += [PreferencePair(ask[1], "No.", "Yes, apple.")] * 4
-    cfg = PreferenceConfig(objective=objective, lr=1e-3, steps=12, batch_size=8, layer=1,
-                           schedule="constant", kl_weight=0.1)  # fmt: skip
+    cfg = PreferenceConfig(
+        objective=objective,
+        lr=1e-3,
+        steps=12,
+        batch_size=8,
+        layer=1,
+        schedule="constant",
+        kl_weight=0.1,
+    )
     res = train_preferences(hf, pairs, cfg, tokenizer=tok, vectors=v)
     assert res.losses[-1] < res.losses[0], res.losses
     if objective == "dpo":
@@ -352,8 +373,15 @@ def test_train_bias_lowers_the_loss_and_leaves_the_weights(tiny_dirs):
     fp = fingerprint(model)
     d = model.cfg.d_model
     vecs = {L: _vectors(d, seed=L) for L in (1, 2)}
-    cfg = BiasConfig(layer=2, injection_layers=(1, 2), strengths=(2.0, 6.0), steps=15,
-                     batch_size=8, lr=5e-2, preamble=False)  # fmt: skip
+    cfg = BiasConfig(
+        layer=2,
+        injection_layers=(1, 2),
+        strengths=(2.0, 6.0),
+        steps=15,
+        batch_size=8,
+        lr=5e-2,
+        preamble=False,
+    )
     res = train_bias(model, vecs, WORDS, cfg)
     assert res.bias.layer == 2 and float(res.bias.vector.norm()) > 0
     assert res.training.losses[-1] < res.training.losses[0]
@@ -387,8 +415,17 @@ def test_evaluate_bias_runs_before_and_after(tiny_dirs):
     model = load_model(tiny_dirs["llama"])
     d = model.cfg.d_model
     vecs = {w: v / v.norm() for w, v in _vectors(d).items()}
-    zero = evaluate_bias(model, TrainedBias(2, torch.zeros(d)), vecs, 1.0, ["apple", "river"],
-                         layer=1, strengths=[4.0], baseline=["table"], n_controls=3)  # fmt: skip
+    zero = evaluate_bias(
+        model,
+        TrainedBias(2, torch.zeros(d)),
+        vecs,
+        1.0,
+        ["apple", "river"],
+        layer=1,
+        strengths=[4.0],
+        baseline=["table"],
+        n_controls=3,
+    )
     assert zero.before.n_injected == 2 and zero.before.n_control == 3
     # a zero bias changes nothing; the biased run takes the bridge (the twin has no bias hook)
     assert zero.before.paths == ["twin"] and zero.after.paths == ["bridge"]
@@ -422,8 +459,11 @@ def test_compare_checkpoints(tiny_dirs):
         {"x": tiny_dirs["llama"]}, lambda m: pd.DataFrame({"v": [1, 2]}), load=loader
     )
     assert frames.checkpoint.tolist() == ["x", "x"] and frames.v.tolist() == [1, 2]
-    compare_checkpoints([Checkpoint("r", "org/model", "step100")], lambda m: {"ok": 1},
-                        load=lambda s, **kw: calls.append((s, kw)))  # fmt: skip
+    compare_checkpoints(
+        [Checkpoint("r", "org/model", "step100")],
+        lambda m: {"ok": 1},
+        load=lambda s, **kw: calls.append((s, kw)),
+    )
     assert calls[-1] == ("org/model", {"revision": "step100"})
     with pytest.raises(ValueError, match="duplicate"):
         compare_checkpoints([("a", "x"), ("a", "y")], run, load=loader)

@@ -65,8 +65,9 @@ def _vectors(model, n: int, seed: int = 0) -> torch.Tensor:
 
 
 def _inj(model, batch, s=2.0):
-    return Injection(0, _vectors(model, len(batch)), s, mode="all", unit="resid-norm",
-                     resid_norm=1.0)  # fmt: skip
+    return Injection(
+        0, _vectors(model, len(batch)), s, mode="all", unit="resid-norm", resid_norm=1.0
+    )
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -106,8 +107,13 @@ def test_edits_that_restore_the_run_change_nothing(tiny_dirs):
     z = trace(model, tcs, batch, injection=inj, edit=zero_features({1: [0, 1]}))
     assert z.acts[1].shape == steer.acts[1].shape  # acts are read before the edit
     with pytest.raises(ValueError, match="do not match"):
-        trace(model, tcs, batch, injection=inj, edit=set_features(every, trace(
-            model, tcs, _batch(model, 2)).acts))  # fmt: skip
+        trace(
+            model,
+            tcs,
+            batch,
+            injection=inj,
+            edit=set_features(every, trace(model, tcs, _batch(model, 2)).acts),
+        )
 
 
 def test_an_empty_set_leaves_both_runs_and_progressive_starts_there(tiny_dirs):
@@ -127,24 +133,34 @@ def test_an_empty_set_leaves_both_runs_and_progressive_starts_there(tiny_dirs):
 
 
 def test_gate_selection_ranking_and_classes_by_hand():
-    scores = pd.DataFrame({
-        "layer": [4, 4, 4, 5, 5, 5], "feature": [0, 1, 2, 0, 1, 2],
-        "dla": [-0.5, 0.3, -2.0, -0.1, -0.7, 0.0], "activation": [1.0] * 6,
-    })  # fmt: skip
+    scores = pd.DataFrame(
+        {
+            "layer": [4, 4, 4, 5, 5, 5],
+            "feature": [0, 1, 2, 0, 1, 2],
+            "dla": [-0.5, 0.3, -2.0, -0.1, -0.7, 0.0],
+            "activation": [1.0] * 6,
+        }
+    )
     assert select_gates(scores, k=1) == {4: [2], 5: [1]}
     assert select_gates(scores, k=5) == {4: [2, 0], 5: [1, 0]}  # negative scores only
     assert ranked(scores) == [(4, 2), (5, 1), (4, 0), (5, 0)]
     assert gate_count(16384) == 200 and gate_count(2048) == 25 and gate_count(10) == 1
     curves = pd.DataFrame(
-        [(4, f, s, a) for f, acts in enumerate([
-            (1.0, 2.0, 1.0),   # suppressed both ways: the inverted V
-            (0.0, 0.0, 0.0),   # inactive
-            (0.5, 0.0, 0.0),   # detector: off unsteered, on when steered
-            (2.0, 1.0, 2.0),   # amplified
-            (1.0, 1.0, 0.2),   # stable: one sign only
-        ]) for s, a in zip((-1.0, 0.0, 1.0), acts)],
+        [
+            (4, f, s, a)
+            for f, acts in enumerate(
+                [
+                    (1.0, 2.0, 1.0),  # suppressed both ways: the inverted V
+                    (0.0, 0.0, 0.0),  # inactive
+                    (0.5, 0.0, 0.0),  # detector: off unsteered, on when steered
+                    (2.0, 1.0, 2.0),  # amplified
+                    (1.0, 1.0, 0.2),  # stable: one sign only
+                ]
+            )
+            for s, a in zip((-1.0, 0.0, 1.0), acts)
+        ],
         columns=["layer", "feature", "strength", "activation"],
-    )  # fmt: skip
+    )
     got = classify(curves)
     assert got["class"].tolist() == ["suppressed", "inactive", "detector", "amplified", "stable"]
     with pytest.raises(ValueError, match="positive and negative"):
@@ -160,8 +176,9 @@ def test_steering_derivatives_equal_finite_differences(tiny_dirs):
     batch, tcs = _batch(model, 1), _tcs(model)
     v = _vectors(model, 1)[0]
     s_star = 3.0
-    sa = steering_attribution(model, tcs, batch, v, layer=0, strength=s_star, resid_norm=1.0,
-                              n_points=81, mode="all")  # fmt: skip
+    sa = steering_attribution(
+        model, tcs, batch, v, layer=0, strength=s_star, resid_norm=1.0, n_points=81, mode="all"
+    )
     inj = Injection(0, v, s_star, mode="all", unit="resid-norm", resid_norm=1.0)
     hi = trace(model, tcs, batch, injection=inj)
     lo = trace(model, tcs, batch)
@@ -188,14 +205,14 @@ def test_steering_derivatives_equal_finite_differences(tiny_dirs):
         fd = float((bump(eps) - bump(-eps))[0]) / (2 * eps)
         assert abs(r.ga - fd) <= 1e-3 * max(1.0, abs(fd)), (r.ga, fd)
     with torch.no_grad():  # the caller's grad mode does not matter
-        again = steering_attribution(model, tcs, batch, v, layer=0, strength=s_star,
-                                     resid_norm=1.0, n_points=81, mode="all")  # fmt: skip
+        again = steering_attribution(
+            model, tcs, batch, v, layer=0, strength=s_star, resid_norm=1.0, n_points=81, mode="all"
+        )
     pd.testing.assert_frame_equal(again.features, sa.features)
     assert sa.delta == pytest.approx(sa.root[-1] - sa.root[0])
     assert sa.error == pytest.approx(sa.delta - float(sa.features.sa.sum()))
     with pytest.raises(ValueError, match="one prompt"):
-        steering_attribution(model, tcs, _batch(model, 2), v, layer=0, strength=1.0,
-                             resid_norm=1.0)  # fmt: skip
+        steering_attribution(model, tcs, _batch(model, 2), v, layer=0, strength=1.0, resid_norm=1.0)
     with pytest.raises(ValueError, match="no transcoder after"):
         steering_attribution(model, tcs, batch, v, layer=3, strength=1.0, resid_norm=1.0)
 
@@ -205,8 +222,7 @@ def test_steering_graph_edges_and_their_interventions(tiny_dirs):
     batch, tcs = _batch(model, 1), _tcs(model)
     v = _vectors(model, 1)[0]
     kw = dict(layer=0, strength=3.0, resid_norm=1.0)
-    g, sa = steering_graph(model, tcs, batch, v, n_features=12, gates={3: [0, 1, 2]},
-                           **kw)  # fmt: skip
+    g, sa = steering_graph(model, tcs, batch, v, n_features=12, gates={3: [0, 1, 2]}, **kw)
     nodes, edges = g.to_frames()
     assert (nodes.kind == "feature").sum() == 12 and g.root_id == "root"
     assert set(edges.source) | set(edges.target) <= set(nodes.id)
@@ -236,12 +252,26 @@ def test_carriers_virtual_weights_and_attributions_by_hand(tiny_dirs):
     model = _model(tiny_dirs, "llama")
     batch, tcs = _batch(model, 4), _tcs(model)
     V = _vectors(model, 4, seed=3)
-    res = evidence_carriers(model, tcs, batch, V, {3: [0, 5]}, layer=0, resid_norm=1.0,
-                            strengths=(1.0, 3.0), mode="all", top=6)  # fmt: skip
+    res = evidence_carriers(
+        model,
+        tcs,
+        batch,
+        V,
+        {3: [0, 5]},
+        layer=0,
+        resid_norm=1.0,
+        strengths=(1.0, 3.0),
+        mode="all",
+        top=6,
+    )
     df = res.pooled
     assert set(df.gate_layer) == {3} and set(df.layer) == {1} and (df.attribution < 0).all()
-    strong = trace(model, tcs, batch, injection=Injection(
-        0, V, 3.0, mode="all", unit="resid-norm", resid_norm=1.0)).at_readout(1)  # fmt: skip
+    strong = trace(
+        model,
+        tcs,
+        batch,
+        injection=Injection(0, V, 3.0, mode="all", unit="resid-norm", resid_norm=1.0),
+    ).at_readout(1)
     for r in df.itertuples():
         vw = float(tcs[1].W_dec[r.feature] @ tcs[3].W_enc[:, r.gate])
         assert r.virtual_weight == pytest.approx(vw, rel=1e-5)
@@ -260,16 +290,19 @@ def test_carriers_virtual_weights_and_attributions_by_hand(tiny_dirs):
     r = df.iloc[0]  # its correlations by hand: over (strength, concept) rows
     a = torch.cat([runs[s].at_readout(1)[:, r.feature] for s in runs])
     dose = torch.tensor([s for s in runs for _ in range(4)])
-    assert r.dose_r == pytest.approx(float(torch.corrcoef(torch.stack([a, dose]))[0, 1]),
-                                     abs=1e-5)  # fmt: skip
+    assert r.dose_r == pytest.approx(float(torch.corrcoef(torch.stack([a, dose]))[0, 1]), abs=1e-5)
     det = torch.cat([runs[s].detected.float() for s in (1.0, 3.0)])
     inj = a[4:]
-    want = 0.0 if det.std() == 0 or inj.std() == 0 else float(
-        torch.corrcoef(torch.stack([inj, det]))[0, 1])  # fmt: skip
+    want = (
+        0.0
+        if det.std() == 0 or inj.std() == 0
+        else float(torch.corrcoef(torch.stack([inj, det]))[0, 1])
+    )
     assert r.detection_r == pytest.approx(want, abs=1e-5)
     expect = (df.attribution < 0) & (df.dose_r > 0) & (df.detection_r.abs() >= 0.1)
     assert df.carrier.tolist() == expect.tolist()
     assert len(res.per_concept) == 4 * len(df)
     with pytest.raises(ValueError, match="one per row"):
-        evidence_carriers(model, tcs, batch, V[:2], {3: [0]}, layer=0, resid_norm=1.0,
-                          strengths=(1.0,))  # fmt: skip
+        evidence_carriers(
+            model, tcs, batch, V[:2], {3: [0]}, layer=0, resid_norm=1.0, strengths=(1.0,)
+        )

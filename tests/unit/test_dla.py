@@ -126,13 +126,17 @@ def _tcs(model, layers=(1, 3), d_sae: int = 40):
     out = []
     for k, layer in enumerate(layers):
         g = torch.Generator().manual_seed(10 + k)
-        out.append(Transcoder(
-            layer=layer, W_enc=torch.randn(d, d_sae, generator=g) / d**0.5,
-            b_enc=0.1 * torch.randn(d_sae, generator=g),
-            W_dec=0.3 * torch.randn(d_sae, d, generator=g),
-            b_dec=0.1 * torch.randn(d, generator=g), threshold=0.3 * torch.rand(d_sae, generator=g),
-            skip=0.2 * torch.randn(d, d, generator=g),
-        ))  # fmt: skip
+        out.append(
+            Transcoder(
+                layer=layer,
+                W_enc=torch.randn(d, d_sae, generator=g) / d**0.5,
+                b_enc=0.1 * torch.randn(d_sae, generator=g),
+                W_dec=0.3 * torch.randn(d_sae, d, generator=g),
+                b_dec=0.1 * torch.randn(d, generator=g),
+                threshold=0.3 * torch.rand(d_sae, generator=g),
+                skip=0.2 * torch.randn(d, d, generator=g),
+            )
+        )
     return out
 
 

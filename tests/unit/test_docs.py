@@ -99,8 +99,15 @@ def _slug(heading: str) -> str:
 
 def test_the_docs_pages_exist_and_the_index_links_each():
     pages = sorted(p.name for p in DOCS.glob("*.md"))
-    for name in ("README.md", "protocols.md", "metrics.md", "organism.md", "analysis.md",
-                 "architecture.md", "figures.md"):  # fmt: skip
+    for name in (
+        "README.md",
+        "protocols.md",
+        "metrics.md",
+        "organism.md",
+        "analysis.md",
+        "architecture.md",
+        "figures.md",
+    ):
         assert name in pages, f"docs/{name} is missing"
     index = {m.split("#")[0] for m in LINK.findall(_text(DOCS / "README.md"))}
     unlinked = [p for p in pages if p != "README.md" and p not in index]
@@ -163,9 +170,12 @@ def test_a_pages_sections_are_unique_and_its_own_references_exist(page):
 
 @pytest.mark.parametrize(
     "page",
-    [*sorted(p.relative_to(ROOT).as_posix() for p in DOCS.glob("*.md")), "README.md",
-     "benchmarks/README.md"],
-)  # fmt: skip
+    [
+        *sorted(p.relative_to(ROOT).as_posix() for p in DOCS.glob("*.md")),
+        "README.md",
+        "benchmarks/README.md",
+    ],
+)
 def test_every_relative_link_resolves(page):
     path = ROOT / page
     text = FENCE.sub("", _text(path))

@@ -62,10 +62,28 @@ def test_the_flat_layouts_module_names_still_import_as_the_same_modules() -> Non
     # mechintro 0.1's flat module names: each imports the very module of the layered layout
     # that its DeprecationWarning names
     old_names = [
-        "twin", "decode", "patching", "patch_forwards", "patch_result", "dla", "parity",
-        "directions", "transcoders", "protocols", "sweeps", "grading", "grades", "metrics",
-        "distributed", "cli", "options", "report", "patch_sweep", "demo", "training.organism",
-    ]  # fmt: skip
+        "twin",
+        "decode",
+        "patching",
+        "patch_forwards",
+        "patch_result",
+        "dla",
+        "parity",
+        "directions",
+        "transcoders",
+        "protocols",
+        "sweeps",
+        "grading",
+        "grades",
+        "metrics",
+        "distributed",
+        "cli",
+        "options",
+        "report",
+        "patch_sweep",
+        "demo",
+        "training.organism",
+    ]
     for old in (f"mechintro.{name}" for name in old_names):
         with pytest.warns(DeprecationWarning, match=f"{old} moved to ") as warned:
             module = importlib.import_module(old)

@@ -83,10 +83,14 @@ def meta_count(config) -> int:
 @pytest.mark.parametrize("model_type", KNOWN_TYPES)
 @pytest.mark.parametrize(
     "extra",
-    [{}, {"tie_word_embeddings": True}, {"attention_bias": True, "mlp_bias": True},
-     {"num_key_value_heads": 4}],
+    [
+        {},
+        {"tie_word_embeddings": True},
+        {"attention_bias": True, "mlp_bias": True},
+        {"num_key_value_heads": 4},
+    ],
     ids=["untied", "tied", "biases", "mha"],
-)  # fmt: skip
+)
 def test_parameter_count_equals_hf_models_built_on_meta(model_type, extra):
     config = hf_config({"model_type": model_type, **SMALL, **extra})
     assert count_params(config) == meta_count(config)
@@ -140,8 +144,9 @@ def test_kv_cache_estimate_is_what_hf_keeps(tiny_dirs, arch):
         out = hf(ids, use_cache=True)
         for _ in range(N):
             out = hf(out.logits[:, -1:].argmax(-1), past_key_values=out.past_key_values)
-    held = sum(t.numel() * t.element_size() for c in out.past_key_values.layers
-               for t in (c.keys, c.values))  # fmt: skip
+    held = sum(
+        t.numel() * t.element_size() for c in out.past_key_values.layers for t in (c.keys, c.values)
+    )
     shape = ModelShape.from_config(tiny_dirs[arch])
     plan = estimate(shape, batch_size=B, prompt_tokens=T, new_tokens=N, dtype="float32")
     one_position = B * 2 * shape.n_kv_heads * shape.d_head * 4

@@ -27,8 +27,12 @@ def test_the_prebuilt_mask_is_the_one_transformers_builds(bridge):
     assert full_mask_applies(twin, batch.length) and bool((mask == 0).any())
     with torch.no_grad():
         own = twin_logits(twin, ids, mask)
-        built = twin(ids, attention_mask=full_mask(twin, mask), position_ids=position_ids(mask),
-                     use_cache=False).logits  # fmt: skip
+        built = twin(
+            ids,
+            attention_mask=full_mask(twin, mask),
+            position_ids=position_ids(mask),
+            use_cache=False,
+        ).logits
     assert torch.equal(own, built)
     window = getattr(twin.config, "sliding_window", None)
     assert full_mask_applies(twin, 4096) == (window is None or window >= 4096)

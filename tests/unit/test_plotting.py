@@ -34,11 +34,27 @@ def graded_trials() -> pd.DataFrame:
                     yes = n < L + int(s) // 2 - 1 + (ci == 0)
                     ident = "YES" if yes and n % 2 == 0 else ("NO" if yes else None)
                     det = "YES" if yes else "NO"
-                    rows.append(dict(layer=L, strength=s, concept=c, injected=True,
-                                     detection=det, identification=ident))  # fmt: skip
+                    rows.append(
+                        dict(
+                            layer=L,
+                            strength=s,
+                            concept=c,
+                            injected=True,
+                            detection=det,
+                            identification=ident,
+                        )
+                    )
     for n in range(10):
-        rows.append(dict(layer=None, strength=0.0, concept=None, injected=False,
-                         detection="YES" if n == 0 else "NO", identification=None))  # fmt: skip
+        rows.append(
+            dict(
+                layer=None,
+                strength=0.0,
+                concept=None,
+                injected=False,
+                detection="YES" if n == 0 else "NO",
+                identification=None,
+            )
+        )
     return pd.DataFrame(rows)
 
 

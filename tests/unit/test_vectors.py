@@ -28,8 +28,18 @@ from mechintro.vectors import (
 LAYER = 1
 BASE = ["Desks", "Jackets", "Sand", "Intelligence", "Fog"]
 # different lengths, so that batches of 4 are left-padded
-WORDS = ["Dust", "Kaleidoscopes", "Sugar", "Amphitheaters", "Xylophones", "Milk", "Peace",
-         "Constellations", "Bags", "Dirigibles"]  # fmt: skip
+WORDS = [
+    "Dust",
+    "Kaleidoscopes",
+    "Sugar",
+    "Amphitheaters",
+    "Xylophones",
+    "Milk",
+    "Peace",
+    "Constellations",
+    "Bags",
+    "Dirigibles",
+]
 
 
 OBJECTS = list(corpus.CATEGORIES[corpus.BASELINE_CATEGORY])  # the organism's baseline words

@@ -439,8 +439,13 @@ def load_transcoder(
     else:
         entry = registry_entry(str(source), sae_id)
         sae = SAE.from_pretrained(entry.release, entry.sae_id, device="cpu", dtype=dt)
-        info = {"source": f"{entry.release}/{entry.sae_id}", "release": entry.release,
-                "sae_id": entry.sae_id, "repo_id": entry.repo_id, "model": entry.model}  # fmt: skip
+        info = {
+            "source": f"{entry.release}/{entry.sae_id}",
+            "release": entry.release,
+            "sae_id": entry.sae_id,
+            "repo_id": entry.repo_id,
+            "model": entry.model,
+        }
     return Transcoder.from_sae(sae, layer=layer, info=info).to(device=device, dtype=dtype)
 
 

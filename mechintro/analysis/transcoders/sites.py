@@ -157,9 +157,11 @@ def batches(
 ) -> Iterator[tuple[int, PromptBatch, tuple[Injection, ...]]]:
     """``(first row, batch, injections)`` per chunk of ``batch_size`` prompts."""
     check_batch_size(batch_size)
-    injs = () if injection is None else (
-        (injection,) if isinstance(injection, Injection) else tuple(injection)
-    )  # fmt: skip
+    injs = (
+        ()
+        if injection is None
+        else ((injection,) if isinstance(injection, Injection) else tuple(injection))
+    )
     total = len(prompts)
     if total == 0:
         raise ValueError("no prompts given")

@@ -244,13 +244,21 @@ def train_transcoder(
         m.normalise_decoder()
         with torch.no_grad():
             smallest = float(pre.flatten()[kept].min()) if kept.numel() else 0.0
-        theta = smallest if theta is None else (
-            cfg.threshold_decay * theta + (1 - cfg.threshold_decay) * smallest
-        )  # fmt: skip
+        theta = (
+            smallest
+            if theta is None
+            else (cfg.threshold_decay * theta + (1 - cfg.threshold_decay) * smallest)
+        )
         losses.append(loss.item())
         if step % 500 == 0 or step == cfg.steps - 1:
-            logger.info("layer %d step %d: loss %.4f, dead %d, θ %.3f", layer, step,
-                        sum(losses[-50:]) / len(losses[-50:]), int(dead.sum()), theta)  # fmt: skip
+            logger.info(
+                "layer %d step %d: loss %.4f, dead %d, θ %.3f",
+                layer,
+                step,
+                sum(losses[-50:]) / len(losses[-50:]),
+                int(dead.sum()),
+                theta,
+            )
 
     with torch.no_grad():
         tc = Transcoder(
