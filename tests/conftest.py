@@ -4,14 +4,59 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 sys.path.insert(0, str(Path(__file__).parent))  # tiny_models, whatever pytest's import mode
 
+# Run-time type checks, for the test run only: jaxtyping's import hook puts
+# @jaxtyped(typechecker=beartype) on every function and dataclass of mechintro and circuits, so
+# each call checks its annotations, tensor shapes and dtypes included (`Float[Tensor, "batch
+# d_model"]`, one size per dimension name within a call). It must be installed before either
+# package is imported, hence here and not in pyproject: jaxtyping's own --jaxtyping-packages
+# option cannot take the typechecker's configuration with two packages (its comma split).
+# is_pep484_tower: an int passes where float is annotated, as for mypy. An annotation that is
+# not resolvable when the function is defined (a name imported only under TYPE_CHECKING, such
+# as pd or TLModel, or a class's own name in its body) leaves that one parameter unchecked.
+# JAXTYPING_DISABLE=1 switches the checks off (say, to time a test); without beartype (the
+# "test" extra installs it; a bare GPU machine may lack it) the tests run unchecked.
+import importlib.util
+
+import jaxtyping
+
+if {"mechintro", "circuits"} & set(sys.modules):
+    raise RuntimeError("mechintro was imported before tests/conftest.py: it would go unchecked")
+if importlib.util.find_spec("beartype") is not None:
+    jaxtyping.install_import_hook(
+        ["mechintro", "circuits"],
+        "beartype.beartype(conf=beartype.BeartypeConf(is_pep484_tower=True))",
+    )
+
 import pytest
 from tiny_models import ARCHS, make_all, make_tokenizer
+
+
+@contextmanager
+def _checks_off() -> Iterator[None]:
+    was = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", was)
+
+
+@pytest.fixture
+def unchecked() -> Callable[[], AbstractContextManager[None]]:
+    """``with unchecked():`` runs a block without the run-time type checks.
+
+    For a call that passes an ill-typed value on purpose, to test mechintro's own refusal:
+    what a caller without a type checker gets (the checks would refuse it first).
+    """
+    return _checks_off
 
 
 @pytest.fixture(scope="session")

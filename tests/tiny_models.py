@@ -187,6 +187,19 @@ def make_all(root: Path, seed: int = 0) -> dict[str, Path]:
     return {arch: make_tiny_model(Path(root) / arch, arch, seed) for arch in ARCHS}
 
 
+def long_window_gemma3(gemma3: Path, folder: Path) -> Path:
+    """A copy of the tiny Gemma-3 checkpoint ``gemma3`` in ``folder`` with a sliding window
+    (512) longer than any test's cache: its sliding layers never slide."""
+    import json
+    import shutil
+
+    shutil.copytree(gemma3, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["sliding_window"] = 512
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
 def vec(model, seed: int = 0, scale: float = 6.0):
     """A seeded random vector of the model's width, ``scale`` long per unit variance."""
     import torch

@@ -2,7 +2,7 @@
 
 A :class:`~transformer_lens.model_bridge.TransformerBridge` replaces the decoder layers of the
 HF model it wraps with its own components, whose hook points run on every submodule at every
-forward, hooked or not: on a GPU its forward takes about twice as long as the plain HF model's
+forward, hooked or not: on a GPU its forward is much slower than the plain HF model's
 (``benchmarks/RESULTS.md``), and ``bridge.original_model`` is the wrapped tree, so calling it
 fires the wrappers too. :func:`twin_of` builds, once per bridge, a *twin*: a fresh model of
 the same HF class and config, built on the ``meta`` device, whose parameters and buffers are
@@ -121,8 +121,8 @@ class _Twin:
 
         ``complete`` says whether the two trees hold exactly the same tensors; they do not
         once something changed the HF modules' structure (unmerged LoRA adapters, say), and
-        then the twin is not used. Checking that walks the whole wrapped tree (5–16 ms for
-        a 26-block model on a GPU host), so it is done again only after a module, parameter
+        then the twin is not used. Checking that walks the whole wrapped tree (too slow for
+        every call: benchmarks/RESULTS.md), so it is done again only after a module, parameter
         or buffer was registered anywhere since the last check (:data:`_REGISTRATIONS`).
         """
         for dst, src, key in self.links:
@@ -168,10 +168,9 @@ def _count_registrations() -> None:
 
 def _contiguous(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
     """The unembedding's input made contiguous. ``logits_to_keep=1`` hands it the last
-    position of every row, a strided view ``[batch, 1, d]``, for which cuBLAS on an H100
-    picks a kernel that rereads the vocabulary's weights per 8 rows: 11–13 ms for gemma3-1b
-    at 64 rows (torch.profiler), where the same product from a contiguous copy takes about
-    the 0.2 ms of one read of those weights (a decode step's)."""
+    position of every row, a strided view ``[batch, 1, d]``, for which cuBLAS can pick a
+    kernel that rereads the vocabulary's weights once per 8 rows, where the same product from
+    a contiguous copy reads them once (the profile: benchmarks/RESULTS.md)."""
     return (args[0].contiguous(), *args[1:])
 
 

@@ -22,7 +22,7 @@ from mechintro.engine.twin import (
     twin_logits,
     twin_of,
 )
-from mechintro.generation import generate, readout
+from mechintro.generation import fast_path, generate, readout
 from mechintro.inject import Injection, PositionMode, injected
 from mechintro.models import load_model, resid_post
 from mechintro.prompts import Prompt, encode
@@ -367,6 +367,26 @@ def test_injected_on_the_twin_steers_what_it_does_on_the_bridge(bridge):
         got = twin_logits(twin, batch.input_ids, batch.attention_mask)
     assert torch.equal(got, want)
     assert fast_log.steered_positions() == slow_log.steered_positions()
+
+
+def test_fast_path_is_the_twin_steered_as_the_bridge(bridge):
+    """The public fast_path: the twin, with the injection on it for the block."""
+    batch = encode(bridge.tokenizer, _mixed())
+    inj = Injection(LAYER, vecs(bridge, 3), [1.0, 0.0, -2.0], mode="from-trial")
+    pos = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    with injected(bridge, inj, batch), torch.no_grad():
+        want = bridge(batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos)
+    with fast_path(bridge, inj, batch) as hf, torch.no_grad():
+        assert hf is twin_of(bridge)
+        got = twin_logits(hf, batch.input_ids, batch.attention_mask)
+    assert torch.equal(got, want)
+    with fast_path(bridge) as hf, torch.no_grad():  # the injection's hooks are gone
+        assert not torch.equal(twin_logits(hf, batch.input_ids, batch.attention_mask), want)
+    with pytest.raises(ValueError, match="needs the batch"), fast_path(bridge, inj):
+        pass
+    hooked = bridge.hooks(fwd_hooks=[(resid_post(LAYER), lambda x, hook: x)])  # the bridge runs
+    with hooked, pytest.raises(ValueError, match="no fast path here"), fast_path(bridge):
+        pass
 
 
 # --- patching ---------------------------------------------------------------------------------

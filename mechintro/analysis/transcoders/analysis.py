@@ -7,7 +7,8 @@
   is in the error term, not in any feature.
 * :func:`feature_activations`: feature activations over many prompts, stored sparse (CSR:
   a few dozen features per token out of thousands), with one transcoder on the model's
-  device at a time. A dense fp32 cache of every layer is what took 180 GB in one anchor.
+  device at a time. A dense fp32 cache would hold every feature of every layer for every
+  token: ``4 · n_tokens · n_layers · d_sae`` bytes, hundreds of GB for a real model.
 * :func:`splice`: a context manager that replaces MLP outputs with the transcoders'
   reconstructions, optionally plus the error term (``y − ŷ``, detached) so the model's
   outputs are unchanged while gradients and feature edits flow through the features.

@@ -229,7 +229,12 @@ def load_frozen(folder: str | os.PathLike[str]) -> Frozen:
     vectors, rows, records = {}, {}, {}
     for i, e in enumerate(meta["entries"]):
         k = (e["layer"], e["concept"])
-        origin = {n: x for n, x in e["provenance"].items() if n in init}
+        # JSON holds as lists the tuples ConceptVector declares (baseline, problems)
+        origin: dict[str, Any] = {
+            n: tuple(x) if isinstance(x, list) else x
+            for n, x in e["provenance"].items()
+            if n in init
+        }
         vectors[k] = ConceptVector(vector=tensors[f"vector/{i}"], **origin)
         rows[k] = tensors[f"row/{i}"]
         records[k] = e["record"]

@@ -185,7 +185,11 @@ class SweepSpec:
         missing = [n for n in ("concepts", "layers") if n not in data]
         if missing:
             raise ValueError(f"the sweep spec needs {missing}")
-        return cls(**dict(data))
+        # JSON's lists as the tuples the fields declare
+        fields: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
+        }
+        return cls(**fields)
 
     def canonical(self) -> dict[str, Any]:
         """:meth:`to_dict` with every list sorted: what the spec means, whatever its order."""
