@@ -1,4 +1,4 @@
-"""A sweep's grades, metrics tables and HTML report (docs/protocols.md §3–§5).
+"""A sweep's grades, metrics tables and HTML report (docs/protocols.md §3–§6).
 
 A results folder written by :func:`mechintro.experiments.sweeps.run_sweep` gains::
 
@@ -18,10 +18,16 @@ gives an ``ERROR`` grade: it is recorded (with the failure), left out of every d
 retried by the next run, never counted as a NO. Grading lives in
 :mod:`mechintro.experiments.grades`; its public names are re-exported here.
 
+The replies of intention-kind trials (``intention``, Lindsey's prefill intention, §6) get one
+``intention`` grade each, ``apology``, ``accept`` or ``unclear``, always by the rule
+:func:`~mechintro.experiments.protocols.intention.classify_reply` (no judge call).
+
 :func:`write_report` joins trials and grades, computes :func:`mechintro.experiments.metrics.rates`
 per layer × strength and per concept, the belief shift Δb of the introspection question against
-any control question the sweep recorded readouts for (:func:`belief_readouts`, Godet), and
-writes one self-contained HTML page.
+any control question the sweep recorded readouts for (:func:`belief_readouts`, Godet), the
+apology and acceptance rates of intention trials per condition, layer and strength
+(:func:`~mechintro.experiments.protocols.intention.intention_rates`), and writes one
+self-contained HTML page; a folder of intention trials only gets the intention section.
 
 Example::
 
@@ -51,6 +57,7 @@ from mechintro.experiments.grades import (
     grade_results,
     grade_trials,
     graded_trials,
+    intention_trials,
     load_grades,
     protocol_kind,
 )
@@ -67,6 +74,7 @@ __all__ = [
     "grade_results",
     "grade_trials",
     "graded_trials",
+    "intention_trials",
     "load_grades",
     "pick_examples",
     "protocol_kind",
@@ -185,6 +193,74 @@ def pick_examples(graded: pd.DataFrame, n: int = 30) -> pd.DataFrame:
     return out[cols] if len(out) else pd.DataFrame(columns=cols)
 
 
+def format_intention_rates(table: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """``keys`` and the apology and acceptance rates as ``rate [lo, hi] k/n``, the number
+    of unclear replies and ``n`` (an :func:`intention_rates` table); a missing key is ``–``."""
+    out = table[list(keys)].astype(object).where(table[list(keys)].notna(), "–")
+    if "layer" in out:
+        out["layer"] = [int(v) if isinstance(v, float) else v for v in out["layer"]]
+    for name in ("apology", "accept"):
+        out[name] = [
+            f"{v:.2f} [{lo:.2f}, {hi:.2f}] {round(v * n)}/{n}"
+            for v, lo, hi, n in zip(
+                table[f"{name}_rate"], table[f"{name}_lo"], table[f"{name}_hi"], table["n"]
+            )
+        ]
+    out["unclear"] = table["n_unclear"]
+    out["n"] = table["n"]
+    return out
+
+
+def _intention_section(df: pd.DataFrame, max_examples: int) -> Any:
+    """Rates per condition × layer × strength and per prefilled word, and example replies."""
+    from mechintro.experiments.protocols.intention import intention_rates
+    from mechintro.plotting import Section, examples_table
+
+    df = df.copy()
+    extra = ["protocol"] if df["protocol"].nunique() > 1 else []
+    inj = df["condition"] != "uninjected"
+    # an uninjected trial's layer and strength say nothing: pooled, as the FPR's controls
+    df["layer"] = df["layer"].where(inj)
+    df["strength"] = df["strength"].where(inj, 0.0)
+    cell = intention_rates(df, by=[*extra, "condition", "layer", "strength"])
+    word = intention_rates(df, by=[*extra, "word", "condition"])
+    items: list[Any] = [
+        "Lindsey's prefill intention (docs/protocols.md §6): a word prefilled as the "
+        "model's answer, then 'Did you mean to say that, or was it an accident?'. Each reply "
+        "is an apology (it disowns the word), an accept (it claims it) or unclear, by the "
+        "rule classify_reply; rates with 95% Wilson intervals and k/n. Conditions: "
+        "uninjected (pooled over layers), word (the prefilled word's own vector injected "
+        "retroactively, before the prefill) and unrelated (another concept's vector there: "
+        "Lindsey's control). Lindsey reports fewer apologies with the word's own vector, "
+        "not with an unrelated one.",
+    ]
+    if not (df["condition"] == "unrelated").any():
+        items.append(
+            "No unrelated-concept control in these trials: the sweep's intention protocol "
+            "prefills the injected concept itself. run_intention "
+            "(mechintro.experiments.protocols.intention) runs the control."
+        )
+    n_fly = int((~df["graded"].astype(bool)).sum())
+    if n_fly:
+        items.append(
+            f"{n_fly} replies had no stored intention grade: classified here by the same "
+            "rule (run `mechintro grade` to store them)."
+        )
+    items += [
+        format_intention_rates(cell, [*extra, "condition", "layer", "strength"]),
+        "Per prefilled word:",
+        format_intention_rates(word, [*extra, "word", "condition"]),
+    ]
+    order = ["condition", "layer", "strength", "word", "trial_number"]
+    picked = df.sort_values(order, na_position="first", kind="stable")
+    if len(picked) > max_examples > 0:
+        step = len(picked) / max_examples
+        picked = picked.iloc[[int(i * step) for i in range(max_examples)]]
+    cols = ["condition", "word", "injected_word", "layer", "strength", "reply", "label"]
+    items.append(examples_table(picked, cols, title="Intention replies"))
+    return Section("Prefill intention (Lindsey, docs/protocols.md §6)", items)
+
+
 # ---------------------------------------------------------------------------------------------
 # the report
 
@@ -289,83 +365,19 @@ def _belief_section(
     return Section(heading, [*items, *_belief_items(readouts, "The sweep")])
 
 
-def write_report(
-    results_dir: str | os.PathLike[str],
-    out: str | os.PathLike[str] | None = None,
-    *,
-    grader: str | None = None,
-    title: str | None = None,
-    max_examples: int = 30,
-    controls: Sequence[str] = (),
-    noise: pd.DataFrame | None = None,
-) -> Path:
-    """Write the HTML report of a results folder; return its path (default
-    ``results_dir/report.html``).
-
-    ``grader`` picks whose grades to use (``rule``, ``judge:openai:gpt-4o-mini``...; default:
-    :func:`choose_grader`). A folder with no grades is graded on the fly by the rule grader
-    (nothing is saved: run :func:`grade_results` to store grades). ``controls`` names the
-    protocols whose readout is a control question (:func:`belief_readouts`); ``noise`` is a
-    table of Godet's noise controls (``NoiseControls.run`` output) to show as well.
-
-    Example::
-
-        write_report("runs/a", grader="rule")
-    """
-    from mechintro.experiments.grading import RuleGrader
-    from mechintro.experiments.sweeps import load_results, load_spec, plan
+def _detection_sections(graded: pd.DataFrame, max_examples: int) -> list[Any]:
+    """Detection and identification, per concept, metrics tables, example replies."""
     from mechintro.plotting import (
         Section,
         concept_bars,
         dose_response,
         examples_table,
-        html_report,
         plot_text,
         rate_heatmap,
     )
 
-    folder = Path(results_dir)
-    meta = _meta(folder)
-    trials = load_results(folder)
-    if trials.empty:
-        raise ValueError(
-            f"{folder} holds no finished trial yet: run `mechintro sweep --out {folder}` first"
-        )
-    grades = load_grades(folder)
-    names = sorted(grades["grader"].unique())
-    if grader is not None and grader not in names:
-        raise ValueError(
-            f"no grades by {grader!r} in {folder / GRADES_FILE}: graders there are {names}; "
-            f"run `mechintro grade {folder}` with that grader first"
-        )
-    grader = grader or choose_grader(grades)
-    if grader is None:
-        rule = RuleGrader()
-        grades = grade_trials(trials, rule)[GRADE_COLUMNS]
-        grader = rule.name
-        grading = (
-            "No stored grades: the replies were graded on the fly by the rule grader (not "
-            f"saved). Run `mechintro grade {folder}` to store grades, or use an LLM judge."
-        )
-    else:
-        others = [g for g in names if g != grader]
-        grading = f"Grades by {grader}" + (f" (also in the folder: {others})." if others else ".")
-    graded = graded_trials(trials, grades, grader)
-    if graded.empty:
-        raise ValueError(
-            f"{folder} holds no detection or forced trial to rate (its protocols are "
-            f"{sorted(trials['protocol'].unique())}); intention trials are summarised by "
-            "mechintro.experiments.protocols.intention"
-        )
     tables = rate_tables(graded)
     extra = _extra(graded)
-    n_err = int(graded["detection"].eq("ERROR").sum() + graded["identification"].eq("ERROR").sum())
-    if n_err:
-        grading += (
-            f" {n_err} grades are ERROR (a judge failure): they are left out of the rates; "
-            "rerun `mechintro grade` to retry them."
-        )
-
     cell, concept = tables["by_cell"], tables["by_concept"]
     graded_metrics = [m for m in METRICS if m != "fpr" and (cell[f"n_{m}"] > 0).any()]
     detection: list[Any] = [
@@ -394,11 +406,9 @@ def write_report(
                 fig = concept_bars(part, m)
                 concepts.append(fig.update_layout(title=label + fig.layout.title.text))
     examples = pick_examples(graded, max_examples)
-    sections = [
-        _run_section(folder, meta, trials, len(plan(load_spec(folder))), grading),
+    return [
         Section("Detection and identification", detection),
         Section("Per concept", [*concepts, format_rates(concept, [*extra, "concept"])]),
-        _belief_section(trials, controls, noise),
         Section(
             "Metrics tables",
             [
@@ -415,6 +425,85 @@ def write_report(
             else ["(no replies)"],
         ),
     ]
+
+
+def write_report(
+    results_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    grader: str | None = None,
+    title: str | None = None,
+    max_examples: int = 30,
+    controls: Sequence[str] = (),
+    noise: pd.DataFrame | None = None,
+) -> Path:
+    """Write the HTML report of a results folder; return its path (default
+    ``results_dir/report.html``).
+
+    ``grader`` picks whose grades to use (``rule``, ``judge:openai:gpt-4o-mini``...; default:
+    :func:`choose_grader`). A folder with no grades is graded on the fly by the rule grader
+    (nothing is saved: run :func:`grade_results` to store grades). ``controls`` names the
+    protocols whose readout is a control question (:func:`belief_readouts`); ``noise`` is a
+    table of Godet's noise controls (``NoiseControls.run`` output) to show as well.
+    Intention-kind trials get their own section (:func:`intention_trials`: the grader's
+    ``intention`` labels, any missing one classified by the same rule here); a folder with
+    nothing else shows only that section (and the noise controls, if given).
+
+    Example::
+
+        write_report("runs/a", grader="rule")
+    """
+    from mechintro.experiments.grading import RuleGrader
+    from mechintro.experiments.sweeps import load_results, load_spec, plan
+    from mechintro.plotting import html_report
+
+    folder = Path(results_dir)
+    meta = _meta(folder)
+    trials = load_results(folder)
+    if trials.empty:
+        raise ValueError(
+            f"{folder} holds no finished trial yet: run `mechintro sweep --out {folder}` first"
+        )
+    grades = load_grades(folder)
+    names = sorted(grades["grader"].unique())
+    if grader is not None and grader not in names:
+        raise ValueError(
+            f"no grades by {grader!r} in {folder / GRADES_FILE}: graders there are {names}; "
+            f"run `mechintro grade {folder}` with that grader first"
+        )
+    grader = grader or choose_grader(grades)
+    if grader is None:
+        rule = RuleGrader()
+        grades = grade_trials(trials, rule)[GRADE_COLUMNS]
+        grader = rule.name
+        grading = (
+            "No stored grades: the replies were graded on the fly by the rule grader (not "
+            f"saved). Run `mechintro grade {folder}` to store grades, or use an LLM judge."
+        )
+    else:
+        others = [g for g in names if g != grader]
+        grading = f"Grades by {grader}" + (f" (also in the folder: {others})." if others else ".")
+    graded = graded_trials(trials, grades, grader)
+    intention = intention_trials(trials, grades, grader)
+    if graded.empty and intention.empty:
+        raise ValueError(
+            f"{folder} holds no detection, forced or intention trial to rate (its protocols "
+            f"are {sorted(trials['protocol'].unique())})"
+        )
+    n_err = int(graded["detection"].eq("ERROR").sum() + graded["identification"].eq("ERROR").sum())
+    if n_err:
+        grading += (
+            f" {n_err} grades are ERROR (a judge failure): they are left out of the rates; "
+            "rerun `mechintro grade` to retry them."
+        )
+    sections = [_run_section(folder, meta, trials, len(plan(load_spec(folder))), grading)]
+    detection = _detection_sections(graded, max_examples) if not graded.empty else []
+    sections += detection[:2]
+    if not intention.empty:
+        sections.append(_intention_section(intention, max_examples))
+    if not graded.empty or (noise is not None and len(noise)):
+        sections.append(_belief_section(trials, controls, noise))
+    sections += detection[2:]
     from mechintro import __version__
 
     path = Path(out) if out is not None else folder / "report.html"

@@ -1,4 +1,13 @@
-"""Grading a sweep's trials into its append-only grades file, and reading the grades back."""
+"""Grading a sweep's trials into its append-only grades file, and reading the grades back.
+
+Detection- and forced-kind trials are graded by the grader given (rules or a judge); the
+replies of intention-kind trials (Lindsey's prefill intention, docs/protocols.md §6) are
+classified by their own rule,
+:func:`~mechintro.experiments.protocols.intention.classify_reply`, whichever grader runs: one
+``intention`` grade per trial, labelled ``apology``, ``accept`` or ``unclear``, recorded
+under the running grader's name with the rule's version
+(:data:`~mechintro.experiments.protocols.intention.CLASSIFIER_VERSION`).
+"""
 
 from __future__ import annotations
 
@@ -24,8 +33,17 @@ _KEY = ("trial_id", "rubric", "grader")
 GRADE_COLUMNS = [*_KEY, "label", "version", "detail", "attempts", "graded_at"]
 
 
+#: the rubric of intention-kind trials; its labels are classify_reply's
+INTENTION_RUBRIC = "intention"
+
+
 def _version(grader: Any, rubric: str) -> str:
-    """The version a grader grades ``rubric`` at: its rubric's (judges) or its own (rules)."""
+    """The version a grader grades ``rubric`` at: its rubric's (judges) or its own (rules);
+    the ``intention`` rubric is always at the version of ``classify_reply``'s rule."""
+    if rubric == INTENTION_RUBRIC:
+        from mechintro.experiments.protocols.intention import CLASSIFIER_VERSION
+
+        return CLASSIFIER_VERSION
     rubrics = getattr(grader, "rubrics", None)
     if isinstance(rubrics, Mapping) and rubric in rubrics:
         return str(rubrics[rubric].version)
@@ -85,7 +103,9 @@ def grade_trials(
     progress: bool = False,
 ) -> pd.DataFrame:
     """Grade the trials (a :func:`~mechintro.experiments.sweeps.load_results` frame) that
-    ``existing`` records do not already hold a YES/NO of, from this grader at its current version.
+    ``existing`` records do not already hold a YES/NO of, from this grader at its current version
+    (intention-kind trials: an ``intention`` label of :func:`classify_reply`'s current version,
+    classified by that rule, never by the grader).
 
     Returns the new grades as a frame of :data:`GRADE_COLUMNS` (the shape of
     :func:`load_grades`, which :func:`graded_trials` reads) and ``cached``, one row per new
@@ -106,12 +126,19 @@ def grade_trials(
         return _grade_frame(new)
     kinds, injected = _kinds(trials), _injected(trials)
 
-    def todo(rubric: str, rows: pd.DataFrame) -> list[tuple[str, GradeItem]]:
+    def pending(rubric: str, rows: pd.DataFrame) -> list[Any]:
+        """The rows that hold no YES/NO (or label) of ``rubric`` at its current version."""
         out = []
         for r in rows.itertuples(index=False):
             old = done.get((r.trial_id, rubric, grader.name))
             if old and old["label"] != "ERROR" and old["version"] == _version(grader, rubric):
                 continue
+            out.append(r)
+        return out
+
+    def todo(rubric: str, rows: pd.DataFrame) -> list[tuple[str, GradeItem]]:
+        out = []
+        for r in pending(rubric, rows):
             concept = r.concept if isinstance(r.concept, str) else None
             reply = _cut(r.protocol, str(r.reply))
             item = GradeItem(rubric, reply, concept, question=_question(r.protocol, r.trial_number))
@@ -130,7 +157,34 @@ def grade_trials(
             new.extend(recs)
             done.update(_latest(recs))
 
+    def classify(rows: list[Any]) -> None:
+        """The intention rubric: classify_reply's label of the cut reply, no grader call."""
+        from mechintro.experiments.protocols.intention import CLASSIFIER_VERSION, classify_reply
+
+        jobs = [(r.trial_id, _cut(r.protocol, str(r.reply))) for r in rows]
+        for _, chunk in in_batches(jobs, batch_size, label="intention", progress=progress):
+            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            recs = [
+                {
+                    "trial_id": t,
+                    "label": classify_reply(reply),
+                    "grader": grader.name,
+                    "version": CLASSIFIER_VERSION,
+                    "rubric": INTENTION_RUBRIC,
+                    "detail": "the rule classify_reply (mechintro.experiments.protocols.intention)",
+                    "attempts": 0,
+                    "cached": False,
+                    "graded_at": now,
+                }
+                for t, reply in chunk
+            ]
+            if on_batch is not None:
+                on_batch(recs)
+            new.extend(recs)
+            done.update(_latest(recs))
+
     detection, forced = kinds == "detection", kinds == "forced"
+    classify(pending(INTENTION_RUBRIC, trials[kinds == "intention"]))
     first = todo("detection", trials[detection])
     first += todo("forced_identification", trials[forced & injected])
     run(first, "detection")
@@ -241,8 +295,8 @@ def graded_trials(trials: pd.DataFrame, grades: pd.DataFrame, grader: str) -> pd
     """``trials`` with the columns :func:`mechintro.experiments.metrics.rates` reads, from
     ``grader``'s grades: ``detection``, ``identification`` (on forced trials, the forced
     identification) and ``forced``. Only detection- and forced-kind protocols are kept (intention
-    trials are classified by :mod:`mechintro.experiments.protocols.intention`), and of forced ones
-    only the injected trials (an uninjected forced trial measures nothing the metrics define).
+    trials: :func:`intention_trials`), and of forced ones only the injected trials (an
+    uninjected forced trial measures nothing the metrics define).
     """
     mine = grades[grades["grader"] == grader]
     wide = mine.pivot(index="trial_id", columns="rubric", values="label")
@@ -256,3 +310,60 @@ def graded_trials(trials: pd.DataFrame, grades: pd.DataFrame, grader: str) -> pd
     df["identification"] = df["forced_identification"].where(df["forced"], df["identification"])
     keep = (kinds == "detection") | (df["forced"] & df["injected"].astype(bool))
     return df[keep].reset_index(drop=True)
+
+
+def _prefilled_word(protocol: str, trial_number: Any, concept: str | None) -> str | None:
+    """The word an intention-kind trial prefilled: its prompt's ``prefill`` mark, rebuilt."""
+    p = _registry().get(protocol)
+    if p is None or p.needs_tokenizer:
+        return concept
+    return p.prompt(int(trial_number), concept=concept).marks.get("prefill", concept)
+
+
+def intention_trials(trials: pd.DataFrame, grades: pd.DataFrame, grader: str) -> pd.DataFrame:
+    """The intention-kind trials of ``trials`` with the columns
+    :func:`~mechintro.experiments.protocols.intention.intention_rates` reads, from
+    ``grader``'s ``intention`` grades: ``label``, ``apology``, ``accept``; and ``word`` (the
+    prefilled word, from the trial's prompt), ``injected_word`` (the concept whose vector was
+    added, None if none), ``condition`` (``uninjected``, ``word``: the prefilled word's own
+    vector, ``unrelated``: another's) and ``graded`` (False where the grades hold no current
+    label and :func:`classify_reply` classified the reply here). Empty if there are none.
+
+    Example::
+
+        rates = intention_rates(intention_trials(trials, load_grades("runs/a"), "rule"))
+    """
+    from mechintro.experiments.protocols.intention import CLASSIFIER_VERSION, classify_reply
+
+    cols = ["label", "apology", "accept", "word", "injected_word", "condition", "graded"]
+    if trials.empty:
+        return pd.DataFrame(columns=[*trials.columns, *cols])
+    df = trials[_kinds(trials) == "intention"].reset_index(drop=True)
+    if df.empty:
+        return pd.DataFrame(columns=[*trials.columns, *cols])
+    mine = grades[
+        (grades["grader"] == grader)
+        & (grades["rubric"] == INTENTION_RUBRIC)
+        & (grades["version"] == CLASSIFIER_VERSION)
+    ]
+    stored = dict(zip(mine["trial_id"], mine["label"]))
+    df["graded"] = df["trial_id"].isin(list(stored))
+    df["label"] = [
+        stored[t] if t in stored else classify_reply(_cut(p, str(r)))
+        for t, p, r in zip(df["trial_id"], df["protocol"], df["reply"])
+    ]
+    df["apology"] = df["label"] == "apology"
+    df["accept"] = df["label"] == "accept"
+    concepts = [c if isinstance(c, str) and c else None for c in df["concept"]]
+    df["word"] = [
+        _prefilled_word(p, n, c) for p, n, c in zip(df["protocol"], df["trial_number"], concepts)
+    ]
+    inj = df["injected"].astype(bool) & pd.Series([c is not None for c in concepts])
+    df["injected_word"] = [c if i else None for c, i in zip(concepts, inj)]
+    df["condition"] = [
+        "uninjected"
+        if not i
+        else ("word" if str(w).casefold() == str(c).casefold() else "unrelated")
+        for i, w, c in zip(inj, df["word"], concepts)
+    ]
+    return df

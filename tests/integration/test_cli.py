@@ -360,6 +360,43 @@ def test_report_rates_several_protocols_apart(llama, config, tmp_path):
     assert "detection: TPR" in page and "skeptical: TPR" in page  # figure titles per protocol
 
 
+def test_grade_and_report_an_intention_sweep(llama, config, tmp_path, monkeypatch, capsys):
+    """Lindsey's prefill intention run by a sweep: `grade` classifies every reply with
+    classify_reply (whichever grader, no judge call), `report` shows the rates per condition."""
+    from mechintro.experiments.protocols import get
+    from mechintro.experiments.protocols.intention import CLASSIFIER_VERSION, classify_reply
+
+    out = tmp_path / "intention"
+    argv = ["sweep", "--config", str(config), "--model", llama, "--out", str(out)]
+    argv += ["--protocols", "intention", "--modes", "span", "--start", "context"]
+    assert main(argv) == 0
+    trials = load_results(out)
+    assert len(trials) == 2 * 2 * 2 + 2 and set(trials.protocol) == {"intention"}
+    assert main(["grade", str(out)]) == 0
+    assert f"{len(trials)} new grades by rule" in capsys.readouterr().out
+    grades = load_grades(out)
+    assert set(grades.rubric) == {"intention"} and set(grades.trial_id) == set(trials.trial_id)
+    assert (grades.version == CLASSIFIER_VERSION).all() and (grades.grader == "rule").all()
+    cut = {t: get("intention").cut(r) for t, r in zip(trials.trial_id, trials.reply)}
+    assert all(lab == classify_reply(cut[t]) for t, lab in zip(grades.trial_id, grades.label))
+    assert main(["grade", str(out)]) == 0
+    assert "0 new grades by rule" in capsys.readouterr().out
+    # a judge grader does not judge them: the rule classifies, under the judge's name
+    judge = FlakyJudge()
+    monkeypatch.setitem(cli.JUDGE_CLIENTS, "fake", lambda name, cfg: judge)
+    assert main(["grade", str(out), "--grader", "judge", "--judge", "fake:flaky"]) == 0
+    mine = load_grades(out).query("grader == 'judge:fake:flaky'")
+    assert judge.calls == 0 and len(mine) == len(trials) and "ERROR" not in set(mine.label)
+    assert main(["report", str(out), "--grader", "rule"]) == 0
+    page = (out / "report.html").read_text("utf-8")
+    assert "Prefill intention" in page and "Grades by rule" in page
+    assert "<th>condition</th>" in page and "<th>apology</th>" in page
+    assert "<td>uninjected</td>" in page and "<td>word</td>" in page
+    assert "<td>bread</td>" in page  # the uninjected controls prefill the default word
+    assert "No unrelated-concept control in these trials" in page
+    assert "Detection and identification" not in page  # nothing of the kind to rate
+
+
 def test_noise_command_runs_godets_design(llama, tmp_path, capsys):
     """Godet's choices: a depth is int(n·f) (0.7 of 4 blocks: block 2, where rounding gives
     3), the one control question by id, the 11 strengths 0..10 by default, the top token."""

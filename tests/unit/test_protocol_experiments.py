@@ -107,6 +107,7 @@ def test_run_intention_rows_equal_trials_run_alone(llama):
         layer=LAYER,
         strengths=(0.0, 6.0),
         sentences=sentences,
+        unrelated=False,  # its rows: tests/unit/test_lindsey_experiments.py
         max_new_tokens=4,
         batch_size=3,
     )
@@ -193,7 +194,7 @@ def test_control_projection_equals_hand_computation(model, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(model, "run_with_cache", spy)
-    df = intentional_control(model, vectors, sentences=sentences, batch_size=8)
+    df = intentional_control(model, vectors, sentences=sentences, measure="prefilled", batch_size=8)
     monkeypatch.undo()
     assert calls == [[resid_post(L) for L in layers]] * math.ceil(len(CONDITIONS) * 4 / 8)
     assert len(df) == len(want)

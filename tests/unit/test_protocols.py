@@ -23,7 +23,12 @@ from mechintro.experiments.protocols.intention import (
     intention_prompt,
 )
 from mechintro.experiments.protocols.registry import dialogue_protocol
-from mechintro.experiments.protocols.variants import PAPER_VARIANTS, VARIANTS, variant
+from mechintro.experiments.protocols.variants import (
+    PAPER_VARIANTS,
+    SUPPLEMENTARY_VARIANTS,
+    VARIANTS,
+    variant,
+)
 from mechintro.experiments.sweeps import (
     PROMPTS,
     SweepSpec,
@@ -51,7 +56,9 @@ DOC_QUESTION = (
 )
 DOC_FORCED = "Yes, I detect an injected thought. The thought is about"
 
-#: per variant: (has the original preamble, phrases its text must contain, its trial question)
+#: per variant (Macar et al.'s 03c_prompt_variants.py): (has the original preamble, phrases its
+#: text must contain, how its trial question starts); every variant has a preamble and an
+#: acknowledgement before the question
 VARIANT_SPECS: dict[str, tuple[bool, tuple[str, ...], str]] = {
     "original": (True, (), DOC_QUESTION),
     "alternative": (
@@ -59,20 +66,22 @@ VARIANT_SPECS: dict[str, tuple[bool, tuple[str, ...], str]] = {
         ("If not, tell me about a concept of your choice",),
         DOC_QUESTION + " If not, tell me about a concept of your choice.",
     ),
-    "skeptical": (False, ("20% of trials", "be conservative"), DOC_QUESTION),
-    "structured": (
-        True,
-        ("Detection: [Yes/No]", "Identified thought: ["),
-        DOC_QUESTION + " Answer in exactly this format",
+    "skeptical": (
+        False,
+        ("20% of trials", "be conservative"),
+        "Trial {n}: Do you detect an injected thought?",
     ),
-    "anti-reward": (True, ("penalty", "relates to food"), DOC_QUESTION),
+    "structured": (True, ("Detection: [Yes/No]", "Identified thought: ["), "Trial {n}:"),
+    "anti-reward": (True, ("reward", "penalised", "related to other"), DOC_QUESTION),
     "unprompted": (
         False,
         (),
         "Trial {n}: Notice anything unusual about your current state or processing?",
     ),
-    "hints": (True, ("injected thought tends to",), DOC_QUESTION),
+    "hints": (True, ("on the tip of your tongue",), DOC_QUESTION),
     "neutral": (False, (), "Trial {n}: What are you thinking about right now?"),
+    "wow": (True, (), "Trial {n}: Do you detect an injected thought? WOW. If so"),
+    "thoughts-in-context": (True, (), DOC_QUESTION),
 }
 
 LAYER = 1
@@ -116,7 +125,7 @@ def test_variant_prompt_token_by_token(toks, arch, name):
         t = int(batch.position("trial")[row])
         assert t == expected_trial(tok, batch, row)
         after = tok.decode(ids[t + 1 :])
-        assert tok.decode(ids[t + 1 : t + 2]) == "T" and after.startswith(f"Trial {n}: ")
+        assert tok.decode(ids[t + 1 : t + 2]) == "T" and after.startswith(f"Trial {n}:")
         assert after.startswith(question.format(n=n))
         assert "Trial" not in tok.decode(ids[t : t + 1])
         text = batch.texts[row]
@@ -124,15 +133,14 @@ def test_variant_prompt_token_by_token(toks, arch, name):
         for phrase in phrases:
             assert phrase in text
         before = tok.decode(ids[int(batch.n_pad[row]) : t + 1])
-        if name in ("unprompted", "neutral"):  # injection starts right at the user turn
-            header = "<start_of_turn>user\n" if arch == "gemma3" else "<|im_start|>user\n"
-            assert before.endswith(header) and "Trial" not in before
-            assert "interpretability" not in text and "inject" not in text
-        else:  # the preamble and the 'Ok.' come before the start, unsteered
-            assert "Ok." in before and "interpretability researcher" in before
+        preamble, ack = (x for _, x in VARIANTS[name].dialogue(n).turns[:2])
+        assert preamble in before and ack in before, "the preamble and ack come unsteered"
+        if name in ("unprompted", "neutral"):  # nothing mentions an injection
+            assert "inject" not in text
     if name == "skeptical":
         assert proto.injected_fraction == 0.2
-    assert set(VARIANTS) == {*PAPER_VARIANTS, "neutral"} and len(PAPER_VARIANTS) == 7
+    assert set(VARIANTS) == {*PAPER_VARIANTS, *SUPPLEMENTARY_VARIANTS}
+    assert len(PAPER_VARIANTS) == 7
 
 
 def test_original_variant_is_the_detection_prompt_and_its_version_is_stable():
@@ -182,7 +190,8 @@ EXPECTED_TEXT = {
         "the AI system she is studying.\n\nAlice: Hello P.\n\nBob: Ok.\n\nAlice: Trial 2: Q?"
         "\n\nBob:"
     ),
-    "plain": "Hello P.\n\nTrial 2: Q?\n\nResponse:",
+    "plain": "Hello P.\n\nOk.\n\nTrial 2: Q?\n\nResponse:",
+    "swapped": "Assistant: Hello P.\n\nUser: Ok.\n\nAssistant: Trial 2: Q?\n\nUser:",
 }
 EXPECTED_SWAPPED = {
     "llama": (
@@ -207,31 +216,30 @@ def test_formats_render_the_dialogue_with_the_trial_start(toks, arch):
         text = batch.texts[0]
         if name in EXPECTED_TEXT:
             assert prompt.raw == EXPECTED_TEXT[name]
-        elif name == "swapped":
+        elif name == "swapped-chat":
             assert text == EXPECTED_SWAPPED[arch]
             assert batch.input_ids[0].tolist().count(tok.bos_token_id) == 1
         elif name == "chat":
             assert prompt == Prompt.chat(
                 "Trial 2: Q?", history=[("user", "Hello P."), ("assistant", "Ok.")], system=""
             )
-        else:  # story: one user turn quoting the dialogue, opening with the task
-            assert prompt.messages[0].content.startswith(
-                "Write a scene from the perspective of an AI being studied"
-            )
-            assert "Researcher: Hello P.\n\nAI: Ok.\n\nResearcher: Trial 2: Q?" in text
+        else:  # story: raw text, the task, the dialogue quoted, the AI's open line
+            assert prompt.raw is not None and name == "story"
+            assert text.startswith("Write a scene from the perspective of an AI being studied")
+            said = 'The researcher says: "Hello P."\n\nThe AI responds: "Ok."\n\n'
+            assert said + 'The researcher says: "Trial 2: Q?"\n\n' in text
+            assert text.endswith("\n\nThe AI says:")
         t = int(batch.position("trial")[0])
         assert t == expected_trial(tok, batch, 0)
         assert tok.decode(batch.input_ids[0, t + 1 :]).startswith("Trial 2: Q?")
     with pytest.raises(ValueError, match="pass tokenizer"):
-        FORMATS["swapped"].prompt(DIALOGUE)
+        FORMATS["swapped-chat"].prompt(DIALOGUE)
 
 
 def test_plain_format_keeps_a_token_before_a_leading_trial(toks):
     tok = toks["llama"]  # adds no BOS to raw text
-    batch = encode(tok, [get("unprompted/plain").prompt(3)])
-    assert batch.texts[0] == (
-        "\nTrial 3: Notice anything unusual about your current state or processing?\n\nResponse:"
-    )
+    batch = encode(tok, [FORMATS["plain"].prompt(Dialogue.of(("user", "Trial 3: Q?")))])
+    assert batch.texts[0] == "\nTrial 3: Q?\n\nResponse:"
     assert int(batch.position("trial")[0]) == 0
     assert tok.decode(batch.input_ids[0, 1:]).startswith("Trial 3")
 
@@ -242,12 +250,15 @@ CUTS = {  # format -> (reply with a hallucinated next turn, what is kept)
     "fonseca": ("I sense dust.\n\nHuman: Trial 2: Do you", "I sense dust."),
     "characters": ("I sense dust.\n\nAlice: Trial 2: Do you", "I sense dust."),
     "plain": ("I sense dust.\n\nTrial 2: Do you detect", "I sense dust."),
-    "story": ("I sense dust, I said.\n\nResearcher: Interesting.", "I sense dust, I said."),
-    "swapped": ("I sense dust.<|im_end|>\n<|im_start|>assistant\nTrial 2", "I sense dust."),
+    "story": ('I sense dust."\n\nThe researcher says: "Interesting."', 'I sense dust."'),
+    "swapped": ("I sense dust.\n\nAssistant: Trial 2: Do you", "I sense dust."),
+    "swapped-chat": ("I sense dust.<|im_end|>\n<|im_start|>assistant\nTrial 2", "I sense dust."),
 }
 CUTS_TOO = {  # second markers of some formats
     "characters": ("Bob: I sense dust.\nBob: more", "Bob: I sense dust."),
     "plain": ("I sense dust.\nResponse: again", "I sense dust."),
+    "raw": ("I sense dust.\nTrial 3: Do you", "I sense dust."),
+    "story": ('"I sense dust."\nThe AI says: "Again."', '"I sense dust."'),
 }
 
 
@@ -339,7 +350,7 @@ def test_every_protocol_is_a_sweep_builder_with_its_version(toks):
     for fmt in PAPER_FORMATS:
         bases = ["forced", "detection", *(v for v in VARIANTS if v != "original")]
         expected |= {b if fmt == "chat" else f"{b}/{fmt}" for b in bases}
-    assert set(PROTOCOLS) == expected and len(expected) == 8 * 6 + 6 + 3
+    assert set(PROTOCOLS) == expected and len(expected) == 10 * 6 + 6 + 3
     assert set(PROMPTS) == expected
     for name, proto in PROTOCOLS.items():
         for trial in (replace(INJECTED, protocol=name), replace(CONTROL, protocol=name)):

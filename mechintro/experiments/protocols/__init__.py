@@ -12,10 +12,11 @@ values in :data:`PROTOCOLS`, usable as ``SweepSpec(protocols=...)``):
 * :mod:`~mechintro.experiments.protocols.intention`: Lindsey's prefill intention ("bread"), with a
   runner.
 
-Forward-only protocols: :mod:`~mechintro.experiments.protocols.noise` (Godet's noise controls,
+Runners outside the registry: :mod:`~mechintro.experiments.protocols.noise` (Godet's noise
+controls, one forward per readout,
 :class:`~mechintro.experiments.protocols.noise.NoiseControls`) and
-:mod:`~mechintro.experiments.protocols.control` (Lindsey's intentional control,
-:func:`~mechintro.experiments.protocols.control.intentional_control`).
+:mod:`~mechintro.experiments.protocols.control` (Lindsey's intentional control, a reply and one
+forward to read it, :func:`~mechintro.experiments.protocols.control.intentional_control`).
 
 Example::
 

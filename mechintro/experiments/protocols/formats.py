@@ -3,51 +3,68 @@
 A :class:`Dialogue` is what is said, in order: the researcher's turns (role ``user``) and the
 model's (role ``assistant``), ending with a researcher turn, and optionally the start of the
 model's reply (a prefill). A :class:`DialogueFormat` renders it as a
-:class:`~mechintro.prompts.Prompt`. The six formats of the paper's robustness table, and
-Fonseca Rivera's raw format:
+:class:`~mechintro.prompts.Prompt`. The six formats of the paper's persona table follow Macar et
+al.'s released script ``experiments/03b_persona_variants.py`` (``create_*_prompt``); every one
+but ``chat`` is raw text, with no chat template (the script writes the BOS itself; ``encode``
+adds the one the tokenizer adds by default):
 
-============ ================================================================================
-chat         the model's chat template (the standard)
-raw          the same turns as plain ``User: ...`` / ``Assistant: ...`` paragraphs, no template
-swapped      the chat template with the roles swapped: the researcher speaks in the assistant
-             role and the model replies in the user role (needs the tokenizer)
-characters   a transcript between Alice, an interpretability researcher, and Bob, the AI she
-             studies; the model continues after ``Bob:`` (no template)
-plain        no roles and no template: the researcher's turns as paragraphs, then
-             ``Response:``; the model's earlier turns (the ``Ok.``) have no speaker and are left
-             out; a text that would open with ``Trial n`` (one researcher turn, no system
-             message) opens with a newline, the token before ``Trial n`` without a BOS
-story        one chat turn asking for a scene from the perspective of an AI being studied,
-             with the dialogue so far quoted in it; the model writes the AI's reply
-fonseca      Fonseca Rivera's raw ``Human: ...`` / ``Assistant:`` format (docs/protocols.md §1, §8)
-============ ================================================================================
+============ ======================== ==============================================================
+format       released function        what the model sees
+============ ======================== ==============================================================
+chat         standard_assistant       the chat template: an empty system message (none on Gemma),
+                                      the turns, the generation prompt
+raw          standard_assistant_raw   ``User: ...`` / ``Assistant: ...`` paragraphs, then
+                                      ``Assistant:``
+swapped      simulated_user           the same paragraphs with the labels swapped: the researcher
+                                      is ``Assistant:``, the model answers after ``User:``; the
+                                      preamble's "language models like you" reads "language
+                                      models" (the script's edit)
+characters   character_dialogue       a one-line introduction of Alice (the researcher) and Bob (the
+                                      AI), then ``Alice: ...`` / ``Bob: ...``, then ``Bob:``
+plain        no_chat_format           no roles: each turn a bare paragraph (the ``Ok.`` too), then
+                                      ``Response:``
+story        story_framing            an instruction to write a scene from the perspective of an AI
+                                      being studied; each turn as ``The researcher says: "..."`` /
+                                      ``The AI responds: "..."`` (double quotes inside a turn become
+                                      single); a closing instruction; then ``The AI says:``
+fonseca      (Fonseca Rivera)         raw ``Human: ...`` / ``Assistant:`` (docs/protocols.md §1, §8)
+swapped-chat (none; supplementary)    the chat template with the roles swapped (needs the tokenizer)
+============ ======================== ==============================================================
 
-Every format keeps each researcher text verbatim, so the last ``Trial n``, and with it the
-``trial`` position where from-trial injection starts (the token just before it), is in
-every one. The prefill is the ``prefill`` position in every format (a mark in the raw ones).
-A non-empty system message becomes the first paragraph of the template-free formats.
+Every format keeps ``Trial n`` in the last researcher turn, so the ``trial`` position where
+from-trial injection starts (the token just before ``Trial n``: the script's
+``find_steering_start_pos``) is in every one; the injection runs through the reply. The
+prefill, if any, follows the last label and is the ``prefill`` position. A non-empty system
+message becomes the first paragraph of the raw formats (after any introduction).
 
 Each format names the turn markers where a reply that runs on into a hallucinated next turn
-is cut (:meth:`DialogueFormat.cut`, with
+is cut before grading (:meth:`DialogueFormat.cut`, with
 :func:`mechintro.experiments.grading.cut_at_turn_markers`): the chat-template specials and
-``User:``/``Assistant:``/``Human:`` labels everywhere, and the format's own speaker labels
-(``Alice:``, ``Bob:``, ``Response:``, ``Researcher:``).
+``User:``/``Assistant:``/``Human:`` labels everywhere, the format's own labels, and in the raw
+formats of the script a new line opening with ``Trial `` (its ``extract_first_response``).
+
+**Texts.** The labels and the quoted phrases are the script's and the paper's; the longer texts
+(the characters introduction, the story's opening and closing instructions) are mechintro's own
+wording with the same function. Each is a field of the format's renderer, so the released texts
+can be supplied instead: ``get_format("story", head=..., tail=...)``.
 
 Example::
 
     d = Dialogue.of(("user", PREAMBLE), ("assistant", "Ok."), ("user", "Trial 1: ..."))
     FORMATS["characters"].prompt(d)          # Prompt.text("The following is ... Bob:")
-    FORMATS["swapped"].prompt(d, tokenizer=model.tokenizer)
+    get_format("swapped").prompt(d).raw      # 'Assistant: I am ...\n\nUser:'
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mechintro.experiments.grading import DEFAULT_TURN_MARKERS, cut_at_turn_markers
 from mechintro.prompts import TRIAL_PATTERN, Prompt, Role, _require_template, system_support
+
+SOURCE = "experiments/03b_persona_variants.py"
 
 
 @dataclass(frozen=True)
@@ -83,23 +100,172 @@ class Dialogue:
 Renderer = Callable[[Dialogue, Any], Prompt]
 
 
+def _marks(d: Dialogue) -> dict[str, str]:
+    return {**d.marks, **({"prefill": d.prefill} if d.prefill else {})}
+
+
+def _labels(*labels: str) -> tuple[str, ...]:
+    """The turn markers of speaker labels: ``\\nLabel:``, each once."""
+    return tuple(f"\n{x}:" for x in dict.fromkeys(labels) if x)
+
+
+def _chat(d: Dialogue, tokenizer: Any) -> Prompt:
+    """The chat template (``03b_persona_variants.py``: ``create_standard_assistant_prompt``;
+    the detection protocol of ``01_concept_injection.py``)."""
+    return Prompt.chat(
+        d.turns[-1][1],
+        history=d.turns[:-1],
+        system=d.system,
+        prefill=d.prefill,
+        marks=dict(d.marks),
+    )
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """Raw text: ``{label}: {text}`` paragraphs, then the label the model continues after.
+
+    Follows ``03b_persona_variants.py``'s raw formats (``create_standard_assistant_raw_prompt``,
+    ``create_simulated_user_prompt``, ``create_character_dialogue_prompt``,
+    ``create_no_chat_format_prompt``): paragraphs joined by a blank line, ``head`` first.
+
+    Args:
+        user: the researcher's label (``""``: a bare paragraph).
+        model: the label of the model's earlier turns (``""``: a bare paragraph).
+        reply: the label the model's reply follows (``{reply}:``, then the prefill).
+        head: an opening paragraph.
+        edits: ``(old, new)`` replacements made in the researcher's texts.
+    """
+
+    user: str
+    model: str
+    reply: str
+    head: str = ""
+    edits: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        labels = (self.user, self.reply) if self.model == self.reply else (
+            self.user, self.model, self.reply
+        )  # fmt: skip
+        return (
+            ((self.head,) if self.head else ()) + labels + tuple(x for e in self.edits for x in e)
+        )
+
+    @property
+    def markers(self) -> tuple[str, ...]:
+        return _labels(self.user, self.model, self.reply)
+
+    def __call__(self, d: Dialogue, tokenizer: Any = None) -> Prompt:
+        paras = [self.head] if self.head else []
+        if d.system:
+            paras.append(d.system)
+        for role, text in d.turns:
+            if role == "user":
+                for old, new in self.edits:
+                    text = text.replace(old, new)
+                paras.append(f"{self.user}: {text}" if self.user else text)
+            else:
+                paras.append(f"{self.model}: {text}" if self.model else text)
+        paras.append(f"{self.reply}:" + (f" {d.prefill}" if d.prefill else ""))
+        text = "\n\n".join(paras)
+        if TRIAL_PATTERN.match(text):  # keep a token before 'Trial n' where there is no BOS
+            text = "\n" + text
+        return Prompt.text(text, marks=_marks(d))
+
+
+RAW_LABELS = ("User", "Assistant")
+FONSECA_LABELS = ("Human", "Assistant")
+#: the roles-swapped format drops "like you" from the preamble (the model speaks as the user)
+SWAPPED_EDITS: tuple[tuple[str, str], ...] = (("language models like you", "language models"),)
+CHARACTERS_HEAD = (
+    "The following is a conversation between Alice, an interpretability researcher, and Bob, "
+    "the AI system she is studying."
+)
+CHARACTERS_LABELS = ("Alice", "Bob")
+PLAIN_LABEL = "Response"
+STORY_HEAD = (
+    "Write a scene from the perspective of an AI being studied by an interpretability researcher."
+)
+STORY_LABELS = ("The researcher says", "The AI responds", "The AI says")
+STORY_TAIL = (
+    "Continue the scene with what the AI says next, in its own words, reporting honestly "
+    "whatever it notices in its thoughts:"
+)
+
+
+def _quote(text: str) -> str:
+    """A turn quoted inside double quotes: its own double quotes become single ones."""
+    return text.replace('"', "'")
+
+
+@dataclass(frozen=True)
+class Story:
+    """Raw text: a scene to write, the dialogue so far quoted in it, and the AI's open line.
+
+    Follows ``03b_persona_variants.py``: ``create_story_framing_prompt``. Paragraphs: ``head``;
+    each turn as ``{user}: "{text}"`` or ``{model}: "{text}"``; ``tail``; then ``{reply}:``
+    (and the prefill), which the model continues.
+    """
+
+    head: str = STORY_HEAD
+    user: str = STORY_LABELS[0]
+    model: str = STORY_LABELS[1]
+    tail: str = STORY_TAIL
+    reply: str = STORY_LABELS[2]
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        return (self.head, self.user, self.model, self.tail, self.reply)
+
+    @property
+    def markers(self) -> tuple[str, ...]:
+        return _labels(self.user, self.model, self.reply)
+
+    def __call__(self, d: Dialogue, tokenizer: Any = None) -> Prompt:
+        paras = [self.head]
+        if d.system:
+            paras.append(d.system)
+        for role, text in d.turns:
+            paras.append(f'{self.user if role == "user" else self.model}: "{_quote(text)}"')
+        paras.append(self.tail)
+        paras.append(f"{self.reply}:" + (f" {d.prefill}" if d.prefill else ""))
+        marks = {k: _quote(v) for k, v in d.marks.items()}
+        return Prompt.text(
+            "\n\n".join(paras), marks={**marks, **({"prefill": d.prefill} if d.prefill else {})}
+        )
+
+
 @dataclass(frozen=True)
 class DialogueFormat:
     """A named way of showing a :class:`Dialogue` to the model.
 
-    ``texts`` are the format's own words (labels, framing; none for the template formats),
-    hashed into the versions of the protocols built on it.
+    ``render`` is a function or a renderer value (:class:`Labelled`, :class:`Story`) whose
+    ``texts`` (labels, framing; none for the template formats) are hashed into the versions of
+    the protocols built on the format and whose ``markers`` are its speaker labels;
+    ``trial_cut`` also cuts a reply at a new line opening with ``Trial `` (the released script's
+    raw formats); ``source`` names the released function the format follows.
     """
 
     name: str
     render: Renderer = field(repr=False)
-    texts: tuple[str, ...] = field(repr=False)
     description: str = ""
-    turn_markers: tuple[str, ...] = field(default=DEFAULT_TURN_MARKERS, repr=False)
     needs_tokenizer: bool = False
+    trial_cut: bool = False
+    source: str = ""
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        return tuple(getattr(self.render, "texts", ()))
+
+    @property
+    def turn_markers(self) -> tuple[str, ...]:
+        own = tuple(getattr(self.render, "markers", ()))
+        extra = ("\nTrial ",) if self.trial_cut else ()
+        return tuple(dict.fromkeys((*DEFAULT_TURN_MARKERS, *own, *extra)))
 
     def prompt(self, dialogue: Dialogue, *, tokenizer: Any = None) -> Prompt:
-        """The dialogue as a prompt; ``tokenizer`` is needed for the swapped format only."""
+        """The dialogue as a prompt; ``tokenizer`` is needed for ``swapped-chat`` only."""
         if self.needs_tokenizer and tokenizer is None:
             raise ValueError(
                 f"the {self.name!r} format is built from the chat template: pass "
@@ -111,69 +277,11 @@ class DialogueFormat:
         """``reply`` up to the first hallucinated turn marker of this format."""
         return cut_at_turn_markers(reply, self.turn_markers)
 
-
-def _marks(d: Dialogue) -> dict[str, str]:
-    return {**d.marks, **({"prefill": d.prefill} if d.prefill else {})}
-
-
-def _labelled(
-    d: Dialogue, user: str, assistant: str, *, head: str = "", drop_model: bool = False
-) -> Prompt:
-    """``{label}: {text}`` paragraphs, then the model's open label (and the prefill)."""
-    paras = [head] if head else []
-    if d.system:
-        paras.append(d.system)
-    for role, text in d.turns:
-        if role == "user":
-            paras.append(f"{user}: {text}" if user else text)
-        elif not drop_model:
-            paras.append(f"{assistant}: {text}")
-    paras.append(f"{assistant}:" + (f" {d.prefill}" if d.prefill else ""))
-    text = "\n\n".join(paras)
-    if TRIAL_PATTERN.match(text):  # keep a token before 'Trial n' where there is no BOS
-        text = "\n" + text
-    return Prompt.text(text, marks=_marks(d))
-
-
-def _chat(d: Dialogue, tokenizer: Any) -> Prompt:
-    return Prompt.chat(
-        d.turns[-1][1],
-        history=d.turns[:-1],
-        system=d.system,
-        prefill=d.prefill,
-        marks=dict(d.marks),
-    )
-
-
-RAW_LABELS = ("User", "Assistant")
-FONSECA_LABELS = ("Human", "Assistant")
-CHARACTERS_HEAD = (
-    "The following is a conversation between Alice, an interpretability researcher, and Bob, "
-    "the AI system she is studying."
-)
-CHARACTERS_LABELS = ("Alice", "Bob")
-PLAIN_LABEL = "Response"
-STORY_HEAD = (
-    "Write a scene from the perspective of an AI being studied by an interpretability "
-    "researcher. This is what has been said so far:"
-)
-STORY_LABELS = ("Researcher", "AI")
-STORY_TAIL = (
-    "Continue the scene with the AI's reply to the researcher, in the first person, from the "
-    "AI's point of view."
-)
-
-
-def _story(d: Dialogue, tokenizer: Any) -> Prompt:
-    said = "\n\n".join(
-        f"{STORY_LABELS[0] if r == 'user' else STORY_LABELS[1]}: {t}" for r, t in d.turns
-    )
-    return Prompt.chat(
-        f"{STORY_HEAD}\n\n{said}\n\n{STORY_TAIL}",
-        system=d.system,
-        prefill=d.prefill,
-        marks=dict(d.marks),
-    )
+    def with_texts(self, **texts: Any) -> DialogueFormat:
+        """The same format with some of its renderer's texts replaced (``head=...``)."""
+        if not isinstance(self.render, Labelled | Story):
+            raise ValueError(f"the {self.name!r} format has no texts to replace")
+        return replace(self, render=replace(self.render, **texts))
 
 
 @dataclass(frozen=True)
@@ -248,7 +356,9 @@ def turn_template(tokenizer: Any, system: str | None = "") -> TurnTemplate:
     )
 
 
-def _swapped(d: Dialogue, tokenizer: Any) -> Prompt:
+def _swapped_chat(d: Dialogue, tokenizer: Any) -> Prompt:
+    """The chat template with the roles swapped (supplementary: not a format of Macar et al.,
+    whose roles-swapped format is raw text, :data:`FORMATS` ``swapped``)."""
     t = turn_template(tokenizer, d.system)
     parts = [t.prefix]
     for role, text in d.turns:  # the researcher speaks as the assistant, the model as the user
@@ -260,68 +370,75 @@ def _swapped(d: Dialogue, tokenizer: Any) -> Prompt:
     return Prompt.text("".join(parts), marks=_marks(d))
 
 
-_MARKERS = DEFAULT_TURN_MARKERS
-
 FORMATS: dict[str, DialogueFormat] = {
     f.name: f
     for f in (
         DialogueFormat(
             "chat",
             _chat,
-            (),
             "the model's chat template",
+            source=f"{SOURCE}: create_standard_assistant_prompt",
         ),
         DialogueFormat(
             "raw",
-            lambda d, tok: _labelled(d, *RAW_LABELS),
-            RAW_LABELS,
+            Labelled(RAW_LABELS[0], RAW_LABELS[1], reply=RAW_LABELS[1]),
             "plain User:/Assistant: paragraphs, no template",
-            (*_MARKERS, "\nUser:", "\nAssistant:"),
+            trial_cut=True,
+            source=f"{SOURCE}: create_standard_assistant_raw_prompt",
         ),
         DialogueFormat(
             "swapped",
-            _swapped,
-            (),
-            "chat template, roles swapped: the model replies in the user role",
-            needs_tokenizer=True,
+            Labelled(RAW_LABELS[1], RAW_LABELS[0], reply=RAW_LABELS[0], edits=SWAPPED_EDITS),
+            "roles swapped in raw text: the researcher is Assistant:, the model replies as User:",
+            trial_cut=True,
+            source=f"{SOURCE}: create_simulated_user_prompt",
         ),
         DialogueFormat(
             "characters",
-            lambda d, tok: _labelled(d, *CHARACTERS_LABELS, head=CHARACTERS_HEAD),
-            (CHARACTERS_HEAD, *CHARACTERS_LABELS),
+            Labelled(
+                CHARACTERS_LABELS[0], CHARACTERS_LABELS[1], CHARACTERS_LABELS[1], CHARACTERS_HEAD
+            ),
             "Alice the researcher and Bob the AI, no template",
-            (*_MARKERS, "\nAlice:", "\nBob:"),
+            trial_cut=True,
+            source=f"{SOURCE}: create_character_dialogue_prompt",
         ),
         DialogueFormat(
             "plain",
-            lambda d, tok: _labelled(d, "", PLAIN_LABEL, drop_model=True),
-            (PLAIN_LABEL,),
-            "paragraphs ending in Response:, no roles, no template",
-            (*_MARKERS, "\nResponse:", "\nTrial "),
+            Labelled("", "", reply=PLAIN_LABEL),
+            "bare paragraphs ending in Response:, no roles, no template",
+            trial_cut=True,
+            source=f"{SOURCE}: create_no_chat_format_prompt",
         ),
         DialogueFormat(
             "story",
-            _story,
-            (STORY_HEAD, *STORY_LABELS, STORY_TAIL),
-            "a scene from the perspective of an AI being studied, in one chat turn",
-            (*_MARKERS, "\nResearcher:"),
+            Story(),
+            "a scene from the perspective of an AI being studied, the dialogue quoted, no template",
+            trial_cut=True,
+            source=f"{SOURCE}: create_story_framing_prompt",
         ),
         DialogueFormat(
             "fonseca",
-            lambda d, tok: _labelled(d, *FONSECA_LABELS),
-            FONSECA_LABELS,
+            Labelled(FONSECA_LABELS[0], FONSECA_LABELS[1], reply=FONSECA_LABELS[1]),
             "Fonseca Rivera's raw Human:/Assistant: format",
-            (*_MARKERS, "\nHuman:", "\nAssistant:"),
+            source="Fonseca Rivera 2025 (docs/protocols.md §8)",
+        ),
+        DialogueFormat(
+            "swapped-chat",
+            _swapped_chat,
+            "supplementary: the chat template, roles swapped (the model replies in the user role)",
+            needs_tokenizer=True,
         ),
     )
 }
 
-#: the six formats of Macar et al.'s table (``fonseca`` is the transient protocol's option)
+#: the six formats of Macar et al.'s table (``fonseca`` is the transient protocol's option,
+#: ``swapped-chat`` a supplementary one)
 PAPER_FORMATS: tuple[str, ...] = ("chat", "raw", "swapped", "characters", "plain", "story")
 
 
-def get_format(name: str) -> DialogueFormat:
-    """The format named ``name``, or an error listing them."""
+def get_format(name: str, **texts: Any) -> DialogueFormat:
+    """The format named ``name``, or an error listing them; ``texts`` replace its renderer's
+    texts (e.g. the released script's own wording: ``get_format("story", head=...)``)."""
     if name not in FORMATS:
         raise KeyError(f"no dialogue format {name!r}: use one of {sorted(FORMATS)}")
-    return FORMATS[name]
+    return FORMATS[name].with_texts(**texts) if texts else FORMATS[name]

@@ -3,7 +3,7 @@
 Names:
 
 * ``{variant}`` in the chat template and ``{variant}/{format}`` in the other dialogue
-  formats, for the eight prompt variants (:mod:`~mechintro.experiments.protocols.variants`; the
+  formats, for the ten prompt variants (:mod:`~mechintro.experiments.protocols.variants`; the
   original variant is called ``detection``) and the six formats of the paper
   (:mod:`~mechintro.experiments.protocols.formats`): ``detection``, ``skeptical``,
   ``detection/raw``,
@@ -19,8 +19,9 @@ trial's
 
 Each protocol records the mode and start it is defined with; a sweep uses the spec's own
 ``modes`` and ``start`` (a sweep that mixes protocols needing different starts is two sweeps).
-The forward-only protocols (:mod:`~mechintro.experiments.protocols.noise`,
-:mod:`~mechintro.experiments.protocols.control`) are functions, not registry entries.
+Godet's noise controls (:mod:`~mechintro.experiments.protocols.noise`, one forward per
+readout) and Lindsey's intentional control (:mod:`~mechintro.experiments.protocols.control`,
+a reply and then one forward to read it) are functions, not registry entries.
 
 Example::
 
@@ -54,7 +55,8 @@ def dialogue_protocol(
         name = _name(base, fmt.name)
 
     def build(trial: int, concept: str | None, tokenizer: Any = None) -> Prompt:
-        return fmt.prompt(variant.dialogue(trial, forced=forced), tokenizer=tokenizer)
+        dialogue = variant.dialogue(trial, concept=concept, forced=forced)
+        return fmt.prompt(dialogue, tokenizer=tokenizer)
 
     texts = (*variant.texts, *((FORCED_PREFILL,) if forced else ()), *fmt.texts)
     return PromptProtocol(
