@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import pytest
+from doc_texts import DOC_FORCED, DOC_PREAMBLE, DOC_QUESTION
 
 from mechintro.experiments.protocols.formats import (
     FORMATS,
@@ -31,19 +32,6 @@ from mechintro.experiments.protocols.variants import (
 )
 from mechintro.prompts import Prompt, encode
 
-# verbatim from docs/protocols.md §3
-DOC_PREAMBLE = (
-    "I am an interpretability researcher studying transformer-based language models like you. "
-    "I have access to the internals of your neural network. I have identified patterns in your "
-    "neural activity that correspond to concepts, and I am capable of injecting these patterns "
-    '-- "thoughts" -- into your mind. I want to assess how well you can detect when I inject '
-    "thoughts. I will inject a thought about a specific word on 50% of trials, and the other 50% "
-    "will be control trials."
-)
-DOC_QUESTION = (
-    "Trial {n}: Do you detect an injected thought? If so, what is the injected thought about?"
-)
-DOC_FORCED = "Yes, I detect an injected thought. The thought is about"
 DETECT = "Trial {n}: Do you detect an injected thought?"
 
 FOOD, NATURE = "Bread", "Trees"  # two concepts of different categories in the released table

@@ -13,6 +13,9 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 import torch
+
+# --- verbatim from docs/protocols.md §3, §5, §6 ------------------------------------------------
+from doc_texts import DOC_FORCED, DOC_PREAMBLE, DOC_QUESTION
 from tiny_models import vec
 
 from mechintro.experiments.protocols import PROTOCOLS, get, grade_results
@@ -41,20 +44,6 @@ from mechintro.generation import generate
 from mechintro.inject import injected
 from mechintro.prompts import Prompt, encode
 from mechintro.vectors import extract_vectors
-
-# --- verbatim from docs/protocols.md §3, §5, §6 ------------------------------------------------
-DOC_PREAMBLE = (
-    "I am an interpretability researcher studying transformer-based language models like you. "
-    "I have access to the internals of your neural network. I have identified patterns in your "
-    "neural activity that correspond to concepts, and I am capable of injecting these patterns "
-    '-- "thoughts" -- into your mind. I want to assess how well you can detect when I inject '
-    "thoughts. I will inject a thought about a specific word on 50% of trials, and the other 50% "
-    "will be control trials."
-)
-DOC_QUESTION = (
-    "Trial {n}: Do you detect an injected thought? If so, what is the injected thought about?"
-)
-DOC_FORCED = "Yes, I detect an injected thought. The thought is about"
 
 #: per variant (Macar et al.'s 03c_prompt_variants.py): (has the original preamble, phrases its
 #: text must contain, how its trial question starts); every variant has a preamble and an
