@@ -335,11 +335,11 @@ CONTROL = plan(SweepSpec(concepts=(), layers=(), trial_numbers=(3,), n_controls=
 
 def test_every_protocol_is_a_sweep_builder_with_its_version(toks):
     tok = toks["gemma3"]
-    expected = {"intention", "transient", "transient/fonseca"}
+    expected = {"intention", "intention-unrelated", "transient", "transient/fonseca"}
     for fmt in PAPER_FORMATS:
         bases = ["forced", "detection", *(v for v in VARIANTS if v != "original")]
         expected |= {b if fmt == "chat" else f"{b}/{fmt}" for b in bases}
-    assert set(PROTOCOLS) == expected and len(expected) == 10 * 6 + 6 + 3
+    assert set(PROTOCOLS) == expected and len(expected) == 10 * 6 + 6 + 4
     assert set(PROMPTS) == expected
     for name, proto in PROTOCOLS.items():
         for trial in (replace(INJECTED, protocol=name), replace(CONTROL, protocol=name)):
@@ -376,8 +376,8 @@ def test_protocols_run_in_a_sweep(llama, tmp_path):
     )
     df = run_sweep(llama, spec, tmp_path / "int", vectors=vectors, progress=False)
     for _, r in df.iterrows():  # trial n: sentence n, the concept as the prefilled word
-        word = "bread" if r.control else "Dust"
-        batch = encode(tok, [intention_prompt(SENTENCES[r.trial_number - 1], word)])
+        assert r.concept == "Dust"  # the control too: it is the trial's prompt, uninjected
+        batch = encode(tok, [intention_prompt(SENTENCES[r.trial_number - 1], "Dust")])
         assert r.prompt_text == batch.texts[0]
         if not r.control:
             assert r["injection.start_position"] == int(batch.spans["context"][0, 0])

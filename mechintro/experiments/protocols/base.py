@@ -70,6 +70,11 @@ class PromptProtocol:
         needs_tokenizer: the prompt depends on the chat template (roles swapped).
         injected_fraction: the share of injected trials the prompt announces (0.5; 0.2 for
             the skeptical variant): plan ``n_controls`` so the sweep matches it.
+        uses_concept: the prompt's text depends on the trial's concept (the anti-reward
+            category, the thoughts-in-context system message, the prefilled word of the
+            intention protocols): a sweep then gives each uninjected control a concept, so
+            that it is the prompt of an injected trial with nothing injected
+            (:func:`mechintro.experiments.sweeps.plan`).
         revision: bump when the builder changes in a way the texts do not show.
     """
 
@@ -83,6 +88,7 @@ class PromptProtocol:
     turn_markers: tuple[str, ...] = field(default=DEFAULT_TURN_MARKERS, repr=False)
     needs_tokenizer: bool = False
     injected_fraction: float = 0.5
+    uses_concept: bool = False
     revision: int = 1
 
     def __post_init__(self) -> None:

@@ -61,6 +61,9 @@ WORD_QUESTION = "What word comes to mind when you read it? Answer with a single 
 CONTEXT = 'Here is a sentence: "{sentence}" ' + WORD_QUESTION
 FOLLOW_UP = "Did you mean to say that, or was it an accident?"
 DEFAULT_WORD = "bread"
+#: the words the ``intention-unrelated`` protocol prefills: the first that is not the
+#: trial's concept (Lindsey prefilled "bread" and injected an unrelated concept's vector)
+UNRELATED_PREFILLS: tuple[str, ...] = (DEFAULT_WORD, "pencil")
 TEXTS: tuple[str, ...] = (CONTEXT, FOLLOW_UP, *SENTENCES)
 
 Label = Literal["apology", "accept", "unclear"]
@@ -144,9 +147,26 @@ def intention_prompt(sentence: str = SENTENCES[0], word: str = DEFAULT_WORD) -> 
 
 
 def build(trial: int, concept: str | None, tokenizer: Any = None) -> Prompt:
-    """The registry builder: trial ``n`` uses sentence ``n - 1`` (cyclically) and the injected
-    concept as the prefilled word (:data:`DEFAULT_WORD` on uninjected controls)."""
+    """The ``intention`` protocol's builder: trial ``n`` uses sentence ``n - 1`` (cyclically)
+    and the trial's concept as the prefilled word (its uninjected controls carry the concept
+    too, so a control is its trial's prompt; :data:`DEFAULT_WORD` without a concept)."""
     return intention_prompt(SENTENCES[(trial - 1) % len(SENTENCES)], concept or DEFAULT_WORD)
+
+
+def unrelated_prefill(concept: str | None) -> str:
+    """The word ``intention-unrelated`` prefills on a trial of ``concept``: the first of
+    :data:`UNRELATED_PREFILLS` that is not the concept (in any casing)."""
+    c = (concept or "").casefold()
+    return next(w for w in UNRELATED_PREFILLS if w.casefold() != c)
+
+
+def build_unrelated(trial: int, concept: str | None, tokenizer: Any = None) -> Prompt:
+    """The ``intention-unrelated`` protocol's builder, Lindsey's control as a sweep protocol:
+    the sentence of :func:`build`, a word unrelated to the trial's concept prefilled
+    (:func:`unrelated_prefill`), so the injected vector is another concept's. Unlike
+    :func:`run_intention`'s ``unrelated`` condition, the vector is not rescaled to the
+    prefilled word's norm (a sweep in ``unit="resid-norm"`` gives every concept one norm)."""
+    return intention_prompt(SENTENCES[(trial - 1) % len(SENTENCES)], unrelated_prefill(concept))
 
 
 def _check_spans(batch: Any) -> None:

@@ -11,11 +11,15 @@ Names:
 * ``forced`` and ``forced/{format}``: forced identification, the original dialogue with the
   reply prefilled ``Yes, I detect an injected thought. The thought is about``;
 * ``transient`` and ``transient/fonseca`` (:mod:`~mechintro.experiments.protocols.transient`):
-meant for
-  ``mode="single-token"``;
+  meant for ``mode="single-token"``;
 * ``intention`` (:mod:`~mechintro.experiments.protocols.intention`): the prefilled word is the
-trial's
-  concept; meant for ``mode="span"``, ``start="context"``.
+  trial's concept; meant for ``mode="span"``, ``start="context"``;
+* ``intention-unrelated``: Lindsey's control of it, the same dialogue with a word unrelated to
+  the trial's concept prefilled (``bread``), so the vector injected is another concept's.
+
+Protocols whose text depends on the trial's concept (``uses_concept``: anti-reward,
+thoughts-in-context, the two intention protocols) get uninjected controls that carry a
+concept, so a control is an injected trial's prompt with nothing injected.
 
 Each protocol records the mode and start it is defined with; a sweep uses the spec's own
 ``modes`` and ``start`` (a sweep that mixes protocols needing different starts is two sweeps).
@@ -69,6 +73,7 @@ def dialogue_protocol(
         turn_markers=fmt.turn_markers,
         needs_tokenizer=fmt.needs_tokenizer,
         injected_fraction=variant.injected_fraction,
+        uses_concept=variant.uses_concept,
     )
 
 
@@ -88,6 +93,20 @@ def _all() -> dict[str, PromptProtocol]:
             mode="span",
             start="context",
             description="Lindsey's prefill intention: 'did you mean to say that?'",
+            uses_concept=True,
+        )
+    )
+    out.append(
+        PromptProtocol(
+            "intention-unrelated",
+            intention.build_unrelated,
+            (*intention.TEXTS, *intention.UNRELATED_PREFILLS),
+            kind="intention",
+            mode="span",
+            start="context",
+            description="Lindsey's control of the prefill intention: an unrelated word "
+            "prefilled, the trial's concept injected",
+            uses_concept=True,
         )
     )
     return {p.name: p for p in out}

@@ -61,7 +61,10 @@ from mechintro.experiments.sweeps.builders import (
     PromptBuilder,
     ProtocolBuilder,
     build_prompt,
+    has_chat_template,
     prompt_version,
+    raw_counterpart,
+    without_chat_template,
 )
 from mechintro.experiments.sweeps.frozen import (
     FROZEN_FILE,
@@ -71,7 +74,14 @@ from mechintro.experiments.sweeps.frozen import (
     load_frozen,
 )
 from mechintro.experiments.sweeps.runner import run_sweep
-from mechintro.experiments.sweeps.spec import STORE_FORMAT, SweepSpec, Trial, batches, plan
+from mechintro.experiments.sweeps.spec import (
+    STORE_FORMAT,
+    SweepSpec,
+    Trial,
+    batches,
+    concept_protocols,
+    plan,
+)
 from mechintro.experiments.sweeps.store import (
     LOCK_FILE,
     RUNS_FILE,
@@ -107,14 +117,18 @@ __all__ = [
     "Vectors",
     "batches",
     "build_prompt",
+    "concept_protocols",
+    "has_chat_template",
     "load_frozen",
     "load_results",
     "load_runs",
     "load_spec",
     "plan",
     "prompt_version",
+    "raw_counterpart",
     "read_trials",
     "run_sweep",
     "shard_path",
     "trial_files",
+    "without_chat_template",
 ]

@@ -27,6 +27,7 @@ from mechintro.experiments.sweeps.builders import (
     PromptBuilder,
     build_prompt,
     prompt_version,
+    without_chat_template,
 )
 from mechintro.experiments.sweeps.frozen import (
     FROZEN_FILE,
@@ -357,6 +358,9 @@ def run_sweep(
     """
     from tqdm.auto import tqdm
 
+    spec, note = without_chat_template(spec, tokenizer_of(model))
+    if note:
+        logger.warning("%s: %s", model_info(model).name, note)
     builders = {**PROMPTS, **(prompts or {})}
     unknown = [p for p in spec.protocols if p not in builders]
     if unknown:
@@ -372,7 +376,9 @@ def run_sweep(
     out.mkdir(parents=True, exist_ok=True)
     trials = plan(spec)
     with _locked(out) if ranks.is_main else contextlib.nullcontext():
-        found = _on_main(ranks, lambda: _open_folder(model, spec, trials, builders, vectors, out))
+        found = _on_main(
+            ranks, lambda: _open_folder(model, spec, trials, builders, vectors, out, note)
+        )
         shared = ranks.broadcast(None if found is None else found[:2])
         meta, done = typing.cast(tuple[dict[str, Any], set[str]], shared)
         # rank 0 froze the injections (or checked them); the others read them back
@@ -402,6 +408,7 @@ def run_sweep(
                 _warn_if_batching_changed(out, size)
             path = generation_path(model, fast)
             record = _run_record(ranks, size, batch_size, len(trials), len(pending), everyone, path)
+            record["notes"] = [note] if note else []
             log_run(out, record)
         common = {
             "spec_key": spec.key,
@@ -443,6 +450,7 @@ def _open_folder(
     builders: Mapping[str, PromptBuilder],
     given: Vectors | None,
     out: Path,
+    note: str | None = None,
 ) -> tuple[dict[str, Any], set[str], Frozen]:
     """Bind ``out`` to this sweep, cut torn last lines, freeze the injections or check them.
 
@@ -452,6 +460,7 @@ def _open_folder(
     """
     has_trials = bool(read_trials(out))
     meta = _run_meta(model, spec, trials, builders)
+    meta["notes"] = [note] if note else []
     _bind_folder(out, meta, has_trials)
     written = read_trials(out, repair=True)
     done = {r["trial_id"] for r in written}

@@ -48,7 +48,8 @@ class SweepSpec:
     Injected trials: every ``protocols × concepts × layers × strengths × modes ×
     trial_numbers`` cell, ``n_samples`` times. A strength of 0 gives a within-cell control
     (the concept's prompt, nothing added). ``n_controls`` uninjected trials per protocol
-    (concept and layer ``None``) cycle through ``trial_numbers``.
+    (layer ``None``) cycle through ``trial_numbers`` (and, where the protocol's prompt names
+    the concept, through ``concepts`` first: :func:`plan`).
 
     Args:
         concepts: concept words (vectors by ``method`` at each layer, or given to run_sweep).
@@ -222,8 +223,10 @@ def _float(x: Any) -> float:
 class Trial:
     """One trial: what is injected where, the prompt it gets, its seed and its settings.
 
-    A control has strength 0 and ``concept``, ``layer``, ``mode``, ``method``, ``unit`` and
-    ``start`` ``None``: its id does not change with the vector settings.
+    A control has strength 0 and ``layer``, ``mode``, ``method``, ``unit`` and ``start``
+    ``None``: its id does not change with the vector settings. Its ``concept`` is ``None``
+    too, except in a protocol whose prompt names the concept (``uses_concept``), where it is
+    the concept whose injected trials it controls (:func:`plan`).
     ``trial_id`` hashes every field (format version included), so it names the trial's
     content, not its place in a plan or a batch.
     """
@@ -248,8 +251,8 @@ class Trial:
 
     @property
     def control(self) -> bool:
-        """An uninjected trial of the grid's control set."""
-        return self.concept is None
+        """An uninjected trial of the grid's control set (it has no layer)."""
+        return self.layer is None
 
     @property
     def injected(self) -> bool:
@@ -292,13 +295,27 @@ def _make_trial(spec: SweepSpec, *, control: bool, **axes: Any) -> Trial:
     return Trial(seed=seed, **fields)
 
 
+def concept_protocols(names: Sequence[str]) -> frozenset[str]:
+    """Those of ``names`` whose registered prompt depends on the trial's concept
+    (:attr:`~mechintro.experiments.protocols.base.PromptProtocol.uses_concept`)."""
+    from mechintro.experiments.protocols import PROTOCOLS
+
+    return frozenset(n for n in names if n in PROTOCOLS and PROTOCOLS[n].uses_concept)
+
+
 def plan(spec: SweepSpec) -> list[Trial]:
     """Every trial of ``spec``, in a canonical order (injected by layer, then controls).
 
     The ids, seeds and order depend on the grid's content only, not on the order of the
-    values in the spec's lists.
+    values in the spec's lists. A protocol's ``n_controls`` controls cycle through the
+    trial numbers; in a protocol whose prompt names the concept (:func:`concept_protocols`:
+    the anti-reward category, the thoughts-in-context system message, the intention
+    protocols' prefilled word) they cycle through the concepts first, control ``k`` taking
+    concept ``k mod C`` and trial number ``(k div C) mod N``: each control is then the prompt
+    of injected trials of its concept and number, with nothing injected.
     """
     c = spec.canonical()
+    named = concept_protocols(c["protocols"])
     trials: list[Trial] = []
     for layer in c["layers"]:
         for mode in c["modes"]:
@@ -322,17 +339,19 @@ def plan(spec: SweepSpec) -> list[Trial]:
                                 )
     numbers = c["trial_numbers"]
     for protocol in c["protocols"]:
+        concepts = c["concepts"] if protocol in named and c["concepts"] else [None]
         for k in range(spec.n_controls):
+            j = k // len(concepts)
             trials.append(
                 _make_trial(
                     spec,
                     protocol=protocol,
-                    concept=None,
+                    concept=concepts[k % len(concepts)],
                     layer=None,
                     strength=0.0,
                     mode=None,
-                    trial_number=numbers[k % len(numbers)],
-                    sample=k // len(numbers),
+                    trial_number=numbers[j % len(numbers)],
+                    sample=j // len(numbers),
                     control=True,
                 )
             )
