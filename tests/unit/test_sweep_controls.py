@@ -83,6 +83,7 @@ def test_anti_reward_controls_name_their_concepts_category_and_in_context_its_co
         spec = SweepSpec(concepts=CONCEPTS, layers=(1,), protocols=(name,), n_controls=2)
         for c in (t for t in plan(spec) if t.control):
             text = encode(tok, [build_prompt(PROMPTS[name], c, tok)]).texts[0]
+            assert c.concept is not None
             want = (
                 {"Bread": "food", "Dust": "nature"}[c.concept]
                 if "category" in needle
