@@ -18,6 +18,10 @@ Example::
     p = Prompt.chat("Trial 1: Do you detect an injected thought?", system="", prefill="Yes")
     batch = encode(model.tokenizer, [p])
     batch.position("trial"), batch.position("last"), batch.position("prefill")
+
+Every analysis also takes what TransformerLens users have at hand (:func:`as_prompt_batch`):
+a string or a list of strings (raw text, no template), a token tensor (``model.to_tokens``)
+or :class:`Prompt` values; ``encode`` is the one place they become a batch.
 """
 
 from __future__ import annotations
@@ -311,6 +315,88 @@ def encode(
         texts=tuple(texts),
         positions={k: v.to(device) for k, v in positions.items()},
         spans={k: v.to(device) for k, v in spans.items()},
+    )
+
+
+PromptLike = str | Prompt | Sequence[str | Prompt] | Tensor | PromptBatch
+"""What an analysis takes as its prompts: see :func:`as_prompt_batch`."""
+
+_PROMPT_TYPES = (
+    "a string, a list of strings, a Prompt or a list of Prompts, a token tensor "
+    "[batch, pos] (model.to_tokens(...)) or a PromptBatch (mechintro.encode(model.tokenizer, "
+    "prompts))"
+)
+
+
+def as_prompts(prompts: str | Prompt | Sequence[str | Prompt]) -> list[Prompt]:
+    """``prompts`` as a list of :class:`Prompt`: a string is raw text (``Prompt.text``, no chat
+    template, as ``model.to_tokens`` reads it); TypeError naming what is accepted otherwise."""
+    items = [prompts] if isinstance(prompts, (str, Prompt)) else prompts
+    if isinstance(items, (Tensor, PromptBatch, Mapping)) or not isinstance(items, Sequence):
+        raise TypeError(f"prompts must be {_PROMPT_TYPES}, got {type(prompts).__name__}")
+    out = []
+    for item in items:
+        if isinstance(item, str):
+            out.append(Prompt.text(item))
+        elif isinstance(item, Prompt):
+            out.append(item)
+        else:
+            raise TypeError(
+                f"a list of prompts holds strings or Prompts, got a {type(item).__name__}: "
+                f"give {_PROMPT_TYPES}"
+            )
+    if not out:
+        raise ValueError("no prompts given: give at least one string or Prompt")
+    return out
+
+
+def as_prompt_batch(
+    tokenizer: Any, prompts: PromptLike, *, device: str | torch.device = "cpu"
+) -> PromptBatch:
+    """Any accepted form of prompts as a :class:`PromptBatch` on ``device`` (``tokenizer``:
+    the model's, which only a PromptBatch does without).
+
+    * a ``PromptBatch``: itself (moved to ``device``);
+    * a token tensor ``[pos]`` or ``[batch, pos]`` of integer ids (``model.to_tokens(text)``,
+      whose BOS it keeps): every token is real (no padding: for a padded batch, encode the
+      texts), with the positions ``first`` and ``last``;
+    * a string, a :class:`Prompt` or a list of them: :func:`encode`, a string as raw text.
+
+    Example::
+
+        batch = as_prompt_batch(model.tokenizer, ["The cat sat", "A dog ran far"])
+        batch = as_prompt_batch(model.tokenizer, model.to_tokens("The cat sat"))
+    """
+    if isinstance(prompts, PromptBatch):
+        return prompts.to(device)
+    if tokenizer is None:
+        raise ValueError(
+            "this model has no tokenizer to read the prompts with: pass a PromptBatch, or load "
+            "the model with load_model(..., tokenizer=tok)"
+        )
+    if not isinstance(prompts, Tensor):
+        return encode(tokenizer, as_prompts(prompts), device=device)
+    if prompts.dtype.is_floating_point or prompts.dtype.is_complex or prompts.dtype == torch.bool:
+        raise TypeError(
+            f"a token tensor holds integer token ids, got dtype {prompts.dtype}: tokenise "
+            "with model.to_tokens(text), or pass the text itself"
+        )
+    ids = prompts[None] if prompts.dim() == 1 else prompts
+    if ids.dim() != 2 or ids.shape[1] == 0:
+        raise ValueError(
+            f"a token tensor is [pos] or [batch, pos] with at least one token, got shape "
+            f"{tuple(prompts.shape)}"
+        )
+    if bool((ids < 0).any()):
+        raise ValueError("a token tensor holds token ids, which are >= 0; got a negative one")
+    B, T = ids.shape
+    last = torch.full((B,), T - 1, dtype=torch.long, device=device)
+    return PromptBatch(
+        input_ids=ids.to(device=device, dtype=torch.long),
+        attention_mask=torch.ones(B, T, dtype=torch.long, device=device),
+        texts=tuple(tokenizer.batch_decode(ids.tolist())),
+        positions={"first": torch.zeros_like(last), "last": last},
+        spans={"last": torch.stack([last, last + 1], dim=1)},
     )
 
 

@@ -78,7 +78,7 @@ from mechintro.models import (
     n_layers,
     tokenizer_of,
 )
-from mechintro.prompts import PromptBatch
+from mechintro.prompts import PromptBatch, PromptLike, as_prompt_batch
 from mechintro.tokens import NO_VARIANTS, YES_VARIANTS, first_token_ids
 
 if TYPE_CHECKING:
@@ -271,7 +271,7 @@ def _post_norms(model: TLModel, layer: int) -> tuple[str | None, str | None]:
 @torch.no_grad()
 def direct_logit_attribution(
     model: TLModel,
-    batch: PromptBatch,
+    batch: PromptLike,
     *,
     by: str = "component",
     direction: LogitDirection | None = None,
@@ -284,6 +284,8 @@ def direct_logit_attribution(
     """Direct effect of every part of the model on the logit difference at ``position``.
 
     Args:
+        batch: the prompts: a PromptBatch, a string or a list of strings (raw text),
+            Prompts, or a token tensor (:func:`mechintro.prompts.as_prompt_batch`).
         by: "component", "head", "neuron" or "feature" (see the module docstring).
         direction: default ``logit_direction(model)`` (Yes − No variants).
         layers: the layers to split into heads/neurons (default all); the rest stay whole.
@@ -299,6 +301,7 @@ def direct_logit_attribution(
         res.to_frame().sort_values("value").head()
     """
     backend = backend_of(model)
+    batch = as_prompt_batch(getattr(model, "tokenizer", None), batch)
     if by not in BY:
         raise ValueError(f"by must be one of {BY}, got {by!r}")
     if by == "component" and layers is not None:

@@ -106,7 +106,7 @@ from mechintro.batching import check_batch_size
 from mechintro.engine.twin import fast_twin
 from mechintro.inject import Injection, injected
 from mechintro.models import TLModel, backend_of, check_layer, n_layers, resid_post, tokenizer_of
-from mechintro.prompts import PromptBatch
+from mechintro.prompts import PromptBatch, PromptLike, as_prompt_batch
 from mechintro.tokens import NO_VARIANTS, YES_VARIANTS, Belief
 
 logger = logging.getLogger(__name__)
@@ -154,14 +154,17 @@ def last_position(metric: Metric) -> Metric:
 
 def _plan(
     model: TLModel,
-    target: PromptBatch,
-    source: PromptBatch | None,
+    target: PromptLike,
+    source: PromptLike | None,
     component: str,
     layers: Sequence[int] | None,
     positions: str | Sequence[int | str],
 ) -> tuple[Sites, PromptBatch, PromptBatch]:
     """Validate everything up front, before any forward pass; batches moved to the model."""
     backend = backend_of(model)
+    tok = getattr(model, "tokenizer", None)
+    target = as_prompt_batch(tok, target)
+    source = target if source is None else as_prompt_batch(tok, source)
     if component not in COMPONENTS:
         raise ValueError(f"unknown component {component!r}: use one of {', '.join(COMPONENTS)}")
     template = COMPONENTS[component]
@@ -190,7 +193,6 @@ def _plan(
             "changes what the MLP reads, not the residual carried on (mlp_out's result). "
             "Patch resid_mid on backend='hooked', or resid_pre / resid_post here"
         )
-    source = target if source is None else source
     if len(source) != len(target):
         raise ValueError(
             f"source has {len(source)} rows, target {len(target)}: give one source row per "
@@ -297,8 +299,8 @@ def _run(
 
 def activation_patch(
     model: TLModel,
-    target: PromptBatch,
-    source: PromptBatch | None = None,
+    target: PromptLike,
+    source: PromptLike | None = None,
     *,
     component: str = "resid_pre",
     layers: Sequence[int] | None = None,
@@ -314,7 +316,9 @@ def activation_patch(
 
     Args:
         target, source: the two runs' prompts (``source`` defaults to ``target``: the runs
-            then differ only by their injections). Equal token lengths and padding.
+            then differ only by their injections). Equal token lengths and padding. A
+            PromptBatch, a string or a list of strings (raw text), Prompts, or a token
+            tensor (:func:`mechintro.prompts.as_prompt_batch`).
         component: a key of :data:`COMPONENTS`; layers: block indices (default all);
         positions: "each", "all" (one cell), or indices / named positions.
         metric: ``logits[batch, pos, vocab] -> [batch]``; default :func:`yes_no_gap`.
@@ -360,8 +364,8 @@ def activation_patch(
 
 def attribution_patch(
     model: TLModel,
-    target: PromptBatch,
-    source: PromptBatch | None = None,
+    target: PromptLike,
+    source: PromptLike | None = None,
     *,
     component: str = "resid_pre",
     layers: Sequence[int] | None = None,
@@ -415,7 +419,7 @@ def attribution_patch(
     return _result(model, sites, rows + tgt_val.cpu(), "attribution", runs)
 
 
-def knock_out(model: TLModel, batch: PromptBatch, injection: Injection, **kw: Any) -> PatchResult:
+def knock_out(model: TLModel, batch: PromptLike, injection: Injection, **kw: Any) -> PatchResult:
     """Steered target, unsteered source: which sites does the steering act through?
 
     Keywords as :func:`activation_patch`, plus ``method="attribution"`` for the fast screen.
@@ -425,7 +429,7 @@ def knock_out(model: TLModel, batch: PromptBatch, injection: Injection, **kw: An
     return _patch_fn(kw.pop("method", "activation"))(model, batch, target_injection=injection, **kw)
 
 
-def knock_in(model: TLModel, batch: PromptBatch, injection: Injection, **kw: Any) -> PatchResult:
+def knock_in(model: TLModel, batch: PromptLike, injection: Injection, **kw: Any) -> PatchResult:
     """Unsteered target, steered source: which sites carry the steering on their own?
 
     Keywords as :func:`knock_out`.

@@ -32,6 +32,9 @@ Example::
     evaluate(model, tcs, prompts).to_frame()      # FVU, L0 per layer
     fa = feature_activations(model, tcs, prompts)
     fa.top(4, k=5)
+
+Wherever transcoders are taken, a loaded sae-lens ``SAE`` (of a transcoder architecture) or a
+``(release, sae_id)`` pair of sae-lens's registry works as well (:func:`as_transcoder`).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from mechintro.analysis.transcoders.core import (
     ARCHITECTURES,
     RegistryEntry,
     Transcoder,
+    as_transcoder,
     load_transcoder,
     organism_transcoders,
     registry_entry,
@@ -76,6 +80,7 @@ __all__ = [
     "TrainConfig",
     "TrainReport",
     "Transcoder",
+    "as_transcoder",
     "evaluate",
     "feature_activations",
     "load_transcoder",

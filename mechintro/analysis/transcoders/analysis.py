@@ -38,7 +38,12 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechintro.analysis.transcoders.core import Transcoder
+from mechintro.analysis.transcoders.core import (
+    Transcoder,
+    TranscoderLike,
+    as_transcoder,
+    is_registry_pair,
+)
 from mechintro.analysis.transcoders.sites import (
     MLPSites,
     batches,
@@ -49,37 +54,34 @@ from mechintro.analysis.transcoders.sites import (
 )
 from mechintro.inject import Injection
 from mechintro.models import TLModel, d_model
-from mechintro.prompts import Prompt, PromptBatch
+from mechintro.prompts import PromptBatch, PromptLike
 
 if TYPE_CHECKING:
     import pandas as pd
 
 logger = logging.getLogger(__name__)
 
-Transcoders = Transcoder | Sequence[Transcoder] | Mapping[int, Transcoder]
+Transcoders = TranscoderLike | Sequence[TranscoderLike] | Mapping[int, TranscoderLike]
 
 
 def as_layers(model: TLModel, transcoders: Transcoders) -> dict[int, Transcoder]:
-    """``{layer: transcoder}``, checked against ``model`` (block range, width)."""
-    if isinstance(transcoders, Transcoder):
-        items = [transcoders]
-    elif isinstance(transcoders, Mapping):
-        items = list(transcoders.values())
-        for k, tc in transcoders.items():
-            if k != tc.layer:
-                raise ValueError(f"transcoders[{k}] is the transcoder of layer {tc.layer}")
+    """``{layer: transcoder}``, checked against ``model`` (block range, width).
+
+    ``transcoders``: one or a list of what :func:`~.core.as_transcoder` takes (a
+    :class:`Transcoder`, a sae-lens SAE, a ``(release, sae_id)`` tuple, a folder), or a
+    ``{layer: ...}`` mapping, whose key is the layer of an item loaded here (``layer=``).
+    """
+    if isinstance(transcoders, Mapping):
+        items = [as_transcoder(tc, layer=k) for k, tc in transcoders.items()]
+    elif isinstance(transcoders, (list, tuple)) and not is_registry_pair(transcoders):
+        items = [as_transcoder(tc) for tc in transcoders]
     else:
-        items = list(transcoders)
+        items = [as_transcoder(transcoders)]
     if not items:
         raise ValueError("no transcoders given")
     out: dict[int, Transcoder] = {}
     width = d_model(model)
     for tc in items:
-        if not isinstance(tc, Transcoder):
-            raise TypeError(
-                f"expected mechintro Transcoder objects, got {type(tc).__name__}: convert a "
-                "sae-lens transcoder with Transcoder.from_sae(sae)"
-            )
         check_block(model, tc.layer)
         if tc.layer in out:
             raise ValueError(f"two transcoders for layer {tc.layer}: give one per block")
@@ -190,7 +192,7 @@ def _result(layers: list[int], rows: Sequence[tuple[float, ...]], n: int) -> Rec
 def evaluate(
     model: TLModel,
     transcoders: Transcoders,
-    prompts: Sequence[Prompt] | PromptBatch,
+    prompts: PromptLike,
     *,
     injection: Injection | Sequence[Injection] | None = None,
     batch_size: int = 64,
@@ -340,7 +342,7 @@ def _cat_csr(parts: list[Tensor], width: int, dtype: torch.dtype) -> Tensor:
 def feature_activations(
     model: TLModel,
     transcoders: Transcoders,
-    prompts: Sequence[Prompt] | PromptBatch,
+    prompts: PromptLike,
     *,
     injection: Injection | Sequence[Injection] | None = None,
     batch_size: int = 64,

@@ -449,6 +449,41 @@ def load_transcoder(
     return Transcoder.from_sae(sae, layer=layer, info=info).to(device=device, dtype=dtype)
 
 
+TranscoderLike = Any
+"""A :class:`Transcoder`, a loaded sae-lens transcoder, a ``(release, sae_id)`` pair of
+sae-lens's registry or a sae-lens folder: see :func:`as_transcoder`."""
+
+
+def is_registry_pair(item: Any) -> bool:
+    """Whether ``item`` is a ``(release, sae_id)`` tuple of sae-lens's registry."""
+    return isinstance(item, tuple) and len(item) == 2 and all(isinstance(x, str) for x in item)
+
+
+def as_transcoder(item: TranscoderLike, *, layer: int | None = None) -> Transcoder:
+    """``item`` as a :class:`Transcoder`: itself; a sae-lens ``SAE`` of a transcoder
+    architecture (:meth:`Transcoder.from_sae`); a ``(release, sae_id)`` tuple or a folder
+    (:func:`load_transcoder`). ``layer`` overrides the block the config names, as there.
+    TypeError naming the accepted forms otherwise.
+
+    Example: ``as_transcoder(("gemma-scope-2-1b-it-transcoders", "transcoder/layer_..."))``.
+    """
+    if isinstance(item, Transcoder):
+        if layer is not None and layer != item.layer:
+            raise ValueError(f"the transcoder is block {item.layer}'s, not block {layer}'s")
+        return item
+    if type(item).__module__.split(".")[0] == "sae_lens":
+        return Transcoder.from_sae(item, layer=layer)
+    if is_registry_pair(item):
+        return load_transcoder(item[0], item[1], layer=layer)
+    if isinstance(item, (str, os.PathLike)):
+        return load_transcoder(item, layer=layer)
+    raise TypeError(
+        f"expected a transcoder, got {type(item).__name__}: give a mechintro Transcoder, a "
+        "sae-lens SAE of a transcoder architecture (SAE.from_pretrained(release, sae_id)), a "
+        "(release, sae_id) tuple of sae-lens's registry, or a sae-lens folder"
+    )
+
+
 def organism_transcoders(
     layers: list[int] | tuple[int, ...] | None = None,
     *,

@@ -39,7 +39,14 @@ from torch import Tensor
 from mechintro.batching import check_batch_size, in_batches
 from mechintro.inject import Injection, injected
 from mechintro.models import TLModel, backend_of, forward, hook_name, n_layers, tokenizer_of
-from mechintro.prompts import Prompt, PromptBatch, encode
+from mechintro.prompts import (
+    Prompt,
+    PromptBatch,
+    PromptLike,
+    as_prompt_batch,
+    as_prompts,
+    encode,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -151,27 +158,33 @@ def slice_injection(inj: Injection, lo: int, hi: int, total: int) -> Injection:
 
 def batches(
     model: TLModel,
-    prompts: Sequence[Prompt] | PromptBatch,
+    prompts: PromptLike,
     batch_size: int,
     injection: Injection | Sequence[Injection] | None = None,
 ) -> Iterator[tuple[int, PromptBatch, tuple[Injection, ...]]]:
-    """``(first row, batch, injections)`` per chunk of ``batch_size`` prompts."""
+    """``(first row, batch, injections)`` per chunk of ``batch_size`` prompts: any form
+    :func:`mechintro.prompts.as_prompt_batch` takes, texts and Prompts encoded chunk by chunk."""
     check_batch_size(batch_size)
+    tok = getattr(model, "tokenizer", None)
+    given: PromptBatch | list[Prompt] = (
+        as_prompt_batch(tok, prompts)
+        if isinstance(prompts, (PromptBatch, Tensor))
+        else as_prompts(prompts)
+    )
     injs = (
         ()
         if injection is None
         else ((injection,) if isinstance(injection, Injection) else tuple(injection))
     )
-    total = len(prompts)
-    if total == 0:
-        raise ValueError("no prompts given")
+    total = len(given)
     device = next(model.parameters()).device
     for lo, rows in in_batches(range(total), batch_size):
         hi = lo + len(rows)
-        if isinstance(prompts, PromptBatch):
-            b = prompts.rows(rows)
-        else:
-            b = encode(tokenizer_of(model), list(prompts[lo:hi]))
+        b = (
+            given.rows(rows)
+            if isinstance(given, PromptBatch)
+            else encode(tokenizer_of(model), given[lo:hi])
+        )
         yield lo, b.to(device), tuple(slice_injection(i, lo, hi, total) for i in injs)
 
 
@@ -241,7 +254,7 @@ def _saver(store: dict[str, Tensor], name: str) -> Callable[[Tensor], None]:
 @torch.no_grad()
 def mlp_activations(
     model: TLModel,
-    prompts: Sequence[Prompt] | PromptBatch,
+    prompts: PromptLike,
     layers: Sequence[int],
     *,
     injection: Injection | Sequence[Injection] | None = None,
