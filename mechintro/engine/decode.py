@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mechintro.engine.attention import GROUPED
 from mechintro.inject import InjectionLog, StepPosition
 from mechintro.models import version
 
@@ -117,7 +118,8 @@ class Replay:
         return self.out
 
 
-MASKS = ("eager", "sdpa")  # attention implementations whose 4D mask the decode step builds
+#: attention implementations whose 4D mask the decode step builds (grouped: as for sdpa)
+MASKS = ("eager", "sdpa", GROUPED)
 
 
 def repeat_rows(cache: Any, rows: int) -> Any:

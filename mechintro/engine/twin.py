@@ -19,7 +19,10 @@ as plain PyTorch hooks. Whatever a hook sees and returns is what it would on the
 the same hook code runs on either tree and gives the same numbers (``tests/unit/test_twin.py``):
 bit for bit where the HF config names eager attention (what ``load_model`` loads), to float
 rounding with sdpa (the bridge computes attention itself, eagerly; the twin runs the
-implementation its config names).
+implementation its config names). On CUDA, a model with grouped K/V heads runs grouped
+attention on its twin (:mod:`mechintro.engine.attention`: eager attention's function without
+repeating K/V over the cache; the same numbers to rounding); :func:`use_attention` chooses
+another.
 
 :func:`fast_twin` says when the fast path applies: a bridge, the fast path not switched off
 (``fast=False``: an option of each call, recorded in its run record; no environment
@@ -47,6 +50,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mechintro.engine.attention import GROUPED, choose
+from mechintro.engine.decode import forget
 from mechintro.inject import Injection, InjectionLog, StepPosition, injected, injection_hooks
 from mechintro.models import TLModel, backend_of
 from mechintro.prompts import PromptBatch, positions
@@ -78,6 +83,8 @@ class _Twin:
 
         hf: Any = model.original_model
         config = copy.deepcopy(hf.config)
+        self.native: str = config._attn_implementation  # the bridge's own attention
+        self.wanted = "auto"  # what a caller asked for (use_attention)
         with torch.device("meta"):
             self.hf: Any = type(hf)(config)
         self.hf.eval()
@@ -127,6 +134,7 @@ class _Twin:
         """
         for dst, src, key in self.links:
             dst[key] = src[key]
+        self.attend()
         if self.checked == _REGISTRATIONS[0]:
             return
         self.checked = _REGISTRATIONS[0]
@@ -140,6 +148,16 @@ class _Twin:
             if t is not None
         }
         self.complete = self.covered and ours == theirs
+
+    def attend(self) -> None:
+        """Set the attention the twin runs (:func:`mechintro.engine.attention.choose`: grouped
+        on CUDA for GQA models, else the bridge's own), for where its weights now are. A change
+        drops its kept captures, whose kernels were recorded with the other attention."""
+        device = self.hf.get_input_embeddings().weight.device
+        attention = choose(self.native, self.hf.config, device, self.wanted)
+        if self.hf.config._attn_implementation != attention:
+            self.hf.config._attn_implementation = attention
+            forget(self.hf)
 
 
 #: how many modules, parameters and buffers were registered in this process, anywhere, since
@@ -200,6 +218,25 @@ def twin_of(model: TLModel) -> Any:
             "inserted?): its twin would not compute what it computes; use the bridge"
         )
     return entry.hf
+
+
+def use_attention(model: TLModel, attention: str = "auto") -> str:
+    """Which attention ``model``'s twin runs from now on; the one it runs now.
+
+    ``"auto"`` (the default): :data:`~mechintro.engine.attention.GROUPED` (grouped K/V heads
+    read without repeating them) on CUDA for a GQA model whose config names eager or sdpa
+    attention, the config's own elsewhere (on the CPU: the eager reference, bit for bit);
+    ``GROUPED``, ``"eager"`` or ``"sdpa"``: that one wherever the weights are. The bridge
+    itself is unchanged. Each generation records the one it ran (``settings["attention"]``).
+    """
+    entry = _entry(model, bind=False)
+    previous, entry.wanted = entry.wanted, attention
+    try:
+        entry.attend()
+    except ValueError:
+        entry.wanted = previous
+        raise
+    return str(entry.hf.config._attn_implementation)
 
 
 def has_hooks(model: TLModel) -> bool:
@@ -331,13 +368,13 @@ def twin_logits(twin: Any, ids: Tensor, mask: Tensor, keep: int = 0) -> Tensor:
 
 def full_mask_applies(twin: Any, length: int) -> bool:
     """Whether :func:`full_mask` is the mask every layer of ``twin`` would build for prompts
-    of ``length`` tokens: eager attention, no sliding window shorter than them, and only
-    full or sliding attention layers."""
+    of ``length`` tokens: eager attention (or grouped, which takes the same additive mask),
+    no sliding window shorter than them, and only full or sliding attention layers."""
     config = twin.config
     window = getattr(config, "sliding_window", None)
     kinds = set(getattr(config, "layer_types", None) or ("full_attention",))
     return (
-        config._attn_implementation == "eager"
+        config._attn_implementation in ("eager", GROUPED)
         and (window is None or window >= length)
         and kinds <= {"full_attention", "sliding_attention"}
     )
