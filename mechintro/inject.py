@@ -41,37 +41,17 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechintro.choices import UNITS, PositionMode
 from mechintro.models import TLModel, check_layer, d_model, resid_post
 from mechintro.prompts import PromptBatch
 
 _NEVER = 2**62  # an "until the end" bound for position ranges
-
-
-class PositionMode(str, Enum):
-    FROM_TRIAL = "from-trial"
-    PROMPT_ONLY = "prompt-only"
-    GENERATION_ONLY = "generation-only"
-    SINGLE_TOKEN = "single-token"
-    ALL = "all"
-    SPAN = "span"
-
-    @classmethod
-    def parse(cls, value: str | PositionMode) -> PositionMode:
-        try:
-            return cls(value)
-        except ValueError:
-            valid = ", ".join(m.value for m in cls)
-            raise ValueError(f"unknown position mode {value!r}: use one of {valid}") from None
-
-
-UNITS = ("raw", "resid-norm")
 
 
 def unit_rows(

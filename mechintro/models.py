@@ -31,9 +31,11 @@ import tempfile
 import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
+
+from mechintro.choices import BACKENDS, Backend
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -44,9 +46,6 @@ else:
     TLModel = Any
 
 logger = logging.getLogger(__name__)
-
-Backend = Literal["bridge", "hooked"]
-BACKENDS: tuple[str, ...] = ("bridge", "hooked")
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechintro.batching import check_batch_size, in_batches
+from mechintro.choices import METHODS, Method, OnBadWord
 from mechintro.io import atomic_write, atomic_write_text
 from mechintro.models import (
     TLModel,
@@ -68,7 +69,6 @@ from mechintro.models import (
 )
 from mechintro.prompts import Prompt, encode
 from mechintro.word_checks import (
-    OnBadWord,
     Problems,
     check_tokens,
     prompt_ids,
@@ -77,28 +77,6 @@ from mechintro.word_checks import (
 
 logger = logging.getLogger(__name__)
 CACHE_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class Method:
-    """How one extraction method builds its prompts, and what it subtracts."""
-
-    prompt_format: str  # "chat" (the model's chat template) or "text" (raw)
-    template: str  # with a ``{w}`` placeholder
-    baseline: str  # name of the default baseline word list
-    normalise: bool
-
-    def prompt(self, word: str) -> Prompt:
-        text = self.template.replace("{w}", word)
-        return Prompt.chat(text) if self.prompt_format == "chat" else Prompt.text(text)
-
-
-METHODS: dict[str, Method] = {
-    "lindsey": Method("chat", "Tell me about {w}", "lindsey_baseline", normalise=False),
-    "fonseca": Method(
-        "text", "Human: Tell me about {w}.\n\nAssistant:", "fonseca_baseline", normalise=True
-    ),
-}
 
 
 def _method(method: str) -> Method:

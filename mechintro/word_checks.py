@@ -15,15 +15,13 @@ import warnings
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from mechintro.choices import ON_BAD_WORD
 from mechintro.prompts import Prompt, encode
-
-OnBadWord = Literal["raise", "warn"]
-ON_BAD_WORD: tuple[str, ...] = get_args(OnBadWord)
 
 
 def unknown_words(tokenizer: Any, words: Iterable[str]) -> list[str]:

@@ -42,7 +42,7 @@ from mechintro.inject import UNITS, PositionMode
 from mechintro.models import BACKENDS
 from mechintro.organism.demo import DemoConfig, run_demo
 from mechintro.vectors import METHODS
-from mechintro.word_checks import ON_BAD_WORD, OnBadWord
+from mechintro.choices import ON_BAD_WORD, OnBadWord
 
 if TYPE_CHECKING:
     import pandas as pd
