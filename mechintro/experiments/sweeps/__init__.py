@@ -55,47 +55,88 @@ Example::
 
 from __future__ import annotations
 
-from mechintro.experiments.sweeps.builders import (
-    PROMPT_VERSIONS,
-    PROMPTS,
-    PromptBuilder,
-    ProtocolBuilder,
-    build_prompt,
-    has_chat_template,
-    prompt_version,
-    raw_counterpart,
-    without_chat_template,
-)
-from mechintro.experiments.sweeps.frozen import (
-    FROZEN_FILE,
-    FROZEN_TENSORS,
-    Frozen,
-    Vectors,
-    load_frozen,
-)
-from mechintro.experiments.sweeps.runner import run_sweep
-from mechintro.experiments.sweeps.spec import (
-    STORE_FORMAT,
-    SweepSpec,
-    Trial,
-    batches,
-    concept_protocols,
-    plan,
-)
-from mechintro.experiments.sweeps.store import (
-    LOCK_FILE,
-    RUNS_FILE,
-    SHARD_FILE,
-    SPEC_FILE,
-    TRIALS_FILE,
-    TrialStore,
-    load_results,
-    load_runs,
-    load_spec,
-    read_trials,
-    shard_path,
-    trial_files,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the real names for type checkers; at run time they load on first use, so
+    # that importing the spec (pure Python) does not load torch with the runner
+    from mechintro.experiments.sweeps.builders import (
+        PROMPT_VERSIONS,
+        PROMPTS,
+        PromptBuilder,
+        ProtocolBuilder,
+        build_prompt,
+        has_chat_template,
+        prompt_version,
+        raw_counterpart,
+        without_chat_template,
+    )
+    from mechintro.experiments.sweeps.frozen import (
+        FROZEN_FILE,
+        FROZEN_TENSORS,
+        Frozen,
+        Vectors,
+        load_frozen,
+    )
+    from mechintro.experiments.sweeps.runner import run_sweep
+    from mechintro.experiments.sweeps.spec import (
+        STORE_FORMAT,
+        SweepSpec,
+        Trial,
+        batches,
+        concept_protocols,
+        plan,
+    )
+    from mechintro.experiments.sweeps.store import (
+        LOCK_FILE,
+        RUNS_FILE,
+        SHARD_FILE,
+        SPEC_FILE,
+        TRIALS_FILE,
+        TrialStore,
+        load_results,
+        load_runs,
+        load_spec,
+        read_trials,
+        shard_path,
+        trial_files,
+    )
+
+_EXPORTS = {
+    "PROMPT_VERSIONS": "mechintro.experiments.sweeps.builders",
+    "PROMPTS": "mechintro.experiments.sweeps.builders",
+    "PromptBuilder": "mechintro.experiments.sweeps.builders",
+    "ProtocolBuilder": "mechintro.experiments.sweeps.builders",
+    "build_prompt": "mechintro.experiments.sweeps.builders",
+    "has_chat_template": "mechintro.experiments.sweeps.builders",
+    "prompt_version": "mechintro.experiments.sweeps.builders",
+    "raw_counterpart": "mechintro.experiments.sweeps.builders",
+    "without_chat_template": "mechintro.experiments.sweeps.builders",
+    "FROZEN_FILE": "mechintro.experiments.sweeps.frozen",
+    "FROZEN_TENSORS": "mechintro.experiments.sweeps.frozen",
+    "Frozen": "mechintro.experiments.sweeps.frozen",
+    "Vectors": "mechintro.experiments.sweeps.frozen",
+    "load_frozen": "mechintro.experiments.sweeps.frozen",
+    "run_sweep": "mechintro.experiments.sweeps.runner",
+    "STORE_FORMAT": "mechintro.experiments.sweeps.spec",
+    "SweepSpec": "mechintro.experiments.sweeps.spec",
+    "Trial": "mechintro.experiments.sweeps.spec",
+    "batches": "mechintro.experiments.sweeps.spec",
+    "concept_protocols": "mechintro.experiments.sweeps.spec",
+    "plan": "mechintro.experiments.sweeps.spec",
+    "LOCK_FILE": "mechintro.experiments.sweeps.store",
+    "RUNS_FILE": "mechintro.experiments.sweeps.store",
+    "SHARD_FILE": "mechintro.experiments.sweeps.store",
+    "SPEC_FILE": "mechintro.experiments.sweeps.store",
+    "TRIALS_FILE": "mechintro.experiments.sweeps.store",
+    "TrialStore": "mechintro.experiments.sweeps.store",
+    "load_results": "mechintro.experiments.sweeps.store",
+    "load_runs": "mechintro.experiments.sweeps.store",
+    "load_spec": "mechintro.experiments.sweeps.store",
+    "read_trials": "mechintro.experiments.sweeps.store",
+    "shard_path": "mechintro.experiments.sweeps.store",
+    "trial_files": "mechintro.experiments.sweeps.store",
+}
 
 __all__ = [
     "FROZEN_FILE",
@@ -132,3 +173,11 @@ __all__ = [
     "trial_files",
     "without_chat_template",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mechintro.batching import check_batch_size
-from mechintro.inject import UNITS, PositionMode
-from mechintro.vectors import METHODS
+from mechintro.choices import METHODS, UNITS, PositionMode
 
 STORE_FORMAT = 1
 
