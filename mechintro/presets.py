@@ -254,23 +254,25 @@ _PRESETS: tuple[Preset, ...] = (
             "epochs": 1,
             "batch_size": 8,
             "schedule": "constant",
+            "weight_decay": 0.01,
             "seed": 42,
             "eval_layer": 37,
             "eval_strength": 4.0,
             "eval_temperature": 0.7,
             "eval_max_new_tokens": 100,
-            "eval_mode": "before-trial",
         },
         source=(
             "Macar et al. 2026 (arXiv:2603.21396) §6 and experiments/14_trained_bias_vector.py: "
             "one bias on the MLP down-projection output of the meta-layer (29 best in their "
-            "sweep), AdamW lr 1e-3 (constant), batch 8, 1 epoch; 10 trials per training "
-            "concept, each injected (target 'Yes, ... The injected word is **\"{w}\"**.' with "
+            "sweep), AdamW lr 1e-3 (constant; torch's default weight decay 0.01), batch 8, "
+            "1 epoch; 10 trials per training concept, each injected (target 'Yes, ... The "
+            'injected word is **"{w}"**.\' with '
             "the word lowercased) and followed by a control with probability 0.5; injection "
             "from the trial line on at a random one of layers 29, 31, ..., 55 at a random "
             "strength of {2, 3, 4, 5}; 500 concepts shuffled with seed 42, 400 train / 100 "
             "held out; evaluated at layer 37 (0.6 of the depth), strength 4, temperature 0.7, "
-            "100 tokens, steering only the tokens before the trial question; "
+            "100 tokens, steering only the tokens before the trial question (mechintro's "
+            "evaluation steers from the trial question on); "
             "docs/protocols.md §7"
         ),
         model=_GEMMA,

@@ -6,8 +6,12 @@ vector (the model frozen) on detection trials: half inject a concept at a random
 strength and are answered ``Yes, I detect an injected thought. The injected word is "{w}".``,
 half inject nothing and are answered ``No, I don't detect any injected thought in this
 trial.``; the loss is on the reply tokens. Evaluated on held-out concepts (400 train / 100
-held out there): TPR +75%, FPR 0%. One public anchor evaluated on the *baseline* words (the
-words whose mean is subtracted from every vector): :func:`evaluate_bias` refuses that.
+held out there): TPR +75%, FPR 0%. Their released script
+(``experiments/14_trained_bias_vector.py``) trains the bias of one MLP down-projection at a
+time in its layer sweep (layer 29 of 62 best) and, in its single-run phase by default, one
+per layer; the preset ``macar-bias`` (:mod:`mechintro.presets`) holds its numbers. One
+public anchor evaluated on the *baseline* words (the words whose mean is subtracted from
+every vector): :func:`evaluate_bias` refuses that.
 
 The site is the MLP module's output (HF ``layers[l].mlp``; TransformerLens: the bridge's
 ``blocks.l.mlp.hook_out``, a HookedTransformer's ``blocks.l.hook_mlp_out``). On Gemma and
@@ -163,11 +167,24 @@ def load_bias(path: str | Path) -> TrainedBias:
 
 @dataclass(frozen=True)
 class BiasConfig:
-    """Macar et al.'s bias-vector training; ``layer`` and ``injection_layers`` depend on the
-    model and have no default. ``positive_fraction`` is the share of injected examples: the
-    bias shifts every trial alike, so it also sets how readily the model says yes (the
-    organism needed 0.2 for an FPR under 2%; :func:`~mechintro.organism.training.
-    organism_bias_config`)."""
+    """Bias-vector training; ``layer`` and ``injection_layers`` depend on the model and have
+    no default. Macar et al.'s numbers are the preset ``macar-bias``
+    (:mod:`mechintro.presets`; ``experiments/14_trained_bias_vector.py``).
+
+    Two ways to make the examples. By default ``steps × batch_size`` random trials, a share
+    ``positive_fraction`` of them injected: the bias shifts every trial alike, so that share
+    also sets how readily the model says yes (the organism needed 0.2 for an FPR under 2%;
+    :func:`~mechintro.organism.training.organism_bias_config`). With ``trials_per_concept``
+    (Macar's data): every word × trial number 1..N is injected, each followed with
+    probability ``control_ratio`` by a control, shuffled, and trained for ``epochs`` epochs
+    (``steps`` is then ignored). Strengths are uniform in ``strengths``, or drawn from
+    ``strength_set`` when it is given (Macar: {2, 3, 4, 5}).
+
+    The ``eval_*`` fields are the held-out evaluation's settings (Macar: layer 37, strength 4,
+    temperature 0.7, 100 tokens), for :func:`evaluate_bias`. Macar's evaluation steers only
+    the tokens before the trial question; :func:`evaluate_bias` steers in the ``mode`` it is
+    given (default ``from-trial``, the detection protocol's span).
+    """
 
     layer: int  # the bias is added to this block's MLP output
     injection_layers: tuple[int, ...]  # each example injects at one of these, at random
@@ -178,6 +195,11 @@ class BiasConfig:
     positive_fraction: float = 0.5
     yes_target: str = BIAS_YES  # with "{w}" for the word
     no_target: str = BIAS_NO
+    strength_set: tuple[float, ...] = ()  # non-empty: draw strengths from it, not the range
+    lowercase_target: bool = False  # name the word lowercased in yes_target (Macar)
+    trials_per_concept: int | None = None  # Macar's data: word × trial 1..N, see the doc
+    control_ratio: float = 0.5  # with trials_per_concept: chance of a control after each
+    epochs: int = 1  # with trials_per_concept: passes over the examples
     # Adam moves each coordinate by up to `lr` a step: the bias must reach the residual
     # stream's scale (hundreds on the organism, thousands on large models), so scale lr with it
     lr: float = 1.0
@@ -188,6 +210,10 @@ class BiasConfig:
     weight_decay: float = 0.0
     max_grad_norm: float | None = None
     seed: int = 0
+    eval_layer: int | None = None  # None: the model's block at 0.6 of the depth
+    eval_strength: float = 4.0
+    eval_temperature: float = 0.7
+    eval_max_new_tokens: int = 100
 
     def __post_init__(self) -> None:
         check_positive_int("layer", self.layer, 0)
@@ -214,32 +240,65 @@ class BiasConfig:
         check_positive_int("batch_size", self.batch_size)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        strength_set = tuple(float(s) for s in self.strength_set)
+        object.__setattr__(self, "strength_set", strength_set)
+        if any(not (math.isfinite(s) and s > 0) for s in strength_set):
+            raise ValueError(f"strength_set must hold positive numbers, got {strength_set}")
+        if self.trials_per_concept is not None:
+            check_positive_int("trials_per_concept", self.trials_per_concept)
+        if not 0 < self.control_ratio <= 1:
+            raise ValueError(f"control_ratio must be in (0, 1], got {self.control_ratio}")
+        check_positive_int("epochs", self.epochs)
+        if self.eval_layer is not None:
+            check_positive_int("eval_layer", self.eval_layer, 0)
+        check_positive("eval_strength", self.eval_strength)
+        if not (math.isfinite(self.eval_temperature) and self.eval_temperature >= 0):
+            raise ValueError(f"eval_temperature must be >= 0, got {self.eval_temperature}")
+        check_positive_int("eval_max_new_tokens", self.eval_max_new_tokens)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def strength(self, rng: random.Random) -> float:
+        """One example's strength: from ``strength_set`` if given, else uniform in the range."""
+        if self.strength_set:
+            return rng.choice(self.strength_set)
+        return rng.uniform(*self.strengths)
+
+    def target(self, word: str) -> str:
+        """The injected examples' reply naming ``word`` (lowercased if ``lowercase_target``)."""
+        return self.yes_target.replace("{w}", word.lower() if self.lowercase_target else word)
+
 
 def bias_examples(words: Sequence[str], cfg: BiasConfig) -> list[TrainExample]:
-    """``steps × batch_size`` seeded detection trials: injected ones (a random word, layer,
-    strength and trial number) answered ``yes_target``, the others ``no_target``."""
+    """Seeded detection trials (see :class:`BiasConfig` for the two designs): injected ones
+    (a random layer and strength) answered ``yes_target``, the others ``no_target``."""
     rng = random.Random(cfg.seed)
-    lo, hi = cfg.strengths
+
+    def prompt(trial: int) -> Prompt:
+        if cfg.preamble:
+            return detection_prompt(trial)
+        return Prompt.chat(TRIAL_QUESTION.format(n=trial), system="")
+
+    def injected(w: str, trial: int) -> TrainExample:
+        layer = rng.choice(cfg.injection_layers)
+        return TrainExample(prompt(trial), cfg.target(w), w, cfg.strength(rng), layer)
+
     out = []
+    if cfg.trials_per_concept is not None:  # Macar's: every word × trial, controls after some
+        for w in words:
+            for trial in range(1, cfg.trials_per_concept + 1):
+                out.append(injected(w, trial))
+                if rng.random() < cfg.control_ratio:
+                    out.append(TrainExample(prompt(trial), cfg.no_target))
+        rng.shuffle(out)
+        return out
     for _ in range(cfg.steps * cfg.batch_size):
         trial = rng.randint(1, 10)
-        prompt = (
-            detection_prompt(trial)
-            if cfg.preamble
-            else Prompt.chat(TRIAL_QUESTION.format(n=trial), system="")
-        )
         if rng.random() < cfg.positive_fraction:
-            w = rng.choice(list(words))
-            layer = rng.choice(cfg.injection_layers)
-            s = rng.uniform(lo, hi)
-            reply = cfg.yes_target.replace("{w}", w)
-            out.append(TrainExample(prompt, reply, w, s, layer))
+            out.append(injected(rng.choice(list(words)), trial))
         else:
-            out.append(TrainExample(prompt, cfg.no_target))
+            out.append(TrainExample(prompt(trial), cfg.no_target))
     return out
 
 
@@ -285,6 +344,7 @@ def train_bias(
     stream = ExampleStream(
         tok, examples, cfg.batch_size, cfg.seed, rows, cfg.mode, cfg.injection_layers[0]
     )
+    steps = cfg.steps if cfg.trials_per_concept is None else cfg.epochs * stream.steps_per_epoch
     dev = device_of(hf)
     width = next(iter(rows[cfg.injection_layers[0]].values())).numel()
     hidden = getattr(getattr(hf, "config", None), "hidden_size", width)
@@ -309,7 +369,7 @@ def train_bias(
             result = optimise(
                 [bias],
                 step_loss,
-                steps=cfg.steps,
+                steps=steps,
                 lr=cfg.lr,
                 schedule=cfg.schedule,
                 warmup=cfg.warmup,
@@ -318,7 +378,7 @@ def train_bias(
                 label="bias",
             )
     result.config = {**cfg.to_dict(), "unit_scale": scale}
-    result.extra = {"n_examples": len(examples)}
+    result.extra = {"n_examples": len(examples), "steps": steps}
     return BiasResult(TrainedBias(cfg.layer, bias.detach()), result)
 
 
@@ -346,6 +406,7 @@ def evaluate_bias(
     mode: str = "from-trial",
     n_controls: int = 200,
     temperature: float = 1.0,
+    max_new_tokens: int = 14,
     seed: int = 0,
     category: Mapping[str, str] | None = None,
 ) -> BiasEvaluation:
@@ -378,6 +439,7 @@ def evaluate_bias(
         trials=(1,),
         n_controls=n_controls,
         temperature=temperature,
+        max_new_tokens=max_new_tokens,
         seed=seed,
     )
     plain = detection_trials(model, unit, resid_norm, **kw)
