@@ -61,6 +61,37 @@ def test_rows_stop_at_their_stop_token(model):
         assert out.tokens[i] == want[:cut]
 
 
+def test_to_frame_has_one_row_per_reply(llama):
+    batch = encode(llama.tokenizer, PROMPTS)
+    free = generate(llama, batch, max_new_tokens=6, stop_ids=[], seed=5)
+    stop = free.tokens[0][2]
+    out = generate(llama, batch, max_new_tokens=6, stop_ids=[stop], seed=5)
+    df = out.to_frame()
+    assert list(df.columns) == ["row", "prompt", "reply", "n_tokens", "finished", "seed"]
+    assert df["row"].tolist() == [0, 1, 2]
+    assert df["prompt"].tolist() == list(batch.texts)
+    assert df["reply"].tolist() == out.replies
+    assert df["n_tokens"].tolist() == [len(t) for t in out.tokens]
+    assert df["n_tokens"][0] == free.tokens[0].index(stop)  # cut before its stop token
+    assert df["finished"].tolist() == out.finished
+    assert bool(df["finished"][0])
+    assert df["seed"].tolist() == [5, 6, 7]
+
+
+def test_generate_and_readout_take_text_and_token_tensors(llama):
+    texts = ["The cat sat on the mat", "A dog ran"]
+    batch = encode(llama.tokenizer, [Prompt.text(t) for t in texts])
+    want = generate(llama, batch, max_new_tokens=4, stop_ids=[])
+    assert generate(llama, texts, max_new_tokens=4, stop_ids=[]).tokens == want.tokens
+    alone = generate(llama, texts[0], max_new_tokens=4, stop_ids=[])
+    assert alone.tokens == [want.tokens[0]]
+    assert alone.prompts == (texts[0],)
+    ids = batch.rows([0]).input_ids
+    assert generate(llama, ids, max_new_tokens=4, stop_ids=[]).tokens == alone.tokens
+    torch.testing.assert_close(readout(llama, texts).b, readout(llama, batch).b)
+    torch.testing.assert_close(readout(llama, ids[0]).b, readout(llama, batch).b[:1])
+
+
 def test_readout_is_the_logit_difference_at_the_last_prompt_token(model):
     batch = encode(model.tokenizer, PROMPTS)
     r = readout(model, batch, words=["Dust", "Bread"])

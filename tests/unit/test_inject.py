@@ -179,12 +179,12 @@ def test_kv_cache_equals_no_cache_under_every_mode(model):
 
 
 def test_no_hook_left_after_exception_in_generation(model, monkeypatch):
-    import mechintro.generation as gen
+    from mechintro.engine.step import Runner
 
     batch = encode(model.tokenizer, _prompts())
     inj = Injection(LAYER, vecs(model, 3), 2.0)
     calls = {"n": 0}
-    real_step = gen._Runner.step
+    real_step = Runner.step
 
     def failing_step(self, new):
         calls["n"] += 1
@@ -192,7 +192,7 @@ def test_no_hook_left_after_exception_in_generation(model, monkeypatch):
             raise RuntimeError("boom")
         return real_step(self, new)
 
-    monkeypatch.setattr(gen._Runner, "step", failing_step)
+    monkeypatch.setattr(Runner, "step", failing_step)
     with pytest.raises(RuntimeError, match="boom"):
         generate(model, batch, injection=inj, max_new_tokens=NEW)
     assert calls["n"] == 3

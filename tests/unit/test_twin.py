@@ -173,8 +173,8 @@ def test_a_kept_decode_step_computes_what_a_fresh_one_does(tiny_dirs, tmp_path):
     """The static cache and step buffers (on a GPU also the captured graph) are kept for
     the next call of the same shape: with other prompts and vectors, that call gives
     exactly what fresh ones give. A call of another shape replaces it."""
-    import mechintro.generation as gen
     from mechintro.engine import decode
+    from mechintro.engine.step import Runner
 
     model = _long_window_gemma3(tiny_dirs, tmp_path / "gemma3")  # every layer in place
     twin = twin_of(model)
@@ -220,7 +220,7 @@ def test_a_kept_decode_step_computes_what_a_fresh_one_does(tiny_dirs, tmp_path):
         raise RuntimeError("boom")
 
     with pytest.MonkeyPatch.context() as mp:  # a call that fails gives the kept step back
-        mp.setattr(gen._Runner, "prefill_shared", fail)
+        mp.setattr(Runner, "prefill_shared", fail)
         with pytest.raises(RuntimeError, match="boom"):
             generate(model, second, injection=a, **kw)
     assert decode.held(twin) is entry
@@ -330,11 +330,11 @@ def test_the_bridge_path_runs_when_it_must(bridge, monkeypatch, tiny_dirs):
 
 
 def test_no_hook_left_on_the_twin_after_an_exception(bridge, monkeypatch):
-    import mechintro.generation as gen
+    from mechintro.engine.step import Runner
 
     batch = encode(bridge.tokenizer, _mixed())
     inj = Injection(LAYER, vecs(bridge, 3), 2.0)
-    real_step = gen._Runner.step
+    real_step = Runner.step
     calls = {"n": 0}
 
     def failing_step(self, new):
@@ -349,7 +349,7 @@ def test_no_hook_left_on_the_twin_after_an_exception(bridge, monkeypatch):
 
     twin = twin_of(bridge)
     before = hooks()
-    monkeypatch.setattr(gen._Runner, "step", failing_step)
+    monkeypatch.setattr(Runner, "step", failing_step)
     with pytest.raises(RuntimeError, match="boom"):
         generate(bridge, batch, injection=inj, max_new_tokens=5, fast=True)
     assert calls["n"] == 3
