@@ -53,7 +53,7 @@ import pandas as pd
 import torch
 
 from mechintro.io import atomic_write_text
-from mechintro.organism.demo_config import DemoConfig
+from mechintro.organism.configs import DemoConfig
 
 if TYPE_CHECKING:
     from mechintro.analysis.parity import ParityReport

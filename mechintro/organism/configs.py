@@ -1,10 +1,13 @@
-"""The demo's options (``mechintro demo``): pure data, importing nothing heavy, so the command
-line derives its options without loading torch. The demo itself: :mod:`mechintro.organism.demo`.
+"""The organisms' configs: what the demo measures (``mechintro demo``) and what determines
+the organisms (``mechintro organism build``). Pure data, importing nothing heavy, so the
+command line derives its options without loading torch. What uses them:
+:mod:`mechintro.organism.demo` and :mod:`mechintro.organism.train`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -40,3 +43,33 @@ class DemoConfig:
             raise ValueError("--n-controls and --sweep-concepts need >= 1, --n-random >= 0")
         if self.battery < 0:
             raise ValueError("--battery must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines the organisms (recorded next to the weights)."""
+
+    seed: int = 0
+    d_model: int = 256
+    n_layers: int = 6
+    n_heads: int = 4
+    d_mlp: int = 512
+    layer: int = 3  # injection layer: blocks 0..layer are frozen in phase 2
+    phase1_steps: int = 4000
+    phase2_steps: int = 4000
+    batch_size: int = 64
+    lr: float = 1e-3
+    phase2_lr: float = 5e-4
+    warmup: int = 200
+    # injected norm as a multiple of the mean residual norm at the layer (unit="resid-norm")
+    strengths: tuple[float, float] = (0.5, 2.0)
+    # the fraction of injected trials that inject a "pseudo-concept" instead of a train
+    # concept: any other word the organism knows (never a held-out or baseline concept), so
+    # that naming the injected thought must be a general readout, not a lookup of 60 vectors
+    pseudo: float = 0.25
+    n_examples: int = 200_000
+    dtype: str = "bfloat16"  # autocast dtype on CUDA (CPU trains in fp32)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
