@@ -36,26 +36,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks.shapes import SHAPES as BASE_SHAPES
-from benchmarks.shapes import Shape, gemma3_config
+from benchmarks.shapes import SHAPES
 
-GEMMA3_27B = Shape(
-    "gemma3-27b",
-    "google/gemma-3-27b-it (its text model)",
-    gemma3_config(
-        hidden_size=5376,
-        num_hidden_layers=62,
-        num_attention_heads=32,
-        num_key_value_heads=16,
-        head_dim=128,
-        intermediate_size=21_504,
-        vocab_size=262_208,
-        max_position_embeddings=131_072,
-        sliding_window=1024,
-        global_every=6,
-    ),
-)
-SHAPES: dict[str, Shape] = {**BASE_SHAPES, GEMMA3_27B.name: GEMMA3_27B}
 RUNS = ("one", "two", "split")
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 

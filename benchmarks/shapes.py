@@ -128,10 +128,15 @@ SHAPES: dict[str, Shape] = {
         Shape("llama-7b", "meta-llama/Llama-2-7b-chat-hf", llama_config(
             **_dims(4096, 32, 32, 32, 128, 11_008), vocab_size=32_000,
             tie_word_embeddings=False, max_position_embeddings=4096)),
+        Shape("gemma3-27b", "google/gemma-3-27b-it (its text model)", gemma3_config(
+            **_dims(5376, 62, 32, 16, 128, 21_504), vocab_size=262_208,
+            max_position_embeddings=131_072, sliding_window=1024, global_every=6,
+            query_pre_attn_scalar=168)),
     )
 }
 # fmt: on
-"""Shapes by name. ``llama3-1b`` is the shape of the issue's measured baselines."""
+"""Shapes by name. ``llama3-1b`` is the shape of the issue's measured baselines;
+``gemma3-27b`` the studies' scale (54 GB in bf16: ``benchmarks.scale``, ``benchmarks.multigpu``)."""
 
 
 # --- tokenizer ------------------------------------------------------------------------------

@@ -10,8 +10,10 @@ that generate ``new_tokens`` each:
 * **KV cache**: keys and values of every layer for every position, a sliding-window layer
   holding at most its window (HF's cache for Gemma-2/3, OLMo-3; a HookedTransformer keeps
   every position);
-* **logits**: the prompt forward's logits at every position (TransformerLens returns them
-  all), plus the last position's in fp32 and the sampling noise in fp64;
+* **logits**: the prompt forward's logits at every position where the model returns them all
+  (a HookedTransformer: :attr:`ModelShape.prompt_logits`), else at the last position only
+  (a bridge and its twin are asked for ``logits_to_keep=1``), plus the last position's in
+  fp32 and the sampling noise in fp64;
 * **activations**: the largest layer's transient buffers during the prompt forward: the
   residual stream and its norms, the MLP's hidden layer, and eager attention's score matrix
   (its softmax is computed in fp32).
@@ -89,7 +91,8 @@ class ModelShape:
 
     ``n_params`` is the exact parameter count (from :meth:`count_params`); ``window`` and
     ``sliding_layers``: how many layers keep only the last ``window`` positions in their
-    KV cache.
+    KV cache; ``prompt_logits``: the prompt forward returns the logits of every position
+    (True unless known otherwise: a bridge's forwards keep the last one only).
     """
 
     model_type: str
@@ -103,6 +106,7 @@ class ModelShape:
     n_params: int
     window: int = 0
     sliding_layers: int = 0
+    prompt_logits: bool = True
 
     @classmethod
     def from_config(cls, config: Any, revision: str | None = None) -> ModelShape:
@@ -135,15 +139,16 @@ class ModelShape:
     def from_model(cls, model: TLModel) -> ModelShape:
         """The shape of a loaded TransformerLens model (its exact parameter count).
 
-        A bridge keeps its Hugging Face config (sliding windows included); a
-        HookedTransformer's KV cache keeps every position, so it gets no window.
+        A bridge keeps its Hugging Face config (sliding windows included), and generation
+        asks it (or its twin) for the last position's logits only; a HookedTransformer's KV
+        cache keeps every position, so it gets no window, and returns every position's logits.
         """
         from mechintro.models import backend_of
 
         n = sum(p.numel() for p in _unique_params(model))
         if backend_of(model) == "bridge":
             hf: Any = model.original_model
-            return dataclasses.replace(cls.from_config(hf.config), n_params=n)
+            return dataclasses.replace(cls.from_config(hf.config), n_params=n, prompt_logits=False)
         c = model.cfg
         return cls(
             model_type=str(getattr(c, "original_architecture", None) or "hooked"),
@@ -300,7 +305,7 @@ def estimate(
     elt = dtype_bytes(dtype)
     B, T, s = batch_size, prompt_tokens, shape
     kv = B * s.kv_positions(T + new_tokens) * 2 * s.n_kv_heads * s.d_head * elt
-    logits = B * T * s.vocab * elt + B * s.vocab * (4 + 8 + 8)
+    logits = B * (T if s.prompt_logits else 1) * s.vocab * elt + B * s.vocab * (4 + 8 + 8)
     hidden = B * T * (6 * s.d_model + 3 * s.d_mlp) * elt
     scores = B * s.n_heads * T * T * (2 * elt + 4)
     budget = None

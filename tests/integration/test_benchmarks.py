@@ -205,6 +205,8 @@ def test_the_real_shapes_have_the_real_parameter_counts():
     assert param_count(SHAPES["llama-7b"], 32_000) == 6_738_415_616  # Llama-2-7b
     assert param_count(SHAPES["gemma3-1b"], 262_144) == 999_885_952  # gemma-3-1b-it
     assert param_count(SHAPES["llama3-1b"], 128_256) == 1_235_814_400  # Llama-3.2-1B
+    # gemma-3-27b-it's text model (tests/unit/test_memory.py counts it on the meta device)
+    assert param_count(SHAPES["gemma3-27b"], 262_208) == 27_009_346_304
 
 
 def test_the_roofline_of_the_issue_trial():

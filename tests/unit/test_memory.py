@@ -3,6 +3,7 @@ and an error that names the fixes."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,18 @@ def test_the_tiny_models_exactly_on_both_backends(tiny_dir: Path):
             shape.vocab,
         )
         assert got.sliding_layers == (shape.sliding_layers if backend == "bridge" else 0)
+        assert got.prompt_logits == (backend == "hooked")  # the bridge's: the last position
+
+
+def test_logits_counted_where_the_forward_returns_them():
+    """A bridge's generation keeps the last position's logits (logits_to_keep=1): the plan
+    counts those, a HookedTransformer's every position's."""
+    every = ModelShape.from_config(GEMMA3_27B)
+    last = dataclasses.replace(every, prompt_logits=False)
+    kw = dict(batch_size=8, prompt_tokens=128, new_tokens=32, dtype="bfloat16")
+    a, b = estimate(every, **kw), estimate(last, **kw)
+    assert a.logits - b.logits == 8 * 127 * every.vocab * 2
+    assert b.logits == 8 * every.vocab * (2 + 4 + 8 + 8)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
