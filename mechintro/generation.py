@@ -38,6 +38,7 @@ from torch import Tensor
 from mechintro.engine.decode import Captured, CaptureKey, addresses, forget, keep, take
 from mechintro.engine.step import Runner
 from mechintro.engine.twin import fast_twin, injected_on
+from mechintro.engine.twin import use_attention as use_attention  # public: the twin's attention
 from mechintro.inject import Injection, InjectionLog, steered_from
 from mechintro.models import TLModel, backend_of, tokenizer_of
 from mechintro.prompts import PromptBatch, PromptLike, as_prompt_batch
@@ -286,6 +287,8 @@ def generate(
             "path": runner.path,
             "static_cache": bool(runner.cache_len),
             "cuda_graph": runner.graph,
+            # the twin's attention (use_attention); None: the backend computes its own
+            "attention": None if twin is None else twin.config._attn_implementation,
         },
         generated=tokens,
     )

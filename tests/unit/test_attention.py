@@ -13,8 +13,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mechintro.engine.attention import ATTENTIONS, GROUPED, choose, grouped_attention, register
-from mechintro.engine.twin import twin_of, use_attention
-from mechintro.generation import generate
+from mechintro.engine.twin import twin_of
+from mechintro.generation import generate, use_attention
 from mechintro.models import load_model
 from mechintro.prompts import Prompt, encode
 
@@ -133,6 +133,10 @@ def test_twin_generation_with_grouped_attention(twin_model, static: bool) -> Non
     finally:
         use_attention(twin_model)
     assert ref.record.settings["path"] == out.record.settings["path"] == "twin"
+    assert (ref.record.settings["attention"], out.record.settings["attention"]) == (
+        "eager",
+        GROUPED,
+    )
     assert out.tokens == ref.tokens
     torch.testing.assert_close(
         torch.stack(out.logits or []), torch.stack(ref.logits or []), atol=ATOL, rtol=0
