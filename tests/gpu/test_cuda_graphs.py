@@ -17,8 +17,9 @@ from tiny_models import long_window_gemma3, vecs
 from mechintro.analysis import patch_forwards
 from mechintro.analysis.patching import knock_in
 from mechintro.engine import decode
+from mechintro.engine.attention import GROUPED
 from mechintro.engine.twin import twin_of
-from mechintro.generation import generate
+from mechintro.generation import generate, use_attention
 from mechintro.inject import Injection
 from mechintro.models import load_model
 from mechintro.prompts import Prompt, encode
@@ -57,26 +58,52 @@ def test_the_cuda_graph_replays_the_eager_steps_bit_for_bit(tiny_dirs, tmp_path)
         load_model(gemma3, backend="bridge", device="cuda"),  # every layer in place
     ]
     for model in models:
-        batch = encode(model.tokenizer, [_trial(n) for n in (1, 4, 7)])
-        inj = Injection(LAYER, vecs(model, 3), [6.0, 0.0, 3.0], mode="from-trial")
-        for temperature in (0.0, 1.0):
-            kw = {"max_new_tokens": 12, "temperature": temperature, "seed": 3}
-            kw |= {"injection": inj, "keep_logits": True, "stop_ids": [], "static_cache": True}
-            eager = generate(model, batch, cuda_graph=False, **kw)
-            graph = generate(model, batch, cuda_graph=True, **kw)
-            assert graph.record.settings["cuda_graph"] and not eager.record.settings["cuda_graph"]
+        for attention in (GROUPED, "eager"):  # the CUDA default for these GQA models; HF's
+            assert use_attention(model, attention) == attention
+            batch = encode(model.tokenizer, [_trial(n) for n in (1, 4, 7)])
+            inj = Injection(LAYER, vecs(model, 3), [6.0, 0.0, 3.0], mode="from-trial")
+            for temperature in (0.0, 1.0):
+                kw = {"max_new_tokens": 12, "temperature": temperature, "seed": 3}
+                kw |= {"injection": inj, "keep_logits": True, "stop_ids": [], "static_cache": True}
+                eager = generate(model, batch, cuda_graph=False, **kw)
+                graph = generate(model, batch, cuda_graph=True, **kw)
+                assert (
+                    graph.record.settings["cuda_graph"] and not eager.record.settings["cuda_graph"]
+                )
+                _same(eager, graph)
+                assert generate(model, batch, **kw).record.settings["cuda_graph"]  # the default
+            # the capture is kept: a call with other vectors, strengths and prompts replays it
+            # with those written into the tensors it reads
+            captured = decode.held(twin_of(model))
+            other = encode(model.tokenizer, [_trial(n) for n in (2, 5, 8)])
+            inj = Injection(LAYER, vecs(model, 3, seed=2), [0.0, 5.0, 2.0], mode="from-trial")
+            kw = {"max_new_tokens": 12, "injection": inj, "keep_logits": True, "stop_ids": []}
+            graph = generate(model, other, cuda_graph=True, **kw)
+            assert decode.held(twin_of(model)) is captured
+            eager = generate(model, other, cuda_graph=False, static_cache=True, **kw)
             _same(eager, graph)
-            assert generate(model, batch, **kw).record.settings["cuda_graph"]  # the default
-        # the capture is kept: a call with other vectors, strengths and prompts replays it
-        # with those written into the tensors it reads
-        captured = decode.held(twin_of(model))
-        other = encode(model.tokenizer, [_trial(n) for n in (2, 5, 8)])
-        inj = Injection(LAYER, vecs(model, 3, seed=2), [0.0, 5.0, 2.0], mode="from-trial")
+        use_attention(model)
+
+
+def test_grouped_attention_matches_eager_on_cuda(tiny_dirs, tmp_path):
+    """fp32 on the GPU: grouped attention (the CUDA default for GQA models) gives eager
+    attention's greedy tokens, logits within 1e-4, through the captured decode step."""
+    gemma3 = long_window_gemma3(tiny_dirs["gemma3"], tmp_path / "gemma3")
+    for folder in (tiny_dirs["llama"], tiny_dirs["qwen3"], gemma3):
+        model = load_model(folder, backend="bridge", device="cuda")
+        assert use_attention(model) == GROUPED  # auto, on CUDA
+        batch = encode(model.tokenizer, [_trial(n) for n in (1, 4, 7)] + [Prompt.chat("Hi.")])
+        inj = Injection(LAYER, vecs(model, 4), [6.0, 0.0, 3.0, 2.0], mode="from-trial")
         kw = {"max_new_tokens": 12, "injection": inj, "keep_logits": True, "stop_ids": []}
-        graph = generate(model, other, cuda_graph=True, **kw)
-        assert decode.held(twin_of(model)) is captured
-        eager = generate(model, other, cuda_graph=False, static_cache=True, **kw)
-        _same(eager, graph)
+        grouped = generate(model, batch, **kw)
+        use_attention(model, "eager")
+        eager = generate(model, batch, **kw)
+        use_attention(model)
+        assert grouped.record.settings["attention"] == GROUPED
+        assert eager.record.settings["attention"] == "eager"
+        assert grouped.record.settings["cuda_graph"] and grouped.tokens == eager.tokens
+        for a, b in zip(grouped.logits, eager.logits, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
 
 
 def test_patching_replays_its_forward_bit_for_bit(tiny_dirs, monkeypatch):
