@@ -77,6 +77,7 @@ def compare_checkpoints(
     run: Callable[[Any], Mapping[str, Any] | pd.DataFrame],
     *,
     load: Callable[..., Any] | None = None,
+    done: Callable[[Checkpoint], pd.DataFrame | None] | None = None,
     **load_kwargs: Any,
 ) -> pd.DataFrame:
     """``run(model)`` on every checkpoint, one after the other; one table.
@@ -87,6 +88,8 @@ def compare_checkpoints(
         run: the protocol; returns a mapping of values (one row) or a DataFrame (its rows).
         load: the loader (default :func:`mechintro.models.load_model`), called as
             ``load(source, revision=..., **load_kwargs)`` (revision only when set).
+        done: a finished checkpoint's table, or None: a checkpoint with a table is not
+            loaded again (how ``mechintro run``'s ``stages`` resumes).
 
     Returns a DataFrame with ``checkpoint``, ``source`` and ``revision`` first, then what
     ``run`` returned, in checkpoint order. An error in any run propagates (nothing is
@@ -114,18 +117,11 @@ def compare_checkpoints(
         load = load_model
     frames = []
     for i, ck in enumerate(specs):
-        logger.info("[%d/%d] %s: loading %s", i + 1, len(specs), ck.label, ck.source)
-        kwargs = dict(load_kwargs)
-        if ck.revision is not None:
-            kwargs["revision"] = ck.revision
-        model = load(ck.source, **kwargs)
-        try:
-            out = run(model)
-        finally:
-            del model
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+        out = done(ck) if done is not None else None
+        if out is not None:
+            logger.info("[%d/%d] %s: finished before, not reloaded", i + 1, len(specs), ck.label)
+        else:
+            out = _run_one(ck, run, load, load_kwargs, f"[{i + 1}/{len(specs)}]")
         if isinstance(out, pd.DataFrame):
             frame = out.reset_index(drop=True).copy()
         elif isinstance(out, Mapping):
@@ -143,3 +139,25 @@ def compare_checkpoints(
         frame.insert(0, "checkpoint", ck.label)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+def _run_one(
+    ck: Checkpoint,
+    run: Callable[[Any], Any],
+    load: Callable[..., Any],
+    load_kwargs: Mapping[str, Any],
+    where: str,
+) -> Any:
+    """``run`` on checkpoint ``ck``, loaded and freed afterwards."""
+    logger.info("%s %s: loading %s", where, ck.label, ck.source)
+    kwargs = dict(load_kwargs)
+    if ck.revision is not None:
+        kwargs["revision"] = ck.revision
+    model = load(ck.source, **kwargs)
+    try:
+        return run(model)
+    finally:
+        del model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
