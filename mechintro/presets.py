@@ -44,7 +44,7 @@ CONFIG_CLASSES: Mapping[str, str] = MappingProxyType(
         "noise": "mechintro.app.options:NoiseConfig",
         "lora": "mechintro.training.lora:LoRAConfig",
         "bias": "mechintro.training.bias:BiasConfig",
-        "abliteration": "mechintro.analysis.directions.refusal:AbliterationConfig",
+        "abliteration": "mechintro.analysis.directions.abliteration:AbliterationConfig",
         "geometry": "mechintro.analysis.directions.geometry:GeometryConfig",
         "dpo-grid": "mechintro.training.preference:DPOGridConfig",
     }
@@ -291,7 +291,10 @@ _PRESETS: tuple[Preset, ...] = (
             "search": "grid",
             "bound_factor": 1.2,
             "n_trials": 500,
+            "n_eval_prompts": 10,
+            "samples": 20,
             "max_new_tokens": 100,
+            "temperature": 1.0,
             "seed": 42,
         },
         source=(

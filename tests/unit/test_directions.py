@@ -75,7 +75,15 @@ def test_shipped_prompt_lists():
 
 @pytest.mark.parametrize("positions", [1, 3])
 def test_refusal_direction_equals_hand_computation(model, positions):
-    ref = refusal_directions(model, HARMFUL, HARMLESS, positions=positions, batch_size=2)
+    ref = refusal_directions(
+        model,
+        HARMFUL,
+        HARMLESS,
+        site="resid_pre",
+        position=None,
+        positions=positions,
+        batch_size=2,
+    )
     L = model.cfg.n_layers
     names = [f"blocks.{i}.hook_resid_pre" for i in range(L)]
 

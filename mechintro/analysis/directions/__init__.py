@@ -5,20 +5,23 @@ Direction", arXiv:2406.11717). Run harmful and harmless instructions (the chat t
 the generation prompt) and average the residual stream at each layer over the last ``k``
 template positions (the post-instruction tokens, e.g. ``<end_of_turn>\\n<start_of_turn>model
 \\n``); the refusal direction of layer ``l`` is the normalised difference of the means,
-harmful − harmless. :func:`refusal_directions` returns all layers at once.
+harmful − harmless. :func:`refusal_directions` returns all layers at once, by default at
+Macar et al.'s site: the block output at prompt position −2.
 
 **Abliteration** (Arditi et al. 2024; Macar et al. 2026, docs/protocols.md §7: TPR 10.8% →
 63.8%). Remove the direction's projection from the residual stream at every layer and
 position: ``h ← h − w_l·(h·r̂)r̂``. :class:`Abliteration` is the intervention as a value
-(directions and per-layer weights, validated); :func:`abliterated` turns it into hooks for
-the duration of a ``with`` block. The sites are ``blocks.l.hook_resid_pre`` of every block
-``l`` (with ``r̂_l``, ``w_l``) and ``blocks.{n-1}.hook_resid_post`` of the last block (with
-``r̂_{n-1}``, ``w_{n-1}``): every block reads, and the unembedding reads, a residual stream
-with the direction removed. They are the residual stream itself on both backends (on the
-bridge, ``hook_resid_mid`` is the pre-MLP norm's input, not the carried residual, so it is
-not used). With ``w = 1`` this equals Arditi's weight orthogonalisation except inside each
-block, where the MLP still reads what that block's attention wrote along ``r̂`` (removed
-before the next block reads it).
+(directions, per-layer weights and the site, validated); :func:`abliterated` turns it into
+hooks for the duration of a ``with`` block. Site ``resid_post`` (Macar's, the default of
+:func:`refusal_directions`): every block's output with that block's ``r̂_l``, ``w_l``. Site
+``resid_pre`` (Arditi's): ``blocks.l.hook_resid_pre`` of every block ``l`` and
+``blocks.{n-1}.hook_resid_post`` of the last block: every block reads, and the unembedding
+reads, a residual stream with the direction removed; with ``w = 1`` this equals Arditi's
+weight orthogonalisation except inside each block, where the MLP still reads what that
+block's attention wrote along ``r̂`` (removed before the next block reads it). Both sites are
+the residual stream itself on both backends (on the bridge, ``hook_resid_mid`` is the pre-MLP
+norm's input, not the carried residual, so it is not used). :mod:`.abliteration` searches
+Macar's per-region weights (:func:`run_abliteration`).
 
 **Geometry of detection** (Macar et al. 2026): split concepts into detected and undetected
 and take the mean difference of their vectors (:func:`detection_direction`); predict each
@@ -26,8 +29,9 @@ concept's detection rate from its vector by ridge regression with nested cross-v
 (:func:`ridge_cv`, :func:`detection_ridge`); and steer with ``A − B`` and ``B − A``
 (:func:`bidirectional`).
 
-Modules: :mod:`.refusal` (refusal directions and abliteration), :mod:`.geometry` (the
-detection direction, ridge regression, bidirectional steering).
+Modules: :mod:`.refusal` (refusal directions and abliteration), :mod:`.abliteration` (the
+per-region weight search), :mod:`.geometry` (the detection direction, ridge regression,
+bidirectional steering).
 
 Example::
 
@@ -39,6 +43,14 @@ Example::
 
 from __future__ import annotations
 
+from mechintro.analysis.directions.abliteration import (
+    AbliterationConfig,
+    load_instructions,
+    region_weights,
+    rule_judge,
+    run_abliteration,
+    search_region_weights,
+)
 from mechintro.analysis.directions.geometry import (
     ALPHAS,
     DetectionDirection,
@@ -51,6 +63,7 @@ from mechintro.analysis.directions.geometry import (
     ridge_cv,
 )
 from mechintro.analysis.directions.refusal import (
+    ABLATION_SITES,
     SITES,
     Abliteration,
     RefusalDirections,
@@ -61,9 +74,11 @@ from mechintro.analysis.directions.refusal import (
 )
 
 __all__ = [
+    "ABLATION_SITES",
     "ALPHAS",
     "SITES",
     "Abliteration",
+    "AbliterationConfig",
     "DetectionDirection",
     "RefusalDirections",
     "RidgeResult",
@@ -73,8 +88,13 @@ __all__ = [
     "bidirectional",
     "detection_direction",
     "detection_ridge",
+    "load_instructions",
     "per_concept_rates",
     "refusal_directions",
     "refusal_prompts",
+    "region_weights",
     "ridge_cv",
+    "rule_judge",
+    "run_abliteration",
+    "search_region_weights",
 ]

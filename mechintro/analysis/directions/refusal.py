@@ -1,4 +1,14 @@
-"""Refusal directions by difference in means, and abliteration as hooks on every block."""
+"""Refusal directions by difference in means, and abliteration as hooks on every block.
+
+Two sites, both named and selectable:
+
+* ``resid_post`` at prompt position ``-2`` (the default; Macar et al. 2026,
+  ``experiments/03d_refusal_abliteration.py``): the direction of block ``l`` is read at the
+  block's output, and :func:`abliterated` edits every block's output with that block's
+  direction and weight (Macar's forward hook on each decoder layer).
+* ``resid_pre`` averaged over the last ``positions`` template tokens (Arditi et al. 2024):
+  read at block ``l``'s input, edited at every block's input and the last block's output.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +41,8 @@ from mechintro.prompts import Prompt, encode
 logger = logging.getLogger(__name__)
 
 SITES = ("resid_pre", "resid_mid", "resid_post")
+#: where :func:`abliterated` edits: block inputs (Arditi's) or block outputs (Macar's)
+ABLATION_SITES = ("resid_pre", "resid_post")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -56,13 +68,13 @@ def refusal_prompts(kind: str) -> list[str]:
 class RefusalDirections:
     """Per-layer refusal directions and the means they come from.
 
-    ``directions[l]`` is the unit vector of ``mean_diff[l]`` = mean over harmful prompts and
-    the last ``positions`` tokens minus the same over harmless prompts, at
-    ``blocks.l.hook_{site}``; a zero row where the two means agree (block 0's input at the
-    template's last tokens is the same embedding for every prompt), which
-    :class:`Abliteration` leaves alone. ``harmful_mean``/``harmless_mean`` keep each position
-    apart (``[layer, pos, d_model]``, last position last) for choosing one (layer, position)
-    as Arditi et al. do.
+    ``directions[l]`` is the unit vector of ``mean_diff[l]`` = mean over harmful prompts (at
+    prompt ``position``, or averaged over the last ``positions`` tokens where ``position`` is
+    None) minus the same over harmless prompts, at ``blocks.l.hook_{site}``; a zero row where
+    the two means agree (block 0's input at the template's last tokens is the same embedding
+    for every prompt), which :class:`Abliteration` leaves alone. ``harmful_mean`` and
+    ``harmless_mean`` keep each position apart (``[layer, pos, d_model]``, last position
+    last) for choosing one (layer, position) as Arditi et al. do.
     """
 
     directions: Float[Tensor, "layer d_model"]
@@ -76,6 +88,7 @@ class RefusalDirections:
     prompt_format: str
     model: str | None = None
     fingerprint: str | None = None
+    position: int | None = None
 
     @property
     def norms(self) -> Float[Tensor, " layer"]:
@@ -148,19 +161,25 @@ def refusal_directions(
     harmful: Sequence[str] | None = None,
     harmless: Sequence[str] | None = None,
     *,
-    positions: int = 1,
-    site: str = "resid_pre",
+    site: str = "resid_post",
+    position: int | None = -2,
+    positions: int | None = None,
     prompt_format: str = "chat",
     batch_size: int = 32,
 ) -> RefusalDirections:
-    """Arditi et al.'s difference-in-means refusal direction at every layer.
+    """The difference-in-means refusal direction at every layer (Arditi et al. 2024).
+
+    The defaults are Macar et al.'s (block output, prompt position -2); Arditi's is
+    ``site="resid_pre", position=None, positions=k``.
 
     Args:
         harmful, harmless: instructions (default: :func:`refusal_prompts`).
-        positions: how many of the last template tokens to average over (the
-            post-instruction tokens; 1 = the last token only).
-        site: ``resid_pre`` (Arditi's: the input of block ``l``, what :func:`abliterated`
-            edits), ``resid_mid`` or ``resid_post``.
+        site: ``resid_post`` (the output of block ``l``), ``resid_pre`` (its input) or
+            ``resid_mid``.
+        position: the one prompt position the direction is read at (``-1`` = the last
+            token); None: the mean over the last ``positions`` tokens.
+        positions: how many of the last template tokens are read and kept per position
+            (default: ``-position``, or 1 when ``position`` is None).
         prompt_format: ``"chat"`` (the model's template with the generation prompt) or
             ``"text"`` (``Human: {x}\\n\\nAssistant:``, for models without a template).
 
@@ -175,8 +194,16 @@ def refusal_directions(
     harmless = _check_instructions(
         refusal_prompts("harmless") if harmless is None else harmless, "harmless"
     )
+    if position is not None and (
+        isinstance(position, bool) or not isinstance(position, int) or position >= 0
+    ):
+        raise ValueError(f"position must be a negative int (-1 = last token), got {position!r}")
+    if positions is None:
+        positions = 1 if position is None else -position
     if isinstance(positions, bool) or not isinstance(positions, int) or positions < 1:
         raise ValueError(f"positions must be a positive int (last k tokens), got {positions!r}")
+    if position is not None and -position > positions:
+        raise ValueError(f"position {position} is not among the last positions={positions}")
     if site not in SITES:
         raise ValueError(f"site must be one of {SITES}, got {site!r}")
     if prompt_format not in ("chat", "text"):
@@ -187,7 +214,10 @@ def refusal_directions(
     logger.info("refusal directions: %d harmful, %d harmless prompts", len(pos), len(neg))
     mean_h = _mean_last_positions(model, pos, site, positions, batch_size)
     mean_n = _mean_last_positions(model, neg, site, positions, batch_size)
-    diff64 = mean_h.mean(1) - mean_n.mean(1)
+    if position is None:
+        diff64 = mean_h.mean(1) - mean_n.mean(1)
+    else:
+        diff64 = mean_h[:, position] - mean_n[:, position]
     norms = torch.linalg.vector_norm(diff64, dim=-1, keepdim=True)
     # where the means agree (e.g. block 0's input at a template token: the same embedding for
     # every prompt) there is no direction: leave a zero row, which abliteration skips
@@ -209,6 +239,7 @@ def refusal_directions(
         prompt_format=prompt_format,
         model=model_info(model).name,
         fingerprint=fingerprint(model),
+        position=position,
     )
 
 
@@ -225,6 +256,8 @@ class Abliteration:
             ``[n_layers, d_model]`` (row ``l`` for block ``l``); normalised here.
         weight: one weight, or one per layer (``[n_layers]``): 1 removes the projection,
             0 leaves that layer's sites unhooked (bit-identical), values between scale it.
+        site: ``resid_pre`` (every block's input and the last block's output, Arditi's) or
+            ``resid_post`` (every block's output, Macar's), :data:`ABLATION_SITES`.
 
     A zero row of a per-layer ``direction`` (a layer without a direction) is left unhooked
     like a weight of 0.
@@ -232,10 +265,13 @@ class Abliteration:
 
     direction: Float[Tensor, "*layer d_model"]
     weight: float | Sequence[float] | Tensor = 1.0
+    site: str = "resid_pre"
     _unit: Tensor = field(init=False, repr=False)
     _weights: Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.site not in ABLATION_SITES:
+            raise ValueError(f"site must be one of {ABLATION_SITES}, got {self.site!r}")
         r = torch.as_tensor(self.direction)
         if not r.is_floating_point() or r.ndim not in (1, 2) or r.shape[-1] == 0:
             raise ValueError(
@@ -270,12 +306,16 @@ class Abliteration:
         *,
         weight: float | Sequence[float] | Tensor = 1.0,
         layer: int | None = None,
+        site: str | None = None,
     ) -> Abliteration:
         """Per-layer refusal directions (``layer=None``) or ``ref``'s direction of one layer
-        used at every layer (``layer=l``, Arditi et al.'s single direction)."""
+        used at every layer (``layer=l``, Arditi et al.'s single direction). ``site``
+        defaults to where the directions were read (``resid_post``), else ``resid_pre``."""
+        if site is None:
+            site = "resid_post" if ref.site == "resid_post" else "resid_pre"
         if layer is None:
-            return cls(ref.directions, weight)
-        return cls(ref.direction(layer), weight)
+            return cls(ref.directions, weight, site)
+        return cls(ref.direction(layer), weight, site)
 
     @property
     def per_layer(self) -> bool:
@@ -295,11 +335,15 @@ class Abliteration:
         w = self._weights
         weight = f"{float(w[0]):g}" if w.numel() == 1 else f"[{w.numel()} values]"
         shape = tuple(torch.as_tensor(self.direction).shape)
-        return f"Abliteration(direction={shape}, weight={weight})"
+        return f"Abliteration(direction={shape}, weight={weight}, site={self.site!r})"
 
 
-def abliteration_sites(layers: int) -> list[tuple[str, int]]:
+def abliteration_sites(layers: int, site: str = "resid_pre") -> list[tuple[str, int]]:
     """``(hook name, layer whose direction and weight apply)`` for a model of ``layers``."""
+    if site == "resid_post":
+        return [(hook_name(i, "resid_post"), i) for i in range(layers)]
+    if site != "resid_pre":
+        raise ValueError(f"site must be one of {ABLATION_SITES}, got {site!r}")
     return [(hook_name(i, "resid_pre"), i) for i in range(layers)] + [
         (hook_name(layers - 1, "resid_post"), layers - 1)
     ]
@@ -326,9 +370,10 @@ def abliterated(model: TLModel, abliteration: Abliteration) -> Iterator[tuple[st
     exception or not; sites with weight 0 are not hooked at all.
 
     It composes with :func:`mechintro.inject.injected` (and :func:`~mechintro.generation.
-    generate` with ``injection=``): an injection at block ``L < n-1`` is added at ``L``'s
-    output and its component along ``r̂`` is removed where block ``L+1`` reads it. At the one
-    site both may use (the last block's output), hooks run in the order they were entered.
+    generate` with ``injection=``): at site ``resid_pre`` an injection at block ``L < n-1`` is
+    added at ``L``'s output and its component along ``r̂`` is removed where block ``L+1``
+    reads it; where both hook one site (``resid_post``: block ``L``'s output), hooks run in
+    the order they were entered.
 
     Example::
 
@@ -347,7 +392,7 @@ def abliterated(model: TLModel, abliteration: Abliteration) -> Iterator[tuple[st
     hooks: list[tuple[str | Callable[..., Any], Callable[..., Any]]] = []
     names: list[str] = []
     points = model.hook_dict  # a bridge rebuilds it on every access: read it once
-    for name, layer in abliteration_sites(layers):
+    for name, layer in abliteration_sites(layers, abliteration.site):
         w = float(weights[layer])
         if w == 0.0 or not bool(units[layer].any()):
             continue
