@@ -1,5 +1,7 @@
 """The ``mechintro`` command. Options are derived from the config dataclasses (their fields,
 defaults and documented meaning), so the command line and the library cannot drift apart.
+The parser imports only those dataclasses, which import nothing heavy: ``--help`` is quick, and
+each command loads what it needs when it runs.
 
     mechintro extract --model builtin:smollm2 --layer 18 --words Dust Peace --out vectors
     mechintro sweep --config examples/smollm2.toml --out runs/smol    # rerun to resume
@@ -27,22 +29,23 @@ from mechintro.app.epilogs import EPILOGS
 from mechintro.app.options import (
     DTYPES,
     GRADERS,
+    LOCALHOST,
     ExtractConfig,
     GradeConfig,
     NoiseConfig,
     ReportConfig,
+    RunCommandConfig,
     RunConfig,
     UsageError,
+    ViewerConfig,
     add_fields,
     build_config,
     read_config,
 )
-from mechintro.experiments.sweeps import SweepSpec
-from mechintro.inject import UNITS, PositionMode
-from mechintro.models import BACKENDS
-from mechintro.organism.demo import DemoConfig, run_demo
-from mechintro.vectors import METHODS
-from mechintro.choices import ON_BAD_WORD, OnBadWord
+from mechintro.app.patch_sweep import PatchConfig
+from mechintro.choices import BACKENDS, METHODS, ON_BAD_WORD, UNITS, OnBadWord, PositionMode
+from mechintro.experiments.sweeps.spec import SweepSpec
+from mechintro.organism.configs import DemoConfig
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -365,7 +368,7 @@ def cmd_noise(args: Mapping[str, Any]) -> int:
 
 
 def cmd_patch(args: Mapping[str, Any]) -> int:
-    from mechintro.app.patch_sweep import PatchConfig, run_patch_sweep
+    from mechintro.app.patch_sweep import run_patch_sweep
 
     cfg = build_config(PatchConfig, args)
     frames = run_patch_sweep(cfg, _load(cfg.model, cfg.backend, cfg.dtype, cfg.device))
@@ -377,10 +380,24 @@ def cmd_patch(args: Mapping[str, Any]) -> int:
 
 
 def cmd_demo(args: Mapping[str, Any]) -> int:
+    from mechintro.organism.demo import run_demo
+
     cfg = build_config(DemoConfig, args)
     result = run_demo(cfg)
     logger.info("wrote %s/report.html and metrics.json in %.1f s", cfg.out, result.wall_seconds)
     return 0
+
+
+def cmd_viewer(args: Mapping[str, Any]) -> int:
+    from mechintro.app.viewer_command import main as viewer
+
+    return int(viewer(dataclasses.asdict(build_config(ViewerConfig, args))))
+
+
+def cmd_run(args: Mapping[str, Any]) -> int:
+    from mechintro.app.run_command import main as run
+
+    return int(run(dataclasses.asdict(build_config(RunCommandConfig, args))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -453,8 +470,6 @@ a typical run:
         "OUT/noise.csv, which mechintro report OUT shows with the specificity.",
     )
     add_fields(p, NoiseConfig, choices=_MODEL_CHOICES)
-    from mechintro.app.patch_sweep import PatchConfig
-
     p = command(
         "patch",
         "activation patching: a layer x position x component sweep (resumable)",
@@ -469,6 +484,19 @@ a typical run:
         "Measure the built-in model organisms end to end, offline.",
     )
     add_fields(p, DemoConfig)
+    p = command(
+        "run",
+        "run any experiment from one TOML config (resumable)",
+        "Run one experiment (a sweep, noise controls, patching, training, circuits...) from "
+        "one TOML config: its kind, model and parameters, with the results in one folder.",
+    )
+    add_fields(p, RunCommandConfig)
+    p = command(
+        "viewer",
+        "browse a results folder in a local web page",
+        "Serve a results folder's interactive viewer on this machine and open it in a browser.",
+    )
+    add_fields(p, ViewerConfig, choices={"host": [LOCALHOST]})
     p = command(
         "organism",
         "build, train and measure the built-in organisms",
@@ -493,6 +521,8 @@ COMMANDS: dict[str, Callable[[Mapping[str, Any]], int]] = {
     "noise": cmd_noise,
     "patch": cmd_patch,
     "demo": cmd_demo,
+    "run": cmd_run,
+    "viewer": cmd_viewer,
     "organism": organism_commands.run,
 }
 

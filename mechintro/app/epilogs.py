@@ -89,6 +89,19 @@ example:
 Measures the built-in organisms (builtin:organism-base, builtin:organism) in about a minute
 on a CPU: detection and identification of train and held-out concepts with intervals, the
 layer x strength sweep, Godet's noise control; writes metrics.json and report.html.""",
+    "run": """\
+examples:
+  mechintro run examples/organism.toml --out runs/organism
+  mechintro run examples/organism.toml --small --yes      # a quick run, as in CI
+
+The config names the experiment's kind, its model and its parameters; rerunning the same
+command resumes the run in its folder.""",
+    "viewer": """\
+examples:
+  mechintro viewer runs/smol
+  mechintro viewer runs --port 8765 --no-browser
+
+The page is served on 127.0.0.1 only (this machine); stop it with Ctrl-C.""",
     "organism": organism_commands.EPILOG,
 }
 

@@ -3,6 +3,10 @@
 A config dataclass's fields, defaults and help texts (``opt(default, help)``, or the
 ``Args:`` block of its docstring) become argparse options, so the command line and the
 library cannot drift apart (sparsify's pattern; docs/architecture.md §6).
+
+This module and the config dataclasses the command line reads import nothing heavy (no
+torch, transformers, TransformerLens, sae-lens, pandas or plotly), so ``mechintro --help``
+is quick; what a config checks against a heavy module it imports in ``__post_init__``.
 """
 
 from __future__ import annotations
@@ -14,20 +18,18 @@ import json
 import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mechintro.batching import check_batch_size
-from mechintro.experiments.protocols.noise import CONTROL_BATTERY
-from mechintro.models import BACKENDS
-from mechintro.vectors import METHODS
-from mechintro.word_checks import ON_BAD_WORD
+from mechintro.choices import BACKENDS, METHODS, ON_BAD_WORD
 
 CONFIG_SUFFIXES: tuple[str, ...] = (".toml", ".yaml", ".yml")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 GRADERS: tuple[str, ...] = ("rule", "fonseca", "judge")
+LOCALHOST = "127.0.0.1"
 
 
 class UsageError(Exception):
@@ -140,6 +142,9 @@ def add_fields(
         empty = default is None or default == "" or default == ()
         shown = "" if not has_default or empty else f" (default: {_show(default)})"
         flag = "--" + f.name.replace("_", "-")
+        if (hint is bool or isinstance(default, bool)) and default is False and not suppress:
+            parser.add_argument(flag, action="store_true", help=help_text)  # off unless given
+            continue
         if hint is bool or isinstance(default, bool):
             parser.add_argument(
                 flag,
@@ -168,6 +173,38 @@ def add_fields(
             help=help_text + shown,
             **kw,
         )
+
+
+class LazyParser(argparse.ArgumentParser):
+    """A subcommand's parser whose options are added when it is used (to parse or for
+    ``--help``), by ``add_options(parser)``: building the whole command line then imports
+    only what the chosen command needs. Pass it as ``add_subparsers(parser_class=...)``."""
+
+    def __init__(
+        self,
+        *args: Any,
+        add_options: Callable[[argparse.ArgumentParser], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._add_options = add_options
+
+    def _ready(self) -> None:
+        add, self._add_options = self._add_options, None
+        if add is not None:
+            add(self)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._ready()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._ready()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._ready()
+        return super().format_usage()
 
 
 def _show(value: Any) -> str:
@@ -238,9 +275,6 @@ def read_config(path: str | Path) -> dict[str, Any]:
 # the commands' configs
 
 MODEL_HELP = "model folder, .gguf file, Hub name, or builtin:smollm2"
-
-# ---------------------------------------------------------------------------------------------
-# the commands' configs
 
 
 def _check_model_options(backend: str, dtype: str, batch_size: int) -> None:
@@ -389,6 +423,8 @@ class NoiseConfig:
             raise ValueError("--strengths must include 0: Δb is measured from it")
         if not 1 <= self.battery <= 20:
             raise ValueError("--battery must be between 1 and 20")
+        from mechintro.experiments.protocols.noise import CONTROL_BATTERY
+
         ids = [q.id for q in CONTROL_BATTERY]
         unknown = [c for c in self.controls if c not in ids]
         if unknown:
@@ -406,3 +442,29 @@ class ReportConfig:
     max_examples: int = opt(30, "example replies shown")
     control_protocols: tuple[str, ...] = opt((), "protocols whose readout is a control question")
     noise: str = opt("", "noise-control table (default: RESULTS/noise.csv if there)")
+
+
+@dataclass(frozen=True)
+class ViewerConfig:
+    """Serve a results folder's interactive viewer on this machine."""
+
+    dir: str = arg("a results folder (or a folder of them)", positional=True)
+    port: int = opt(0, "port to serve on (0: a free port)")
+    host: str = opt("127.0.0.1", "address to serve on: this machine only")
+    no_browser: bool = opt(False, "print the address, do not open a browser")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.port, bool) or not 0 <= self.port <= 65535:
+            raise ValueError(f"--port must be between 0 and 65535, got {self.port!r}")
+        if self.host != LOCALHOST:
+            raise ValueError(f"--host must be {LOCALHOST}: the viewer serves this machine only")
+
+
+@dataclass(frozen=True)
+class RunCommandConfig:
+    """Run one experiment, of any kind, from one TOML config."""
+
+    config: str = arg("the experiment's .toml config (see examples/)", positional=True)
+    out: str = opt("", "results folder (default: the config's own)")
+    small: bool = opt(False, "a reduced size, for CI: every step, few trials")
+    yes: bool = opt(False, "do not ask before a long run; answer yes")

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mechintro.app.options import add_fields, arg, as_tuples, build_config, opt
+from mechintro.app.options import LazyParser, add_fields, arg, as_tuples, build_config, opt
+from mechintro.organism.configs import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def _split(args: Mapping[str, Any], cls: type) -> tuple[Any, dict[str, Any]]:
 def cmd_build(args: Mapping[str, Any]) -> int:
     import torch
 
-    from mechintro.organism.train import TrainConfig, quick_eval, train_base, train_introspective
+    from mechintro.organism.train import quick_eval, train_base, train_introspective
 
     o, over = _split(args, BuildOptions)
     cfg = build_config(TrainConfig, over)
@@ -166,28 +167,60 @@ COMMANDS: dict[str, Callable[[Mapping[str, Any]], int]] = {
 }
 
 
-def add_commands(parser: argparse.ArgumentParser) -> None:
-    """The subcommands of ``mechintro organism``, their options from the dataclasses."""
-    from mechintro.organism.train import TrainConfig
-    from mechintro.organism.training import organism_bias_config as bias_config
-    from mechintro.organism.training import organism_lora_config as lora_config
-    from mechintro.organism.transcoder_training import ORGANISM_CONFIG as tc_config
+def _lora_recipe() -> Any:
+    from mechintro.organism.training import organism_lora_config
 
-    sub = parser.add_subparsers(dest="organism_command", required=True, metavar="SUBCOMMAND")
-    specs: list[tuple[str, str, type, Any]] = [
-        ("build", "train the base organism, then the introspective", BuildOptions, TrainConfig()),
-        ("lora", "Fonseca Rivera's LoRA recipe on the base organism", RecipeOptions, lora_config()),
-        ("bias", "Macar et al.'s bias vector on the base organism", RecipeOptions, bias_config()),
-        ("evaluate", "detection on an organism's train and held-out words", EvaluateOptions, None),
-        ("transcoders", "train the transcoders of builtin:organism", TranscoderOptions, tc_config),
-    ]
-    for name, help_text, options, config in specs:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+    return organism_lora_config()
+
+
+def _bias_recipe() -> Any:
+    from mechintro.organism.training import organism_bias_config
+
+    return organism_bias_config()
+
+
+def _transcoder_recipe() -> Any:
+    from mechintro.organism.transcoder_training import ORGANISM_CONFIG
+
+    return ORGANISM_CONFIG
+
+
+#: name -> (help, the subcommand's own options, the recipe config it overrides, or None)
+SUBCOMMANDS: dict[str, tuple[str, type, Callable[[], Any] | None]] = {
+    "build": ("train the base organism, then the introspective", BuildOptions, TrainConfig),
+    "lora": ("Fonseca Rivera's LoRA recipe on the base organism", RecipeOptions, _lora_recipe),
+    "bias": ("Macar et al.'s bias vector on the base organism", RecipeOptions, _bias_recipe),
+    "evaluate": ("detection on an organism's train and held-out words", EvaluateOptions, None),
+    "transcoders": (
+        "train the transcoders of builtin:organism",
+        TranscoderOptions,
+        _transcoder_recipe,
+    ),
+}
+
+
+def _options(options: type, recipe: Callable[[], Any] | None) -> Callable[[Any], None]:
+    def add(p: argparse.ArgumentParser) -> None:
         add_fields(p, options)
-        if config is not None:
+        if recipe is not None:
+            config = recipe()
             kind = type(config)
             group = p.add_argument_group(f"{kind.__name__} (default: the organism's recipe)")
             add_fields(group, kind, suppress=True, defaults=config)
+
+    return add
+
+
+def add_commands(parser: argparse.ArgumentParser) -> None:
+    """The subcommands of ``mechintro organism``, their options from the dataclasses, added
+    when the subcommand is used (a recipe's config loads its training module)."""
+    sub = parser.add_subparsers(
+        dest="organism_command", required=True, metavar="SUBCOMMAND", parser_class=LazyParser
+    )
+    for name, (help_text, options, recipe) in SUBCOMMANDS.items():
+        sub.add_parser(
+            name, help=help_text, description=help_text, add_options=_options(options, recipe)
+        )
 
 
 def run(args: Mapping[str, Any]) -> int:

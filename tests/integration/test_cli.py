@@ -171,7 +171,10 @@ def test_config_errors_name_the_fix(tmp_path, capsys, monkeypatch):
 # help
 
 
-@pytest.mark.parametrize("command", ["extract", "sweep", "grade", "report", "demo"])
+COMMANDS = ["extract", "sweep", "grade", "report", "noise", "patch", "demo", "run", "viewer"]
+
+
+@pytest.mark.parametrize("command", [*COMMANDS, "organism"])
 def test_help_of_every_command(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])
@@ -194,7 +197,7 @@ def test_top_level_help_lists_each_command_on_one_line(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for command in ("extract", "sweep", "grade", "report", "demo"):
+    for command in COMMANDS:
         (line,) = [x for x in out.splitlines() if x.strip().startswith(command + " ")]
         assert len(line.split(command, 1)[1].strip()) > 10
 
