@@ -471,6 +471,7 @@ def run_dpo_kind(
 ) -> pd.DataFrame:
     """``experiment = "train-dpo"``: one preference objective (``objective``: dpo, sft,
     sft-kl, ...) on organism-style introspection pairs, detection before and after."""
+    from mechintro.experiments.protocols.detection import TRIAL_QUESTION
     from mechintro.training.lora import LoRAConfig
     from mechintro.training.preference import (
         PreferenceConfig,
@@ -480,8 +481,9 @@ def run_dpo_kind(
 
     run, c = split_train(cfg, PreferenceConfig, "train-dpo", small=small)
     layer = c.layer if c.layer is not None else 0
-    pairs_cfg = LoRAConfig(
+    pairs_cfg = LoRAConfig(  # the detection dialogue, "Trial n" where from-trial starts
         layer=layer,
+        questions=(TRIAL_QUESTION,),
         strengths=tuple(run.eval_strengths or (1.0,)),
         unit=c.unit,
         mode=c.mode,

@@ -136,9 +136,9 @@ KINDS: dict[str, Kind] = {
         lambda c: K.sweep_spec(K.build(K.R2Params, c, "transcoder-r2").sweep),
     ),
     "abliteration": Kind(
-        "mechintro.analysis.directions.refusal:run_abliteration",
+        "mechintro.analysis.directions.abliteration:run_abliteration",
         "abliteration",
-        config_class="mechintro.analysis.directions.refusal:AbliterationConfig",
+        config_class="mechintro.analysis.directions.abliteration:AbliterationConfig",
         ours=False,
     ),
     "geometry": Kind(
