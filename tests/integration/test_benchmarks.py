@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: benchmarks/
 
-from benchmarks import cpu, run, suites
+from benchmarks import cpu, run, scale, suites
 from benchmarks.shapes import (
     SHAPES,
     Hardware,
@@ -252,3 +252,37 @@ def test_the_cpu_numbers_are_measured(capsys):
         }
     )
     assert "import mechintro" in text and "PASS" in text
+
+
+def test_the_scale_benchmark_runs_on_the_cpu(tmp_path):
+    """benchmarks.scale on the tiny Gemma-3 shape: a sweep per batch and attention, the
+    roofline per batch, the parity row and a profile (no GPU kernels on the CPU)."""
+    argv = ["--device", "cpu", "--shape", "tiny-gemma3", "--batches", "2,auto", "--new-tokens"]
+    argv += ["2", "--sweep-batches", "1", "--profile", "2", "--out", str(tmp_path)]
+    assert scale.main(argv) == 0
+    data = json.loads((tmp_path / "scale.json").read_text())
+    assert data["meta"]["complete"]
+    got = [(s["attention"], s["requested"]) for s in data["sweeps"]]
+    assert got == [(a, b) for a in ("eager", "mechintro_grouped") for b in ("2", "auto")]
+    for s in data["sweeps"]:
+        assert s["trials_per_s"] > 0 and s["roofline_trials_per_s"] > s["trials_per_s"]
+        assert s["batch"] == (2 if s["requested"] == "2" else 512)  # auto: capped by max_batch
+    assert data["parity"]["tokens_equal"] == data["parity"]["tokens"] > 0  # fp32: same tokens
+    assert data["parity"]["relative"] < 1e-5
+    assert set(data["profiles"]) == {"eager", "mechintro_grouped"}
+    assert "| mechintro_grouped | 2 |" in (tmp_path / "scale.md").read_text()
+
+
+def test_kernels_are_grouped_by_part():
+    assert scale.part_of("fmha_cutlassF_bf16_aligned_64x64_rf_sm80") == "attention"
+    assert scale.part_of("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NTN") == "GEMM"
+    copy = "void at::native::elementwise_kernel<128, 4, direct_copy_kernel_cuda>"
+    assert scale.part_of(copy) == "copy (K/V repeat, cache, layout)"
+    assert scale.part_of("void at::native::reduce_kernel<512, 1, MeanOps<float>>") == (
+        "norm and reductions"
+    )
+    assert scale.part_of("void at::native::reduce_kernel<ArgMaxOps<float>>") == "sampling"
+    assert scale.part_of("void at::native::vectorized_elementwise_kernel<4, MulFunctor>") == (
+        "elementwise"
+    )
+    assert scale.part_of("something_else") == "other"
