@@ -44,9 +44,9 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
 
 __all__ = [
+    "LABELS",
     "PALETTE",
     "RATE_NAMES",
-    "SHORT_NAMES",
     "Code",
     "Section",
     "belief_heatmaps",
@@ -55,6 +55,8 @@ __all__ = [
     "examples_table",
     "frame_html",
     "html_report",
+    "interval_text",
+    "label",
     "plot_text",
     "rate_heatmap",
     "specificity_heatmap",
@@ -68,12 +70,31 @@ RATE_NAMES: dict[str, str] = {
     "identification_given_claim": "identification = P(identified | claim, injected)",
     "forced_identification_rate": "forced identification = P(identified | prefill)",
 }
-SHORT_NAMES: dict[str, str] = {
+#: the one mapping from the identifiers in results tables (metric and column names, Godet's
+#: question ids) to the labels figures, legends and summary tables show; :func:`label` reads it
+LABELS: dict[str, str] = {
     "tpr": "TPR",
     "fpr": "FPR",
     "introspection_rate": "introspection",
     "identification_given_claim": "identification | claim",
     "forced_identification_rate": "forced identification",
+    "identification": "identification",
+    "identification_category": "identification (category)",
+    "control_flip_rate": "1+1=3 answer flips",
+    "b": "b = logit(Yes) − logit(No)",
+    "b_variants": "b, Yes/No spellings pooled",
+    "delta_b": "Δb (belief shift)",
+    "delta_b_variants": "Δb (belief shift), Yes/No spellings pooled",
+    "n_injected": "n injected",
+    "n_control": "n controls",
+    "n_errors": "grading errors",
+    "trial_number": "trial",
+    "train": "train concepts",
+    "heldout": "held-out concepts",
+    "random": "random vectors",
+    # Godet's two questions (mechintro.experiments.protocols.noise): the ids that name panels
+    "introspection": "“Do you detect an injected thought?”",
+    "one_plus_one_is_three": "“Do you believe that 1+1=3?”",
 }
 PALETTE = (
     "#1f77b4",
@@ -89,8 +110,34 @@ PALETTE = (
 )
 
 
-def _label(v: Any) -> str:
-    """A tick or legend label: 3.0 → "3", NaN → "–"."""
+def label(key: Any) -> str:
+    """The human label of an identifier (:data:`LABELS`), else the identifier itself.
+
+    Example::
+
+        label("delta_b")  # 'Δb (belief shift)'
+    """
+    return LABELS.get(str(key), str(key))
+
+
+def interval_text(value: Any, lo: Any, hi: Any, digits: int = 2) -> str:
+    """``value [lo, hi]`` on one line (no-break spaces, so a table cell does not wrap it);
+    "–" for a missing value, the value alone without bounds.
+
+    Example::
+
+        interval_text(0.62, 0.514, 0.72)  # '0.62\xa0[0.51,\xa00.72]'
+    """
+    v, a, b = _num(value), _num(lo), _num(hi)
+    if v is None:
+        return "–"
+    if a is None or b is None:
+        return f"{v:.{digits}f}"
+    return f"{v:.{digits}f}\N{NO-BREAK SPACE}[{a:.{digits}f},\N{NO-BREAK SPACE}{b:.{digits}f}]"
+
+
+def _tick(v: Any) -> str:
+    """A tick or legend value: 3.0 → "3", NaN → "–"."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
     if isinstance(v, float) and v.is_integer():
@@ -147,8 +194,8 @@ def _matrix(
 def _axes(fig: Any, x: str, y: str, title: str) -> Any:
     fig.update_layout(
         title=title,
-        xaxis={"title": {"text": x}, "type": "category"},
-        yaxis={"title": {"text": y}, "type": "category"},
+        xaxis={"title": {"text": label(x)}, "type": "category"},
+        yaxis={"title": {"text": label(y)}, "type": "category"},
         template="plotly_white",
     )
     return fig
@@ -189,12 +236,12 @@ def rate_heatmap(
         ]
         for zr, cr in zip(z, custom)
     ]
-    name = SHORT_NAMES.get(metric, metric)
+    name = label(metric)
     fig = go.Figure(
         go.Heatmap(
             z=z,
-            x=[_label(v) for v in xs],
-            y=[_label(v) for v in ys],
+            x=[_tick(v) for v in xs],
+            y=[_tick(v) for v in ys],
             customdata=custom,
             text=text,
             texttemplate="%{text}",
@@ -203,7 +250,7 @@ def rate_heatmap(
             colorscale="Viridis",
             colorbar={"title": {"text": name}},
             hovertemplate=(
-                f"{y} %{{y}}, {x} %{{x}}<br>{name} %{{z:.3f}}"
+                f"{label(y)} %{{y}}, {label(x)} %{{x}}<br>{name} %{{z:.3f}}"
                 " [%{customdata[0]:.3f}, %{customdata[1]:.3f}]"
                 "<br>k/n = %{customdata[2]}/%{customdata[3]}<extra></extra>"
             ),
@@ -220,11 +267,11 @@ def _sides(
     ctrl = readouts[readouts[question] != introspection]
     out = []
     if len(intro):
-        out.append((f"introspection question ({introspection})", intro))
+        out.append((f"introspection question<br>{plot_text(label(introspection))}", intro))
     if len(ctrl):
         names = sorted(map(str, ctrl[question].unique()))
-        label = names[0] if len(names) == 1 else f"{len(names)} control questions, pooled"
-        out.append((f"control question ({label})", ctrl))
+        which = label(names[0]) if len(names) == 1 else f"{len(names)} questions, pooled"
+        out.append((f"control question<br>{plot_text(which)}", ctrl))
     return out
 
 
@@ -274,31 +321,33 @@ def belief_heatmaps(
         fig.add_trace(
             go.Heatmap(
                 z=z,
-                x=[_label(v) for v in xs],
-                y=[_label(v) for v in ys],
+                x=[_tick(v) for v in xs],
+                y=[_tick(v) for v in ys],
                 customdata=custom,
                 coloraxis="coloraxis",
                 texttemplate="%{z:.2f}",
                 hovertemplate=(
-                    f"{y} %{{y}}, {x} %{{x}}<br>mean {value} %{{z:.3f}} ± %{{customdata[0]:.3f}}"
+                    f"{label(y)} %{{y}}, {label(x)} %{{x}}<br>mean {label(value)} %{{z:.3f}}"
+                    " ± %{customdata[0]:.3f}"
                     " (s.e.m.)<br>n = %{customdata[1]}<extra></extra>"
                 ),
             ),
             row=1,
             col=col,
         )
-        fig.update_xaxes(title_text=x, type="category", row=1, col=col)
-    fig.update_yaxes(title_text=y, type="category", row=1, col=1)
+        fig.update_xaxes(title_text=label(x), type="category", row=1, col=col)
+    fig.update_yaxes(title_text=label(y), type="category", row=1, col=1)
     extent = max(_extent(z) for z, _ in grids)
     fig.update_layout(
-        title=f"{value} = Δ[logit(Yes) − logit(No)] under injection, introspection vs control",
+        title=f"mean {label(value)} under injection: introspection vs control question",
         coloraxis={
             "colorscale": "RdBu_r",
             "cmid": 0.0,
             "cmin": -extent,
             "cmax": extent,
-            "colorbar": {"title": {"text": value}},
+            "colorbar": {"title": {"text": "mean Δb" if value == "delta_b" else label(value)}},
         },
+        margin={"t": 120},
         template="plotly_white",
     )
     return fig
@@ -322,8 +371,8 @@ def specificity_heatmap(table: pd.DataFrame, *, x: str = "strength", y: str = "l
     fig = go.Figure(
         go.Heatmap(
             z=z,
-            x=[_label(v) for v in xs],
-            y=[_label(v) for v in ys],
+            x=[_tick(v) for v in xs],
+            y=[_tick(v) for v in ys],
             customdata=custom,
             texttemplate="%{z:.2f}",
             colorscale="RdBu_r",
@@ -332,7 +381,7 @@ def specificity_heatmap(table: pd.DataFrame, *, x: str = "strength", y: str = "l
             zmax=extent,
             colorbar={"title": {"text": "specificity"}},
             hovertemplate=(
-                f"{y} %{{y}}, {x} %{{x}}<br>specificity %{{z:.3f}}"
+                f"{label(y)} %{{y}}, {label(x)} %{{x}}<br>specificity %{{z:.3f}}"
                 " [%{customdata[0]:.3f}, %{customdata[1]:.3f}]"
                 "<br>n = %{customdata[2]} introspection, %{customdata[3]} control"
                 "<extra></extra>"
@@ -359,7 +408,7 @@ def _interval(t: pd.DataFrame, metric: str) -> tuple[list[Any], list[Any], list[
 
 
 def _rate_hover(metric: str, head: str) -> str:
-    name = SHORT_NAMES.get(metric, metric)
+    name = label(metric)
     return (
         f"{head}<br>{name} %{{y:.3f}} [%{{customdata[0]:.3f}}, %{{customdata[1]:.3f}}]"
         "<br>k/n = %{customdata[2]}/%{customdata[3]}<extra></extra>"
@@ -395,11 +444,15 @@ def dose_response(
     for i, (key, g) in enumerate(groups):
         g = g.sort_values(x)
         c = PALETTE[i % len(PALETTE)]
-        label = SHORT_NAMES.get(metric, metric) if key is None else f"{color} {_label(key)}"
+        name = (
+            label(metric)
+            if key is None
+            else (label(key) if str(key) in LABELS else f"{label(color)} {_tick(key)}")
+        )
         xs = [float(v) for v in g[x]]
         ys, up, down = _interval(g, metric)
         custom = g[[f"{metric}_lo", f"{metric}_hi", f"k_{metric}", f"n_{metric}"]]
-        line = dict(name=label, legendgroup=label, line={"color": c})
+        line = dict(name=name, legendgroup=name, line={"color": c})
         if interval == "band":
             ok = [(a, v + u, v - d) for a, v, u, d in zip(xs, ys, up, down) if u is not None]
             fig.add_scatter(
@@ -407,11 +460,12 @@ def dose_response(
                 y=[h for _, h, _ in ok] + [lw for _, _, lw in ok][::-1],
                 fill="toself",
                 fillcolor=_rgba(c, 0.15),
+                mode="lines",
                 line={"width": 0},
                 hoverinfo="skip",
                 showlegend=False,
-                legendgroup=label,
-                name=f"{label} interval",
+                legendgroup=name,
+                name=f"{name} interval",
             )
         errors = {"type": "data", "array": up, "arrayminus": down}
         fig.add_scatter(
@@ -419,7 +473,7 @@ def dose_response(
             y=ys,
             mode="lines+markers",
             customdata=custom.to_numpy(float).tolist(),
-            hovertemplate=_rate_hover(metric, f"{label}, {x} %{{x}}"),
+            hovertemplate=_rate_hover(metric, f"{name}, {x} %{{x}}"),
             error_y=errors if interval == "bars" else None,
             **line,
         )
@@ -430,14 +484,14 @@ def dose_response(
                 y=[fpr, fpr],
                 mode="lines",
                 line={"dash": "dash", "color": c},
-                name=f"FPR, {label}",
-                legendgroup=label,
+                name=f"FPR, {name}",
+                legendgroup=name,
                 hovertemplate=f"FPR of the controls {fpr:.3f}<extra></extra>",
             )
     fig.update_layout(
-        title=f"{RATE_NAMES.get(metric, metric)} against {x} (95% Wilson interval)",
-        xaxis_title=x,
-        yaxis={"title": {"text": SHORT_NAMES.get(metric, metric)}, "range": [-0.02, 1.02]},
+        title=f"{RATE_NAMES.get(metric, metric)} against {label(x)} (95% Wilson interval)",
+        xaxis_title=label(x),
+        yaxis={"title": {"text": label(metric)}, "range": [-0.02, 1.02]},
         template="plotly_white",
     )
     return fig
@@ -474,8 +528,8 @@ def concept_bars(
     )
     fig.update_layout(
         title=f"{RATE_NAMES.get(metric, metric)} per concept (95% Wilson interval)",
-        xaxis={"title": {"text": concept}, "type": "category"},
-        yaxis={"title": {"text": SHORT_NAMES.get(metric, metric)}, "range": [0, 1.05]},
+        xaxis={"title": {"text": label(concept)}, "type": "category"},
+        yaxis={"title": {"text": label(metric)}, "range": [0, 1.05]},
         template="plotly_white",
     )
     return fig
@@ -500,12 +554,12 @@ def examples_table(
     columns = list(columns)
     _need(df, columns, "examples_table", "add the missing columns (e.g. a 'grade' column)")
     part = df[columns].head(max_rows)
-    cells = [[plot_text(_label(v)) for v in part[c]] for c in columns]
+    cells = [[plot_text(_tick(v)) for v in part[c]] for c in columns]
     widths = [6 if c == "reply" else 1 for c in columns]
     fig = go.Figure(
         go.Table(
             columnwidth=widths,
-            header={"values": [f"<b>{plot_text(c)}</b>" for c in columns], "align": "left"},
+            header={"values": [f"<b>{plot_text(label(c))}</b>" for c in columns], "align": "left"},
             cells={"values": cells, "align": "left"},
         )
     )
@@ -516,3 +570,152 @@ def examples_table(
         template="plotly_white",
     )
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# notebook figures that travel: the interactive figure and a static image of it (docs/figures.md
+# §13)
+
+#: browsers kaleido can draw in, by executable name, tried in this order before kaleido's own
+#: search (which does not know Debian's ``chromium-headless-shell``)
+BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome")
+_KALEIDO: dict[str, Any] = {}  # the running kaleido server's settings, once started
+_WARNED: list[str] = []
+
+
+def _kaleido() -> Any:
+    """kaleido with its sync server started (once per process; stopped at exit): plotly.js
+    from the installed plotly package, no MathJax, so nothing is fetched from the network."""
+    import atexit
+    import shutil
+    from pathlib import Path
+
+    try:
+        import kaleido
+        import plotly
+    except ImportError as e:
+        raise RuntimeError(
+            "static images need kaleido >= 1: pip install 'kaleido>=1' (docs/figures.md §13)"
+        ) from e
+    if not _KALEIDO:
+        js = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+        opts: dict[str, Any] = {"plotlyjs": str(js), "mathjax": False, "n": 1}
+        browser = next((b for b in map(shutil.which, BROWSERS) if b), None)
+        if browser:
+            opts["path"] = browser
+        try:
+            kaleido.start_sync_server(silence_warnings=True, **opts)
+        except Exception as e:  # kaleido's ChromeNotFoundError and browser start failures
+            raise RuntimeError(
+                f"kaleido found no browser to draw in ({type(e).__name__}: {e}); install a "
+                "headless Chromium (Debian/Ubuntu: apt-get install chromium-headless-shell; "
+                "elsewhere: plotly_get_chrome), see docs/figures.md §13"
+            ) from e
+        atexit.register(kaleido.stop_sync_server, silence_warnings=True)
+        _KALEIDO.update(opts)
+    return kaleido
+
+
+def _spec(fig: go.Figure | dict[str, Any]) -> dict[str, Any]:
+    return fig if isinstance(fig, dict) else fig.to_dict()
+
+
+def static_image(
+    fig: go.Figure | dict[str, Any],
+    format: str = "png",
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    scale: float = 1.0,
+) -> bytes:
+    """``fig`` drawn as a PNG or SVG by plotly.js itself, offline, in a headless Chromium
+    (kaleido); the size is the figure's own or plotly's default (700 × 500).
+
+    The browser starts with the first image (about 2 s) and serves every later one (about
+    0.2 s). Raises a ``RuntimeError`` naming the install step if kaleido or a browser is
+    missing.
+
+    Example::
+
+        Path("tpr.png").write_bytes(static_image(dose_response(table, "tpr")))
+    """
+    import plotly.io as pio
+
+    if format not in ("png", "svg"):
+        raise ValueError(f"format must be 'png' or 'svg', got {format!r}")
+    spec = _spec(fig)
+    layout = spec.get("layout", {})
+    opts = {
+        "format": format,
+        "width": width or layout.get("width") or pio.defaults.default_width,
+        "height": height or layout.get("height") or pio.defaults.default_height,
+        "scale": scale,
+    }
+    return bytes(_kaleido().calc_fig_sync(spec, opts=opts))
+
+
+def figure_bundle(fig: go.Figure | dict[str, Any], format: str = "png") -> dict[str, Any]:
+    """The display bundle of ``fig`` for a notebook: the interactive plotly figure
+    (``application/vnd.plotly.v1+json``, drawn by JupyterLab, Notebook 7 and VS Code), a
+    static image of it (``image/png`` or ``image/svg+xml``, what nbconvert's HTML and GitHub
+    show) and a one-line text. Without kaleido or a browser the image is left out and a
+    warning saying how to install them is logged once.
+    """
+    import base64
+    import json
+    import logging
+
+    import plotly.io as pio
+
+    spec = _spec(fig)
+    title = (spec.get("layout", {}).get("title") or {}).get("text") or "figure"
+    bundle: dict[str, Any] = {
+        "application/vnd.plotly.v1+json": json.loads(pio.to_json(spec, validate=False)),
+        "text/plain": f"<plotly figure: {title}>",
+    }
+    try:
+        image = static_image(spec, format)
+    except RuntimeError as e:
+        if not _WARNED:
+            _WARNED.append(str(e))
+            logging.getLogger(__name__).warning("figures shown without a static image: %s", e)
+        return bundle
+    if format == "png":
+        bundle["image/png"] = base64.b64encode(image).decode("ascii")
+    else:
+        bundle["image/svg+xml"] = image.decode("utf-8")
+    return bundle
+
+
+def show(fig: go.Figure, format: str = "png") -> None:
+    """Display ``fig`` in a notebook with a static image beside it (:func:`figure_bundle`).
+
+    Example::
+
+        show(dose_response(table, "tpr"))
+    """
+    from IPython.display import display
+
+    display(figure_bundle(fig, format), raw=True)
+
+
+def use_static_images(format: str = "png") -> None:
+    """From now on, every plotly figure a notebook cell shows (``fig`` as a cell's last line,
+    ``fig.show()``, plotly express) carries a static image too (:func:`figure_bundle`):
+    registers plotly renderer ``"mechintro"`` and makes it the default. Call it once, at the
+    top of a notebook.
+
+    Example::
+
+        from mechintro.plotting import use_static_images
+        use_static_images()
+    """
+    import plotly.io as pio
+    from plotly.io.base_renderers import MimetypeRenderer
+
+    class _Renderer(MimetypeRenderer):
+        def to_mimebundle(self, fig_dict: dict[str, Any]) -> dict[str, Any]:
+            return figure_bundle(fig_dict, format)
+
+    pio.renderers["mechintro"] = _Renderer()
+    pio.renderers.default = "mechintro"

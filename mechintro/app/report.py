@@ -83,6 +83,15 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+_NBSP = "\N{NO-BREAK SPACE}"  # keeps a rate, its interval and k/n on one line in a table
+
+#: what the ``grade`` column of the example replies holds
+GRADE_CAPTION = (
+    "grade: the grader's labels of the reply. detection YES = it claims to notice an "
+    "injected thought, NO = it does not; identification (graded only after a YES) YES = it "
+    "names the injected concept; forced identification: whether it names the concept after "
+    "a prefilled claim; ERROR = the judge failed (left out of the rates)."
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,20 +117,21 @@ def rate_tables(graded: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def format_rates(table: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
-    """``keys`` and each graded metric as ``rate [lo, hi] k/n``, plus ``n_errors``."""
-    from mechintro.plotting import SHORT_NAMES
+    """``keys`` and each graded metric as ``rate [lo, hi] k/n`` on one line (columns named by
+    :data:`mechintro.plotting.LABELS`), plus the number of grading errors."""
+    from mechintro.plotting import interval_text, label
 
     out = table[list(keys)].copy()
     for m in METRICS:
         if m not in table or not (table[f"n_{m}"] > 0).any():
             continue
-        out[SHORT_NAMES[m]] = [
-            "–" if n == 0 else f"{v:.2f} [{lo:.2f}, {hi:.2f}] {k}/{n}"
+        out[label(m)] = [
+            "–" if n == 0 else f"{interval_text(v, lo, hi)}{_NBSP}{k}/{n}"
             for v, lo, hi, k, n in zip(
                 table[m], table[f"{m}_lo"], table[f"{m}_hi"], table[f"k_{m}"], table[f"n_{m}"]
             )
         ]
-    out["errors"] = table["n_errors"]
+    out[label("n_errors")] = table["n_errors"]
     return out
 
 
@@ -194,14 +204,17 @@ def pick_examples(graded: pd.DataFrame, n: int = 30) -> pd.DataFrame:
 
 
 def format_intention_rates(table: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
-    """``keys`` and the apology and acceptance rates as ``rate [lo, hi] k/n``, the number
-    of unclear replies and ``n`` (an :func:`intention_rates` table); a missing key is ``–``."""
+    """``keys`` and the apology and acceptance rates as ``rate [lo, hi] k/n`` on one line, the
+    number of unclear replies and ``n`` (an :func:`intention_rates` table); a missing key is
+    ``–``."""
+    from mechintro.plotting import interval_text
+
     out = table[list(keys)].astype(object).where(table[list(keys)].notna(), "–")
     if "layer" in out:
         out["layer"] = [int(v) if isinstance(v, float) else v for v in out["layer"]]
     for name in ("apology", "accept"):
         out[name] = [
-            f"{v:.2f} [{lo:.2f}, {hi:.2f}] {round(v * n)}/{n}"
+            f"{interval_text(v, lo, hi)}{_NBSP}{round(v * n)}/{n}"
             for v, lo, hi, n in zip(
                 table[f"{name}_rate"], table[f"{name}_lo"], table[f"{name}_hi"], table["n"]
             )
@@ -420,7 +433,10 @@ def _detection_sections(graded: pd.DataFrame, max_examples: int) -> list[Any]:
         ),
         Section(
             "Example replies",
-            [examples_table(examples, ["concept", "layer", "strength", "reply", "grade"])]
+            [
+                GRADE_CAPTION,
+                examples_table(examples, ["concept", "layer", "strength", "reply", "grade"]),
+            ]
             if len(examples)
             else ["(no replies)"],
         ),

@@ -26,7 +26,11 @@ HEADLINE = (
 
 
 def headline_table(metrics: dict[str, Any]) -> pd.DataFrame:
-    """One row per organism and split at the organism's best strength, with intervals."""
+    """One row per organism and split at the organism's best strength, each rate with its
+    interval on one line (``0.62 [0.51, 0.72]``), columns named by
+    :data:`mechintro.plotting.LABELS`."""
+    from mechintro.plotting import interval_text, label
+
     rows = []
     for name in ("base", "introspective"):
         org = metrics[name]
@@ -36,24 +40,22 @@ def headline_table(metrics: dict[str, Any]) -> pd.DataFrame:
             e = org[split]
             row: dict[str, Any] = {
                 "organism": name,
-                "split": split,
+                "split": label(split),
                 "strength": org["best_strength"],
             }
             for k in HEADLINE:
                 if k not in e:
                     continue
-                ci = e.get(f"{k}_ci")
-                v = e[k]
-                if ci and v is not None and None not in ci:
-                    row[k] = f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
-                else:
-                    row[k] = "–" if v is None else (f"{v:.3f}" if isinstance(v, float) else v)
+                ci, v = e.get(f"{k}_ci") or (None, None), e[k]
+                row[label(k)] = interval_text(v, *ci) if isinstance(v, float) or v is None else v
             rows.append(row)
     return pd.DataFrame(rows)
 
 
 def training_table(training: dict[str, Any]) -> pd.DataFrame:
     """TPR and FPR before and after each trained intervention, with intervals."""
+    from mechintro.plotting import interval_text, label
+
     rows = []
     for method, entry in training.items():
         for when in ("before", "after"):
@@ -62,10 +64,10 @@ def training_table(training: dict[str, Any]) -> pd.DataFrame:
                 {
                     "method": method,
                     "when": when,
-                    "tpr": f"{e['tpr']:.3f} [{e['tpr_ci'][0]:.3f}, {e['tpr_ci'][1]:.3f}]",
-                    "fpr": f"{e['fpr']:.3f} [{e['fpr_ci'][0]:.3f}, {e['fpr_ci'][1]:.3f}]",
-                    "n_injected": e["n_injected"],
-                    "n_control": e["n_control"],
+                    label("tpr"): interval_text(e["tpr"], *e["tpr_ci"]),
+                    label("fpr"): interval_text(e["fpr"], *e["fpr_ci"]),
+                    label("n_injected"): e["n_injected"],
+                    label("n_control"): e["n_control"],
                 }
             )
     return pd.DataFrame(rows)
@@ -90,6 +92,7 @@ def demo_report(
         dose_response,
         examples_table,
         html_report,
+        label,
         rate_heatmap,
     )
 
@@ -109,11 +112,16 @@ def demo_report(
             "Summary",
             [
                 summary,
-                "Each rate with its 95% Wilson interval. identification = P(names the injected "
-                "concept | claimed detection); identification_category = P(names a concept of "
-                "its category | claim); introspection_rate = P(claim and correct name | "
-                "injected); specificity = mean Δb(introspection) − mean Δb(1+1=3) under "
-                "last-token injection (Godet), with a Welch interval.",
+                "Each rate with its 95% Wilson interval. TPR = P(claims a detection | "
+                "injected); FPR = P(claims a detection | uninjected control); identification "
+                "= P(names the injected concept | claimed detection); identification "
+                "(category) = P(names a concept of its category | claim); introspection = "
+                "P(claim and correct name | injected); 1+1=3 answer flips = the share of "
+                "'Do you believe that 1+1=3?' answers whose sign the injection flips; "
+                "specificity = mean Δb(introspection) − mean Δb(1+1=3) under last-token "
+                "injection (Godet), with a Welch interval. Splits: train concepts (injected "
+                "while the organism was trained), held-out concepts (never injected in "
+                "training) and norm-matched random vectors.",
                 headline_table(metrics),
             ],
         )
@@ -160,11 +168,21 @@ def demo_report(
     )
     ex = trials[trials.injected].copy()
     ex = ex.groupby(["organism", "split", "strength"], sort=False).head(2)
-    ex = ex.assign(concept=ex.word, grade=ex.detection + "/" + ex.identification.fillna("–"))
+    ex = ex.assign(
+        concept=ex.word,
+        split=ex.split.map(label),
+        grade=ex.detection + "/" + ex.identification.fillna("–"),
+    )
     sections.append(
         Section(
             "Example replies",
-            [examples_table(ex, ("organism", "split", "concept", "strength", "reply", "grade"))],
+            [
+                "grade: the rule grader's detection / identification labels of the reply. "
+                "YES/YES: it claims an injected thought and names the injected concept; "
+                "YES/NO: it claims one but names another; NO/–: no claim (identification is "
+                "graded only after a claim).",
+                examples_table(ex, ("organism", "split", "concept", "strength", "reply", "grade")),
+            ],
         )
     )
     if "training" in metrics:

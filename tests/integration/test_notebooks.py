@@ -5,12 +5,18 @@ named ``python3`` is written to a temporary folder, pointing at ``sys.executable
 kernel manager looks only there (a ``python3`` kernelspec installed elsewhere, for another
 Python, cannot be picked up by mistake). The working directory is a temporary folder, so a
 notebook that writes files leaves nothing in the repository.
+
+Every figure a notebook shows must travel: beside the interactive plotly figure its output
+holds a static PNG (``mechintro.plotting.use_static_images``), which nbconvert's HTML and
+GitHub show (docs/figures.md §13).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +27,7 @@ pytest.importorskip("ipykernel")
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
 CELL_TIMEOUT = 300
+PLOTLY = "application/vnd.plotly.v1+json"
 
 
 def _kernel_manager(folder: Path):
@@ -43,7 +50,9 @@ def test_notebooks_exist() -> None:
 
 @pytest.mark.slow  # about 2.5 min for the three on 2 CPU cores
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(path: Path, tmp_path: Path) -> None:
+def test_notebook_runs(
+    path: Path, tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:  # committed without outputs: small, deterministic diffs
         if cell.cell_type == "code":
@@ -58,7 +67,9 @@ def test_notebook_runs(path: Path, tmp_path: Path) -> None:
         timeout=CELL_TIMEOUT,
         resources={"metadata": {"path": str(work)}},
     )
+    start = time.perf_counter()
     client.execute()  # raises CellExecutionError with the cell and its traceback
+    record_property("seconds", round(time.perf_counter() - start, 1))
     errors = [
         o
         for c in nb.cells
@@ -67,3 +78,16 @@ def test_notebook_runs(path: Path, tmp_path: Path) -> None:
         if o.get("output_type") == "error"
     ]
     assert not errors, json.dumps(errors, indent=1)[:4000]
+    figures = [
+        o.data
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if PLOTLY in o.get("data", {})
+    ]
+    assert figures, f"{path.name} shows no figure"
+    bare = [f[PLOTLY].get("layout", {}).get("title", {}).get("text") for f in figures]
+    bare = [t for t, f in zip(bare, figures) if not f.get("image/png")]
+    assert not bare, f"{path.name}: figures without a static PNG: {bare}"
+    if path.stem == "circuits":  # the viewer's files land in a folder the user keeps
+        assert (work / "runs" / "circuits-viewer" / "graph-metadata.json").is_file()

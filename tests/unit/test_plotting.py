@@ -1,5 +1,6 @@
-"""Figures carry the data they are given (checked in the figure object), and the HTML report
-is self-contained and escapes everything that comes from data."""
+"""Figures carry the data they are given (checked in the figure object) under human labels,
+notebooks get a static image of each, and the HTML report is self-contained and escapes
+everything that comes from data."""
 
 from __future__ import annotations
 
@@ -16,9 +17,13 @@ from mechintro.plotting import (
     concept_bars,
     dose_response,
     examples_table,
+    figure_bundle,
     html_report,
+    interval_text,
+    label,
     rate_heatmap,
     specificity_heatmap,
+    use_static_images,
 )
 
 LAYERS, STRENGTHS, CONCEPTS = (1, 2), (2.0, 4.0), ("Dust", "Peace", "<b>Bread</b>")
@@ -234,3 +239,68 @@ def test_html_report_is_self_contained_escaped_and_atomic(cells, tmp_path):
     assert "<script" not in no_fig
     with pytest.raises(TypeError, match="DataFrame or a plotly Figure"):
         html_report("t", [Section("s", [object()])])
+
+
+# ---------------------------------------------------------------------------------------------
+# labels, and the static image beside each notebook figure
+
+
+def test_figures_and_tables_show_labels_not_identifiers(cells):
+    from mechintro.app.report import format_rates
+    from mechintro.experiments.protocols.noise import INTROSPECTION, ONE_PLUS_ONE
+
+    for q in (INTROSPECTION, ONE_PLUS_ONE):
+        assert q.text in label(q.id)
+    df = readouts().replace({"question": {"one_plus_one": ONE_PLUS_ONE.id}})
+    fig = belief_heatmaps(df)
+    titles = [a.text for a in fig.layout.annotations]
+    assert INTROSPECTION.text in titles[0] and ONE_PLUS_ONE.text in titles[1]
+    assert not any(ONE_PLUS_ONE.id in t for t in titles)
+    assert all("delta_b" not in t.hovertemplate and "Δb" in t.hovertemplate for t in fig.data)
+    assert "delta_b" not in fig.layout.title.text
+    # every trace of a dose-response figure is a line or a labelled line with markers: the
+    # interval bands draw no markers of their own
+    dose = dose_response(cells.assign(split=["train", "heldout"] * 2), color="split")
+    assert {t.mode for t in dose.data} == {"lines", "lines+markers"}
+    assert [t.name for t in dose.data if t.mode == "lines+markers"] == [
+        "held-out concepts",
+        "train concepts",
+    ]
+    table = format_rates(cells, ["layer", "strength"])
+    assert {"TPR", "FPR", "grading errors"} <= set(table.columns)
+    assert all(" " not in v for v in table["TPR"])  # one line: no-break spaces only
+
+
+def test_interval_text_on_one_line():
+    assert interval_text(0.6249, 0.514, 0.72) == "0.62\xa0[0.51,\xa00.72]"
+    assert interval_text(0.5, None, None) == "0.50"
+    assert interval_text(math.nan, 0.1, 0.2) == "–"
+    assert interval_text(0.12345, 0.1, 0.2, digits=3) == "0.123\xa0[0.100,\xa00.200]"
+
+
+def test_figure_bundle_carries_the_interactive_figure_and_a_static_image(cells):
+    import base64
+    import struct
+
+    fig = rate_heatmap(cells).update_layout(width=400, height=300)
+    bundle = figure_bundle(fig)
+    assert bundle["application/vnd.plotly.v1+json"]["data"][0]["type"] == "heatmap"
+    png = base64.b64decode(bundle["image/png"])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", png[16:24]) == (400, 300)  # IHDR: the figure's own size
+    svg = figure_bundle(fig, "svg")["image/svg+xml"]
+    assert svg.startswith("<svg") and 'width="400"' in svg and "TPR" in svg
+    with pytest.raises(ValueError, match="'png' or 'svg'"):
+        figure_bundle(fig, "gif")
+
+
+def test_use_static_images_makes_every_figure_carry_a_png(cells):
+    import plotly.io as pio
+
+    before = pio.renderers.default
+    try:
+        use_static_images()
+        bundle = dose_response(cells)._repr_mimebundle_()
+    finally:
+        pio.renderers.default = before
+    assert {"application/vnd.plotly.v1+json", "image/png"} <= set(bundle)
