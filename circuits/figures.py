@@ -27,6 +27,7 @@ def progressive_figure(df: pd.DataFrame, title: str | None = None) -> go.Figure:
         xaxis_title="top-K gate features (most negative DLA first)",
         yaxis_title="detection rate (b > 0)",
         yaxis_range=[-0.05, 1.05],
+        template="plotly_white",
     )
     return fig
 
@@ -52,6 +53,7 @@ def strength_figure(curves: pd.DataFrame, title: str | None = None) -> go.Figure
         title=title or "Gate activations over signed strengths",
         xaxis_title="signed strength (× residual norm)",
         yaxis_title="activation at the last prompt token",
+        template="plotly_white",
     )
     return fig
 
@@ -64,7 +66,12 @@ def verification_figure(df: pd.DataFrame, title: str | None = None) -> go.Figure
     lo = float(min(df.predicted.min(), df.measured.min()))
     hi = float(max(df.predicted.max(), df.measured.max()))
     fig.add_shape(type="line", x0=lo, y0=lo, x1=hi, y1=hi, line={"dash": "dot"})
-    fig.update_layout(title=title or "Edges: predicted vs intervened effect")
+    fig.update_layout(
+        title=title or "Edges: predicted vs intervened effect",
+        xaxis_title="predicted effect (edge weight)",
+        yaxis_title="measured effect (intervention)",
+        template="plotly_white",
+    )
     return fig
 
 

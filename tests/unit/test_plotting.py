@@ -304,3 +304,35 @@ def test_use_static_images_makes_every_figure_carry_a_png(cells):
     finally:
         pio.renderers.default = before
     assert {"application/vnd.plotly.v1+json", "image/png"} <= set(bundle)
+
+
+def test_demo_headline_table_one_line_intervals_under_labels():
+    from mechintro.organism.report import headline_table
+
+    split = {
+        "tpr": 0.625,
+        "tpr_ci": [0.514, 0.72],
+        "fpr": 0.0,
+        "fpr_ci": [0.0, 0.05],
+        "identification": None,
+        "identification_category": 0.5,
+        "control_flip_rate": 0.25,
+        "n_injected": 40,
+    }
+    metrics = {o: {"best_strength": 0.5, "heldout": split} for o in ("base", "introspective")}
+    table = headline_table(metrics)
+    assert list(table.columns) == [
+        "organism",
+        "split",
+        "strength",
+        "TPR",
+        "FPR",
+        "identification",
+        "identification (category)",
+        "1+1=3 answer flips",
+        "n injected",
+    ]
+    row = table.iloc[0]
+    assert row["split"] == "held-out concepts" and row["n injected"] == 40
+    assert row["TPR"] == "0.62\xa0[0.51,\xa00.72]" and row["identification"] == "–"
+    assert row["identification (category)"] == "0.50"
