@@ -22,15 +22,16 @@ model loads: an unknown key is refused with the valid ones named.
 
 Each experiment writes into its folder its table (``KIND.csv``, atomically), ``run.json``
 (the config, the resolved preset with its source, the parameters as run, the model with its
-revision, notes, library versions, timings) and a report (``report.html``: a sweep's own, or a
-page with the run and the table). Resuming: sweeps resume trial by trial (rerun the same
-command); a folder whose ``run.json`` says finished, for the same configuration, is not
-recomputed; other kinds rerun from their start (docs/protocols.md §10 states each kind's).
+revision, notes, library versions, timings) and a page with the run, its notes and the
+table (``report.html``; for a sweep ``run.html``, beside the sweep's own ``report.html``).
+Resuming: sweeps resume trial by trial (rerun the same command); a folder whose ``run.json``
+says finished, for the same configuration, is not recomputed; other kinds rerun from their
+start (docs/protocols.md §10 states each kind's).
 
 A tokenizer without a chat template (a base checkpoint) is detected after loading: sweeps then
 run the raw dialogue format and the ``fonseca`` vector method, and the note ("no chat
 template: raw format, method fonseca") is logged, written in ``run.json`` and ``spec.json``,
-and shown in the report.
+and shown on the run's page (``report.html``, or ``run.html`` beside a sweep's report).
 
 Example::
 
@@ -65,6 +66,7 @@ logger = logging.getLogger("mechintro")
 
 RECORD_FILE = "run.json"
 REPORT_FILE = "report.html"
+RUN_PAGE = "run.html"
 
 
 @dataclass(frozen=True)
@@ -443,7 +445,8 @@ def _write_record(out: Path, record: Mapping[str, Any]) -> None:
 
 
 def _page(entry: Entry, out: Path, record: Mapping[str, Any], table: pd.DataFrame) -> None:
-    """``report.html`` of a kind that is not a sweep: the run, its notes, its table."""
+    """The run's page: the run, its notes, its table; ``report.html``, or ``run.html`` beside
+    a sweep's own report."""
     from mechintro.html_page import Code, Section, html_report
 
     model = record.get("model") or {}
@@ -461,7 +464,8 @@ def _page(entry: Entry, out: Path, record: Mapping[str, Any], table: pd.DataFram
         Section("Run", [*head, Code(json.dumps(entry.given, indent=2, default=str))]),
         Section("Results", [table if len(table) else "No rows."]),
     ]
-    html_report(f"mechintro run: {entry.name}", sections, path=out / REPORT_FILE)
+    page = RUN_PAGE if KINDS[entry.kind].sweep else REPORT_FILE
+    html_report(f"mechintro run: {entry.name}", sections, path=out / page)
 
 
 def execute(
@@ -503,8 +507,7 @@ def execute(
         seconds=time.perf_counter() - t0,
     )
     _write_record(out, record)
-    if not KINDS[entry.kind].sweep:
-        _page(entry, out, record, table)
+    _page(entry, out, record, table)
     return table, model
 
 
