@@ -45,7 +45,7 @@ CONFIG_CLASSES: Mapping[str, str] = MappingProxyType(
         "lora": "mechintro.training.lora:LoRAConfig",
         "bias": "mechintro.training.bias:BiasConfig",
         "abliteration": "mechintro.analysis.directions.abliteration:AbliterationConfig",
-        "geometry": "mechintro.analysis.directions.geometry:GeometryConfig",
+        "geometry": "mechintro.experiments.geometry:GeometryConfig",
         "dpo-grid": "mechintro.training.preference:DPOGridConfig",
     }
 )

@@ -1,4 +1,5 @@
-"""The geometry of detection: detected minus undetected, nested ridge, bidirectional steering."""
+"""The geometry of detection: detected minus undetected, nested ridge, bidirectional steering
+(Macar et al. 2026, docs/protocols.md §7)."""
 
 from __future__ import annotations
 
