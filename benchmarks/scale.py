@@ -5,11 +5,12 @@ on the GPU from one seed), ``run_sweep`` (greedy, ``--new-tokens`` tokens, one i
 layer at 60% depth, 1 in 8 trials a control) at each batch size of ``--batches`` (``auto``:
 the memory plan's), under each attention of ``--attention`` for the bridge's twin
 (:func:`mechintro.generation.use_attention`: ``eager``, HF's, which repeats every K/V head
-over the cache; ``mechintro_grouped``, which does not). Each sweep has ``--sweep-batches``
-batches (``auto``: of the largest batch the plan may pick, 512) and is timed whole, graph
-capture and the shared preamble included, as a study pays them. Per sweep: trials/s, the
-roofline's trials/s at that batch and the fraction reached, the planned and measured peak
-memory. Rows:
+over the cache; ``mechintro_grouped``, which does not). Each shape first runs one untimed
+batch (its decode step captured, once per shape as in a study; its time is reported as
+"first batch"), then a sweep of ``--sweep-batches`` batches (``auto``: of the largest batch
+the plan may pick, 512), timed whole (its shared preamble and records included). Per
+sweep: trials/s, the roofline's trials/s at that batch and the fraction reached, the
+planned and measured peak memory (the first batch's included). Rows:
 
 * the **roofline** per batch (:func:`benchmarks.shapes.roofline_seconds`): one batch takes at
   least its prefill (``shared + batch·(prompt − shared)`` tokens at ``2·params`` FLOPs each
@@ -81,7 +82,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="the twin's attention per sweep (mechintro.generation.use_attention)",
     )
     p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument("--sweep-batches", type=int, default=2, help="batches per timed sweep")
+    p.add_argument("--sweep-batches", type=int, default=3, help="batches per timed sweep")
     p.add_argument("--profile", type=int, default=0, help="profile one batch of this size")
     p.add_argument("--bandwidth", type=float, default=None, help="HBM B/s (default: datasheet)")
     p.add_argument("--peak-flops", type=float, default=None, help="bf16 FLOP/s (default 989e12)")
@@ -247,12 +248,12 @@ def markdown(meta: dict[str, Any], sweeps: list[dict[str, Any]], extra: dict[str
         f"- versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}",
         f"- sweep: prompts of {meta['prompt']} tokens ({meta['shared']} shared), "
         f"{meta['new_tokens']} new tokens (greedy, no early stop), layer {meta['layer']}, "
-        f"{meta['sweep_batches']} batches per sweep, timed whole; weights "
+        f"{meta['sweep_batches']} batches per timed sweep after one untimed; weights "
         f"{meta['weight_bytes'] / 1e9:.1f} GB; model built in {meta['build_seconds']:.0f} s",
         "",
         "| attention | batch | trials | seconds | trials/s | roofline trials/s | of roofline "
-        "| peak GiB (planned) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| peak GiB (planned) | first batch s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in sweeps:
         planned = "-" if s["planned_gib"] is None else f"{s['planned_gib']:.1f}"
@@ -261,7 +262,7 @@ def markdown(meta: dict[str, Any], sweeps: list[dict[str, Any]], extra: dict[str
             f"| {s['attention']} | {s['batch']}{' (auto)' if s['requested'] == 'auto' else ''} "
             f"| {s['trials']} | {s['seconds']:.1f} | {s['trials_per_s']:.1f} "
             f"| {s['roofline_trials_per_s']:.1f} | {100 * s['of_roofline']:.1f}% "
-            f"| {peak} ({planned}) |"
+            f"| {peak} ({planned}) | {s['first_batch_seconds']:.1f} |"
         )
     parity = extra.get("parity")
     if parity:
@@ -399,9 +400,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             cap = MAX_BATCH if batch == "auto" else int(batch)
             trials = cap * args.sweep_batches
             run = sweep_of(trials, batch)
-            release_captures()  # each sweep starts as a study's first would
+            release_captures()  # the first sweep of a shape captures its decode step
             _sync(device)
             _reset_peak(device)
+            t0 = time.perf_counter()
+            sweep_of(cap, batch)()  # one batch: the capture and first-call costs, once
+            _sync(device)
+            first = time.perf_counter() - t0
             t0 = time.perf_counter()
             folder = run()
             _sync(device)
@@ -421,6 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "trials": trials,
                     "seconds": seconds,
                     "trials_per_s": trials / seconds,
+                    "first_batch_seconds": first,
                     "roofline_trials_per_s": size / roof["total"],
                     "of_roofline": trials / seconds / (size / roof["total"]),
                     "roofline": roof,

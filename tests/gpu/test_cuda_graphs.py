@@ -92,7 +92,7 @@ def test_grouped_attention_matches_eager_on_cuda(tiny_dirs, tmp_path):
     for folder in (tiny_dirs["llama"], tiny_dirs["qwen3"], gemma3):
         model = load_model(folder, backend="bridge", device="cuda")
         assert use_attention(model) == GROUPED  # auto, on CUDA
-        batch = encode(model.tokenizer, [_trial(n) for n in (1, 4, 7)] + [Prompt.chat("Hi.")])
+        batch = encode(model.tokenizer, [_trial(n) for n in (1, 4, 7, 10)])  # 10: padding
         inj = Injection(LAYER, vecs(model, 4), [6.0, 0.0, 3.0, 2.0], mode="from-trial")
         kw = {"max_new_tokens": 12, "injection": inj, "keep_logits": True, "stop_ids": []}
         grouped = generate(model, batch, **kw)
