@@ -35,8 +35,8 @@ def in_batches(
     Args:
         items: anything with ``len`` and slicing (a list, a tensor's rows).
         batch_size: a positive int (:func:`check_batch_size`).
-        label: names the loop in the progress log (``"label: k of n"`` after each batch) and
-            on the bar; ``None`` logs nothing.
+        label: names the loop on the bar, or without a bar in the progress log (``"label: k
+            of n"`` after each batch); ``None`` logs nothing.
         progress: show a tqdm bar over items.
 
     Example::
@@ -48,16 +48,16 @@ def in_batches(
     n = len(items)
     bar = None
     if progress and n:
-        from tqdm.auto import tqdm
+        from mechintro.progress import progress_bar
 
-        bar = tqdm(total=n, desc=label, unit="item")
+        bar = progress_bar(total=n, desc=label, unit="item")
     try:
         for i in range(0, n, batch_size):
             part = items[i : i + batch_size]
             yield i, part
             if bar is not None:
                 bar.update(len(part))
-            if label is not None:
+            if label is not None and bar is None:  # a bar logs itself where it cannot show
                 logger.info("%s: %d of %d", label, i + len(part), n)
     finally:
         if bar is not None:

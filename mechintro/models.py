@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import torch
 
 from mechintro.choices import BACKENDS, Backend
+from mechintro.progress import quiet_loading
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -107,7 +108,8 @@ def load_model(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     placement = _placement(backend, device, device_map, n_devices)
-    hf_model, tok, kind, default_name = _load_hf(source, revision, dtype, tokenizer, placement)
+    with quiet_loading():  # no "Loading weights" bar on every load (downloads keep theirs)
+        hf_model, tok, kind, default_name = _load_hf(source, revision, dtype, tokenizer, placement)
     if placement or (backend == "bridge" and getattr(hf_model, "hf_device_map", None)):
         hf_model = hf_model.eval()  # placed by accelerate: not to be moved
         device = ",".join(sorted({str(p.device) for p in hf_model.parameters()}))

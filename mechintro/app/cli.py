@@ -46,6 +46,7 @@ from mechintro.app.patch_sweep import PatchConfig
 from mechintro.choices import BACKENDS, METHODS, ON_BAD_WORD, UNITS, OnBadWord, PositionMode
 from mechintro.experiments.sweeps.spec import SweepSpec
 from mechintro.organism.configs import DemoConfig
+from mechintro.progress import TqdmHandler
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -535,6 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(message)s",
         datefmt="%H:%M:%S",
+        handlers=[TqdmHandler()],  # log lines above the progress bars, not on them
     )
     command = args.pop("command")
     if command == "sweep":  # --nproc relaunches it through torchrun

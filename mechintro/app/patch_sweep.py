@@ -101,12 +101,12 @@ def run_patch_sweep(cfg: PatchConfig, model: Any = None) -> dict[str, pd.DataFra
     already-loaded model to use instead of loading ``cfg.model``."""
     import pandas as pd
     import torch
-    from tqdm.auto import tqdm
 
     from mechintro.analysis.patching import heatmap, knock_in, knock_out
     from mechintro.experiments.protocols import PROTOCOLS
     from mechintro.models import check_layer, load_model, n_layers, tokenizer_of
     from mechintro.plotting import Section, html_report
+    from mechintro.progress import progress_bar
     from mechintro.prompts import encode
     from mechintro.vectors import extract_vectors
 
@@ -148,7 +148,7 @@ def run_patch_sweep(cfg: PatchConfig, model: Any = None) -> dict[str, pd.DataFra
     run = knock_out if cfg.direction == "knock-out" else knock_in
     frames: dict[str, pd.DataFrame] = {}
     figures = []
-    for component in tqdm(cfg.components, desc="patch", unit="component"):
+    for component in progress_bar(cfg.components, desc="patch", unit="component"):
         path = out / f"patch_{component}.csv"
         if path.is_file():
             logger.info("%s done: %s", component, path)

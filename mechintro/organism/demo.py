@@ -158,21 +158,20 @@ def _best_strength(rates: pd.DataFrame) -> float:
 def run_demo(cfg: DemoConfig) -> DemoResult:
     """Measure both organisms (the module docstring lists the steps); write ``cfg.out``'s
     ``metrics.json`` (:meth:`DemoResult.to_dict`), ``report.html`` and ``circuits/``."""
-    from tqdm.auto import tqdm
-
     from mechintro.analysis.parity import parity_check
     from mechintro.experiments.metrics import rates
     from mechintro.experiments.protocols.detection import detection_prompt
     from mechintro.experiments.trials import detection_trials, grade_trials
     from mechintro.models import builtin_path, load_model, model_info
     from mechintro.organism import corpus
+    from mechintro.progress import progress_bar
     from mechintro.record import library_versions
     from mechintro.vectors import extract_vectors, random_vector
 
     t0 = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    steps = tqdm(
+    steps = progress_bar(
         total=N_STEPS, desc="demo", unit="step", bar_format="{desc}: {n}/{total} {postfix}"
     )
 

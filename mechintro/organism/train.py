@@ -149,7 +149,7 @@ def _train(
     vectors: dict[str, Tensor] | None = None,
     label: str = "",
 ) -> list[float]:
-    from tqdm.auto import tqdm
+    from mechintro.progress import progress_bar
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -161,7 +161,7 @@ def _train(
     amp_dtype = getattr(torch, cfg.dtype)
     losses = []
     model.train()
-    bar = tqdm(range(steps), desc=label, mininterval=5)
+    bar = progress_bar(range(steps), desc=label, mininterval=5)
     pos = len(order)
     for step in bar:
         if pos + cfg.batch_size > len(order):

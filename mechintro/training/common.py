@@ -411,7 +411,7 @@ def optimise(
 ) -> TrainResult:
     """AdamW (or ``optimizer="adamw8bit"``, bitsandbytes' 8-bit AdamW) on ``params`` for
     ``steps`` steps of ``step_loss(step)`` (which builds the batch)."""
-    from tqdm.auto import tqdm
+    from mechintro.progress import progress_bar
 
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
@@ -422,7 +422,7 @@ def optimise(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup, schedule))
     losses: list[Tensor] = []
     t0 = time.perf_counter()
-    bar = tqdm(range(steps), desc=label, mininterval=5, disable=None)
+    bar = progress_bar(range(steps), desc=label, mininterval=5, disable=None)
     for step in bar:
         loss = step_loss(step)
         if not torch.isfinite(loss):

@@ -60,6 +60,7 @@ from mechintro.memory import (
     plan_batch,
 )
 from mechintro.models import TLModel, check_layer, fingerprint, model_info, tokenizer_of
+from mechintro.progress import progress_bar
 from mechintro.prompts import encode
 from mechintro.record import library_versions
 from mechintro.vectors import ConceptVector, extract_vectors
@@ -356,8 +357,6 @@ def run_sweep(
 
         df = run_sweep(model, SweepSpec(concepts=("Dust",), layers=(2,)), "runs/a", batch_size=64)
     """
-    from tqdm.auto import tqdm
-
     spec, note = without_chat_template(spec, tokenizer_of(model))
     if note:
         logger.warning("%s: %s", model_info(model).name, note)
@@ -418,7 +417,7 @@ def run_sweep(
             "ranks": {"rank": ranks.rank, "world_size": ranks.world_size},
         }
         alone = ranks.world_size == 1
-        bar = tqdm(
+        bar = progress_bar(
             total=len(trials) if alone else sum(map(len, mine)),
             initial=len(trials) - len(pending) if alone else 0,
             unit="trial",
