@@ -54,7 +54,7 @@ Example::
     g = AttributionGraph(nodes, edges, {"model": "smollm2", "tokens": ["a", "b"]})
     g.prune(max_edges=2).figure().show()
     g.save_json("graph.json")
-    g.to_viewer_json("viewer_data", slug="bread-l3-s4")  # circuit-tracer's frontend
+    g.to_viewer_json("viewer_data", slug="bread-l3-s4")  # `mechintro viewer viewer_data`
 """
 
 from __future__ import annotations
@@ -73,6 +73,8 @@ from mechintro.io import atomic_write_text
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
+
+    from circuits.viewer import FeatureExamples
 
 KINDS = ("concept", "embedding", "feature", "error", "logit")
 """Node kinds; ``concept`` and ``embedding`` are the graph's inputs."""
@@ -101,6 +103,8 @@ class Node:
         activation: The feature's activation (steered run), if known.
         label: Free text: a feature's description, the concept word, the logit's token.
         influence: The node's attribution to the root, if the builder computed one.
+        probability: For a logit node: its token's probability at its position, if known
+            (circuit-tracer's ``token_prob``).
 
     Numbers are coerced (``int``/``float``), so numpy or torch scalars are fine.
     """
@@ -114,6 +118,7 @@ class Node:
     activation: float | None = None
     label: str = ""
     influence: float | None = None
+    probability: float | None = None
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -129,6 +134,7 @@ class Node:
         object.__setattr__(self, "feature", None if self.feature is None else int(self.feature))
         object.__setattr__(self, "activation", _opt_float(self.activation))
         object.__setattr__(self, "influence", _opt_float(self.influence))
+        object.__setattr__(self, "probability", _opt_float(self.probability))
 
 
 @dataclass(frozen=True)
@@ -439,12 +445,16 @@ class AttributionGraph:
         slug: str,
         scan: str | None = None,
         node_threshold: float | None = None,
+        features: Iterable[FeatureExamples] = (),
     ) -> Path:
-        """Write ``path/{slug}.json`` for circuit-tracer's graph viewer and index it in
-        ``path/graph-metadata.json`` (see :func:`circuits.viewer.to_viewer_json`)."""
+        """Write ``path/{slug}.json`` for the graph viewers (mechintro's and circuit-tracer's),
+        index it in ``path/graph-metadata.json`` and write the ``features``' example files
+        (see :func:`circuits.viewer.to_viewer_json`)."""
         from circuits.viewer import to_viewer_json
 
-        return to_viewer_json(self, path, slug, scan=scan, node_threshold=node_threshold)
+        return to_viewer_json(
+            self, path, slug, scan=scan, node_threshold=node_threshold, features=features
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The lossless JSON-ready form that :meth:`from_dict` reads back."""

@@ -1,4 +1,4 @@
-"""Show an attribution graph: a plotly figure, and the files circuit-tracer's viewer reads.
+"""Show an attribution graph: a plotly figure, and the files a graph viewer reads.
 
 **Figure** (:func:`figure`): one column per layer (inputs at -1, logits at ``n_layers``), in
 each column the nodes by role (concept, carriers, gates, other, errors, logits) then feature
@@ -6,42 +6,47 @@ index; edges as lines, blue for positive and red for negative weights, thicker a
 as ``|weight|`` grows (four bins of ``|weight| / max |weight|``); hovering a node shows its
 label and numbers, hovering an edge's midpoint its weight.
 
-**Viewer files** (:func:`to_viewer_json`): the graph JSON of circuit-tracer's frontend (Hanna
-& Piotrowski, derived from Anthropic's attribution-graphs frontend), matched field for field
-against ``circuit_tracer/frontend/graph_models.py`` (pydantic ``Metadata``, ``QParams``,
-``Node``, ``Link``, ``Model``; safety-research/circuit-tracer at 196e2ce and 21ab88a),
-``circuit_tracer/utils/create_graph_files.py`` (decoderesearch/circuit-tracer at 2f8eb2b),
-``circuit_tracer/frontend/utils.py`` ``add_graph_metadata`` (read in the vibhusapra fork at
-8b6d10a) and ``circuit_tracer/frontend/local_server.py`` (decoderesearch at 7683107); the
-reading side was checked in the frontend's ``util-cg.js`` ``formatData``:
+**Viewer files** (:func:`to_viewer_json`): a folder that mechintro's own viewer
+(``mechintro viewer DIR``, :mod:`circuits.viewer_server`) and circuit-tracer's frontend
+(Hanna & Piotrowski, derived from Anthropic's attribution-graphs frontend) both read. The
+graph JSON follows circuit-tracer's pydantic models field for field
+(``circuit_tracer/frontend/graph_models.py`` ``Metadata``, ``QParams``, ``Node``; the
+``circuit-tracer`` 0.5.0 wheel and safety-research/circuit-tracer at 21ab88a), written as its
+``utils/create_graph_files.py`` writes them and read as its ``util-cg.js`` ``formatData`` and
+``init-feature-examples.js`` ``loadFeature`` read them:
 
 * ``{"metadata", "qParams", "nodes", "links"}``; links are ``{source, target, weight}`` by
   ``node_id``;
+* ``metadata.prompt_tokens`` are the decoded tokens (``metadata["prompt_tokens"]`` of the
+  graph, else its ``tokens``) and ``metadata.prompt`` the decoded prompt;
 * node ids as circuit-tracer writes them: feature ``"{layer}_{feature}_{pos}"`` (its
-  ``feature`` field is the Cantor pairing of layer and index, which the frontend unpairs),
-  error ``"{layer}_-1_{pos}"``, embedding ``"E_{token}_{pos}"`` (the concept vector, not a
-  token, gets token -1), logit ``"{n_layers + 1}_{token}_{pos}"``; a logit node whose
-  ``feature`` is None (the Yes − No gap is not one token) gets circuit-tracer's virtual index
-  ``vocab_size + k`` when ``metadata["vocab_size"]`` is known, else ``-1 - k``;
-* ``jsNodeId`` = ``node_id``, the pydantic model's own default: circuit-tracer's own
-  ``"{layer}_{feature}-0"`` merges one feature's nodes at different positions, and the
-  frontend keys ``pinnedIds``, ``supernodes`` and ``clickedId`` by ``jsNodeId`` (Neuronpedia
-  by ``node_id``), so equal ids serve both;
+  ``feature`` field is the Cantor pairing of layer and index, which the frontend unpairs,
+  ``schema_version`` 1), error ``"{layer}_-1_{pos}"``, embedding ``"E_{token}_{pos}"``, logit
+  ``"{n_layers + 1}_{token}_{pos}"`` with the node's token id and ``token_prob`` its
+  probability (:attr:`Node.probability`); a logit node without a token (a logit difference)
+  gets circuit-tracer's virtual index ``vocab_size + k`` (``metadata["vocab_size"]``; ``-1 -
+  k`` when unknown);
+* the injected concept is not a token: it is a ``"steering vector"`` node at the injection
+  layer (``metadata["injection_layer"]``, else ``"E"``), id ``"{layer}_concept_{pos}"``, so
+  the frontend keeps its own text (it rewrites an embedding node's as ``Emb: "token"``);
+* ``influence`` is circuit-tracer's cumulative influence in [0, 1]
+  (:func:`cumulative_influence`), what its frontend's pruning threshold compares; our signed
+  node influence stays under each node's extra key ``mechintro`` (with our id, kind, role and
+  label), which circuit-tracer ignores;
+* ``jsNodeId`` = ``node_id``, the pydantic model's own default (the frontend keys pins,
+  supernodes and the clicked node by it);
 * a position of -1 (summed over positions) is shown at the last prompt token;
-* the logit's ``clerp`` must read ``Output "…" (p=…)``: the frontend parses both parts.
-  ``token_prob`` is 0 (a logit gap has no probability);
 * roles survive as ``clerp`` text (``"gate L4 #123: label"``), as ``qParams.supernodes``
   (``[["gates", id, ...], ["evidence carriers", id, ...]]``, the frontend's
-  ``[label, *node ids]``), and in ``pinnedIds`` (concept, carriers, gates, root);
-  ``clickedId`` is the root. The frontend replaces the clerp of embedding and error nodes with
-  ``Emb: "token"`` / ``Err: mlp "token"``;
-* ``metadata`` has the model's fields (``slug``, ``scan``, ``transcoder_list``,
-  ``prompt_tokens``, ``prompt``, ``node_threshold``, ``schema_version`` = 1), plus ``info``
-  (the generator) and ``mechintro`` (our metadata) as extra keys, which the viewer ignores;
-  ``graph-metadata.json`` is ``{"graphs": [metadata, ...]}`` with the model's fields only, one
-  entry per slug, as ``add_graph_metadata`` writes it.
-
-Serve the folder with ``circuit_tracer.frontend.local_server.serve(data_dir=path)``.
+  ``[label, *node ids]``) and in ``pinnedIds``; ``clickedId`` is the root. circuit-tracer's
+  frontend reads supernodes only from its URL (``?supernodes=`` with that JSON); mechintro's
+  viewer opens with them drawn;
+* ``metadata.scan`` is ``"custom-{name}"`` and ``transcoder_list[layer]`` the folder of that
+  layer's feature files, ``./data/features/L{layer}`` (circuit-tracer's per-layer transcoder
+  list; the frontend fetches ``{transcoder_list[layer]}/{feature}.json``, ``./data/`` being the
+  folder served); each file is circuit-tracer's feature model (:class:`FeatureExamples`);
+* ``graph-metadata.json`` is ``{"graphs": [metadata, ...]}`` with the ``Metadata`` fields
+  only, one entry per slug, as ``add_graph_metadata`` writes it.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,7 +82,7 @@ ROLE_GROUPS = {"gate": "gates", "carrier": "evidence carriers"}
 FEATURE_TYPES = {
     "feature": "cross layer transcoder",
     "error": "mlp reconstruction error",
-    "concept": "embedding",
+    "concept": "steering vector",
     "embedding": "embedding",
     "logit": "logit",
 }
@@ -90,6 +97,8 @@ METADATA_KEYS = (
     "schema_version",
 )
 """The fields of circuit-tracer's ``Metadata`` model, the ones ``graph-metadata.json`` lists."""
+FEATURES_DIR = "features"
+"""The feature files' folder inside a viewer folder."""
 _SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _POS, _NEG = "#1f77b4", "#d62728"
 
@@ -227,17 +236,56 @@ def _cantor(x: int, y: int) -> int:
     return (x + y) * (x + y + 1) // 2 + y
 
 
-def _clerp(n: Node) -> str:
+def cumulative_influence(graph: AttributionGraph) -> dict[str, float]:
+    """circuit-tracer's ``influence`` of every node, in [0, 1] (its ``prune_graph``).
+
+    A node's influence is its share of the root through all paths, :meth:`AttributionGraph.flow`
+    (for the root itself 0: nothing downstream of it depends on it). Nodes are sorted by it,
+    largest first (ties in the graph's order), and each gets the running sum of the sorted
+    influences divided by their total: the most influential node gets its own share, the least
+    ones 1. Keeping the nodes whose value is at most ``t`` keeps the smallest set that carries a
+    fraction ``t`` of the total influence, which is what the frontend's pruning threshold does.
+    """
+    flow = graph.flow()
+    flow[graph.root_id] = 0.0
+    for n in graph.nodes:
+        if n.kind == "logit":
+            flow[n.id] = 0.0
+    order = sorted(range(graph.n_nodes), key=lambda k: (-flow[graph.nodes[k].id], k))
+    total = sum(flow.values())
+    out: dict[str, float] = {}
+    running = 0.0
+    for k in order:
+        node_id = graph.nodes[k].id
+        running += flow[node_id]
+        out[node_id] = running / total if total > 0 else 1.0
+    return out
+
+
+def _clerp(n: Node, meta: dict[str, Any]) -> str:
     if n.kind == "feature":
         head = f"{n.role if n.role != 'other' else 'feature'} L{n.layer} #{n.feature}"
         return f"{head}: {n.label}" if n.label else head
     if n.kind == "error":
-        return f"error L{n.layer}"
-    return f"{n.role}: {n.label}" if n.label else n.role
+        return f"error L{n.layer}: {n.label}" if n.label else f"error L{n.layer}"
+    if n.kind == "logit":
+        word = (n.label or n.id).replace('"', "'").replace("(p=", "(p =")
+        return f'Output "{word}" (p={n.probability or 0.0:.3f})'
+    if n.kind == "concept":
+        where = meta.get("injection_layer")
+        at = f" added at block {where}'s output" if where is not None else ""
+        strength = meta.get("strength")
+        finite = isinstance(strength, int | float) and math.isfinite(strength)
+        times = f", strength {strength:g}" if finite else ""
+        return f'Concept vector "{n.label or n.id}"{at}{times}'
+    return n.label
 
 
-def _viewer_node(n: Node, ctx: int, token: int, target: bool) -> dict[str, Any]:
-    """One node in circuit-tracer's ``Node`` fields (graph_models.py)."""
+def _viewer_node(
+    n: Node, ctx: int, token: int, target: bool, meta: dict[str, Any]
+) -> dict[str, Any]:
+    """One node in circuit-tracer's ``Node`` fields (graph_models.py), ``influence`` left for
+    the caller, and ours under ``mechintro``."""
     if n.kind == "feature":
         if n.feature is None:
             raise ValueError(f"feature node {n.id!r} has no feature index")
@@ -250,28 +298,41 @@ def _viewer_node(n: Node, ctx: int, token: int, target: bool) -> dict[str, Any]:
         node_id, feature, layer = f"{n.layer}_-1_{ctx}", -1, str(n.layer)
     elif n.kind == "logit":
         node_id, feature, layer = f"{n.layer + 1}_{token}_{ctx}", token, str(n.layer + 1)
+    elif n.kind == "concept":
+        at = meta.get("injection_layer")
+        layer = "E" if at is None else str(int(at))
+        node_id, feature = f"{layer}_concept_{ctx}", -1
     else:
         node_id, feature, layer = f"E_{token}_{ctx}", ctx, "E"
-    if n.kind == "logit":
-        word = (n.label or n.id).replace('"', "'").replace("(p=", "(p =")
-        clerp = f'Output "{word}" (p={0.0:.3f})'
-    else:
-        clerp = _clerp(n)
     return {
         "node_id": node_id,
         "feature": feature,
         "layer": layer,
         "ctx_idx": ctx,
         "feature_type": FEATURE_TYPES[n.kind],
-        "token_prob": 0.0,
+        "token_prob": _json_num(n.probability) or 0.0,
         "is_target_logit": target,
         "run_idx": 0,
         "reverse_ctx_idx": 0,
         "jsNodeId": node_id,
-        "clerp": clerp,
-        "influence": _json_num(n.influence),
+        "clerp": _clerp(n, meta),
+        "influence": None,
         "activation": _json_num(n.activation) if n.kind == "feature" else None,
+        "mechintro": {
+            "id": n.id,
+            "kind": n.kind,
+            "role": n.role,
+            "label": n.label,
+            "position": n.position,
+            "influence": _json_num(n.influence),
+        },
     }
+
+
+def feature_folder(layer: int) -> str:
+    """Where a layer's feature files lie, as the viewers fetch them (``./data/`` is the folder
+    ``graph-metadata.json`` is in): ``./data/features/L{layer}``."""
+    return f"./data/{FEATURES_DIR}/L{layer}"
 
 
 def viewer_dict(
@@ -281,14 +342,18 @@ def viewer_dict(
     node_threshold: float | None = None,
 ) -> dict[str, Any]:
     """The graph as circuit-tracer's ``Model`` (``metadata``, ``qParams``, ``nodes``,
-    ``links``), strict-JSON ready.
+    ``links``), strict-JSON ready (module docstring).
 
     Args:
-        graph: Needs ``metadata["tokens"]`` (one string per prompt position).
+        graph: Needs ``metadata["prompt_tokens"]`` (decoded, one string per prompt position)
+            or ``metadata["tokens"]``; ``metadata["prompt"]`` (the decoded prompt) is used when
+            given, else the tokens joined.
         slug: The graph's name in the viewer (letters, digits, ``.``, ``_``, ``-``).
-        scan: The transcoder set's name in the viewer (it looks feature examples up by it);
-            default ``metadata["scan"]``, else ``metadata["model"]``, else "".
-        node_threshold: Recorded in the metadata (the viewer shows it), e.g. the pruning's.
+        scan: The transcoder set's name; written as ``"custom-{scan}"``, circuit-tracer's mark
+            of a per-layer transcoder list (default ``metadata["scan"]``, else
+            ``metadata["model"]``, else "transcoders").
+        node_threshold: Written to the metadata; circuit-tracer's frontend then hides the
+            nodes whose cumulative influence is above it.
 
     Raises:
         ValueError: A bad slug, no tokens, a position past the prompt, a feature node without
@@ -297,10 +362,14 @@ def viewer_dict(
     if not _SLUG.fullmatch(slug):
         raise ValueError(f"slug {slug!r}: use letters, digits, '.', '_', '-' (it names a file)")
     meta = graph.metadata
-    tokens = [str(t) for t in meta.get("tokens") or meta.get("prompt_tokens") or []]
+    tokens = [str(t) for t in meta.get("prompt_tokens") or meta.get("tokens") or []]
     if not tokens:
-        raise ValueError("the viewer needs metadata['tokens'], one string per prompt position")
+        raise ValueError(
+            "the viewer needs metadata['prompt_tokens'] (or 'tokens'), one string per prompt "
+            "position"
+        )
     vocab = meta.get("vocab_size")
+    influence = cumulative_influence(graph)
     ids: dict[str, str] = {}
     nodes, k_virtual = [], 0
     for n in graph.nodes:
@@ -312,7 +381,8 @@ def viewer_dict(
         else:
             token = -1 if n.feature is None else n.feature
         ctx = n.position if n.position >= 0 else len(tokens) - 1
-        v = _viewer_node(n, ctx, token, target=n.id == graph.root_id)
+        v = _viewer_node(n, ctx, token, target=n.id == graph.root_id, meta=meta)
+        v["influence"] = influence[n.id]
         if v["node_id"] in ids.values():
             other = next(i for i, j in ids.items() if j == v["node_id"])
             raise ValueError(
@@ -331,11 +401,12 @@ def viewer_dict(
     pinned = [ids[n.id] for n in graph.nodes if n.role in ("concept", "carrier", "gate")]
     if ids[graph.root_id] not in pinned:
         pinned.append(ids[graph.root_id])
-    default_scan = meta.get("scan") or meta.get("model") or ""
+    name = scan if scan is not None else (meta.get("scan") or meta.get("model") or "transcoders")
+    layers = [n.layer for n in graph.nodes if n.kind == "feature"]
     metadata = {
         "slug": slug,
-        "scan": str(scan if scan is not None else default_scan),
-        "transcoder_list": [str(t) for t in meta.get("transcoder_list", [])],
+        "scan": f"custom-{name}",
+        "transcoder_list": [feature_folder(L) for L in range(max(layers) + 1 if layers else 0)],
         "prompt_tokens": tokens,
         "prompt": str(meta.get("prompt", "".join(tokens))),
         "node_threshold": None if node_threshold is None else float(node_threshold),
@@ -353,22 +424,31 @@ def viewer_dict(
     return {"metadata": metadata, "qParams": q_params, "nodes": nodes, "links": links}
 
 
+def _write_json(path: Path, data: Any) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
+
+
 def to_viewer_json(
     graph: AttributionGraph,
     path: str | Path,
     slug: str,
     scan: str | None = None,
     node_threshold: float | None = None,
+    features: Iterable[FeatureExamples] = (),
 ) -> Path:
-    """Write ``path/{slug}.json`` (:func:`viewer_dict`) and put its metadata in
-    ``path/graph-metadata.json`` (replacing an entry of the same slug), both atomically.
+    """Write ``path/{slug}.json`` (:func:`viewer_dict`), put its metadata in
+    ``path/graph-metadata.json`` (replacing an entry of the same slug), and write each of
+    ``features`` as ``path/features/L{layer}/{cantor(layer, feature)}.json``
+    (:meth:`FeatureExamples.to_dict`), all atomically.
 
     Returns:
         The graph file's path.
     """
     data = viewer_dict(graph, slug, scan=scan, node_threshold=node_threshold)
     folder = Path(path)
-    out = atomic_write_text(folder / f"{slug}.json", json.dumps(data, indent=1, allow_nan=False))
+    for f in features:
+        _write_json(folder / FEATURES_DIR / f"L{f.layer}" / f"{f.file_index}.json", f.to_dict())
+    out = _write_json(folder / f"{slug}.json", data)
     index_path = folder / "graph-metadata.json"
     index = (
         json.loads(index_path.read_text(encoding="utf-8"))
@@ -377,5 +457,115 @@ def to_viewer_json(
     )
     entry = {k: data["metadata"][k] for k in METADATA_KEYS}
     index["graphs"] = [g for g in index.get("graphs", []) if g.get("slug") != slug] + [entry]
-    atomic_write_text(index_path, json.dumps(index, indent=2, allow_nan=False))
+    _write_json(index_path, index)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# feature files
+
+
+@dataclass(frozen=True)
+class Example:
+    """One context in which a feature fires: ``tokens`` (decoded), the feature's activation
+    at each (``acts``), and ``peak``, the index of the token the context was chosen for."""
+
+    tokens: Sequence[str]
+    acts: Sequence[float]
+    peak: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tokens", tuple(str(t) for t in self.tokens))
+        object.__setattr__(self, "acts", tuple(float(a) for a in self.acts))
+        object.__setattr__(self, "peak", int(self.peak))
+        if len(self.tokens) != len(self.acts) or not 0 <= self.peak < len(self.tokens):
+            raise ValueError(
+                f"an example needs one activation per token and its peak among them: "
+                f"{len(self.tokens)} tokens, {len(self.acts)} activations, peak {self.peak}"
+            )
+
+    @property
+    def activation(self) -> float:
+        return self.acts[self.peak]
+
+
+@dataclass(frozen=True)
+class FeatureExamples:
+    """What the viewers show for one transcoder feature: its top-activating contexts, in
+    named sections (e.g. plain prompts and steered ones), and its activation statistics.
+
+    Attributes:
+        layer, feature: The feature (``feature`` indexes its layer's transcoder).
+        transcoder: The transcoder's name (circuit-tracer's ``transcoder_id``).
+        sections: Section name → examples, strongest first.
+        top_logits, bottom_logits: Decoded tokens the feature's decoder direction promotes
+            and suppresses most through the unembedding.
+        activations: The feature's nonzero activations over every token seen (for the
+            quantiles and the histogram).
+        n_tokens: How many tokens were seen (``activation_frequency`` is ``len(activations)
+            / n_tokens``).
+    """
+
+    layer: int
+    feature: int
+    transcoder: str
+    sections: dict[str, tuple[Example, ...]]
+    top_logits: tuple[str, ...] = ()
+    bottom_logits: tuple[str, ...] = ()
+    activations: tuple[float, ...] = ()
+    n_tokens: int = 0
+
+    @property
+    def file_index(self) -> int:
+        """The feature's index in circuit-tracer's graph JSON and its file name: the Cantor
+        pairing of layer and feature."""
+        return _cantor(self.layer, self.feature)
+
+    def to_dict(self, bins: int = 20) -> dict[str, Any]:
+        """circuit-tracer's feature file (``frontend/feature_models.py`` ``Model``): the
+        sections as ``examples_quantiles``, ``quantile_values`` the 1st..100th percentiles of
+        the nonzero activations, ``histogram`` their counts in ``bins`` equal bins over
+        ``[act_min, act_max]``; ``mechintro`` adds layer, feature and each example's peak
+        activation."""
+        acts = sorted(self.activations)
+        peaks = [e.activation for ex in self.sections.values() for e in ex]
+        act_max = max([*acts, *peaks], default=0.0)
+        act_min = min(0.0, *acts) if acts else 0.0
+        quantiles = (
+            [acts[min(len(acts) - 1, math.ceil(q / 100 * len(acts)) - 1)] for q in range(1, 101)]
+            if acts
+            else []
+        )
+        width = (act_max - act_min) / bins if act_max > act_min else 1.0
+        histogram = [0.0] * bins
+        for a in acts:
+            histogram[min(bins - 1, int((a - act_min) / width))] += 1
+        return _strict(
+            {
+                "transcoder_id": self.transcoder,
+                "index": self.feature,
+                "examples_quantiles": [
+                    {
+                        "quantile_name": name,
+                        "examples": [
+                            {
+                                "tokens_acts_list": list(e.acts),
+                                "train_token_ind": e.peak,
+                                "is_repeated_datapoint": False,
+                                "tokens": list(e.tokens),
+                            }
+                            for e in examples
+                        ],
+                    }
+                    for name, examples in self.sections.items()
+                ],
+                "top_logits": list(self.top_logits),
+                "bottom_logits": list(self.bottom_logits),
+                "act_min": act_min,
+                "act_max": act_max,
+                "quantile_values": quantiles,
+                "histogram": histogram,
+                "activation_frequency": len(acts) / self.n_tokens if self.n_tokens else 0.0,
+                "mechintro": {"layer": self.layer, "feature": self.feature},
+            }
+        )

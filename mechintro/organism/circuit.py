@@ -16,7 +16,13 @@
 5. the steering graph of the first ``n_graphs`` held-out concepts, each edge checked by its
    intervention; ``edge_verification_r`` is the smallest, over the three kinds of edges,
    of the correlation between predicted and measured effects over the pooled top-10 edges
-   of that kind of each graph (so no one kind can carry it).
+   of that kind of each graph (so no one kind can carry it);
+6. with ``out``: the first graph for the graph viewers (``mechintro viewer``, circuit-tracer's
+   frontend), its prompt decoded and its root shown as the top Yes-variant token with its
+   probability in the steered run, and the top-activating examples of each of its features
+   (:mod:`circuits.examples`) over the demo's prompts: the concept prompts ("Tell me about
+   {word}", every train and held-out concept) and the detection trials unsteered, and the
+   detection trials steered as above.
 
 Detection here is the first reply token: ``b = logsumexp(Yes) − logsumexp(No) > 0`` at the
 end of the prompt (the organism's replies begin with "yes" or "no").
@@ -25,6 +31,7 @@ end of the prompt (the organism's replies begin with "yes" or "no").
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +40,16 @@ import pandas as pd
 import torch
 
 from circuits.carriers import evidence_carriers
+from circuits.examples import contexts, feature_examples
 from circuits.gates import classify, gate_scores, ranked, select_gates, strength_curves
-from circuits.graph import pearson_r
+from circuits.graph import AttributionGraph, pearson_r
 from circuits.interventions import control_unchanged, intervene, progressive
 from circuits.steering import EDGE_KINDS, edge_kind, edge_measure, steering_graph
-from circuits.trace import trace, transcoder_layers
-from mechintro.inject import Injection
+from circuits.trace import forward, trace, transcoder_layers
+from mechintro.analysis.dla import logit_direction
+from mechintro.inject import Injection, injected
 from mechintro.models import TLModel, tokenizer_of
-from mechintro.prompts import encode
+from mechintro.prompts import Prompt, PromptBatch, encode
 
 PROGRESSIVE_KS = (0, 2, 4, 8, 16, 32, 64)
 SIGNED_STRENGTHS = (-1.0, -0.5, 0.5, 1.0)
@@ -59,7 +68,8 @@ def organism_circuits(
     vectors (:func:`mechintro.organism.training.organism_world`). Returns ``(metrics,
     frames)``: the numbers for ``metrics.json["circuits"]`` and the tables the report
     draws (``progressive``, ``curves``, ``graph``). With ``out``, the first graph is
-    written there as ``graph.json`` and in circuit-tracer's viewer format."""
+    written there as ``graph.json`` and, with its features' examples, for the graph viewers
+    in ``out/viewer`` (module docstring, step 6)."""
     from mechintro.experiments.protocols.detection import detection_prompt
     from mechintro.experiments.protocols.noise import ONE_PLUS_ONE, question_prompt
 
@@ -119,8 +129,41 @@ def organism_circuits(
     concept, graph, sa = graphs[0]
     if out is not None:
         folder = Path(out)
+        one = encode(tok, [detection_prompt(1)])
+        graph = _decoded(
+            graph,
+            model,
+            one,
+            Injection(
+                L,
+                world.vectors[concept],
+                strength,
+                mode="from-trial",
+                unit="resid-norm",
+                resid_norm=norm,
+            ),
+        )
         graph.save_json(folder / "graph.json")
-        graph.to_viewer_json(folder / "viewer", slug=f"organism-{concept}")
+        features = [
+            (n.layer, n.feature)
+            for n in graph.nodes
+            if n.feature is not None and n.kind == "feature"
+        ]
+        concept_prompts = encode(
+            tok, [Prompt.chat(f"Tell me about {w}") for w in [*world.train, *held]]
+        )
+        steered = f"detection trials, held-out concepts injected at block {L} (x{strength:g})"
+        sections = {
+            "concept prompts, unsteered": contexts(model, transcoders, concept_prompts, features),
+            "detection trials, unsteered": contexts(
+                model, transcoders, batch, features, run=runs[0]
+            ),
+            steered: contexts(model, transcoders, batch, features, run=runs[1]),
+        }
+        cards = feature_examples(model, transcoders, sections, "organism")
+        graph.to_viewer_json(
+            folder / "viewer", slug=f"organism-{concept}", scan="organism", features=cards
+        )
     gate_roles = graph.to_frames()[0].role.value_counts().to_dict()
 
     metrics = {
@@ -180,3 +223,31 @@ def organism_circuits(
 def _rates(d: dict[str, Any], what: str) -> dict[str, Any]:
     keep = ("unsteered", "steered", what, "b_unsteered", "b_steered", f"b_{what}", "n_rows")
     return {k: (None if isinstance(d[k], float) and np.isnan(d[k]) else d[k]) for k in keep}
+
+
+def _decoded(
+    graph: AttributionGraph, model: TLModel, batch: PromptBatch, injection: Injection
+) -> AttributionGraph:
+    """``graph`` with its prompt decoded (``prompt``, ``prompt_tokens``) and its root (the
+    Yes − No gap) shown as the Yes variant most likely at the end of the steered prompt: its
+    token id, decoded text and probability."""
+    tok = tokenizer_of(model)
+    ids = batch.input_ids[0].tolist()
+    with torch.no_grad(), injected(model, injection, batch):
+        logits = forward(model, batch)[0, -1].float()
+    probs = torch.softmax(logits, dim=-1)
+    yes = max(logit_direction(model).pos_ids, key=lambda i: float(probs[i]))
+    root = graph.node(graph.root_id)
+    nodes = [
+        replace(n, feature=yes, label=tok.decode([yes]), probability=float(probs[yes]))
+        if n is root
+        else n
+        for n in graph.nodes
+    ]
+    meta = {
+        **graph.metadata,
+        "prompt": tok.decode(ids),
+        "prompt_tokens": [tok.decode([i]) for i in ids],
+        "root_token": {"id": yes, "text": tok.decode([yes]), "probability": float(probs[yes])},
+    }
+    return AttributionGraph(nodes, graph.edges, meta, root=graph.root_id)

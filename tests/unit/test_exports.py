@@ -111,3 +111,19 @@ def test_importing_mechintro_installs_no_torch_hook() -> None:
         "assert before == after, (before, after)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_graph_export_and_the_viewer_import_no_model_library() -> None:
+    # the light install (no torch, TransformerLens, sae-lens or transformers) exports graphs
+    # and serves the viewer: these modules must not load any of them
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import circuits.graph, circuits.viewer, circuits.viewer_server\n"
+        "import mechintro.app.viewer_command\n"
+        "heavy = {'torch', 'transformer_lens', 'sae_lens', 'transformers'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from circuits.graph import AttributionGraph, Edge, Node, pearson_r
-from circuits.viewer import viewer_dict
+from circuits.viewer import Example, FeatureExamples, cumulative_influence, viewer_dict
 
 TOKENS = ["<bos>", "Do", " you", " detect", "?"]
 LAST = len(TOKENS) - 1
@@ -274,8 +274,8 @@ def test_save_refuses_what_json_changes(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- the viewer's JSON
-# Written from circuit-tracer's pydantic models, circuit_tracer/frontend/graph_models.py
-# (safety-research/circuit-tracer 196e2ce): field -> accepted JSON types.
+# Written from circuit-tracer's pydantic models, circuit_tracer/frontend/graph_models.py and
+# feature_models.py (the circuit-tracer 0.5.0 wheel): field -> accepted JSON types.
 
 OPT_FLOAT = (float, int, NoneType)
 METADATA = {
@@ -304,7 +304,31 @@ NODE = {
     "activation": OPT_FLOAT,
 }
 LINK = {"source": str, "target": str, "weight": (float, int)}
-FEATURE_TYPES = {"cross layer transcoder", "mlp reconstruction error", "embedding", "logit"}
+FEATURE_TYPES = {
+    "cross layer transcoder",
+    "mlp reconstruction error",
+    "embedding",
+    "logit",
+    "steering vector",  # ours: the frontend keeps its clerp and draws it as a feature
+}
+FEATURE_FILE = {
+    "transcoder_id": str,
+    "index": int,
+    "examples_quantiles": list,
+    "top_logits": list,
+    "bottom_logits": list,
+    "act_min": (float, int),
+    "act_max": (float, int),
+    "quantile_values": list,
+    "histogram": list,
+    "activation_frequency": (float, int),
+}
+EXAMPLE = {
+    "tokens_acts_list": list,
+    "train_token_ind": int,
+    "is_repeated_datapoint": bool,
+    "tokens": list,
+}
 
 
 def check_fields(obj: dict[str, Any], schema: dict[str, Any], what: str) -> None:
@@ -336,6 +360,7 @@ def check_viewer(data: dict[str, Any]) -> None:
         assert v["feature_type"] in FEATURE_TYPES
         assert v["layer"] == "E" or v["layer"].isdigit()
         assert 0 <= v["ctx_idx"] < len(meta["prompt_tokens"])
+        assert 0 <= v["influence"] <= 1  # circuit-tracer's cumulative influence
         if v["feature_type"] == "logit":  # the frontend parses the token and p from it
             assert v["clerp"].startswith('Output "') and "(p=" in v["clerp"]
             float(v["clerp"].split("(p=")[1].split(")")[0])
@@ -353,6 +378,14 @@ def check_viewer(data: dict[str, Any]) -> None:
     assert sum(v["is_target_logit"] for v in data["nodes"]) == 1
 
 
+def test_cumulative_influence_by_hand() -> None:
+    # flow, in 147ths: G 112 (4/5.25), E 28, B 23 (0.25/5.25 + 0.5/3.5 * G), A 96 (3/3.5 * G;
+    # D reaches no root), C 119 (A + B); D, R and Y 0. Total 378; sorted C, G, A, E, B.
+    got = cumulative_influence(make())
+    want = {"C": 119, "G": 231, "A": 327, "E": 355, "B": 378, "D": 378, "R": 378, "Y": 378}
+    assert got == pytest.approx({k: v / 378 for k, v in want.items()})
+
+
 def test_viewer_json_matches_the_schema(tmp_path: Path) -> None:
     g = make(strength=float("nan"))  # metadata NaN must not reach the browser
     path = g.to_viewer_json(tmp_path, slug="bread-l1-s4", node_threshold=0.8)
@@ -361,36 +394,143 @@ def test_viewer_json_matches_the_schema(tmp_path: Path) -> None:
     check_viewer(data)
     assert data == viewer_dict(g, "bread-l1-s4", node_threshold=0.8)
     meta = data["metadata"]
-    assert (
-        meta["slug"] == "bread-l1-s4" and meta["scan"] == "tiny" and meta["node_threshold"] == 0.8
-    )
+    assert meta["slug"] == "bread-l1-s4" and meta["node_threshold"] == 0.8
+    # a per-layer transcoder list, each entry the folder of that layer's feature files
+    assert meta["scan"] == "custom-tiny"
+    assert meta["transcoder_list"] == [f"./data/features/L{L}" for L in range(4)]
     assert meta["prompt_tokens"] == TOKENS and meta["prompt"] == "".join(TOKENS)
     assert meta["mechintro"]["strength"] is None
     by_id = {v["node_id"]: v for v in data["nodes"]}
     assert len(by_id) == g.n_nodes and len(data["links"]) == g.n_edges
+    influence = cumulative_influence(g)
+    assert {v["mechintro"]["id"]: v["influence"] for v in data["nodes"]} == influence
     # ids as circuit-tracer writes them; feature = Cantor pairing (1, 10) = 11*12/2 + 10
     a = by_id["1_10_3"]
     assert (a["feature"], a["layer"], a["ctx_idx"], a["activation"]) == (76, "1", 3, 2.0)
     assert a["feature_type"] == "cross layer transcoder" and a["clerp"] == "carrier L1 #10"
+    assert a["mechintro"] == {
+        "id": "A",
+        "kind": "feature",
+        "role": "carrier",
+        "label": "",
+        "position": 3,
+        "influence": 0.5,  # our signed attribution, kept beside circuit-tracer's
+    }
     assert (
         by_id["3_40_4"]["clerp"] == "gate L3 #40" and by_id["2_30_4"]["clerp"] == "feature L2 #30"
     )
     err = by_id["3_-1_4"]
     assert (err["feature"], err["feature_type"]) == (-1, "mlp reconstruction error")
-    concept = by_id[f"E_-1_{LAST}"]  # summed over positions: shown at the last token
+    # the concept is no token: a steering-vector node the frontend does not relabel "Emb:"
+    concept = by_id[f"E_concept_{LAST}"]  # summed over positions: shown at the last token
     assert (concept["layer"], concept["feature"], concept["feature_type"]) == (
         "E",
-        LAST,
-        "embedding",
+        -1,
+        "steering vector",
     )
+    assert concept["clerp"] == 'Concept vector "bread"'
     root, yes = by_id["6_-1_4"], by_id["6_7_4"]  # the gap has no token: virtual index -1
     assert root["is_target_logit"] and not yes["is_target_logit"]
     assert root["clerp"] == 'Output "Yes - No" (p=0.000)'
     assert {"source": "3_40_4", "target": "6_-1_4", "weight": -4.0} in data["links"]
     q = data["qParams"]
     assert q["supernodes"] == [["gates", "3_40_4"], ["evidence carriers", "1_10_3", "1_20_4"]]
-    assert q["pinnedIds"] == [f"E_-1_{LAST}", "1_10_3", "1_20_4", "3_40_4", "6_-1_4"]
+    assert q["pinnedIds"] == [f"E_concept_{LAST}", "1_10_3", "1_20_4", "3_40_4", "6_-1_4"]
     assert q["clickedId"] == "6_-1_4" and q["linkType"] == "both"
+
+
+def test_viewer_shows_real_tokens_and_the_injection_layer() -> None:
+    # a logit node with its token and probability, a decoded prompt, the concept at its layer
+    nodes_ = [
+        replace(n, feature=9, label="yes", probability=0.8125) if n.id == "R" else n
+        for n in nodes()
+    ]
+    g = AttributionGraph(
+        nodes_,
+        [Edge(*e) for e in EDGES],
+        {
+            "model": "tiny",
+            "tokens": ["Ġraw"] * len(TOKENS),  # BPE pieces: the decoded ones are shown
+            "prompt_tokens": TOKENS,
+            "prompt": "<bos>Do you detect?",
+            "injection_layer": 0,
+            "strength": 4.0,
+        },
+        root="R",
+    )
+    data = viewer_dict(g, "s")
+    check_viewer(data)
+    assert data["metadata"]["prompt_tokens"] == TOKENS
+    assert data["metadata"]["prompt"] == "<bos>Do you detect?"
+    by_id = {v["node_id"]: v for v in data["nodes"]}
+    root = by_id["6_9_4"]
+    assert root["is_target_logit"] and (root["feature"], root["token_prob"]) == (9, 0.8125)
+    assert root["clerp"] == 'Output "yes" (p=0.812)'
+    concept = by_id[f"0_concept_{LAST}"]
+    assert concept["layer"] == "0"
+    assert concept["clerp"] == 'Concept vector "bread" added at block 0\'s output, strength 4'
+
+
+def card(layer: int = 1, feature: int = 10) -> FeatureExamples:
+    top = Example(["a", " cat", " sat"], [0.0, 2.0, 0.5], 1)
+    other = Example([" dog"], [1.0], 0)
+    return FeatureExamples(
+        layer,
+        feature,
+        f"tiny/L{layer}",
+        {"plain": (top, other), "steered": ()},
+        top_logits=(" yes", " Yes"),
+        bottom_logits=(" no",),
+        activations=(2.0, 0.5, 1.0, 0.25),
+        n_tokens=8,
+    )
+
+
+def test_feature_file_is_circuit_tracers_feature_model() -> None:
+    d = strict_load(json.dumps(card().to_dict(bins=4), allow_nan=False))
+    check_fields(d, FEATURE_FILE, "feature file")
+    assert (d["transcoder_id"], d["index"]) == ("tiny/L1", 10)
+    assert [q["quantile_name"] for q in d["examples_quantiles"]] == ["plain", "steered"]
+    first = d["examples_quantiles"][0]["examples"][0]
+    check_fields(first, EXAMPLE, "example")
+    assert first == {
+        "tokens_acts_list": [0.0, 2.0, 0.5],
+        "train_token_ind": 1,
+        "is_repeated_datapoint": False,
+        "tokens": ["a", " cat", " sat"],
+    }
+    assert d["examples_quantiles"][1]["examples"] == []
+    assert (d["act_min"], d["act_max"], d["activation_frequency"]) == (0.0, 2.0, 0.5)
+    # four bins of width 0.5 over [0, 2]: 0.25 | 0.5 | 1.0 | 2.0 (the top edge in the last)
+    assert d["histogram"] == [1, 1, 1, 1]
+    assert len(d["quantile_values"]) == 100
+    assert d["quantile_values"][0] == 0.25 and d["quantile_values"][-1] == 2.0
+    assert d["quantile_values"][49] == 0.5  # the 50th percentile by nearest rank of 4
+    with pytest.raises(ValueError, match="peak"):
+        Example(["a"], [1.0], 1)
+    with pytest.raises(ValueError, match="one activation per token"):
+        Example(["a", "b"], [1.0], 0)
+
+
+def test_viewer_folder_has_the_feature_files_the_frontend_fetches(tmp_path: Path) -> None:
+    g = make()
+    cards = [card(1, 10), card(3, 40)]
+    g.to_viewer_json(tmp_path, slug="one", features=cards)
+    data = strict_load((tmp_path / "one.json").read_text())
+    meta = data["metadata"]
+    fetched = []
+    for v in data["nodes"]:
+        if v["feature_type"] == "cross layer transcoder":
+            # as init-feature-examples.js loadFeature: {transcoder_list[layer]}/{feature}.json,
+            # ./data/ being the folder the server maps it to
+            folder = meta["transcoder_list"][int(v["layer"])].removeprefix("./data/")
+            fetched.append(tmp_path / folder / f"{v['feature']}.json")
+    # Cantor pairings: (1, 10) -> 76, (3, 40) -> 43 * 44 / 2 + 40 = 986
+    assert [f for f in fetched if f.exists()] == [
+        tmp_path / "features/L1/76.json",
+        tmp_path / "features/L3/986.json",
+    ]
+    assert strict_load(fetched[0].read_text()) == cards[0].to_dict()
 
 
 def test_viewer_index_file(tmp_path: Path) -> None:
@@ -403,7 +543,7 @@ def test_viewer_index_file(tmp_path: Path) -> None:
     for entry in index["graphs"]:
         assert set(entry) == set(METADATA)  # the Metadata model's fields only
         check_fields(entry, METADATA, "index entry")
-    assert [e["scan"] for e in index["graphs"]] == ["gemmascope", "again"]
+    assert [e["scan"] for e in index["graphs"]] == ["custom-gemmascope", "custom-again"]
     two = strict_load((tmp_path / "two.json").read_text())
     check_viewer(two)
     assert "6_100_4" in {v["node_id"] for v in two["nodes"]}  # virtual index vocab_size + 0
