@@ -130,6 +130,11 @@ def test_transcoder_arguments_refuse_other_things_with_the_fix(llama, unchecked)
             direct_logit_attribution(llama, TEXTS, by="feature", transcoders=[object()])
         with pytest.raises(TypeError, match="expected a transcoder, got int"):
             evaluate(llama, 7, TEXTS)
+    from sae_lens import SAE
+
+    plain = SAE.from_dict({"architecture": "standard", "d_in": llama.cfg.d_model, "d_sae": 8})
+    with pytest.raises(ValueError, match="an SAE reconstructs one site"):  # the hint is reached
+        direct_logit_attribution(llama, TEXTS, by="feature", transcoders={1: plain})
     with pytest.raises(ValueError, match="block 1's, not block 2's"):
         as_transcoder(tc, layer=2)
     # a (release, sae_id) pair is looked up in sae-lens's registry (offline) before loading
