@@ -24,6 +24,7 @@ import importlib.util
 import io
 import logging
 import sys
+import time
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -102,12 +103,14 @@ class LoggedBar(tqdm):
             file=io.StringIO(),
             bar_format="{desc}: {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]",
         )
-        self._logged = 0
+        self._logged, self._logged_at = 0, time.monotonic()
         super().__init__(iterable, **kwargs)
 
     def display(self, msg: Any = None, pos: Any = None) -> bool:
-        if self.n != self._logged:
-            self._logged = self.n
+        now = time.monotonic()
+        due = self.disable or now - self._logged_at >= self.mininterval  # disable: closing
+        if self.n != self._logged and due:
+            self._logged, self._logged_at = self.n, now
             logger.info("%s", msg if msg is not None else str(self))
         return True
 

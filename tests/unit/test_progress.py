@@ -20,6 +20,7 @@ def test_where_lines_cannot_redraw_a_bar_is_logged_once_per_count(caplog):
     assert isinstance(bar, LoggedBar)
     for _ in range(3):
         bar.update(1)
+    bar.set_postfix_str("done")  # a redraw, not a count: no line of its own
     bar.close()
     bar.close()
     (line,) = bar_lines(caplog)  # the end once: not every update, not 100 % twice
