@@ -126,6 +126,15 @@ def _fmt(x: float | None) -> str:
     return "–" if x is None else f"{x:.4g}"
 
 
+def _tag(n: Node) -> str:
+    """A node's name beside it in the figure: the feature (``L4 #689``), else its label."""
+    if n.kind == "feature":
+        return f"L{n.layer} #{n.feature}"
+    if n.kind == "error":
+        return f"error L{n.layer}"
+    return plot_text(n.label or n.id)
+
+
 def _hover(n: Node) -> str:
     where = f"{n.kind} · layer {n.layer} · " + (
         "all positions" if n.position < 0 else f"pos {n.position}"
@@ -192,8 +201,12 @@ def figure(graph: AttributionGraph, title: str | None = None) -> go.Figure:
                 go.Scatter(
                     x=[xy[n.id][0] for n in nodes],
                     y=[xy[n.id][1] for n in nodes],
-                    mode="markers",
+                    mode="markers+text",
                     marker={"size": 13, "color": ROLE_COLOURS[role], "line": {"width": 1}},
+                    text=[_tag(n) for n in nodes],
+                    textposition="top center",
+                    cliponaxis=False,
+                    textfont={"size": 10},
                     customdata=[n.id for n in nodes],
                     hovertext=[_hover(n) for n in nodes],
                     hoverinfo="text",

@@ -573,6 +573,8 @@ def test_figure_shows_every_node_and_edge() -> None:
     fig = p.figure()
     shown = [i for t in fig.data if t.customdata is not None for i in t.customdata]
     assert sorted(shown) == sorted(ids(p))
+    named = [t for t in fig.data if t.customdata is not None]  # a name beside every node
+    assert all(t.mode == "markers+text" and len(t.text) == len(t.customdata) for t in named)
     assert {t.name for t in fig.data if t.customdata is not None} == {
         "concept",
         "carrier",
