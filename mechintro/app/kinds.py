@@ -651,9 +651,11 @@ def run_r2_kind(
     model: TLModel, cfg: Mapping[str, Any], out: Path, *, small: bool, batch_size: int = 32
 ) -> pd.DataFrame:
     """``experiment = "transcoder-r2"``: a detection sweep (``out/sweep``, resumable), then
-    for each concept its detection rate, its transcoder features (mean activation over the
-    steered prompt's positions, every transcoder after the injection layer) and its vector's
-    projection on PC1; nested ridge R² of the rates on each."""
+    for each concept its detection rate (the sweep's rule grades), its transcoder features
+    (each feature's mean activation over the positions of the concept's steered trial-1
+    prompt, at the sweep's largest strength, every transcoder after the injection layer) and
+    its vector's projection on the vectors' first principal component; nested ridge R² of
+    the rates on each (``concepts.csv``: the rates and projections)."""
     import numpy as np
     import pandas as pd
     import torch
@@ -663,6 +665,7 @@ def run_r2_kind(
     from mechintro.app.report import choose_grader, graded_trials, load_grades
     from mechintro.experiments.protocols import get
     from mechintro.experiments.sweeps import load_frozen, load_results, run_sweep
+    from mechintro.models import tokenizer_of
 
     p = build(R2Params, cfg, "transcoder-r2")
     spec = sweep_spec(p.sweep, model=model)
@@ -683,7 +686,7 @@ def run_r2_kind(
     added = torch.stack([frozen.rows[(layer, w)] for w in words])  # what a strength of 1 adds
     tcs = {k: v for k, v in _transcoders(p.transcoders).items() if k > layer}
     protocol = get(spec.protocols[0])
-    tok = model.tokenizer
+    tok = tokenizer_of(model)
     prompts = [protocol.prompt(1, concept=w, tokenizer=tok) for w in words]
     inj = protocol.injection(layer, added, strength, mode=spec.modes[0], start=spec.start)
     fa = feature_activations(model, tcs, prompts, injection=inj, batch_size=batch_size)
