@@ -358,8 +358,9 @@ def as_prompt_batch(
 
     * a ``PromptBatch``: itself (moved to ``device``);
     * a token tensor ``[pos]`` or ``[batch, pos]`` of integer ids (``model.to_tokens(text)``,
-      whose BOS it keeps): every token is real (no padding: for a padded batch, encode the
-      texts), with the positions ``first`` and ``last``;
+      whose BOS it keeps): every token is real, so rows of one length (for texts of
+      different lengths pass the texts, left-padded here); the positions ``first`` and
+      ``last``;
     * a string, a :class:`Prompt` or a list of them: :func:`encode`, a string as raw text.
 
     Example::
@@ -389,6 +390,14 @@ def as_prompt_batch(
         )
     if bool((ids < 0).any()):
         raise ValueError("a token tensor holds token ids, which are >= 0; got a negative one")
+    pad = tokenizer.pad_token_id
+    ends = ids[:, -1] == pad if pad is not None else None
+    if ends is not None and bool(ends.any()) and not bool(ends.all()):
+        raise ValueError(
+            "some rows of the token tensor end in the pad token and others do not: it looks "
+            "right-padded (as model.to_tokens pads a list of texts), and here every token is "
+            "read as real. Pass the texts themselves, which are left-padded with exact positions"
+        )
     B, T = ids.shape
     last = torch.full((B,), T - 1, dtype=torch.long, device=device)
     return PromptBatch(

@@ -62,6 +62,9 @@ def test_what_is_not_prompts_is_refused_with_the_accepted_forms(llama, unchecked
         as_prompt_batch(tok, torch.zeros(1, 2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="negative"):
         as_prompt_batch(tok, torch.tensor([[1, -1]]))
+    right_padded = torch.tensor([[5, 6, 7], [5, 6, tok.pad_token_id]])
+    with pytest.raises(ValueError, match="looks right-padded"):
+        as_prompt_batch(tok, right_padded)
 
 
 def test_patching_takes_tensors_and_strings_with_the_batchs_numbers(llama):
