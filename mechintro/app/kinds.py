@@ -179,11 +179,23 @@ def run_intention_kind(
 # noise, patch, intentional control
 
 
+#: keys that belong at the top of a config, not in an experiment's table
+RUN_KEYS: tuple[str, ...] = ("model", "revision", "out", "backend", "dtype", "device", "batch_size")
+
+
+def _table(cfg: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A copy of an experiment's table, refusing the run's own keys in it."""
+    misplaced = sorted(set(cfg) & set(RUN_KEYS))
+    if misplaced:
+        raise UsageError(f"[{where}]: {misplaced} are set at the top of the config (or --out)")
+    return dict(cfg)
+
+
 def noise_config(cfg: Mapping[str, Any], *, small: bool = False) -> Any:
     """A NoiseConfig from a noise table (``model`` and ``out`` are the run's)."""
     from mechintro.app.options import NoiseConfig
 
-    data = dict(cfg)
+    data = _table(cfg, "noise")
     if small:
         data["strengths"] = [0.0, max(data.get("strengths", [10.0]))]
         data["n_random"] = 1
@@ -243,7 +255,7 @@ def patch_config(cfg: Mapping[str, Any], out: Path, *, small: bool = False, **ru
     """A PatchConfig from a patch table (``model``, ``out`` and the model keys are the run's)."""
     from mechintro.app.patch_sweep import PatchConfig
 
-    data = dict(cfg)
+    data = _table(cfg, "patch")
     if small:
         data["components"] = list(data.get("components", ("resid_post",)))[:1]
         data["positions"] = ["all"]
@@ -263,7 +275,9 @@ def run_patch_kind(
     from mechintro.models import model_info
 
     info = model_info(model)
-    c = patch_config(cfg, out, small=small, model=info.name, batch_size=batch_size)
+    c = patch_config(
+        cfg, out, small=small, model=info.name, revision=info.revision or "", batch_size=batch_size
+    )
     frames = run_patch_sweep(c, model)
     return pd.concat([f.assign(component=k) for k, f in frames.items()], ignore_index=True)
 

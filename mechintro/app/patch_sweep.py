@@ -59,6 +59,7 @@ class PatchConfig:
     layers: tuple[int, ...] = opt((), "patched layers (default: every layer after --layer)")
     positions: tuple[str, ...] = opt(("each",), "each, all, or indices / named positions")
     method: str = opt("activation", "activation (exact) or attribution (fast screen)")
+    revision: str = opt("", "Hub revision of the model (branch, tag or commit; default: main)")
     backend: str = opt("bridge", "TransformerLens model class")
     dtype: str = opt("float32", "weights and activations dtype")
     device: str = opt("cpu", "torch device, e.g. cuda")
@@ -87,6 +88,8 @@ class PatchConfig:
         data = dataclasses.asdict(self)
         for k in ("out", "batch_size", "device"):
             data.pop(k)
+        if not data["revision"]:  # folders bound before the field existed still resume
+            data.pop("revision")
         return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
 
 
@@ -122,6 +125,7 @@ def run_patch_sweep(cfg: PatchConfig, model: Any = None) -> dict[str, pd.DataFra
     if model is None:
         model = load_model(
             cfg.model,
+            revision=cfg.revision or None,
             backend=cfg.backend,  # type: ignore[arg-type]
             dtype=getattr(torch, cfg.dtype),
             device=cfg.device,
