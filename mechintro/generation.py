@@ -21,6 +21,8 @@ Example::
     batch = encode(model.tokenizer, prompts)
     out = generate(model, batch, injection=inj, max_new_tokens=60, temperature=1.0, seed=0)
     out.replies
+    out.to_frame()  # one row per reply: prompt, reply, n_tokens, finished, seed
+    generate(model, "The cat sat on the", max_new_tokens=5).replies  # raw text works too
 """
 
 from __future__ import annotations
