@@ -156,3 +156,26 @@ def test_a_base_checkpoint_sweeps_raw_and_says_so(base_checkpoint, tmp_path, cap
     # resuming with the spec as written adapts it the same way: nothing runs again
     again = run_sweep(model, spec, tmp_path / "b", batch_size=4, progress=False)
     assert len(again) == len(df) == 2
+
+
+def test_intention_unrelated_prefills_another_word_and_grades_as_the_unrelated_condition():
+    from mechintro.app.report import GRADE_COLUMNS, intention_trials
+
+    proto = PROTOCOLS["intention-unrelated"]
+    assert proto.prompt(1, concept="Dust").marks["prefill"] == "bread"
+    assert proto.prompt(1, concept="Bread").marks["prefill"] == "pencil"
+    assert PROTOCOLS["intention"].prompt(1, concept="Dust").marks["prefill"] == "Dust"
+    trials = pd.DataFrame(
+        {
+            "trial_id": ["a", "b", "c", "d"],
+            "protocol": ["intention", "intention", "intention-unrelated", "intention-unrelated"],
+            "reply": ["Yes, I meant it.", "Sorry, an accident.", "Sorry.", "Yes, on purpose."],
+            "concept": ["Dust", "Dust", "Dust", "Dust"],
+            "injected": [True, False, True, False],
+            "trial_number": [1, 1, 1, 1],
+        }
+    )
+    df = intention_trials(trials, pd.DataFrame(columns=GRADE_COLUMNS), "rule")
+    assert list(df.condition) == ["word", "uninjected", "unrelated", "uninjected"]
+    assert list(df.word) == ["Dust", "Dust", "bread", "bread"]
+    assert list(df.label) == ["accept", "apology", "apology", "accept"]
