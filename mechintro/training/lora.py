@@ -74,6 +74,7 @@ FONSECA_QUESTIONS: tuple[str, ...] = (
 FONSECA_YES = "I detect an injected thought about {c}."
 FONSECA_NO = "I do not detect any injected thoughts."
 ATTENTION_PROJECTIONS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+ALL_LINEAR = "all-linear"  # as target_modules=("all-linear",): every linear but the unembedding
 PROMPT_FORMATS = ("fonseca", "chat")
 
 
@@ -257,16 +258,20 @@ class ExampleStream:
 
 
 def attention_targets(hf: nn.Module, names: Sequence[str] = ATTENTION_PROJECTIONS) -> list[str]:
-    """Full names of the ``nn.Linear`` modules whose logical name ends in one of ``names``.
+    """Full names of the ``nn.Linear`` modules whose logical name ends in one of ``names``;
+    ``("all-linear",)``: every ``nn.Linear`` but the output embedding (peft's meaning, Macar
+    et al.'s DPO ablation).
 
     In a bridge the HF projections are wrapped (``q_proj._original_component``): the logical
     name drops those wrapper segments, and the wrapped ``nn.Linear`` is what gets the adapter.
     """
+    every = tuple(names) == (ALL_LINEAR,)
+    head = getattr(hf, "get_output_embeddings", lambda: None)()
     out = []
     for full, mod in hf.named_modules():
         if isinstance(mod, nn.Linear):
             logical = full.replace("._original_component", "")
-            if logical.rsplit(".", 1)[-1] in names:
+            if (every and mod is not head) or logical.rsplit(".", 1)[-1] in names:
                 out.append(full)
     if not out:
         raise ValueError(
@@ -276,10 +281,11 @@ def attention_targets(hf: nn.Module, names: Sequence[str] = ATTENTION_PROJECTION
     return out
 
 
-def add_lora(hf: nn.Module, cfg: LoRAConfig) -> list[str]:
-    """Insert LoRA adapters (``peft``) into ``hf``'s attention projections, in place.
+def add_lora(hf: nn.Module, cfg: LoRAConfig, *, random_init: bool = False) -> list[str]:
+    """Insert LoRA adapters (``peft``) into ``hf``'s ``cfg.target_modules``, in place.
 
-    Returns the adapted modules' names. The adapters start as an identity (B = 0).
+    Returns the adapted modules' names. The adapters start as an identity (B = 0), or with
+    ``random_init`` as random A and B (Macar et al.'s untrained "random LoRA" control).
     """
     try:
         from peft import LoraConfig as PeftLoraConfig
@@ -289,7 +295,11 @@ def add_lora(hf: nn.Module, cfg: LoRAConfig) -> list[str]:
     targets = attention_targets(hf, cfg.target_modules)
     flags = {id(p): p.requires_grad for p in hf.parameters()}
     peft_cfg = PeftLoraConfig(
-        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=targets,
+        init_lora_weights=not random_init,
     )
     inject_adapter_in_model(peft_cfg, hf)
     for p in hf.parameters():  # peft froze the base weights: give them back their flags
@@ -314,6 +324,25 @@ def merge_lora(hf: nn.Module) -> int:
         mod.merge()
         parent, _, attr = name.rpartition(".")
         setattr(hf.get_submodule(parent) if parent else hf, attr, mod.get_base_layer())
+    return len(names)
+
+
+@torch.no_grad()
+def unload_lora(hf: nn.Module) -> int:
+    """Remove every LoRA adapter of ``hf`` without keeping its change (a merged one is
+    unmerged first), in place: the base weights are as before the adapters. Returns the
+    count."""
+    from peft.tuners.lora import LoraLayer
+
+    names = [n for n, m in hf.named_modules() if isinstance(m, LoraLayer)]
+    for name in names:
+        mod: Any = hf.get_submodule(name)
+        if mod.merged:
+            mod.unmerge()
+        parent, _, attr = name.rpartition(".")
+        setattr(hf.get_submodule(parent) if parent else hf, attr, mod.get_base_layer())
+    if "peft_config" in vars(hf):  # peft's record of the injection: the adapters are gone
+        del hf.peft_config
     return len(names)
 
 
@@ -456,6 +485,7 @@ def train_lora(
 
 
 __all__ = [
+    "ALL_LINEAR",
     "ATTENTION_PROJECTIONS",
     "FONSECA_NO",
     "FONSECA_QUESTIONS",
@@ -472,4 +502,5 @@ __all__ = [
     "question_prompt",
     "save_lora",
     "train_lora",
+    "unload_lora",
 ]

@@ -1,4 +1,5 @@
-"""Preference and supervised objectives: DPO (with and without a reference model), SFT, SFT+KL.
+"""Preference and supervised objectives: DPO (with and without a reference model), SFT, SFT+KL,
+and the contrastive margin with and without a KL anchor.
 
 Macar et al. (2026, docs/protocols.md §7) find that across a family's training stages DPO is the
 first to bring the false-positive rate of introspection to ~0, and ablate it against
@@ -12,6 +13,9 @@ supervised fine-tuning. The objectives, on reply tokens only:
 * **SFT+KL**: SFT plus ``kl_weight × KL(π ‖ π_ref)``, the full-vocabulary KL divergence at
   each reply position, averaged (it keeps the fine-tune near the starting model). With
   ``kl_weight = 0`` it is SFT exactly.
+* **Margin** (Macar et al.'s ``contrastive_margin``, ``experiments/03f_dpo_mechanism_ablation.py``):
+  ``max(0, m − [log π(c)/|c| − log π(r)/|r|])`` on length-normalised log-probabilities, no
+  reference; **margin+KL** adds ``kl_weight × KL(π ‖ π_ref)`` on the chosen reply's tokens.
 
 :func:`train_preferences` runs any of them on an HF model (or a bridge's HF modules), with
 optional injections per pair, and a frozen copy of the starting model as the reference.
@@ -62,7 +66,7 @@ from mechintro.vectors import ConceptVector
 
 logger = logging.getLogger(__name__)
 
-OBJECTIVES = ("dpo", "dpo-reference-free", "sft", "sft-kl")
+OBJECTIVES = ("dpo", "dpo-reference-free", "sft", "sft-kl", "margin", "margin-kl")
 
 
 @dataclass(frozen=True)
@@ -122,11 +126,21 @@ def sft_loss(logits: Tensor, batch: ReplyBatch) -> Tensor:
     return reply_loss(logits, batch)
 
 
+def reply_kl(logits: Tensor, reference_logits: Tensor, batch: ReplyBatch) -> Tensor:
+    """The mean over reply positions (those predicting a reply token) of ``KL(π ‖ π_ref)``
+    over the vocabulary."""
+    if logits.shape != reference_logits.shape:
+        raise ValueError("policy and reference logits differ in shape")
+    mask = batch.loss_mask[:, 1:]
+    logp = logits[:, :-1][mask].float().log_softmax(-1)
+    logq = reference_logits[:, :-1][mask].float().log_softmax(-1)
+    return (logp.exp() * (logp - logq)).sum(-1).mean()
+
+
 def sft_kl_loss(
     logits: Tensor, reference_logits: Tensor, batch: ReplyBatch, *, kl_weight: float
 ) -> Tensor:
-    """SFT plus ``kl_weight`` × the mean over reply positions of ``KL(π ‖ π_ref)`` over the
-    vocabulary (positions that predict a reply token). ``kl_weight = 0``: SFT exactly."""
+    """SFT plus ``kl_weight`` × :func:`reply_kl`. ``kl_weight = 0``: SFT exactly."""
     if not (math.isfinite(kl_weight) and kl_weight >= 0):
         raise ValueError(f"kl_weight must be >= 0, got {kl_weight}")
     if logits.shape != reference_logits.shape:
@@ -134,11 +148,29 @@ def sft_kl_loss(
     ce = reply_loss(logits, batch)
     if kl_weight == 0:
         return ce
-    mask = batch.loss_mask[:, 1:]
-    logp = logits[:, :-1][mask].float().log_softmax(-1)
-    logq = reference_logits[:, :-1][mask].float().log_softmax(-1)
-    kl = (logp.exp() * (logp - logq)).sum(-1).mean()
-    return ce + kl_weight * kl
+    return ce + kl_weight * reply_kl(logits, reference_logits, batch)
+
+
+def margin_loss(
+    chosen: Tensor,
+    rejected: Tensor,
+    chosen_tokens: Tensor,
+    rejected_tokens: Tensor,
+    *,
+    margin: float = 1.0,
+) -> Tensor:
+    """The contrastive margin: ``mean(max(0, margin − [chosen/|c| − rejected/|r|]))`` from
+    summed reply log-probabilities ``[batch]`` and reply lengths (no reference model).
+
+    Example::
+
+        margin_loss(torch.tensor([-2.0]), torch.tensor([-6.0]), torch.tensor([2.0]),
+                    torch.tensor([2.0]))  # max(0, 1 - (-1 + 3)) = 0
+    """
+    if not math.isfinite(margin):
+        raise ValueError(f"margin must be finite, got {margin}")
+    gap = chosen / chosen_tokens.clamp(min=1) - rejected / rejected_tokens.clamp(min=1)
+    return torch.relu(margin - gap).mean()
 
 
 @dataclass(frozen=True)
@@ -162,6 +194,7 @@ class PreferenceConfig:
     beta: float = 0.1
     label_smoothing: float = 0.0
     kl_weight: float = 0.1
+    margin: float = 1.0  # the margin objectives' m
     lr: float = 1e-5
     steps: int = 100
     batch_size: int = 8
@@ -194,7 +227,12 @@ class PreferenceConfig:
 
     @property
     def needs_reference(self) -> bool:
-        return self.objective in ("dpo", "sft-kl")
+        return self.objective in ("dpo", "sft-kl", "margin-kl")
+
+    @property
+    def contrastive(self) -> bool:
+        """Whether the objective compares a chosen and a rejected reply."""
+        return self.objective.startswith(("dpo", "margin"))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -226,7 +264,7 @@ class _PairStream:
         self.chosen = encode_replies(tok, prompts, [p.chosen for p in self.pairs])
         self.rejected = (
             encode_replies(tok, prompts, [p.rejected or "" for p in self.pairs])
-            if cfg.objective.startswith("dpo")
+            if cfg.contrastive
             else None
         )
         self.rng = random.Random(cfg.seed)
@@ -264,8 +302,10 @@ def train_preferences(
     pairs = list(pairs)
     if not pairs:
         raise ValueError("no training pairs given")
-    if cfg.objective.startswith("dpo") and any(not p.rejected for p in pairs):
-        raise ValueError("DPO needs a rejected reply in every pair (PreferencePair.rejected)")
+    if cfg.contrastive and any(not p.rejected for p in pairs):
+        raise ValueError(
+            f"{cfg.objective} needs a rejected reply in every pair (PreferencePair.rejected)"
+        )
     concepts = sorted({p.concept for p in pairs if p.concept is not None})
     layers = [cfg.layer] if concepts and cfg.layer is not None else []
     hf, tok = training_modules(model, tokenizer, layers)
@@ -324,6 +364,20 @@ def train_preferences(
         r = stream.rejected.select(idx).to(dev)
         inj_r = injections(r, idx)
         pol_r = logits_of(hf, r, inj_r)
+        if cfg.objective.startswith("margin"):
+            loss = margin_loss(
+                sequence_logprobs(pol_c, c),
+                sequence_logprobs(pol_r, r),
+                c.loss_mask.sum(-1).float(),
+                r.loss_mask.sum(-1).float(),
+                margin=cfg.margin,
+            )
+            if cfg.objective == "margin-kl":
+                assert ref is not None
+                with torch.no_grad():
+                    ref_c = logits_of(ref, c, inj_c)
+                loss = loss + cfg.kl_weight * reply_kl(pol_c, ref_c, c)
+            return loss
         ref_lp: tuple[Tensor | None, Tensor | None] = (None, None)
         if ref is not None:
             with torch.no_grad():
