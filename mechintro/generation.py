@@ -227,7 +227,8 @@ def generate(
                 f"cuda_graph=True: a layer of this model's KV cache keeps its length in Python "
                 f"(a sliding window shorter than the {cache_len} positions of prompt + new "
                 "tokens, or linear attention), which a graph replay would not update, or its "
-                "attention is neither eager nor sdpa: pass cuda_graph=None, or fewer new tokens"
+                "attention is none of eager, sdpa and mechintro_grouped: pass cuda_graph=None, "
+                "or fewer new tokens"
             )
         row_seeds = seeds.to(device)
         out = torch.empty(B, 0, dtype=torch.long, device=device)
