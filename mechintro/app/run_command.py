@@ -216,14 +216,17 @@ class Entry:
         return (self.model, self.revision, self.backend, self.dtype, self.device)
 
     def key(self, small: bool) -> str:
-        """A hash of everything that determines the result."""
+        """A hash of everything that determines the result (not the batch size)."""
         data = {**dataclasses.asdict(self), "small": small}
-        data.pop("given")
+        for k in ("given", "batch_size"):
+            data.pop(k)
         text = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _with_preset(kind: str, params: dict[str, Any], name: str | None) -> tuple[dict, dict | None]:
+def _with_preset(
+    kind: str, params: dict[str, Any], name: str | None
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """``params`` over the preset's fields (and, for sweeps, its depths and word list where
     the config gives no layers or concepts)."""
     if not name:
@@ -243,10 +246,10 @@ def _with_preset(kind: str, params: dict[str, Any], name: str | None) -> tuple[d
     base = dict(preset.fields)
     if want == "sweep":
         base.update({k: v for k, v in preset.extras.items() if k in K.SWEEP_EXTRAS})
-        if {"layers", "depths"} & set(params):
-            base.pop("layers", None), base.pop("depths", None)
-        if {"concepts", "word_list"} & set(params):
-            base.pop("concepts", None), base.pop("word_list", None)
+        for given in (("layers", "depths"), ("concepts", "word_list")):
+            if set(given) & set(params):  # the config's own layers (or concepts) replace both
+                for k in given:
+                    base.pop(k, None)
     record = {
         "name": preset.name,
         "kind": preset.kind,
