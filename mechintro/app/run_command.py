@@ -426,7 +426,7 @@ def _finished(out: Path, key: str, yes: bool) -> pd.DataFrame | None:
     return pd.read_csv(table) if table.is_file() and table.stat().st_size > 1 else pd.DataFrame()
 
 
-def _record(entry: Entry, out: Path, small: bool, **fields: Any) -> dict[str, Any]:
+def _record(entry: Entry, small: bool, **fields: Any) -> dict[str, Any]:
     from mechintro.record import library_versions
 
     return {
@@ -486,17 +486,15 @@ def execute(
     t0 = time.perf_counter()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if entry.kind == "stages":
-        _write_record(out, _record(entry, out, small, started=started, finished=False))
+        _write_record(out, _record(entry, small, started=started, finished=False))
         table = run_stages(entry, out, small=small, yes=yes)
-        record = _record(entry, out, small, started=started)
+        record = _record(entry, small, started=started)
     else:
         if model is None:
             model = load(entry)
         note = template_note(model, entry)
         info = model_info(model).to_dict()
-        record = _record(
-            entry, out, small, model=info, notes=[note] if note else [], started=started
-        )
+        record = _record(entry, small, model=info, notes=[note] if note else [], started=started)
         _write_record(out, {**record, "finished": False})
         runner = resolve(entry.kind)
         kw: dict[str, Any] = {"small": small}
