@@ -346,8 +346,9 @@ def search_region_weights(
 
     ``grid``: the cells ``grid[j] × bounds[i]``; every combination when there are at most
     ``max_cells``, else ``passes`` of coordinate ascent from ``start`` (each region in turn
-    tries every grid value, the others held at the best so far). ``optuna``: TPE with
-    ``seed`` for ``n_trials`` trials, ``start`` tried first (needs ``optuna``). Configurations
+    tries every grid value, the others held at the best so far; ``start`` defaults to the
+    grid's middle cell). ``optuna``: TPE with ``seed`` for ``n_trials`` trials, ``start``
+    tried first (needs ``optuna``). Configurations
     are evaluated once each.
 
     Example::
@@ -362,7 +363,9 @@ def search_region_weights(
         raise ValueError(f"bounds must be one finite value >= 0 per region, got {bounds}")
     if search not in ("grid", "optuna"):
         raise ValueError(f"search must be 'grid' or 'optuna', got {search!r}")
-    start = tuple(float(b) / 1.2 for b in bounds) if start is None else tuple(start)
+    if start is None:  # the grid's middle cell
+        start = tuple(grid[len(grid) // 2] * float(b) for b in bounds)
+    start = tuple(start)
     if len(start) != k:
         raise ValueError(f"{k} regions but {len(start)} starting weights")
     seen: dict[tuple[float, ...], Score] = {}
@@ -514,9 +517,10 @@ def run_abliteration(
         )
     else:
         regions = config.regions
-        start = None
-        if len(config.weights) == len(regions):
-            start = [w for *_, w in config.weights]
+        # Macar's search starts at the regions' own weights (or the given ones, if aligned)
+        start = [
+            w for *_, w in (config.weights if len(config.weights) == len(regions) else regions)
+        ]
         table = search_region_weights(
             lambda ws: evaluate_regions(
                 [(a, b, w) for (a, b, _), w in zip(regions, ws, strict=True)]
