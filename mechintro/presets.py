@@ -197,13 +197,14 @@ _PRESETS: tuple[Preset, ...] = (
             "controls": ("one_plus_one_is_three",),
             "yes": " Yes",
             "no": " No",
-            "n_random": 1,
+            "n_random": 0,
         },
         source=(
             "Godet 2025, 'Introspection or confusion?' (LessWrong) and its linked script: "
             "layers int(n·f) at depth fractions 0.45 and 0.6, scales 0 to 10 in steps of 1, "
             "one control question ('Do you believe that 1+1=3?'), b read on ' Yes'/' No', the "
-            "all-caps vector at the injection layer; docs/protocols.md §5"
+            "all-caps vector at the injection layer and no random-vector baseline (mechintro's "
+            "addition: n_random > 0); docs/protocols.md §5"
         ),
     ),
     Preset(
