@@ -66,7 +66,8 @@
   function shortLabel(node) {
     if (node.feature_type === 'cross layer transcoder') {
       const [, index] = cantorUnpair(node.feature);
-      return `#${index}`;
+      const last = state.data.metadata.prompt_tokens.length - 1;
+      return node.ctx_idx === last ? `#${index}` : `#${index} @${node.ctx_idx}`;
     }
     if (node.feature_type === 'logit') return (node.clerp.split('"')[1] || 'logit');
     if (node.mechintro && node.mechintro.label) return node.mechintro.label;
