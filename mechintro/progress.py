@@ -41,7 +41,11 @@ LOG_INTERVAL = 30.0
 def interactive() -> bool:
     """Whether a bar can redraw in place: stderr is a terminal, or this is a Jupyter kernel."""
     stream = sys.stderr
-    return bool(stream is not None and stream.isatty()) or "ipykernel" in sys.modules
+    if stream is not None and stream.isatty():
+        return True
+    ipython = sys.modules.get("IPython")  # a kernel has imported it; then ask it (as tqdm.auto)
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and "IPKernelApp" in shell.config
 
 
 @functools.cache

@@ -3,18 +3,26 @@ and no Hugging Face bar per model load."""
 
 from __future__ import annotations
 
+import io
 import logging
+import sys
 
 from mechintro.batching import in_batches
 from mechintro.progress import LoggedBar, TqdmHandler, interactive, progress_bar, quiet_loading
+
+
+def to_a_file(monkeypatch) -> None:
+    """stderr a file, as in a log or CI (also under pytest -s in a terminal)."""
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
 
 
 def bar_lines(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "mechintro.progress"]
 
 
-def test_where_lines_cannot_redraw_a_bar_is_logged_once_per_count(caplog):
-    assert not interactive()  # pytest captures stderr: neither a terminal nor a notebook
+def test_where_lines_cannot_redraw_a_bar_is_logged_once_per_count(caplog, monkeypatch):
+    to_a_file(monkeypatch)
+    assert not interactive()  # neither a terminal nor a notebook
     caplog.set_level(logging.INFO)
     bar = progress_bar(total=3, desc="sweep", unit="trial")
     assert isinstance(bar, LoggedBar)
@@ -43,7 +51,8 @@ def test_no_bar_when_disabled(caplog):
     assert bar_lines(caplog) == []
 
 
-def test_batches_with_a_bar_do_not_also_log_each_batch(caplog):
+def test_batches_with_a_bar_do_not_also_log_each_batch(caplog, monkeypatch):
+    to_a_file(monkeypatch)
     caplog.set_level(logging.INFO)
     list(in_batches(list(range(10)), 4, label="score", progress=True))
     per_batch = [
@@ -59,14 +68,15 @@ def test_batches_with_a_bar_do_not_also_log_each_batch(caplog):
     ]
 
 
-def test_the_handler_writes_through_tqdm(capsys):
+def test_the_handler_writes_through_tqdm(monkeypatch):
+    to_a_file(monkeypatch)
     handler = TqdmHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     record = logging.LogRecord(
         "mechintro.x", logging.WARNING, __file__, 1, "careful %d", (1,), None
     )
     handler.emit(record)
-    assert capsys.readouterr().err == "WARNING careful 1\n"
+    assert sys.stderr.getvalue() == "WARNING careful 1\n"
 
 
 def test_quiet_loading_turns_off_the_load_bar_only_for_the_block():
