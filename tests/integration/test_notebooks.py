@@ -48,7 +48,7 @@ def test_notebooks_exist() -> None:
     assert {"quickstart.ipynb", "noise_controls.ipynb", "circuits.ipynb"} <= names
 
 
-@pytest.mark.slow  # about 2.5 min for the three on 2 CPU cores
+@pytest.mark.slow  # each under a minute on 2 CPU cores (the README gives the measured times)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(
     path: Path, tmp_path: Path, record_property: Callable[[str, object], None]
