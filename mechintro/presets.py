@@ -170,20 +170,19 @@ _PRESETS: tuple[Preset, ...] = (
             "protocols": ("detection", "forced"),
             "modes": ("from-trial",),
             "trial_numbers": tuple(range(1, 11)),
-            "n_samples": 1,
+            "n_samples": 10,
             "n_controls": 500,
             "temperature": 1.0,
             "max_new_tokens": 100,
             "method": "lindsey",
             "unit": "raw",
-            "seed": 42,
         },
         source=(
             "Macar et al. 2026 (arXiv:2603.21396), main detection experiment on Gemma3-27B-IT: "
             "layer 37 of 62 (0.6 of the depth), strength 4 on unnormalised Lindsey vectors, "
-            "from the trial question on, trial numbers 1-10 per concept, 100 new tokens, "
-            "temperature 1.0 and 500 controls as in experiments/01_concept_injection.py "
-            "(the paper's figures: temperature 0, 5,000 controls); docs/protocols.md §3"
+            "from the trial question on; experiments/02_steering_evaluation.py: trial numbers "
+            "1-10 x 10 samples per concept, 10 x 50 = 500 controls, temperature 1.0, 100 new "
+            "tokens (the paper's figures: temperature 0, 5,000 controls); docs/protocols.md §3"
         ),
         model=_GEMMA,
         extras={"depths": (0.6,), "word_list": "lindsey_concepts"},
