@@ -36,7 +36,8 @@ strength: ``tpr``, ``fpr``, ``identification``, ``identification_category``,
 intervals; ``transcoders.fvu`` per layer; ``circuits``: ``gate_ablation.relative_drop``,
 ``gate_patching.relative_gain``, ``graph.edge_verification_r``, ``graph.n_nodes``,
 ``graph.n_edges`` and more), ``DIR/report.html`` and ``DIR/circuits/`` (the steering graph
-as ``graph.json`` and in circuit-tracer's viewer format).
+as ``graph.json``, and in ``DIR/circuits/viewer`` for the graph viewers with the top-activating
+examples of its features: ``mechintro viewer DIR``).
 """
 
 from __future__ import annotations
