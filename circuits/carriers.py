@@ -29,7 +29,7 @@ from torch import Tensor
 from circuits.trace import FeatureSet, check_features, trace, transcoder_layers
 from mechintro.inject import Injection
 from mechintro.models import TLModel
-from mechintro.prompts import PromptBatch
+from mechintro.prompts import PromptLike, as_prompt_batch
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,7 +58,7 @@ def _corr(x: Tensor, y: Tensor) -> Tensor:
 def evidence_carriers(
     model: TLModel,
     transcoders: Any,
-    batch: PromptBatch,
+    batch: PromptLike,
     vectors: Tensor,
     gates: FeatureSet,
     *,
@@ -75,6 +75,7 @@ def evidence_carriers(
     vector) at each of ``strengths`` (and 0). The ``top`` most negative pooled
     attributions per gate are kept; ``carrier`` marks those with a negative attribution,
     ``dose_r > 0`` and ``|detection_r| ≥ min_detection_r``."""
+    batch = as_prompt_batch(getattr(model, "tokenizer", None), batch)
     tcs = transcoder_layers(model, transcoders, after=layer)
     check_features(gates, tcs)
     if len(vectors) != len(batch):

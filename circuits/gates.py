@@ -26,7 +26,7 @@ from circuits.trace import FeatureSet, trace, transcoder_layers
 from mechintro.analysis.dla import LogitDirection, direct_logit_attribution
 from mechintro.inject import Injection
 from mechintro.models import TLModel
-from mechintro.prompts import PromptBatch
+from mechintro.prompts import PromptLike, as_prompt_batch
 
 CLASSES = ("suppressed", "detector", "amplified", "stable", "inactive")
 
@@ -43,7 +43,7 @@ def gate_count(d_sae: int) -> int:
 def gate_scores(
     model: TLModel,
     transcoders: Any,
-    batch: PromptBatch,
+    batch: PromptLike,
     *,
     injection_layer: int,
     direction: LogitDirection | None = None,
@@ -53,6 +53,7 @@ def gate_scores(
     effect on the logit difference over the unsteered rows of ``batch``, at the last
     position), ``activation`` (mean, unsteered), and with ``steered`` also
     ``activation_steered`` and ``dla_steered`` (the same rows under that injection)."""
+    batch = as_prompt_batch(getattr(model, "tokenizer", None), batch)
     tcs = transcoder_layers(model, transcoders, after=injection_layer)
     res = direct_logit_attribution(model, batch, by="feature", transcoders=tcs, direction=direction)
     plain = trace(model, tcs, batch, direction=direction)
@@ -99,7 +100,7 @@ def ranked(scores: pd.DataFrame) -> list[tuple[int, int]]:
 def strength_curves(
     model: TLModel,
     transcoders: Any,
-    batch: PromptBatch,
+    batch: PromptLike,
     vectors: Tensor,
     strengths: Sequence[float],
     features: FeatureSet,
@@ -111,6 +112,7 @@ def strength_curves(
     """Mean activation at the readout position of each feature in ``features`` for every
     signed strength (``vectors``: one unit vector per row of ``batch``; strength 0 is the
     unsteered run). Columns: layer, feature, strength, activation."""
+    batch = as_prompt_batch(getattr(model, "tokenizer", None), batch)
     tcs = transcoder_layers(model, transcoders)
     rows = []
     for s in sorted({0.0, *map(float, strengths)}):

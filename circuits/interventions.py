@@ -25,7 +25,7 @@ from mechintro.analysis.dla import LogitDirection
 from mechintro.analysis.transcoders.analysis import as_layers
 from mechintro.inject import Injection
 from mechintro.models import TLModel
-from mechintro.prompts import PromptBatch
+from mechintro.prompts import PromptLike, as_prompt_batch
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def _rate(t: Trace) -> float:
 def intervene(
     model: TLModel,
     transcoders: Any,
-    batch: PromptBatch,
+    batch: PromptLike,
     injection: Injection,
     features: FeatureSet,
     *,
@@ -81,6 +81,7 @@ def intervene(
 ) -> Intervention:
     """Ablate ``features`` in the steered run and patch them onto the unsteered run of
     ``batch``. ``runs``: the (unsteered, steered) traces if already computed."""
+    batch = as_prompt_batch(getattr(model, "tokenizer", None), batch)
     tcs = as_layers(model, transcoders)
     check_features(features, tcs)
     plain, steer = runs or (
@@ -113,7 +114,7 @@ def intervene(
 def control_unchanged(
     model: TLModel,
     transcoders: Any,
-    batch: PromptBatch,
+    batch: PromptLike,
     injection: Injection,
     features: FeatureSet,
 ) -> dict[str, float]:
@@ -123,6 +124,7 @@ def control_unchanged(
     prompts: a single-turn question has no ``trial`` position, so inject with
     ``mode="single-token"`` (Godet's protocol for these questions), the same vectors and
     strengths."""
+    batch = as_prompt_batch(getattr(model, "tokenizer", None), batch)
     tcs = as_layers(model, transcoders)
     plain = trace(model, tcs, batch)
     steer = trace(model, tcs, batch, injection=injection)
@@ -140,7 +142,7 @@ def control_unchanged(
 def progressive(
     model: TLModel,
     transcoders: Any,
-    batch: PromptBatch,
+    batch: PromptLike,
     injection: Injection,
     order: Sequence[tuple[int, int]],
     ks: Sequence[int],
@@ -151,6 +153,7 @@ def progressive(
     """Detection under ablation and patching of the top-``k`` features of ``order``
     (``(layer, feature)``, most important first) for each ``k``: one row per ``k`` with the
     :class:`Intervention` fields. ``runs``: the (unsteered, steered) traces if computed."""
+    batch = as_prompt_batch(getattr(model, "tokenizer", None), batch)
     tcs = as_layers(model, transcoders)
     runs = runs or (
         trace(model, tcs, batch, direction=direction),

@@ -48,7 +48,7 @@ from circuits.trace import FeatureSet, Trace, trace, transcoder_layers
 from mechintro.analysis.dla import LogitDirection
 from mechintro.inject import Injection
 from mechintro.models import TLModel, n_layers, tokenizer_of
-from mechintro.prompts import PromptBatch
+from mechintro.prompts import PromptLike, as_prompt_batch
 
 #: the first strength point: 0 exactly would switch the injection off for that row (a
 #: strength-0 row is never steered, to keep zero-strength runs bit-identical), which would
@@ -87,7 +87,7 @@ def _trapezoid(y: Tensor, dx: float) -> Tensor:
 def steering_attribution(
     model: TLModel,
     transcoders: Any,
-    batch: PromptBatch,
+    batch: PromptLike,
     vector: Tensor,
     *,
     layer: int,
@@ -99,6 +99,7 @@ def steering_attribution(
 ) -> SteeringAttribution:
     """SA of every feature after ``layer`` for the one-row ``batch`` steered by ``vector`` up
     to ``strength`` (× ``resid_norm``), integrated over ``n_points`` strengths."""
+    batch = as_prompt_batch(getattr(model, "tokenizer", None), batch)
     if len(batch) != 1:
         raise ValueError(f"give one prompt (a batch of 1 row), got {len(batch)} rows")
     if n_points < 2:
@@ -175,7 +176,7 @@ def _fid(layer: int, position: int, feature: int) -> str:
 def steering_graph(
     model: TLModel,
     transcoders: Any,
-    batch: PromptBatch,
+    batch: PromptLike,
     vector: Tensor,
     *,
     layer: int,
@@ -193,6 +194,7 @@ def steering_graph(
     ``gates``; ``carrier`` for a feature that steering turns up and that has a negative edge
     into a gate; else ``other``) and the error node. Returns the graph and the attribution
     it came from."""
+    batch = as_prompt_batch(getattr(model, "tokenizer", None), batch)
     if len(batch) != 1 or not bool(batch.attention_mask.all()):
         raise ValueError("steering_graph needs one unpadded prompt (a batch of 1 row)")
     sa = steering_attribution(
@@ -296,7 +298,7 @@ def _parse(node_id: str) -> tuple[int, int, int]:
 def edge_measure(
     model: TLModel,
     transcoders: Any,
-    batch: PromptBatch,
+    batch: PromptLike,
     vector: Tensor,
     *,
     layer: int,
@@ -310,6 +312,7 @@ def edge_measure(
     pre-activation minus its value with ``f`` held at its unsteered value at its position;
     f → root: the root minus its value under that hold; the error edge: NaN (not an
     intervention)."""
+    batch = as_prompt_batch(getattr(model, "tokenizer", None), batch)
     tcs = transcoder_layers(model, transcoders, after=layer)
     inj = Injection(layer, vector, strength, mode=mode, unit="resid-norm", resid_norm=resid_norm)
     base = trace(model, tcs, batch, injection=inj, direction=direction)

@@ -32,7 +32,7 @@ from mechintro.analysis.transcoders.analysis import as_layers
 from mechintro.inject import Injection, injected
 from mechintro.models import TLModel, tokenizer_of
 from mechintro.models import forward as models_forward
-from mechintro.prompts import PromptBatch
+from mechintro.prompts import PromptBatch, PromptLike, as_prompt_batch
 from mechintro.tokens import Belief
 
 FeatureSet = Mapping[int, Sequence[int]]
@@ -98,7 +98,7 @@ def forward(model: TLModel, batch: PromptBatch) -> Tensor:
 def trace(
     model: TLModel,
     transcoders: Any,
-    batch: PromptBatch,
+    batch: PromptLike,
     *,
     injection: Injection | None = None,
     edit: Edit | None = None,
@@ -108,6 +108,7 @@ def trace(
 ) -> Trace:
     """Run ``batch`` with the transcoders spliced in (error terms kept, so the unedited
     logits are the model's), steered by ``injection`` and edited by ``edit``."""
+    batch = as_prompt_batch(getattr(model, "tokenizer", None), batch)
     device = next(model.parameters()).device
     batch = batch.to(device)
     ctx = injected(model, injection, batch) if injection is not None else nullcontext()

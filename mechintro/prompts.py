@@ -351,12 +351,13 @@ def as_prompts(prompts: str | Prompt | Sequence[str | Prompt]) -> list[Prompt]:
 
 
 def as_prompt_batch(
-    tokenizer: Any, prompts: PromptLike, *, device: str | torch.device = "cpu"
+    tokenizer: Any, prompts: PromptLike, *, device: str | torch.device | None = None
 ) -> PromptBatch:
     """Any accepted form of prompts as a :class:`PromptBatch` on ``device`` (``tokenizer``:
     the model's, which only a PromptBatch does without).
 
-    * a ``PromptBatch``: itself (moved to ``device``);
+    * a ``PromptBatch``: itself (moved to ``device`` where one is given: a batch already on
+      the model's device stays there);
     * a token tensor ``[pos]`` or ``[batch, pos]`` of integer ids (``model.to_tokens(text)``,
       whose BOS it keeps): every token is real, so rows of one length (for texts of
       different lengths pass the texts, left-padded here); the positions ``first`` and
@@ -369,7 +370,8 @@ def as_prompt_batch(
         batch = as_prompt_batch(model.tokenizer, model.to_tokens("The cat sat"))
     """
     if isinstance(prompts, PromptBatch):
-        return prompts.to(device)
+        return prompts if device is None else prompts.to(device)
+    device = "cpu" if device is None else device
     if tokenizer is None:
         raise ValueError(
             "this model has no tokenizer to read the prompts with: pass a PromptBatch, or load "

@@ -306,3 +306,20 @@ def test_carriers_virtual_weights_and_attributions_by_hand(tiny_dirs):
         evidence_carriers(
             model, tcs, batch, V[:2], {3: [0]}, layer=0, resid_norm=1.0, strengths=(1.0,)
         )
+
+
+def test_circuits_take_texts_prompts_and_token_tensors(tiny_dirs):
+    """Every circuits entry point reads its prompts through as_prompt_batch: a list of
+    Prompts and a token tensor give exactly the numbers of the encoded batch."""
+    model = _model(tiny_dirs, "llama")
+    tcs = _tcs(model)
+    prompts = [Prompt.chat("Trial 1: Do you detect an injected thought?")]
+    batch = encode(model.tokenizer, prompts)
+    ids = batch.input_ids  # one row, no padding: every token real
+    want = trace(model, tcs, batch)
+    for given in (prompts, prompts[0], ids):
+        got = trace(model, tcs, given)
+        assert torch.equal(got.gap, want.gap) and torch.equal(got.b, want.b)
+        assert all(torch.equal(got.acts[k], want.acts[k]) for k in want.acts)
+    with pytest.raises(TypeError, match="PromptBatch"):
+        trace(model, tcs, 3.5)
