@@ -47,8 +47,8 @@ class Contexts:
 
     Attributes:
         examples: ``(layer, feature)`` → up to ``k`` examples, strongest first (one per prompt).
-        activations: ``(layer, feature)`` → its nonzero activations over every real token.
-        n_tokens: Real (unpadded) tokens seen.
+        activations: ``(layer, feature)`` → its nonzero activations over the tokens counted.
+        n_tokens: Tokens counted (real, unpadded ones, from ``start`` on).
     """
 
     examples: dict[Feature, tuple[Example, ...]]
@@ -90,6 +90,7 @@ def contexts(
     *,
     injection: Injection | None = None,
     run: Trace | None = None,
+    start: str | None = None,
     k: int = 10,
     before: int = 24,
     after: int = 8,
@@ -97,7 +98,11 @@ def contexts(
 ) -> Contexts:
     """The top-``k`` contexts of each of ``features`` over ``batch`` (module docstring): a
     context is the ``before`` tokens before the strongest position of a prompt, that position
-    and up to ``after`` tokens after it. Prompts where the feature never fires give none.
+    and up to ``after`` tokens after it; a context that several prompts share (the same
+    tokens and activations) is kept once. Prompts where the feature never fires give none.
+    ``start``: a named position of ``batch`` (e.g. ``"trial"``, where a from-trial injection
+    begins); only the tokens from there on count (the peaks, the activations, ``n_tokens``),
+    though a context may show tokens before it.
     ``run``: the :func:`~circuits.trace.trace` of ``batch`` (with ``injection``) when the
     caller has it already; else the batch runs here, ``batch_size`` prompts at a time.
 
@@ -130,25 +135,33 @@ def contexts(
             parts.append((rows, trace(model, {L: tcs[L] for L in layers}, rows, injection=inj)))
     for rows, tr in parts:
         mask = rows.attention_mask.bool().cpu()
+        firsts = (rows.position(start) if start is not None else rows.n_pad).cpu()
         for b in range(len(rows)):
             real = mask[b].nonzero().flatten()
             ids = rows.input_ids[b, real].tolist()
-            n_tokens += len(ids)
+            first = int(firsts[b]) - int(real[0])  # in the row's own (unpadded) indices
+            n_tokens += len(ids) - first
             for L in layers:
                 acts_L = tr.acts[L][b].detach().float().cpu()[real]
                 for f in (f for M, f in wanted if M == L):
                     a = acts_L[:, f]
-                    nz = a[a > 0]
+                    counted = a[first:]
+                    nz = counted[counted > 0]
                     if not len(nz):
                         continue
                     active[(L, f)].extend(nz.tolist())
-                    peak = int(a.argmax())
+                    peak = first + int(counted.argmax())
                     lo, hi = max(0, peak - before), min(len(ids), peak + after + 1)
                     ex = Example(decode(ids[lo:hi]), a[lo:hi].tolist(), peak - lo)
                     per_prompt[(L, f)].append((float(a[peak]), ex))
-    examples = {
-        x: tuple(e for _, e in sorted(v, key=lambda p: -p[0])[:k]) for x, v in per_prompt.items()
-    }
+    examples = {}
+    for x, found in per_prompt.items():
+        kept: dict[tuple[tuple[str, ...], tuple[float, ...]], Example] = {}
+        for _, ex in sorted(found, key=lambda p: -p[0]):
+            key = (tuple(ex.tokens), tuple(round(a, 5) for a in ex.acts))
+            if key not in kept and len(kept) < k:  # prompts that share the context: once
+                kept[key] = ex
+        examples[x] = tuple(kept.values())
     return Contexts(examples, {x: tuple(v) for x, v in active.items()}, n_tokens)
 
 

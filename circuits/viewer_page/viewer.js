@@ -262,7 +262,8 @@
     try {
       feature = await getJSON(url);
     } catch (err) {
-      box.appendChild(el('p', { class: 'status' }, `no examples: ${err.message}`));
+      // to_viewer_json(..., features=...) writes them; the demo does for its graph's features
+      box.appendChild(el('p', { class: 'hint' }, `No examples were written for this feature (${err.message}).`));
       return;
     }
     if (state.selected !== node.node_id) return;

@@ -21,8 +21,8 @@
    frontend), its prompt decoded and its root shown as the top Yes-variant token with its
    probability in the steered run, and the top-activating examples of each of its features
    (:mod:`circuits.examples`) over the demo's prompts: the concept prompts ("Tell me about
-   {word}", every train and held-out concept) and the detection trials unsteered, and the
-   detection trials steered as above.
+   {word}", every train and held-out concept) and the detection trials from "Trial n" on,
+   unsteered and steered as above.
 
 Detection here is the first reply token: ``b = logsumexp(Yes) − logsumexp(No) > 0`` at the
 end of the prompt (the organism's replies begin with "yes" or "no").
@@ -152,13 +152,15 @@ def organism_circuits(
         concept_prompts = encode(
             tok, [Prompt.chat(f"Tell me about {w}") for w in [*world.train, *held]]
         )
+        # the trials from "Trial n" on: where the injection acts (the preamble is the same in
+        # every trial and every run)
         steered = f"detection trials, held-out concepts injected at block {L} (x{strength:g})"
         sections = {
             "concept prompts, unsteered": contexts(model, transcoders, concept_prompts, features),
-            "detection trials, unsteered": contexts(
-                model, transcoders, batch, features, run=runs[0]
-            ),
-            steered: contexts(model, transcoders, batch, features, run=runs[1]),
+            **{
+                name: contexts(model, transcoders, batch, features, run=run, start="trial")
+                for name, run in (("detection trials, unsteered", runs[0]), (steered, runs[1]))
+            },
         }
         cards = feature_examples(model, transcoders, sections, "organism")
         graph.to_viewer_json(

@@ -43,33 +43,64 @@ def setup(tiny_dirs):
     torch.set_num_threads(n)
 
 
-def test_contexts_are_the_traces_activations(setup) -> None:
-    model, tcs, batch = setup
-    features = [(1, f) for f in range(8)] + [(2, 3)]
-    got = contexts(model, tcs, batch, features, k=3, before=2, after=1)
-    tr = trace(model, tcs, batch)
-    assert got.n_tokens == int(batch.attention_mask.sum())
+def expected(model, tr, batch, L, f, k, before, after, start=None):
+    """The top-k contexts worked out from the trace, one per prompt, repeats once."""
     decode = model.tokenizer.decode
+    found = []
+    for b in range(len(batch)):
+        real = batch.attention_mask[b].bool()
+        a = tr.acts[L][b, real, f]
+        first = 0 if start is None else int(batch.position(start)[b] - batch.n_pad[b])
+        if (a[first:] > 0).any():
+            peak = first + int(a[first:].argmax())
+            ids = batch.input_ids[b, real].tolist()
+            lo, hi = max(0, peak - before), min(len(ids), peak + after + 1)
+            found.append((float(a[peak]), [decode([i]) for i in ids[lo:hi]], a[lo:hi], peak - lo))
+    found.sort(key=lambda x: -x[0])
+    out, seen = [], set()
+    for value, tokens, acts, peak in found:
+        key = (tuple(tokens), tuple(round(float(x), 5) for x in acts))
+        if key not in seen and len(out) < k:
+            seen.add(key)
+            out.append((value, tokens, peak))
+    return out
+
+
+@pytest.mark.parametrize("start", [None, "trial"])
+def test_contexts_are_the_traces_activations(setup, start) -> None:
+    model, tcs, batch = setup
+    if start is not None:
+        batch = batch.rows([1, 3])  # the prompts with a "Trial n"
+    features = [(1, f) for f in range(8)] + [(2, 3)]
+    got = contexts(model, tcs, batch, features, k=3, before=2, after=1, start=start)
+    tr = trace(model, tcs, batch)
+    mask = batch.attention_mask.bool()
+    counted = mask.clone()
+    if start is not None:
+        pos = torch.arange(batch.length)[None, :]
+        counted &= pos >= batch.position(start)[:, None]
+    assert got.n_tokens == int(counted.sum()) < (int(mask.sum()) if start else 10**9)
     for L, f in features:
-        best = []
-        for b in range(len(batch)):
-            real = batch.attention_mask[b].bool()
-            a = tr.acts[L][b, real, f]
-            if (a > 0).any():
-                best.append((float(a.max()), b, int(a.argmax())))
-        assert len(got.activations[(L, f)]) == int(
-            (tr.acts[L][..., f][batch.attention_mask.bool()] > 0).sum()
-        )
-        best.sort(key=lambda x: -x[0])
+        acts = tr.acts[L][..., f][counted]
+        assert len(got.activations[(L, f)]) == int((acts > 0).sum())
+        want = expected(model, tr, batch, L, f, 3, 2, 1, start)
         examples = got.examples[(L, f)]
-        assert len(examples) == min(3, len(best))
-        for ex, (value, b, peak) in zip(examples, best):
+        assert len(examples) == len(want)
+        for ex, (value, tokens, peak) in zip(examples, want):
             assert ex.activation == pytest.approx(value, abs=1e-6)
-            ids = batch.input_ids[b, batch.attention_mask[b].bool()].tolist()
-            lo = max(0, peak - 2)
-            assert list(ex.tokens) == [decode([i]) for i in ids[lo : peak + 2]]
-            assert ex.peak == peak - lo and len(ex.acts) == len(ex.tokens)
+            assert list(ex.tokens) == tokens and ex.peak == peak
+            assert len(ex.acts) == len(ex.tokens)
     assert any(got.examples[x] for x in features), "no feature fired: the test checks nothing"
+
+
+def test_a_context_that_prompts_share_is_kept_once(setup) -> None:
+    model, tcs, batch = setup
+    twice = batch.rows([0, 0, 2])  # the first prompt twice: one context, not two
+    got = contexts(model, tcs, twice, [(1, f) for f in range(8)], k=3)
+    once = contexts(model, tcs, twice.rows([0, 2]), [(1, f) for f in range(8)], k=3)
+    for x, examples in got.examples.items():
+        assert [e.tokens for e in examples] == [e.tokens for e in once.examples[x]]
+    assert got.n_tokens > once.n_tokens  # every prompt's tokens still count
 
 
 def test_batching_and_a_given_run_change_nothing(setup) -> None:
