@@ -579,41 +579,83 @@ def examples_table(
 #: browsers kaleido can draw in, by executable name, tried in this order before kaleido's own
 #: search (which does not know Debian's ``chromium-headless-shell``)
 BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome")
-_KALEIDO: dict[str, Any] = {}  # the running kaleido server's settings, once started
+_DRAWER: list[_Drawer] = []  # the one running browser of this process, once started
 _WARNED: list[str] = []
 
 
-def _kaleido() -> Any:
-    """kaleido with its sync server started (once per process; stopped at exit): plotly.js
-    from the installed plotly package, no MathJax, so nothing is fetched from the network."""
+class _Drawer:
+    """One kaleido browser, open in a thread of its own (its asyncio loop there), serving
+    every image of the process; each call waits at most ``timeout`` seconds, so a browser
+    that fails to start or hangs raises here instead of blocking the caller."""
+
+    def __init__(self, opts: dict[str, Any], timeout: float = 120.0) -> None:
+        import asyncio
+        import threading
+
+        self.timeout = timeout
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True, name="kaleido").start()
+        try:
+            self.kaleido = self._run(self._open(opts))
+        except BaseException:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            raise
+
+    @staticmethod
+    async def _open(opts: dict[str, Any]) -> Any:
+        import kaleido
+
+        k = kaleido.Kaleido(**opts)
+        await k.open()
+        return k
+
+    def _run(self, coroutine: Any) -> Any:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(self.timeout)
+
+    def draw(self, spec: dict[str, Any], opts: dict[str, Any]) -> bytes:
+        return bytes(self._run(self.kaleido.calc_fig(spec, opts=opts)))
+
+    def close(self) -> None:
+        try:
+            self._run(self.kaleido.close())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def _drawer() -> _Drawer:
+    """The process's browser, started on first use (stopped at exit): plotly.js from the
+    installed plotly package and no MathJax, so the page fetches nothing from the network."""
     import atexit
     import shutil
     from pathlib import Path
 
+    if _DRAWER:
+        return _DRAWER[0]
     try:
-        import kaleido
+        import kaleido  # noqa: F401
         import plotly
     except ImportError as e:
         raise RuntimeError(
             "static images need kaleido >= 1: pip install 'kaleido>=1' (docs/figures.md §13)"
         ) from e
-    if not _KALEIDO:
-        js = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
-        opts: dict[str, Any] = {"plotlyjs": str(js), "mathjax": False, "n": 1}
-        browser = next((b for b in map(shutil.which, BROWSERS) if b), None)
-        if browser:
-            opts["path"] = browser
-        try:
-            kaleido.start_sync_server(silence_warnings=True, **opts)
-        except Exception as e:  # kaleido's ChromeNotFoundError and browser start failures
-            raise RuntimeError(
-                f"kaleido found no browser to draw in ({type(e).__name__}: {e}); install a "
-                "headless Chromium (Debian/Ubuntu: apt-get install chromium-headless-shell; "
-                "elsewhere: plotly_get_chrome), see docs/figures.md §13"
-            ) from e
-        atexit.register(kaleido.stop_sync_server, silence_warnings=True)
-        _KALEIDO.update(opts)
-    return kaleido
+    js = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    opts: dict[str, Any] = {"plotlyjs": str(js), "mathjax": False, "n": 1}
+    browser = next((b for b in map(shutil.which, BROWSERS) if b), None)
+    if browser:
+        opts["path"] = browser
+    try:
+        drawer = _Drawer(opts)
+    except Exception as e:  # kaleido's ChromeNotFoundError, a browser that does not start
+        raise RuntimeError(
+            f"kaleido could not start a browser to draw in ({type(e).__name__}: {e}); "
+            "install a headless Chromium (Debian/Ubuntu: apt-get install "
+            "chromium-headless-shell; elsewhere: plotly_get_chrome), see docs/figures.md §13"
+        ) from e
+    atexit.register(drawer.close)
+    _DRAWER.append(drawer)
+    return drawer
 
 
 def _spec(fig: go.Figure | dict[str, Any]) -> dict[str, Any]:
@@ -651,7 +693,7 @@ def static_image(
         "height": height or layout.get("height") or pio.defaults.default_height,
         "scale": scale,
     }
-    return bytes(_kaleido().calc_fig_sync(spec, opts=opts))
+    return _drawer().draw(spec, opts)
 
 
 def figure_bundle(fig: go.Figure | dict[str, Any], format: str = "png") -> dict[str, Any]:

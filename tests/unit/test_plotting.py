@@ -336,3 +336,26 @@ def test_demo_headline_table_one_line_intervals_under_labels():
     assert row["split"] == "held-out concepts" and row["n injected"] == 40
     assert row["TPR"] == "0.62\xa0[0.51,\xa00.72]" and row["identification"] == "–"
     assert row["identification (category)"] == "0.50"
+
+
+def test_without_a_browser_figures_stay_interactive_and_the_fix_is_logged(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import logging, plotly.graph_objects as go\n"
+        "from mechintro.plotting import figure_bundle\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "fig = go.Figure(go.Bar(y=[1, 2]))\n"
+        "print(sorted(figure_bundle(fig)), sorted(figure_bundle(fig)))\n"
+    )
+    env = {**os.environ, "PATH": str(tmp_path), "BROWSER_PATH": str(tmp_path / "no-chrome")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    keys = "['application/vnd.plotly.v1+json', 'text/plain']"
+    assert done.stdout.strip() == f"{keys} {keys}"
+    assert done.stderr.count("without a static image") == 1  # warned once
+    assert "chromium-headless-shell" in done.stderr
