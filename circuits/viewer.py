@@ -253,15 +253,15 @@ def cumulative_influence(graph: AttributionGraph) -> dict[str, float]:
     """circuit-tracer's ``influence`` of every node, in [0, 1] (its ``prune_graph``).
 
     A node's influence is its share of the root through all paths, :meth:`AttributionGraph.flow`
-    (for the root itself 0: nothing downstream of it depends on it). Nodes are sorted by it,
-    largest first (ties in the graph's order), and each gets the running sum of the sorted
-    influences divided by their total: the most influential node gets its own share, the least
-    ones 1. Keeping the nodes whose value is at most ``t`` keeps the smallest set that carries a
-    fraction ``t`` of the total influence, which is what the frontend's pruning threshold does.
+    (0 for a logit node, the root included: nothing downstream depends on it). Nodes are
+    sorted by it, largest first (ties in the graph's order), and each gets the running sum of
+    the sorted influences divided by their total: the most influential node gets its own
+    share, the least ones 1. Keeping the nodes whose value is at most ``t`` keeps the smallest
+    set that carries a fraction ``t`` of the total influence, which is what the frontend's
+    pruning threshold does.
     """
     flow = graph.flow()
-    flow[graph.root_id] = 0.0
-    for n in graph.nodes:
+    for n in graph.nodes:  # the logits: nothing downstream depends on them
         if n.kind == "logit":
             flow[n.id] = 0.0
     order = sorted(range(graph.n_nodes), key=lambda k: (-flow[graph.nodes[k].id], k))
@@ -538,12 +538,11 @@ class FeatureExamples:
         """circuit-tracer's feature file (``frontend/feature_models.py`` ``Model``): the
         sections as ``examples_quantiles``, ``quantile_values`` the 1st..100th percentiles of
         the nonzero activations, ``histogram`` their counts in ``bins`` equal bins over
-        ``[act_min, act_max]``; ``mechintro`` adds layer, feature and each example's peak
-        activation."""
+        ``[0, act_max]`` (the activations of a ReLU-type transcoder start at 0); ``mechintro``
+        adds the layer and the feature."""
         acts = sorted(self.activations)
         peaks = [e.activation for ex in self.sections.values() for e in ex]
-        act_max = max([*acts, *peaks], default=0.0)
-        act_min = min(0.0, *acts) if acts else 0.0
+        act_min, act_max = 0.0, max([*acts, *peaks], default=0.0)
         quantiles = (
             [acts[min(len(acts) - 1, math.ceil(q / 100 * len(acts)) - 1)] for q in range(1, 101)]
             if acts
