@@ -17,6 +17,13 @@ stays cheap):
 * :func:`concept_bars`: a rate per concept with its interval, sorted;
 * :func:`examples_table`: example replies with their grades (text HTML-escaped).
 
+Every figure and summary table names things by one mapping, :data:`LABELS` (read with
+:func:`label`), and writes an interval on one line (:func:`interval_text`). In a notebook,
+:func:`use_static_images` makes every figure's output carry a PNG of it beside the
+interactive figure, drawn offline by plotly.js in a headless Chromium (kaleido), so that
+nbconvert's HTML and GitHub show it (:func:`show`, :func:`figure_bundle`, :func:`static_image`
+for one figure; docs/figures.md §13).
+
 :func:`html_report` puts headings, paragraphs, figures and tables into one HTML file that opens
 offline (plotly.js inlined once, no CDN), everything that comes from data HTML-escaped; it and
 :class:`Section`, :class:`Code` and :func:`frame_html` live in :mod:`mechintro.html_page` and
@@ -44,6 +51,7 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
 
 __all__ = [
+    "BROWSERS",
     "LABELS",
     "PALETTE",
     "RATE_NAMES",
@@ -53,13 +61,17 @@ __all__ = [
     "concept_bars",
     "dose_response",
     "examples_table",
+    "figure_bundle",
     "frame_html",
     "html_report",
     "interval_text",
     "label",
     "plot_text",
     "rate_heatmap",
+    "show",
     "specificity_heatmap",
+    "static_image",
+    "use_static_images",
 ]
 
 #: what each rate of ``mechintro.experiments.metrics.rates`` means, for titles and hovers
