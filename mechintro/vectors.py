@@ -44,6 +44,7 @@ import math
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -55,6 +56,7 @@ from torch import Tensor
 
 from mechintro.batching import check_batch_size, in_batches
 from mechintro.choices import METHODS, Method, OnBadWord
+from mechintro.engine.twin import fast_twin, twin_hooks
 from mechintro.io import atomic_write, atomic_write_text
 from mechintro.models import (
     TLModel,
@@ -67,7 +69,7 @@ from mechintro.models import (
     resid_post,
     tokenizer_of,
 )
-from mechintro.prompts import Prompt, encode
+from mechintro.prompts import Prompt, PromptBatch, encode
 from mechintro.word_checks import (
     Problems,
     check_tokens,
@@ -183,34 +185,54 @@ class ConceptVector:
         return {**out, "d_model": int(self.vector.numel())}
 
 
+class _Read(Exception):
+    """Raised by the reading hook on the twin once block ``layer`` ran: the blocks after it,
+    the final norm and the unembedding are not needed (the bridge stops with
+    ``stop_at_layer``)."""
+
+
 def _last_token_acts(
-    model: TLModel, prompts: Sequence[Prompt], layer: int, batch_size: int
+    model: TLModel, prompts: PromptBatch, layer: int, batch_size: int, fast: bool | None = None
 ) -> Float[Tensor, "n d_model"]:
     """``hook_resid_post`` of ``layer`` at each prompt's last token, fp32 on the CPU.
 
-    Left-padded batches, one forward each with a single hook, stopped after block ``layer``.
+    Left-padded batches of ``batch_size`` rows of ``prompts`` (each re-padded to its own
+    longest row, as if encoded alone), one forward each with a single hook, stopped after
+    block ``layer``: on the bridge's plain HF twin where the fast path applies
+    (:func:`mechintro.engine.twin.fast_twin`; ``fast=False``: on the bridge), the same numbers
+    (bit for bit with eager attention). The rows stay on the device until the last batch ran,
+    so the host tokenises and launches on without waiting for each batch.
     """
     name = resid_post(layer)
+    twin = fast_twin(model, fast, [name])
     stop = layer + 1 if layer + 1 < n_layers(model) else None
     device = next(model.parameters()).device
     got: list[Tensor] = []
-    where: dict[str, Tensor] = {}
 
     def read(x: Tensor, hook: Any) -> Tensor:  # x on the layer's device (a split model)
-        rows, last = where["rows"].to(x.device), where["last"].to(x.device)
-        got.append(x[rows, last].detach().float().cpu())
+        got.append(x[:, -1].detach().float())  # left-padded: every row's last token is last
+        if twin is not None:
+            raise _Read
         return x
 
-    with torch.no_grad(), model.hooks(fwd_hooks=[(name, read)]):
-        for _, part in in_batches(prompts, batch_size):
-            batch = encode(tokenizer_of(model), part, device=device)
-            where.update(rows=torch.arange(len(batch), device=device), last=batch.position("last"))
+    with torch.no_grad(), ExitStack() as stack:
+        if twin is None:
+            stack.enter_context(model.hooks(fwd_hooks=[(name, read)]))
+        else:
+            stack.enter_context(twin_hooks(model, twin, [(name, read)]))
+        for _, rows in in_batches(range(len(prompts)), batch_size):
+            batch = prompts.rows(rows).to(device)
             before = len(got)
             # positions count real tokens only (RoPE would not care; absolute embeddings do)
-            model(batch.input_ids, stop_at_layer=stop, **padded_kwargs(model, batch.attention_mask))
+            kwargs = padded_kwargs(model, batch.attention_mask)
+            if twin is None:
+                model(batch.input_ids, stop_at_layer=stop, **kwargs)
+            else:
+                with suppress(_Read):
+                    twin(batch.input_ids, use_cache=False, **kwargs)
             if len(got) != before + 1:
                 raise RuntimeError(f"hook {name} fired {len(got) - before} times, expected 1")
-    return torch.cat(got)
+    return torch.cat([g.cpu() for g in got])
 
 
 def _origin(model: TLModel, fp: str) -> dict[str, Any]:
@@ -228,10 +250,13 @@ def _check_words(words: Sequence[str], what: str) -> list[str]:
     return words
 
 
-def _spec(model: TLModel, layer: int, method: str, base: list[str], fp: str) -> dict[str, Any]:
-    """Everything a cached vector depends on, except the word itself."""
+def _spec(
+    model: TLModel, layer: int, method: str, base: list[str], based: PromptBatch, fp: str
+) -> dict[str, Any]:
+    """Everything a cached vector depends on, except the word itself (``based``: the
+    baseline's prompts encoded, which hashes the template and the tokenizer)."""
     info, m = model_info(model), _method(method)
-    ids = encode(tokenizer_of(model), [m.prompt(w) for w in base]).input_ids  # template+tokenizer
+    ids = based.input_ids
     return {
         "format": CACHE_FORMAT,
         "model": info.name,
@@ -287,6 +312,7 @@ def extract_vectors(
     cache_dir: str | os.PathLike[str] | None = None,
     batch_size: int = 32,
     on_bad_word: OnBadWord = "raise",
+    fast: bool | None = None,
 ) -> dict[str, ConceptVector]:
     """Concept vectors for ``words`` at the output of block ``layer`` (see the module doc).
 
@@ -304,6 +330,10 @@ def extract_vectors(
     forward pass (cached vectors too): a zero or non-finite vector, identical vectors. With
     ``on_bad_word="warn"`` each is a ``UserWarning`` instead and is recorded in the
     ``problems`` of the vectors it concerns (a bad baseline word: in every vector).
+
+    Each prompt is tokenised once. On a bridge the forwards run on its plain HF twin, stopped
+    after block ``layer`` (the same numbers: bit for bit with eager attention, to float
+    rounding with another); ``fast=False`` runs them on the bridge itself.
     """
     m = _method(method)
     words = _check_words(words, "words")
@@ -329,25 +359,26 @@ def extract_vectors(
         "default_baseline(model, method), a model organism's own words); or pass "
         "on_bad_word='warn' to keep them, warned and recorded in each vector's problems",
     )
-    check_tokens(problems, tokenizer_of(model), m.prompt, words, base)
+    encoded = encode(tokenizer_of(model), [m.prompt(w) for w in words + base])
+    check_tokens(problems, tokenizer_of(model), m.prompt, words, base, encoded)
     problems.settle()
+    at = {w: i for i, w in enumerate(words)}
+    base_rows = list(range(len(words), len(words) + len(base)))
 
     fp = fingerprint(model)
     folder = Path(cache_dir) if cache_dir is not None else None
     spec, key, store = {}, "", {}
     if folder is not None:
-        spec = _spec(model, layer, method, base, fp)
+        spec = _spec(model, layer, method, base, encoded.rows(base_rows), fp)
         canon = json.dumps(spec, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
         key = hashlib.sha256(canon.encode()).hexdigest()[:32]
         store = _load_cache(folder, key)
     missing = [w for w in words if f"vector:{w}" not in store]
     if missing:
         need_base = "baseline_mean" not in store
-        prompts = [m.prompt(w) for w in missing + (base if need_base else [])]
-        logger.info(
-            "extracting %d words (%d prompts) at layer %d", len(missing), len(prompts), layer
-        )
-        acts = _last_token_acts(model, prompts, layer, batch_size)
+        rows = [at[w] for w in missing] + (base_rows if need_base else [])
+        logger.info("extracting %d words (%d prompts) at layer %d", len(missing), len(rows), layer)
+        acts = _last_token_acts(model, encoded.rows(rows), layer, batch_size, fast)
         if need_base:
             store["baseline_mean"] = acts[len(missing) :].mean(dim=0)
             store["baseline_norms"] = torch.linalg.vector_norm(acts[len(missing) :], dim=-1)
@@ -414,14 +445,15 @@ def contrastive_vector(
             f"the tokenizer does not know some words of {bad} (they read as {tok.unk_token!r})",
             [positive],
         )
-    pos_ids, neg_ids = prompt_ids(tok, prompts)
+    encoded = encode(tok, prompts)
+    pos_ids, neg_ids = prompt_ids(tok, encoded)
     if pos_ids == neg_ids:
         problems.add(
             f"{positive!r} and {negative!r} tokenize identically, so the vector would be zero",
             [positive],
         )
     problems.settle()
-    acts = _last_token_acts(model, prompts, layer, 1)
+    acts = _last_token_acts(model, encoded, layer, 1)
     vector = acts[0] - acts[1]
     problems.check_vectors({positive: vector})
     problems.settle()

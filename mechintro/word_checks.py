@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from mechintro.choices import ON_BAD_WORD
-from mechintro.prompts import Prompt, encode
+from mechintro.prompts import Prompt, PromptBatch, encode
 
 
 def unknown_words(tokenizer: Any, words: Iterable[str]) -> list[str]:
@@ -94,9 +94,9 @@ class Problems:
             self.add(f"{group} have identical vectors", group)
 
 
-def prompt_ids(tokenizer: Any, prompts: Sequence[Prompt]) -> list[tuple[int, ...]]:
+def prompt_ids(tokenizer: Any, prompts: Sequence[Prompt] | PromptBatch) -> list[tuple[int, ...]]:
     """Each prompt's token ids, exactly as the forward pass reads them (padding dropped)."""
-    batch = encode(tokenizer, prompts)
+    batch = prompts if isinstance(prompts, PromptBatch) else encode(tokenizer, prompts)
     return [tuple(row[int(p) :].tolist()) for row, p in zip(batch.input_ids, batch.n_pad)]
 
 
@@ -106,9 +106,11 @@ def check_tokens(
     prompt: Callable[[str], Prompt],
     words: list[str],
     base: list[str],
+    encoded: PromptBatch | None = None,
 ) -> None:
     """The tokenizer-only checks of concept ``words`` against baseline words ``base``, each
-    read in its ``prompt``: no forward pass needed."""
+    read in its ``prompt``: no forward pass needed. ``encoded``: those prompts (``words`` then
+    ``base``) already encoded, when the caller has them (else they are encoded here)."""
     unk = getattr(tokenizer, "unk_token", None)
     bad = unknown_words(tokenizer, words)
     if bad:
@@ -124,7 +126,7 @@ def check_tokens(
             f"{len(bad)} of the {len(distinct)} distinct baseline words are unknown to the "
             f"tokenizer (they read as {unk!r}): {bad}"
         )
-    ids = prompt_ids(tokenizer, [prompt(w) for w in words + base])
+    ids = prompt_ids(tokenizer, [prompt(w) for w in words + base] if encoded is None else encoded)
     word_ids = dict(zip(words, ids))
     for group in same_key_groups(word_ids):
         problems.add(f"{group} tokenize identically, so their vectors would be identical", group)

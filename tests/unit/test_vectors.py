@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mechintro.models import builtin_path, load_model, resid_post
+from mechintro.engine.twin import twin_of
+from mechintro.models import backend_of, builtin_path, load_model, resid_post
 from mechintro.organism import corpus
 from mechintro.prompts import Prompt, encode
 from mechintro.vectors import (
@@ -57,14 +58,19 @@ def organism():
 
 
 @contextmanager
-def count_forwards(model) -> Iterator[list[int]]:
-    """Counts every top-level forward of ``model`` (nn.Module pre-hook, either backend)."""
+def count_forwards(model, *, twin_only: bool = False) -> Iterator[list[int]]:
+    """Counts every top-level forward of ``model`` (nn.Module pre-hook, either backend) and,
+    for a bridge, of its plain HF twin (the fast path); ``twin_only``: of the twin alone."""
     calls: list[int] = []
-    handle = model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    trees = [] if twin_only else [model]
+    if backend_of(model) == "bridge":
+        trees.append(twin_of(model))
+    handles = [t.register_forward_pre_hook(lambda module, args: calls.append(1)) for t in trees]
     try:
         yield calls
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
 
 
 def _hand_act(model, text: str, *, raw: bool = False, layer: int = LAYER) -> torch.Tensor:
@@ -118,6 +124,28 @@ def test_last_layer_runs_the_whole_model(tiny_dirs, backend):
     hand = _hand_act(model, _chat(model, "Dust"), layer=last)
     hand = hand - _hand_act(model, _chat(model, BASE[0]), layer=last)
     torch.testing.assert_close(vec.vector, hand, atol=1e-5, rtol=0)
+
+
+def test_twin_path_is_the_bridge_path_bit_for_bit(tiny_dir):
+    """On a bridge the forwards run on its plain HF twin (one per batch), stopped after the
+    layer read (a hook on the next block never fires), with the bridge path's numbers."""
+    model = load_model(tiny_dir)
+    kw = dict(layer=LAYER, baseline=BASE, batch_size=4)
+    later = twin_of(model).model.layers[LAYER + 1]
+    after: list[int] = []
+    handle = later.register_forward_pre_hook(lambda module, args: after.append(1))
+    try:
+        with count_forwards(model, twin_only=True) as calls:
+            fast = extract_vectors(model, WORDS, **kw)
+    finally:
+        handle.remove()
+    assert len(calls) == 4 and not after  # 15 prompts in batches of 4; nothing past LAYER
+    with count_forwards(model, twin_only=True) as calls:
+        slow = extract_vectors(model, WORDS, fast=False, **kw)
+    assert not calls
+    for w in WORDS:
+        assert torch.equal(fast[w].vector, slow[w].vector), w
+    assert fast[WORDS[0]].resid_norm == slow[WORDS[0]].resid_norm
 
 
 def test_batched_extraction_equals_one_at_a_time(tiny_dir):
