@@ -35,6 +35,7 @@ class PositionMode(str, Enum):
     SINGLE_TOKEN = "single-token"
     ALL = "all"
     SPAN = "span"
+    BEFORE_TRIAL = "before-trial"
 
     @classmethod
     def parse(cls, value: str | PositionMode) -> PositionMode:

@@ -17,6 +17,10 @@ generation-only only generated tokens
 single-token   only the last prompt token (Fonseca Rivera's transient injection)
 all            every real (non-padding) token, prompt and generation
 span           the marked span named ``start`` (e.g. retroactive injection before a prefill)
+before-trial   every real prompt token before the last turn (the one asking the trial
+               question: the named position ``last-turn``), no generated token (Macar et al.'s
+               trained-bias evaluation, 14_trained_bias_vector.py: "all tokens up until the
+               first token of the last user message")
 ============== =============================================================================
 
 Positions are absolute indices in the left-padded batch (generated tokens start at the padded
@@ -198,6 +202,8 @@ class Injection:
             return torch.full((B,), T - 1), torch.full((B,), T)
         if mode is PositionMode.ALL:
             return batch.position("first").cpu(), full
+        if mode is PositionMode.BEFORE_TRIAL:
+            return batch.position("first").cpu(), batch.position("last-turn").cpu()
         if self.start not in batch.spans:
             raise KeyError(
                 f"span {self.start!r} not in the batch (spans: {sorted(batch.spans)}); mark it "

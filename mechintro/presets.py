@@ -260,6 +260,7 @@ _PRESETS: tuple[Preset, ...] = (
             "eval_strength": 4.0,
             "eval_temperature": 0.7,
             "eval_max_new_tokens": 100,
+            "eval_mode": "before-trial",
         },
         source=(
             "Macar et al. 2026 (arXiv:2603.21396) §6 and experiments/14_trained_bias_vector.py: "
@@ -271,8 +272,8 @@ _PRESETS: tuple[Preset, ...] = (
             "from the trial line on at a random one of layers 29, 31, ..., 55 at a random "
             "strength of {2, 3, 4, 5}; 500 concepts shuffled with seed 42, 400 train / 100 "
             "held out; evaluated at layer 37 (0.6 of the depth), strength 4, temperature 0.7, "
-            "100 tokens, steering only the tokens before the trial question (mechintro's "
-            "evaluation steers from the trial question on); "
+            "100 tokens, steering every token up to the turn that asks the trial question "
+            "and none after (eval_mode='before-trial'); "
             "docs/protocols.md §7"
         ),
         model=_GEMMA,

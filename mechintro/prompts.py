@@ -19,6 +19,10 @@ Example::
     batch = encode(model.tokenizer, [p])
     batch.position("trial"), batch.position("last"), batch.position("prefill")
 
+Named positions: ``first`` (the first real token), ``last``, ``trial`` (the token before the
+last ``Trial n``), ``prefill`` (where the prefill starts), ``last-turn`` (the first token of a
+dialogue's last turn, its header included) and each mark's span.
+
 Every analysis also takes what TransformerLens users have at hand (:func:`as_prompt_batch`):
 a string or a list of strings (raw text, no template), a token tensor (``model.to_tokens``)
 or :class:`Prompt` values; ``encode`` is the one place they become a batch.
@@ -210,6 +214,14 @@ def render(tokenizer: Any, prompt: Prompt, **template_kwargs: Any) -> tuple[str,
     """The exact string the model sees, and the character index where the prefill starts."""
     if prompt.raw is not None:
         return prompt.raw, len(prompt.raw)
+    head = tokenizer.apply_chat_template(
+        _messages(tokenizer, prompt), tokenize=False, add_generation_prompt=True, **template_kwargs
+    )
+    return head + prompt.prefill, len(head)
+
+
+def _messages(tokenizer: Any, prompt: Prompt) -> list[dict[str, str]]:
+    """A chat prompt's messages as its template takes them, the system prompt placed."""
     _require_template(tokenizer)
     msgs = [{"role": m.role, "content": m.content} for m in prompt.messages]
     if prompt.system is not None:
@@ -221,10 +233,22 @@ def render(tokenizer: Any, prompt: Prompt, **template_kwargs: Any) -> tuple[str,
                 "role": "user",
                 "content": f"{prompt.system}\n\n{msgs[first]['content']}",
             }
-    head = tokenizer.apply_chat_template(
-        msgs, tokenize=False, add_generation_prompt=True, **template_kwargs
-    )
-    return head + prompt.prefill, len(head)
+    return msgs
+
+
+def _last_turn_at(tokenizer: Any, prompt: Prompt, text: str, **template_kwargs: Any) -> int:
+    """The character where a chat prompt's last turn begins (its header included): the length
+    of the earlier messages rendered alone, where that is a prefix of ``text`` (0 where no
+    message precedes it); -1 for raw text or a template that renders the history otherwise."""
+    if prompt.raw is not None:
+        return -1
+    if len(_messages(tokenizer, prompt)) < 2:
+        return 0
+    before = tokenizer.apply_chat_template(
+        _messages(tokenizer, prompt)[:-1], tokenize=False, add_generation_prompt=False,
+        **template_kwargs,
+    )  # fmt: skip
+    return len(before) if text.startswith(before) and len(before) < len(text) else -1
 
 
 def _bos_prefix(tokenizer: Any, ids: list[int]) -> list[int]:
@@ -277,6 +301,10 @@ def encode(
             if t0 == 0:
                 raise ValueError("'Trial n' is the first token: there is no token before it")
             named["trial"] = (t0 - 1, t0)
+        turn = _last_turn_at(tokenizer, prompt, text, **template_kwargs)
+        if turn >= 0:  # the first token of the last turn (Macar's end of pre-trial steering)
+            at = 0 if turn == 0 else next(i for i, (a, b) in enumerate(offsets) if a >= turn)
+            named["last-turn"] = (at, at + 1)
         if prompt.prefill:
             a, _ = _token_span(offsets, prefill_at, len(text))
             named["prefill"] = (a, len(ids))

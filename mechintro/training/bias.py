@@ -49,7 +49,7 @@ from mechintro.experiments.trials import (
     detection_rates,
     detection_trials,
 )
-from mechintro.inject import UNITS
+from mechintro.inject import UNITS, PositionMode
 from mechintro.models import TLModel, backend_of, check_layer, d_model, hook_name
 from mechintro.prompts import Prompt
 from mechintro.training.common import (
@@ -181,9 +181,9 @@ class BiasConfig:
     ``strength_set`` when it is given (Macar: {2, 3, 4, 5}).
 
     The ``eval_*`` fields are the held-out evaluation's settings (Macar: layer 37, strength 4,
-    temperature 0.7, 100 tokens), for :func:`evaluate_bias`. Macar's evaluation steers only
-    the tokens before the trial question; :func:`evaluate_bias` steers in the ``mode`` it is
-    given (default ``from-trial``, the detection protocol's span).
+    temperature 0.7, 100 tokens, ``eval_mode="before-trial"``: every token up to the turn
+    that asks the trial question, none after), for :func:`evaluate_bias`, which steers in
+    the ``mode`` it is given (default ``from-trial``, the detection protocol's span).
     """
 
     layer: int  # the bias is added to this block's MLP output
@@ -214,6 +214,7 @@ class BiasConfig:
     eval_strength: float = 4.0
     eval_temperature: float = 0.7
     eval_max_new_tokens: int = 100
+    eval_mode: str = "from-trial"  # where the evaluation steers (Macar: "before-trial")
 
     def __post_init__(self) -> None:
         check_positive_int("layer", self.layer, 0)
@@ -255,6 +256,7 @@ class BiasConfig:
         if not (math.isfinite(self.eval_temperature) and self.eval_temperature >= 0):
             raise ValueError(f"eval_temperature must be >= 0, got {self.eval_temperature}")
         check_positive_int("eval_max_new_tokens", self.eval_max_new_tokens)
+        PositionMode.parse(self.eval_mode)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -93,6 +93,7 @@ def _expected(batch, mode: PositionMode, total: int) -> list[set[int]]:
             PositionMode.GENERATION_ONLY: range(T, total),
             PositionMode.SINGLE_TOKEN: range(T - 1, T),
             PositionMode.ALL: range(first, total),
+            PositionMode.BEFORE_TRIAL: range(first, int(batch.positions["last-turn"][b])),
         }[mode]
         out.append(set(rng))
     return out
@@ -248,3 +249,32 @@ def test_bad_injection_for_model_is_refused(model):
         injected(model, Injection(0, torch.ones(2, d)), batch),
     ):
         pass
+
+
+def test_before_trial_steers_the_context_before_the_last_turn_only(tiny_dirs):
+    """Macar et al.'s pre-trial steering: every real token up to the first token of the last
+    user turn (the earlier messages rendered alone, as the released evaluation counts them),
+    none of that turn and no generated token."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_dirs["llama"])
+    history = (("user", "Are you ready?"), ("assistant", "Ok."))
+    prompts = [
+        Prompt.chat("Trial 1: Do you detect an injected thought?", history=history),
+        Prompt.chat("Trial 12: Anything?", history=(*history[:1], ("assistant", "Yes, I am."))),
+    ]
+    batch = encode(tok, prompts)
+    before = tok.apply_chat_template(
+        [{"role": r, "content": c} for r, c in history],
+        tokenize=True, add_generation_prompt=False, return_dict=True,
+    )["input_ids"]  # fmt: skip
+    first, turn = batch.position("first"), batch.position("last-turn")
+    assert int(turn[0] - first[0]) == len(before)  # as many tokens as the history alone
+    inj = Injection(0, torch.ones(4), 1.0, mode="before-trial")
+    lo, hi = inj.bounds(batch)
+    assert torch.equal(lo, first) and torch.equal(hi, turn)
+    assert bool((hi <= batch.position("trial")).all())
+    with pytest.raises(KeyError, match="last-turn"):
+        Injection(0, torch.ones(4), 1.0, mode="before-trial").bounds(
+            encode(tok, [Prompt.text("Raw text has no turns. Trial 1: anything?")])
+        )
