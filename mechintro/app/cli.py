@@ -488,14 +488,15 @@ a typical run:
     p = command(
         "run",
         "run any experiment from one TOML config (resumable)",
-        "Run one experiment (a sweep, noise controls, patching, training, circuits...) from "
-        "one TOML config: its kind, model and parameters, with the results in one folder.",
+        "Run the experiments one config file names (a sweep, noise controls, patching,\n"
+        "training, circuits...): their model and parameters, the results in one folder.",
     )
     add_fields(p, RunCommandConfig)
     p = command(
         "viewer",
-        "browse a results folder in a local web page",
-        "Serve a results folder's interactive viewer on this machine and open it in a browser.",
+        "browse a results folder's attribution graphs in a local page",
+        "Serve a results folder's attribution graphs in mechintro's viewer on 127.0.0.1\n"
+        "(nothing is fetched from the internet) and open it in the default browser.",
     )
     add_fields(p, ViewerConfig, choices={"host": [LOCALHOST]})
     p = command(

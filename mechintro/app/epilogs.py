@@ -91,17 +91,19 @@ on a CPU: detection and identification of train and held-out concepts with inter
 layer x strength sweep, Godet's noise control; writes metrics.json and report.html.""",
     "run": """\
 examples:
-  mechintro run examples/organism.toml --out runs/organism
-  mechintro run examples/organism.toml --small --yes      # a quick run, as in CI
+  mechintro run examples/lindsey.toml --out runs/lindsey
+  mechintro run examples/fonseca.toml --out runs/fonseca --small      # a quick run, as in CI
 
-The config names the experiment's kind, its model and its parameters; rerunning the same
-command resumes the run in its folder.""",
+The config names each experiment's kind, its model and its parameters (examples/ holds one
+per study). Rerunning the same command resumes: sweeps trial by trial, a finished experiment
+of the same configuration is not recomputed.""",
     "viewer": """\
 examples:
-  mechintro viewer runs/smol
-  mechintro viewer runs --port 8765 --no-browser
+  mechintro demo --out demo_out && mechintro viewer demo_out
+  mechintro viewer demo_out/circuits/viewer --port 8765 --no-browser
 
-The page is served on 127.0.0.1 only (this machine); stop it with Ctrl-C.""",
+The page is served on 127.0.0.1 only (this machine) until Ctrl-C. A click on a feature shows
+its top-activating examples, where the run wrote them beside the graph.""",
     "organism": organism_commands.EPILOG,
 }
 

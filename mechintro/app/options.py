@@ -446,9 +446,12 @@ class ReportConfig:
 
 @dataclass(frozen=True)
 class ViewerConfig:
-    """Serve a results folder's interactive viewer on this machine."""
+    """Serve a results folder's attribution graphs in mechintro's viewer, on this machine."""
 
-    dir: str = arg("a results folder (or a folder of them)", positional=True)
+    dir: str = arg(
+        "a results folder with a viewer folder (a demo run's circuits/viewer), or that folder",
+        positional=True,
+    )
     port: int = opt(0, "port to serve on (0: a free port)")
     host: str = opt("127.0.0.1", "address to serve on: this machine only")
     no_browser: bool = opt(False, "print the address, do not open a browser")
@@ -462,9 +465,9 @@ class ViewerConfig:
 
 @dataclass(frozen=True)
 class RunCommandConfig:
-    """Run one experiment, of any kind, from one TOML config."""
+    """Run the experiments of one config file, of any kind (docs/protocols.md §10)."""
 
-    config: str = arg("the experiment's .toml config (see examples/)", positional=True)
-    out: str = opt("", "results folder (default: the config's own)")
+    config: str = arg("the config: experiment, model, parameters (see examples/)", positional=True)
+    out: str = opt("", "results folder (default: the config's out)")
     small: bool = opt(False, "a reduced size, for CI: every step, few trials")
-    yes: bool = opt(False, "do not ask before a long run; answer yes")
+    yes: bool = opt(False, "rerun into a folder that holds a finished run of another configuration")
