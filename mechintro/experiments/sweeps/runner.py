@@ -166,6 +166,9 @@ def _run_batch(
                 "prompt_version": common["prompt_versions"][t.protocol],
                 "injection": injection,
                 "generation_path": gen.record.settings["path"],
+                # the twin's attention and norms (use_attention, use_norms); None off the twin
+                "attention": gen.record.settings["attention"],
+                "norms": gen.record.settings["norms"],
                 "batch": {
                     "size": len(trials),
                     "generate_seconds": gen.seconds,
