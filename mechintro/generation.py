@@ -38,9 +38,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechintro.engine.decode import Captured, CaptureKey, addresses, forget, keep, take
+from mechintro.engine.norms import norms_of
 from mechintro.engine.step import Runner
 from mechintro.engine.twin import fast_twin, injected_on
 from mechintro.engine.twin import use_attention as use_attention  # public: the twin's attention
+from mechintro.engine.twin import use_norms as use_norms  # public: the twin's norms (compiled)
 from mechintro.inject import Injection, InjectionLog, steered_from
 from mechintro.models import TLModel, backend_of, tokenizer_of
 from mechintro.prompts import PromptBatch, PromptLike, as_prompt_batch
@@ -292,6 +294,7 @@ def generate(
             "cuda_graph": runner.graph,
             # the twin's attention (use_attention); None: the backend computes its own
             "attention": None if twin is None else twin.config._attn_implementation,
+            "norms": None if twin is None else norms_of(twin),  # use_norms
         },
         generated=tokens,
     )

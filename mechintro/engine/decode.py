@@ -70,39 +70,41 @@ def in_place(cache: Any) -> bool:
     return all(type(layer) is StaticLayer for layer in cache.layers)
 
 
-#: one capture stream per device; True once a step ran on it outside a capture (the warm-up)
-_CAPTURE_STREAMS: dict[torch.device, tuple[Any, list[bool]]] = {}
+#: one capture stream per device
+_CAPTURE_STREAMS: dict[torch.device, Any] = {}
 
 
 class Replay:
-    """``fn()`` on each call, or (``capture``) from a CUDA graph: the first call is captured
-    and replayed, every later one replays. ``fn`` must read and write only tensors that stay
-    where they are (the decode step's buffers and its static KV cache); its output is then
-    overwritten by each replay. Captures run on one side stream per device, on which the
-    process's first call runs eagerly instead (lazy initialisations, such as the stream's
-    cuBLAS workspace, must not happen inside a capture); ``torch.cuda.graph``'s garbage
-    collection and cache emptying before each capture are left out (they cost more than a
-    small model's whole decode).
+    """``fn()`` on each call, or (``capture``) from a CUDA graph: the first call runs
+    eagerly, the second is captured and replayed, every later one replays. ``fn`` must read
+    and write only tensors that stay where they are (the decode step's buffers and its static
+    KV cache); its output is then overwritten by each replay. Both run on one side stream per
+    device; the eager first call makes every lazy initialisation happen outside the capture
+    (the stream's cuBLAS workspace; a compiled norm's kernel for a new shape,
+    :mod:`mechintro.engine.norms`). ``torch.cuda.graph``'s garbage collection and cache
+    emptying before each capture are left out (they cost more than a small model's whole
+    decode).
     """
 
     def __init__(self, fn: Callable[[], Tensor], capture: bool, device: torch.device) -> None:
         self.fn, self.capture, self.device = fn, capture, device
         self.graph: Any = None
         self.out: Tensor | None = None
+        self.cold = True  # the next call runs eagerly
 
     def __call__(self) -> Tensor:
         if not self.capture:
             return self.fn()
         if self.graph is None:
             if self.device not in _CAPTURE_STREAMS:
-                _CAPTURE_STREAMS[self.device] = (torch.cuda.Stream(self.device), [False])
-            side, warmed = _CAPTURE_STREAMS[self.device]
+                _CAPTURE_STREAMS[self.device] = torch.cuda.Stream(self.device)
+            side = _CAPTURE_STREAMS[self.device]
             here = torch.cuda.current_stream(self.device)
             side.wait_stream(here)
             with torch.cuda.stream(side):
-                if not warmed[0]:
+                if self.cold:
                     out = self.fn()
-                    warmed[0] = True
+                    self.cold = False
                     here.wait_stream(side)
                     return out
                 graph = torch.cuda.CUDAGraph()

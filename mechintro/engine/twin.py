@@ -22,7 +22,7 @@ rounding with sdpa (the bridge computes attention itself, eagerly; the twin runs
 implementation its config names). On CUDA, a model with grouped K/V heads runs grouped
 attention on its twin (:mod:`mechintro.engine.attention`: eager attention's function without
 repeating K/V over the cache; the same numbers to rounding); :func:`use_attention` chooses
-another.
+another. :func:`use_norms` compiles the twin's RMSNorms on CUDA (:mod:`mechintro.engine.norms`).
 
 :func:`fast_twin` says when the fast path applies: a bridge, the fast path not switched off
 (``fast=False``: an option of each call, recorded in its run record; no environment
@@ -52,6 +52,8 @@ from torch import Tensor
 
 from mechintro.engine.attention import GROUPED, choose
 from mechintro.engine.decode import forget
+from mechintro.engine.norms import choose as choose_norms
+from mechintro.engine.norms import norms_of, set_norms
 from mechintro.inject import Injection, InjectionLog, StepPosition, injected, injection_hooks
 from mechintro.models import TLModel, backend_of
 from mechintro.prompts import PromptBatch, positions
@@ -85,6 +87,7 @@ class _Twin:
         config = copy.deepcopy(hf.config)
         self.native: str = config._attn_implementation  # the bridge's own attention
         self.wanted = "auto"  # what a caller asked for (use_attention)
+        self.norms = "eager"  # what a caller asked for (use_norms)
         with torch.device("meta"):
             self.hf: Any = type(hf)(config)
         self.hf.eval()
@@ -151,12 +154,15 @@ class _Twin:
 
     def attend(self) -> None:
         """Set the attention the twin runs (:func:`mechintro.engine.attention.choose`: grouped
-        on CUDA for GQA models, else the bridge's own), for where its weights now are. A change
-        drops its kept captures, whose kernels were recorded with the other attention."""
+        on CUDA for GQA models, else the bridge's own) and its norms (compiled where asked
+        for, on CUDA), for where its weights now are. A change drops its kept captures,
+        whose kernels were recorded with the other attention or norms."""
         device = self.hf.get_input_embeddings().weight.device
         attention = choose(self.native, self.hf.config, device, self.wanted)
-        if self.hf.config._attn_implementation != attention:
+        norms = choose_norms(self.norms, device)
+        if self.hf.config._attn_implementation != attention or norms_of(self.hf) != norms:
             self.hf.config._attn_implementation = attention
+            set_norms(self.hf, norms)
             forget(self.hf)
 
 
@@ -237,6 +243,25 @@ def use_attention(model: TLModel, attention: str = "auto") -> str:
         entry.wanted = previous
         raise
     return str(entry.hf.config._attn_implementation)
+
+
+def use_norms(model: TLModel, norms: str = "eager") -> str:
+    """Which RMSNorms ``model``'s twin runs from now on; the ones it runs now.
+
+    ``"compiled"``: each norm module's forward compiled into one fused kernel
+    (:mod:`mechintro.engine.norms`; the same numbers to float rounding), where the weights are
+    on CUDA, eager elsewhere; ``"eager"`` (the default): Hugging Face's own. The first call
+    of each new kind of shape compiles (seconds). Each generation records the ones it ran
+    (``settings["norms"]``).
+    """
+    entry = _entry(model, bind=False)
+    previous, entry.norms = entry.norms, norms
+    try:
+        entry.attend()
+    except ValueError:
+        entry.norms = previous
+        raise
+    return norms_of(entry.hf)
 
 
 def has_hooks(model: TLModel) -> bool:

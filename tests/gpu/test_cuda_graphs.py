@@ -19,7 +19,7 @@ from mechintro.analysis.patching import knock_in
 from mechintro.engine import decode
 from mechintro.engine.attention import GROUPED
 from mechintro.engine.twin import twin_of
-from mechintro.generation import generate, use_attention
+from mechintro.generation import generate, use_attention, use_norms
 from mechintro.inject import Injection
 from mechintro.models import load_model
 from mechintro.prompts import Prompt, encode
@@ -142,3 +142,28 @@ def test_patching_replays_its_forward_bit_for_bit(tiny_dirs, monkeypatch):
         del model  # the kept capture holds its twin weakly: the model and its weights go
         gc.collect()
         assert twin() is None
+
+
+def test_compiled_norms_match_eager_norms_through_the_graph(tiny_dirs, tmp_path):
+    """fp32 on the GPU: compiled RMSNorms (one fused kernel each) give the eager norms'
+    greedy tokens and logits within 1e-4, through the captured decode step (each new shape
+    compiled in the Replay's eager first call, outside the capture) and through a graph
+    replayed for a second call; the record names the norms that ran."""
+    gemma3 = long_window_gemma3(tiny_dirs["gemma3"], tmp_path / "gemma3")
+    for folder in (tiny_dirs["llama"], tiny_dirs["qwen3"], gemma3):
+        model = load_model(folder, backend="bridge", device="cuda")
+        batch = encode(model.tokenizer, [_trial(n) for n in (1, 4, 7, 10)])
+        inj = Injection(LAYER, vecs(model, 4), [6.0, 0.0, 3.0, 2.0], mode="from-trial")
+        kw = {"max_new_tokens": 12, "injection": inj, "keep_logits": True, "stop_ids": []}
+        eager = generate(model, batch, **kw)
+        assert use_norms(model, "compiled") == "compiled"
+        compiled = generate(model, batch, **kw)
+        again = generate(model, batch, **kw)  # the kept capture, replayed
+        assert use_norms(model) == "eager"
+        assert eager.record.settings["norms"] == "eager"
+        assert compiled.record.settings["norms"] == "compiled"
+        assert compiled.record.settings["cuda_graph"]
+        for run in (compiled, again):
+            assert run.tokens == eager.tokens
+            for a, b in zip(run.logits, eager.logits, strict=True):
+                torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
