@@ -533,12 +533,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     verbose = args.pop("verbose")
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+    logging.basicConfig(  # other libraries' warnings; with -v, everything
+        level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(message)s",
         datefmt="%H:%M:%S",
         handlers=[TqdmHandler()],  # log lines above the progress bars, not on them
     )
+    for ours in ("mechintro", "circuits"):  # our own progress and results
+        logging.getLogger(ours).setLevel(logging.DEBUG if verbose else logging.INFO)
     command = args.pop("command")
     if command == "sweep":  # --nproc relaunches it through torchrun
         args["argv"] = list(sys.argv[1:] if argv is None else argv)
