@@ -5,7 +5,8 @@ on the GPU from one seed), ``run_sweep`` (greedy, ``--new-tokens`` tokens, one i
 layer at 60% depth, 1 in 8 trials a control) at each batch size of ``--batches`` (``auto``:
 the memory plan's), under each attention of ``--attention`` for the bridge's twin
 (:func:`mechintro.generation.use_attention`: ``eager``, HF's, which repeats every K/V head
-over the cache; ``mechintro_grouped``, which does not). Each shape first runs one untimed
+over the cache; ``mechintro_grouped``, which does not; ``ATTENTION+compiled``: with the twin's
+RMSNorms compiled, :func:`mechintro.generation.use_norms`). Each shape first runs one untimed
 batch (its decode step captured, once per shape as in a study; its time is reported as
 "first batch"), then a sweep of ``--sweep-batches`` batches (``auto``: of the largest batch
 the plan may pick, 512), timed whole (its shared preamble and records included). Per
@@ -17,7 +18,8 @@ planned and measured peak memory (the first batch's included). Rows:
   plus attention, at the peak FLOP rate) plus ``new_tokens − 1`` decode steps, each the
   longer of (every weight + every row's KV cache) over the HBM bandwidth and its FLOPs over
   the peak; trials/s = batch ÷ that time;
-* **parity**: one batch of 8 trials, 4 tokens, grouped vs eager: the largest logit
+* **parity**: one batch of 8 trials, 4 tokens, each entry of ``--attention`` against the
+  first (by default grouped against eager): the largest logit
   difference over the largest logit (bf16: rounding differs, so a few argmax flips on random
   weights' flat logits are expected) and the tokens that agree;
 * ``--profile B``: ``torch.profiler`` over one sweep of one batch of B (its capture kept
@@ -79,7 +81,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--attention",
         default="eager,mechintro_grouped",
-        help="the twin's attention per sweep (mechintro.generation.use_attention)",
+        help="the twin's attention per sweep (mechintro.generation.use_attention); "
+        "ATTENTION+compiled also compiles its RMSNorms (mechintro.generation.use_norms)",
     )
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--sweep-batches", type=int, default=3, help="batches per timed sweep")
@@ -163,16 +166,28 @@ def _reset_peak(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def _parity(model: Any, tok: Any, layer: int, d_model: int, attentions: Sequence[str]) -> Any:
-    """Grouped vs the first other attention on one batch of 8 trials, 4 greedy tokens."""
+def configure(model: Any, entry: str) -> str:
+    """Set the twin's attention and norms for one ``--attention`` entry (``ATTENTION`` or
+    ``ATTENTION+compiled``); the label of what runs."""
+    from mechintro.generation import use_attention, use_norms
+
+    attention, _, norms = entry.partition("+")
+    ran = use_attention(model, attention)  # what the twin runs (the same, where valid)
+    normed = use_norms(model, norms or "eager")
+    return ran if normed == "eager" else f"{ran} + {normed} norms"
+
+
+def _parity(model: Any, tok: Any, layer: int, d_model: int, entries: Sequence[str]) -> Any:
+    """Each ``--attention`` entry after the first against the first, on one batch of 8
+    trials, 4 greedy tokens."""
     import torch
 
     from mechintro.experiments.protocols.detection import detection_prompt
-    from mechintro.generation import generate, use_attention
+    from mechintro.generation import generate
     from mechintro.inject import Injection
     from mechintro.prompts import encode
 
-    if len(attentions) < 2:
+    if len(entries) < 2:
         return None
     batch = encode(tok, [detection_prompt(1 + i % 4) for i in range(8)])
     g = torch.Generator().manual_seed(1)
@@ -180,23 +195,28 @@ def _parity(model: Any, tok: Any, layer: int, d_model: int, attentions: Sequence
     v = v / v.norm(dim=-1, keepdim=True) * math.sqrt(d_model)
     inj = Injection(layer, v, [4.0] * 7 + [0.0], mode="from-trial")
     runs = {}
-    for a in attentions[:2]:
-        use_attention(model, a)
+    for entry in entries:
+        label = configure(model, entry)
         out = generate(model, batch, injection=inj, max_new_tokens=4, keep_logits=True)
-        runs[a] = (out.tokens, torch.stack(out.logits or []).float())
-    (ta, la), (tb, lb) = runs.values()
-    flat_a = [t for row in ta for t in row]
-    flat_b = [t for row in tb for t in row]
-    return {
-        "attentions": list(runs),
-        "max_abs_diff": float((la - lb).abs().max()),
-        "max_abs_logit": float(lb.abs().max()),
-        "relative": float((la - lb).abs().max() / lb.abs().max()),
-        "first_tokens_equal": sum(a[0] == b[0] for a, b in zip(ta, tb, strict=True)),
-        "tokens_equal": sum(x == y for x, y in zip(flat_a, flat_b, strict=False)),
-        "tokens": len(flat_b),
-        "rows": len(tb),
-    }
+        runs[label] = (out.tokens, torch.stack(out.logits or []).float())
+    (ref, (tb, lb)), *others = runs.items()
+    found = []
+    for name, (ta, la) in others:
+        flat_a = [t for row in ta for t in row]
+        flat_b = [t for row in tb for t in row]
+        found.append(
+            {
+                "attentions": [ref, name],
+                "max_abs_diff": float((la - lb).abs().max()),
+                "max_abs_logit": float(lb.abs().max()),
+                "relative": float((la - lb).abs().max() / lb.abs().max()),
+                "first_tokens_equal": sum(a[0] == b[0] for a, b in zip(ta, tb, strict=True)),
+                "tokens_equal": sum(x == y for x, y in zip(flat_a, flat_b, strict=False)),
+                "tokens": len(flat_b),
+                "rows": len(tb),
+            }
+        )
+    return found
 
 
 def _profile(sweep: Callable[[], Any], device: str, tokens: int) -> dict[str, Any]:
@@ -264,8 +284,7 @@ def markdown(meta: dict[str, Any], sweeps: list[dict[str, Any]], extra: dict[str
             f"| {s['roofline_trials_per_s']:.1f} | {100 * s['of_roofline']:.1f}% "
             f"| {peak} ({planned}) | {s['first_batch_seconds']:.1f} |"
         )
-    parity = extra.get("parity")
-    if parity:
+    for parity in extra.get("parity") or ():
         lines += [
             "",
             f"Parity, {parity['attentions'][0]} vs {parity['attentions'][1]} (8 rows, 4 "
@@ -327,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         weight_bytes,
     )
     from mechintro.experiments.sweeps import load_runs, run_sweep
-    from mechintro.generation import release_captures, use_attention
+    from mechintro.generation import release_captures, use_attention, use_norms
     from mechintro.models import load_model
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -394,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     extra["parity"] = _parity(model, tok, layer, dims.d_model, args.attention)
     write(False)
     for attention in args.attention:
-        ran = use_attention(model, attention)  # what the twin runs (the same, where valid)
+        ran = configure(model, attention)
         for requested in args.batches:
             batch: int | str = requested if requested == "auto" else int(requested)
             cap = MAX_BATCH if batch == "auto" else int(batch)
@@ -447,6 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 extra["profiles"][ran] = prof
                 write(False)
     use_attention(model)
+    use_norms(model)
     write(True)
     print((out / "scale.md").read_text())
     return 0

@@ -242,6 +242,16 @@ def vector_rows(b: Bench, model: Any, x: Inputs, backend: str) -> None:
         ref=backend == "bridge",
         how=f"median of {s.repeats} calls (100 baseline words, batches of 32, no cache)",
     )
+    if backend == "bridge":  # the bridge itself, as every extraction ran before the twin
+        b.time(
+            "vectors",
+            f"mechintro extract_vectors, {n} concepts, bridge path",
+            backend,
+            "concept",
+            lambda: extract_vectors(model, x.words, layer=x.layer, fast=False),
+            n,
+            how=f"median of {s.repeats} calls, fast=False",
+        )
     m = METHODS["lindsey"]
     n_base = len(word_list(m.baseline))
     k = min(s.per_concept, n)

@@ -102,6 +102,7 @@ def expected(backends: tuple[str, ...] = ("hf", "hooked", "bridge")) -> set[tupl
         ("detection", f"mechintro generate, batch {BATCH}, static cache, no CUDA graph", "bridge"),
         ("patch resid_pre", "mechintro activation_patch, bridge path", "bridge"),
         ("patch heads", "mechintro activation_patch, bridge path", "bridge"),
+        ("vectors", "mechintro extract_vectors, 6 concepts, bridge path", "bridge"),
         ("patch resid_pre", "twin forward, same tokens, timed here", "bridge"),
         ("patch heads", "twin forward, same tokens, timed here", "bridge"),
         ("forward", "twin forward (plain HF, the bridge's weights)", "bridge"),
@@ -267,8 +268,10 @@ def test_the_scale_benchmark_runs_on_the_cpu(tmp_path):
     for s in data["sweeps"]:
         assert s["trials_per_s"] > 0 and s["roofline_trials_per_s"] > s["trials_per_s"]
         assert s["batch"] == (2 if s["requested"] == "2" else 512)  # auto: capped by max_batch
-    assert data["parity"]["tokens_equal"] == data["parity"]["tokens"] > 0  # fp32: same tokens
-    assert data["parity"]["relative"] < 1e-5
+    (parity,) = data["parity"]  # each entry against the first
+    assert parity["attentions"] == ["eager", "mechintro_grouped"]
+    assert parity["tokens_equal"] == parity["tokens"] > 0  # fp32: same tokens
+    assert parity["relative"] < 1e-5
     assert set(data["profiles"]) == {"eager", "mechintro_grouped"}
     assert "| mechintro_grouped | 2 |" in (tmp_path / "scale.md").read_text()
 
