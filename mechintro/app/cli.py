@@ -1,7 +1,8 @@
 """The ``mechintro`` command. Options are derived from the config dataclasses (their fields,
 defaults and documented meaning), so the command line and the library cannot drift apart.
-The parser imports only those dataclasses, which import nothing heavy: ``--help`` is quick, and
-each command loads what it needs when it runs.
+The parser imports only those dataclasses, which import nothing heavy, and adds a command's
+options when that command is used: ``--help`` is quick, and each command loads what it needs
+when it runs.
 
     mechintro extract --model builtin:smollm2 --layer 18 --words Dust Peace --out vectors
     mechintro sweep --config examples/smollm2.toml --out runs/smol    # rerun to resume
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -32,6 +34,7 @@ from mechintro.app.options import (
     LOCALHOST,
     ExtractConfig,
     GradeConfig,
+    LazyParser,
     NoiseConfig,
     ReportConfig,
     RunCommandConfig,
@@ -421,98 +424,107 @@ a typical run:
         formatter_class=_FORMATTER,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=LazyParser
+    )
 
-    def command(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
-        return sub.add_parser(
+    def command(name: str, help_text: str, description: str, add: Callable[..., None]) -> None:
+        """A command whose options ``add(parser)`` adds when it is used (LazyParser)."""
+        sub.add_parser(
             name,
             help=help_text,
             description=description,
             epilog=EPILOGS[name],
             formatter_class=_FORMATTER,
+            add_options=add,
         )
 
-    p = command(
+    def fields(cls: type, **choices: Sequence[Any]) -> Callable[..., None]:
+        return functools.partial(add_fields, cls=cls, choices=choices)
+
+    def sweep_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", metavar="FILE", help="a .toml or .yaml config file (see below)")
+        run = p.add_argument_group("how to run (config file: top-level keys)")
+        add_fields(run, RunConfig, suppress=True, choices=_MODEL_CHOICES)
+        grid = p.add_argument_group("the grid (config file: the [spec] table)")
+        add_fields(grid, SweepSpec, suppress=True, choices=_SPEC_CHOICES)
+
+    command(
         "extract",
         "extract concept vectors into a cache folder",
         "Extract concept vectors (docs/protocols.md §1) at the output of one block.",
+        fields(ExtractConfig, method=list(METHODS), on_bad_word=ON_BAD_WORD, **_MODEL_CHOICES),
     )
-    extract_choices = {"method": list(METHODS), "on_bad_word": list(ON_BAD_WORD)}
-    add_fields(p, ExtractConfig, choices={**extract_choices, **_MODEL_CHOICES})
-    p = command(
+    command(
         "sweep",
         "run a grid of trials into a results folder (resumable)",
         "Run a sweep: every concept x layer x strength x mode x trial number, plus\n"
         "uninjected controls, batched, seeded, saved as it goes (docs/protocols.md §3).",
+        sweep_options,
     )
-    p.add_argument("--config", metavar="FILE", help="a .toml or .yaml config file (see below)")
-    run = p.add_argument_group("how to run (config file: top-level keys)")
-    add_fields(run, RunConfig, suppress=True, choices=_MODEL_CHOICES)
-    grid = p.add_argument_group("the grid (config file: the [spec] table)")
-    add_fields(grid, SweepSpec, suppress=True, choices=_SPEC_CHOICES)
-    p = command(
+    command(
         "grade",
         "grade a results folder's replies (rules or an LLM judge)",
         "Grade replies (docs/protocols.md §4) into RESULTS/grades.jsonl.",
+        fields(GradeConfig, grader=GRADERS),
     )
-    add_fields(p, GradeConfig, choices={"grader": list(GRADERS)})
-    p = command(
+    command(
         "report",
         "write a self-contained HTML report of a results folder",
         "Write the HTML report of a results folder: metrics, figures, example replies.",
+        fields(ReportConfig),
     )
-    add_fields(p, ReportConfig)
-    p = command(
+    command(
         "noise",
         "Godet's noise controls: introspection vs control questions",
         "Read the Yes/No belief of the introspection question and of control questions with "
         "known answers under injection at the last prompt token (one forward, no "
         "generation), over layers × strengths, with norm-matched random vectors; writes "
         "OUT/noise.csv, which mechintro report OUT shows with the specificity.",
+        fields(NoiseConfig, **_MODEL_CHOICES),
     )
-    add_fields(p, NoiseConfig, choices=_MODEL_CHOICES)
-    p = command(
+    command(
         "patch",
         "activation patching: a layer x position x component sweep (resumable)",
         "Patch each component of a steered run with its unsteered value (knock-out), or the "
         "reverse (knock-in), over layers x positions; the metric is the Yes/No logit gap. "
         "Writes OUT/patch_COMPONENT.csv as each is done (rerun to resume) and OUT/patch.html.",
+        fields(PatchConfig, **_MODEL_CHOICES),
     )
-    add_fields(p, PatchConfig, choices=_MODEL_CHOICES)
-    p = command(
+    command(
         "demo",
         "run the offline demo (DIR/report.html, DIR/metrics.json)",
         "Measure the built-in model organisms end to end, offline.",
+        fields(DemoConfig),
     )
-    add_fields(p, DemoConfig)
-    p = command(
+    command(
         "run",
         "run any experiment from one TOML config (resumable)",
         "Run the experiments one config file names (a sweep, noise controls, patching,\n"
         "training, circuits...): their model and parameters, the results in one folder.",
+        fields(RunCommandConfig),
     )
-    add_fields(p, RunCommandConfig)
-    p = command(
+    command(
         "viewer",
         "browse a results folder's attribution graphs in a local page",
         "Serve a results folder's attribution graphs in mechintro's viewer on 127.0.0.1\n"
         "(nothing is fetched from the internet) and open it in the default browser.",
+        fields(ViewerConfig, host=[LOCALHOST]),
     )
-    add_fields(p, ViewerConfig, choices={"host": [LOCALHOST]})
-    p = command(
+    command(
         "organism",
         "build, train and measure the built-in organisms",
         "Build the built-in organisms, train introspection into the base one (LoRA, bias "
         "vector), evaluate an organism, train its transcoders (docs/organism.md).",
+        organism_commands.add_commands,
     )
-    organism_commands.add_commands(p)
     return parser
 
 
-_MODEL_CHOICES = {"backend": list(BACKENDS), "dtype": list(DTYPES)}
-_SPEC_CHOICES = {
+_MODEL_CHOICES: dict[str, Sequence[str]] = {"backend": BACKENDS, "dtype": DTYPES}
+_SPEC_CHOICES: dict[str, Sequence[str]] = {
     "method": list(METHODS),
-    "unit": list(UNITS),
+    "unit": UNITS,
     "modes": [m.value for m in PositionMode],
 }
 COMMANDS: dict[str, Callable[[Mapping[str, Any]], int]] = {
