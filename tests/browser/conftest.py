@@ -7,15 +7,13 @@ off the network (no background requests, updates or sync) and with a fresh profi
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from browsers import CHROMIUM, need_browser
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
     "--headless",
     "--no-sandbox",
@@ -26,20 +24,6 @@ ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-
-def need_browser() -> None:
-    """Skip without chromium or playwright; fail instead under CI."""
-    why = None
-    if not CHROMIUM.is_file():
-        why = f"no {CHROMIUM} (apt-get install chromium)"
-    elif importlib.util.find_spec("playwright") is None:
-        why = "no playwright (pip install -e '.[test]')"
-    if why is None:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"the browser tests must run in CI: {why}")
-    pytest.skip(why)
 
 
 @pytest.fixture(scope="session")

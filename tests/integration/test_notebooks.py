@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from browsers import need_image_renderer
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -86,8 +87,9 @@ def test_notebook_runs(
         if PLOTLY in o.get("data", {})
     ]
     assert figures, f"{path.name} shows no figure"
+    if path.stem == "circuits":  # the viewer's files land in a folder the user keeps
+        assert (work / "runs" / "circuits-viewer" / "graph-metadata.json").is_file()
+    need_image_renderer()  # the notebook ran; its static images need kaleido and a Chromium
     bare = [f[PLOTLY].get("layout", {}).get("title", {}).get("text") for f in figures]
     bare = [t for t, f in zip(bare, figures) if not f.get("image/png")]
     assert not bare, f"{path.name}: figures without a static PNG: {bare}"
-    if path.stem == "circuits":  # the viewer's files land in a folder the user keeps
-        assert (work / "runs" / "circuits-viewer" / "graph-metadata.json").is_file()

@@ -8,6 +8,7 @@ import math
 
 import pandas as pd
 import pytest
+from browsers import need_image_renderer
 
 from mechintro.experiments.metrics import add_delta_b, rates, specificity
 from mechintro.plotting import (
@@ -283,6 +284,7 @@ def test_figure_bundle_carries_the_interactive_figure_and_a_static_image(cells):
     import struct
 
     fig = rate_heatmap(cells).update_layout(width=400, height=300)
+    need_image_renderer()
     bundle = figure_bundle(fig)
     assert bundle["application/vnd.plotly.v1+json"]["data"][0]["type"] == "heatmap"
     png = base64.b64decode(bundle["image/png"])
@@ -297,6 +299,7 @@ def test_figure_bundle_carries_the_interactive_figure_and_a_static_image(cells):
 def test_use_static_images_makes_every_figure_carry_a_png(cells):
     import plotly.io as pio
 
+    need_image_renderer()
     before = pio.renderers.default
     try:
         use_static_images()
