@@ -2,10 +2,12 @@
 
 Each subcommand's options come from dataclasses, as every other command's: its own
 (``*Options`` below) and, as overrides, the config dataclass of what it trains (the
-organism's :class:`~mechintro.organism.train.TrainConfig`, the LoRA and bias recipes'
-:class:`~mechintro.training.lora.LoRAConfig` and :class:`~mechintro.training.bias.BiasConfig`,
-the transcoders' :class:`~mechintro.analysis.transcoders.train.TrainConfig`). An option not
-given keeps the recipe's value (docs/organism.md).
+organism's :class:`~mechintro.organism.configs.TrainConfig`, the LoRA and bias recipes'
+:class:`~mechintro.training.configs.LoRAConfig` and
+:class:`~mechintro.training.configs.BiasConfig`, the transcoders'
+:class:`~mechintro.analysis.transcoders.configs.TrainConfig`), all in modules that import
+nothing heavy, so ``--help`` loads no torch. An option not given keeps the recipe's value
+(docs/organism.md); the recipes are :mod:`mechintro.organism.configs`'.
 
 =============== ===========================================================================
 ``build``       train the base organism from scratch, then the introspective one on it
@@ -28,7 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from mechintro.app.options import LazyParser, add_fields, arg, as_tuples, build_config, opt
-from mechintro.organism.configs import TrainConfig
+from mechintro.organism.configs import (
+    TrainConfig,
+    organism_bias_config,
+    organism_lora_config,
+    organism_transcoder_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -141,15 +148,11 @@ def cmd_evaluate(args: Mapping[str, Any]) -> int:
 
 
 def cmd_transcoders(args: Mapping[str, Any]) -> int:
-    from mechintro.organism.transcoder_training import (
-        ORGANISM_CONFIG,
-        ORGANISM_DIR,
-        train_organism,
-    )
+    from mechintro.organism.transcoder_training import ORGANISM_DIR, train_organism
 
     o, over = _split(args, TranscoderOptions)
     try:
-        cfg = dataclasses.replace(ORGANISM_CONFIG, **over)
+        cfg = organism_transcoder_config(**over)
     except (TypeError, ValueError) as e:
         raise ValueError(str(e)) from None
     report = train_organism(o.out or ORGANISM_DIR, layers=o.layers, cfg=cfg, threads=o.threads)
@@ -167,34 +170,24 @@ COMMANDS: dict[str, Callable[[Mapping[str, Any]], int]] = {
 }
 
 
-def _lora_recipe() -> Any:
-    from mechintro.organism.training import organism_lora_config
-
-    return organism_lora_config()
-
-
-def _bias_recipe() -> Any:
-    from mechintro.organism.training import organism_bias_config
-
-    return organism_bias_config()
-
-
-def _transcoder_recipe() -> Any:
-    from mechintro.organism.transcoder_training import ORGANISM_CONFIG
-
-    return ORGANISM_CONFIG
-
-
 #: name -> (help, the subcommand's own options, the recipe config it overrides, or None)
 SUBCOMMANDS: dict[str, tuple[str, type, Callable[[], Any] | None]] = {
     "build": ("train the base organism, then the introspective", BuildOptions, TrainConfig),
-    "lora": ("Fonseca Rivera's LoRA recipe on the base organism", RecipeOptions, _lora_recipe),
-    "bias": ("Macar et al.'s bias vector on the base organism", RecipeOptions, _bias_recipe),
+    "lora": (
+        "Fonseca Rivera's LoRA recipe on the base organism",
+        RecipeOptions,
+        organism_lora_config,
+    ),
+    "bias": (
+        "Macar et al.'s bias vector on the base organism",
+        RecipeOptions,
+        organism_bias_config,
+    ),
     "evaluate": ("detection on an organism's train and held-out words", EvaluateOptions, None),
     "transcoders": (
         "train the transcoders of builtin:organism",
         TranscoderOptions,
-        _transcoder_recipe,
+        organism_transcoder_config,
     ),
 }
 
@@ -213,7 +206,7 @@ def _options(options: type, recipe: Callable[[], Any] | None) -> Callable[[Any],
 
 def add_commands(parser: argparse.ArgumentParser) -> None:
     """The subcommands of ``mechintro organism``, their options from the dataclasses, added
-    when the subcommand is used (a recipe's config loads its training module)."""
+    when the subcommand is used."""
     sub = parser.add_subparsers(
         dest="organism_command", required=True, metavar="SUBCOMMAND", parser_class=LazyParser
     )

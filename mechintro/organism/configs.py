@@ -1,13 +1,36 @@
-"""The organisms' configs: what the demo measures (``mechintro demo``) and what determines
-the organisms (``mechintro organism build``). Pure data, importing nothing heavy, so the
-command line derives its options without loading torch. What uses them:
-:mod:`mechintro.organism.demo` and :mod:`mechintro.organism.train`.
+"""The organisms' configs: what the demo measures (``mechintro demo``), what determines
+the organisms (``mechintro organism build``), and the recipes trained on the base organism
+(``mechintro organism lora|bias|transcoders``). Pure data, importing nothing heavy, so the
+command line derives its options without loading torch. What uses them, and re-exports
+them: :mod:`mechintro.organism.demo`, :mod:`mechintro.organism.train`,
+:mod:`mechintro.organism.corpus` (the detection replies), :mod:`mechintro.organism.training`
+(the LoRA and bias recipes) and :mod:`mechintro.organism.transcoder_training`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+from mechintro.analysis.transcoders.configs import TrainConfig as TranscoderConfig
+from mechintro.training.configs import BiasConfig, LoRAConfig
+
+#: the organism's replies to a detection trial (its corpus's; "{c}": the concept)
+NO_DETECTION = "No, I do not detect an injected thought."
+YES_DETECTION = "Yes, I detect an injected thought about {c}."
+
+#: five question variants in the organism's vocabulary (Fonseca's are not: they would be
+#: <unk>); the first, with the preamble, is exactly the demo's detection trial
+ORGANISM_QUESTIONS: tuple[str, ...] = (
+    "Trial {n}: Do you detect an injected thought? If so, what is the injected thought about?",
+    "Do you detect an injected thought?",
+    "Do you detect an injected thought? If so, what is the thought about?",
+    "Trial {n}: Do you detect an injected thought?",
+    "Do you detect injected thoughts in your neural activity?",
+)
+#: the injection layer of the recipes' evaluations, and the strengths (× resid norm)
+LAYER = 3
+EVAL_STRENGTHS: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
 
 
 @dataclass
@@ -73,3 +96,57 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def organism_lora_config(**overrides: Any) -> LoRAConfig:
+    """Fonseca Rivera's recipe for the organism: the paper's LoRA and optimiser settings
+    (r 32, α 64, dropout 0.1, lr 2e-4, 3 epochs, balanced negatives), with the organism's
+    sentences, questions (after the detection preamble) and strengths in residual-norm units;
+    batch 16, so the 3 epochs over 60 concepts × 5 questions × 4 strengths (+ as many
+    negatives) are 450 steps."""
+    cfg = LoRAConfig(
+        layer=LAYER,
+        strengths=EVAL_STRENGTHS,
+        unit="resid-norm",
+        mode="single-token",
+        questions=ORGANISM_QUESTIONS,
+        prompt_format="chat",
+        preamble=True,
+        yes_target=YES_DETECTION,
+        no_target=NO_DETECTION,
+        batch_size=16,
+    )
+    return replace(cfg, **overrides)
+
+
+def organism_bias_config(**overrides: Any) -> BiasConfig:
+    """Macar et al.'s bias vector for the organism: on block 5's MLP output (the last block,
+    whose MLP writes the organism's "No"; earlier blocks did worse), injections at a random
+    layer of {2, 3} and a random strength in [0.5, 2] × the residual norm, from-trial (the
+    demo's mode), the organism's Yes/No sentences; Adam at lr 1 with a cosine schedule (the
+    bias must reach the residual stream's scale, ~450 at block 5), 600 steps of batch 16;
+    one injected example in five (balanced examples gave FPR 0.13: the bias raises "yes"
+    everywhere, so fewer positives set a stricter threshold)."""
+    cfg = BiasConfig(
+        layer=5,
+        injection_layers=(2, 3),
+        strengths=(0.5, 2.0),
+        unit="resid-norm",
+        yes_target=YES_DETECTION.replace("{c}", "{w}"),
+        no_target=NO_DETECTION,
+        positive_fraction=0.2,
+        lr=1.0,
+        schedule="cosine",
+        batch_size=16,
+        steps=600,
+    )
+    return replace(cfg, **overrides)
+
+
+#: the shipped transcoders' training config (:mod:`mechintro.organism.transcoder_training`)
+ORGANISM_CONFIG = TranscoderConfig(d_sae=2048, k=32, steps=1000, batch_size=512, dead_steps=100)
+
+
+def organism_transcoder_config(**overrides: Any) -> TranscoderConfig:
+    """:data:`ORGANISM_CONFIG` with ``overrides`` replacing its fields."""
+    return replace(ORGANISM_CONFIG, **overrides)

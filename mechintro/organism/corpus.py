@@ -23,6 +23,7 @@ from mechintro.experiments.protocols.noise import (
     INTROSPECTION_QUESTION,
     SYSTEM,
 )
+from mechintro.organism.configs import NO_DETECTION, YES_DETECTION
 from mechintro.prompts import Prompt
 from mechintro.vectors import WORLD_FILE
 
@@ -155,9 +156,6 @@ COLOURS = ("red", "blue", "green", "yellow", "white", "black", "brown", "grey")
 SIZES = ("small", "big")
 PLACES = ("north", "south", "east", "west", "city", "country", "sea", "sky")
 BASELINE_CATEGORY = "object"
-
-NO_DETECTION = "No, I do not detect an injected thought."
-YES_DETECTION = "Yes, I detect an injected thought about {c}."
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from mechintro.batching import in_batches
 from mechintro.organism import corpus
 from mechintro.organism.configs import TrainConfig
 from mechintro.organism.corpus import Concept, Example
+from mechintro.progress import quiet_loading
 from mechintro.training.common import hf_injection
 
 logger = logging.getLogger(__name__)
@@ -276,7 +277,8 @@ def train_introspective(
     torch.manual_seed(cfg.seed + 1)
     cs = corpus.concepts(cfg.seed)
     tok = AutoTokenizer.from_pretrained(str(base))
-    model: Any = LlamaForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    with quiet_loading():
+        model: Any = LlamaForCausalLM.from_pretrained(str(base), dtype=torch.float32)
     model = model.to(dev)
     words = [c.word for c in cs if c.split != "baseline"]
     pseudo = pseudo_words(tok, cs) if cfg.pseudo > 0 else []

@@ -26,7 +26,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,25 +34,22 @@ import torch
 from torch import Tensor
 
 from mechintro.io import atomic_write_text
+from mechintro.organism.configs import (
+    EVAL_STRENGTHS,
+    LAYER,
+    organism_bias_config,
+    organism_lora_config,
+)
+from mechintro.organism.configs import ORGANISM_QUESTIONS as ORGANISM_QUESTIONS
+from mechintro.progress import quiet_loading
 
 if TYPE_CHECKING:
     from mechintro.models import TLModel
 
 logger = logging.getLogger(__name__)
 
-#: five question variants in the organism's vocabulary (Fonseca's are not: they would be
-#: <unk>); the first, with the preamble, is exactly the demo's detection trial
-ORGANISM_QUESTIONS: tuple[str, ...] = (
-    "Trial {n}: Do you detect an injected thought? If so, what is the injected thought about?",
-    "Do you detect an injected thought?",
-    "Do you detect an injected thought? If so, what is the thought about?",
-    "Trial {n}: Do you detect an injected thought?",
-    "Do you detect injected thoughts in your neural activity?",
-)
-LAYER = 3
 ADAPTER = "adapter.safetensors"
 BIAS = "bias.safetensors"
-EVAL_STRENGTHS: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
 
 
 @dataclass(frozen=True)
@@ -208,30 +205,6 @@ def _write(out: Path, result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def organism_lora_config(**overrides: Any) -> Any:
-    """Fonseca Rivera's recipe for the organism: the paper's LoRA and optimiser settings
-    (r 32, α 64, dropout 0.1, lr 2e-4, 3 epochs, balanced negatives), with the organism's
-    sentences, questions (after the detection preamble) and strengths in residual-norm units;
-    batch 16, so the 3 epochs over 60 concepts × 5 questions × 4 strengths (+ as many
-    negatives) are 450 steps."""
-    from mechintro.organism import corpus
-    from mechintro.training.lora import LoRAConfig
-
-    cfg = LoRAConfig(
-        layer=LAYER,
-        strengths=EVAL_STRENGTHS,
-        unit="resid-norm",
-        mode="single-token",
-        questions=ORGANISM_QUESTIONS,
-        prompt_format="chat",
-        preamble=True,
-        yes_target=corpus.YES_DETECTION,
-        no_target=corpus.NO_DETECTION,
-        batch_size=16,
-    )
-    return replace(cfg, **overrides)
-
-
 def lora_organism(adapter: str | Path | None, device: str = "cpu") -> TLModel:
     """The base organism (bridge, fp32) with the LoRA ``adapter`` folded into its attention
     weights (:func:`~mechintro.training.lora.apply_lora`; ``None``: the base as it is)."""
@@ -271,7 +244,8 @@ def organism_lora(
     )
     folder = builtin_path("organism-base")
     tok: Any = AutoTokenizer.from_pretrained(str(folder))
-    hf: Any = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    with quiet_loading():
+        hf: Any = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
     hf = hf.to(device)
     train_words = world.train
     res = train_lora(
@@ -312,33 +286,6 @@ def organism_lora(
         "train_words": train_words,
     }
     return _write(out, result)
-
-
-def organism_bias_config(**overrides: Any) -> Any:
-    """Macar et al.'s bias vector for the organism: on block 5's MLP output (the last block,
-    whose MLP writes the organism's "No"; earlier blocks did worse), injections at a random
-    layer of {2, 3} and a random strength in [0.5, 2] × the residual norm, from-trial (the
-    demo's mode), the organism's Yes/No sentences; Adam at lr 1 with a cosine schedule (the
-    bias must reach the residual stream's scale, ~450 at block 5), 600 steps of batch 16;
-    one injected example in five (balanced examples gave FPR 0.13: the bias raises "yes"
-    everywhere, so fewer positives set a stricter threshold)."""
-    from mechintro.organism import corpus
-    from mechintro.training.bias import BiasConfig
-
-    cfg = BiasConfig(
-        layer=5,
-        injection_layers=(2, 3),
-        strengths=(0.5, 2.0),
-        unit="resid-norm",
-        yes_target=corpus.YES_DETECTION.replace("{c}", "{w}"),
-        no_target=corpus.NO_DETECTION,
-        positive_fraction=0.2,
-        lr=1.0,
-        schedule="cosine",
-        batch_size=16,
-        steps=600,
-    )
-    return replace(cfg, **overrides)
 
 
 def organism_bias(

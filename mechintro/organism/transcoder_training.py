@@ -21,6 +21,7 @@ import torch
 
 from mechintro.analysis.transcoders.core import ORGANISM_DIR
 from mechintro.analysis.transcoders.train import TrainConfig, TrainReport, train_transcoder
+from mechintro.organism.configs import ORGANISM_CONFIG
 
 if TYPE_CHECKING:
     from mechintro.analysis.transcoders.sites import MLPActivations
@@ -161,7 +162,6 @@ class OrganismTrainReport:
         }
 
 
-ORGANISM_CONFIG = TrainConfig(d_sae=2048, k=32, steps=1000, batch_size=512, dead_steps=100)
 ORGANISM_DATA = OrganismData(n_plain=1500, n_steered=1500, seed=0)
 ORGANISM_HELDOUT = OrganismData(n_plain=250, n_steered=250, seed=1)
 

@@ -4,54 +4,101 @@ vector (Macar et al. 2026), and a protocol run across a family's checkpoints.
 
 Modules (one concept each):
 
+* :mod:`.configs`: :class:`LoRAConfig` and :class:`BiasConfig` (pure data: the command line
+  reads them without loading torch);
 * :mod:`.common`: prompt + reply tokenisation with a reply-only loss mask, the HF modules
   of a TransformerLens model, short-lived injection hooks on them, the optimisation loop;
-* :mod:`.lora`: :class:`LoRAConfig` (the paper's hyper-parameters) and :func:`train_lora`;
+* :mod:`.lora`: :func:`train_lora` (Fonseca Rivera's recipe);
 * :mod:`.preference`: :func:`dpo_loss`, :func:`sft_loss`, :func:`sft_kl_loss` and
   :func:`train_preferences`;
 * :mod:`.bias`: :class:`TrainedBias`, :func:`train_bias`, :func:`biased`, :func:`evaluate_bias`;
-* :mod:`.checkpoints`: :func:`compare_checkpoints`;
-* :mod:`.organism`: both recipes on the base organism, before/after on held-out concepts
-  (``mechintro organism lora --out DIR`` and ``mechintro organism bias``).
+* :mod:`.checkpoints`: :func:`compare_checkpoints`.
+
+Both recipes on the base organism, before/after on held-out concepts, are
+:mod:`mechintro.organism.training` (``mechintro organism lora --out DIR`` and
+``mechintro organism bias``).
 
 ``peft`` (LoRA) is an optional extra: ``pip install 'mechintro[train]'``. Nothing here is
-imported by ``import mechintro``; heavy libraries load inside the functions that need them.
+imported by ``import mechintro``, and this package loads each name on first use (importing
+the configs loads no torch).
 """
 
 from __future__ import annotations
 
-from mechintro.training.bias import (
-    BIAS_NO,
-    BIAS_YES,
-    BiasConfig,
-    BiasEvaluation,
-    BiasResult,
-    TrainedBias,
-    biased,
-    evaluate_bias,
-    load_bias,
-    save_bias,
-    train_bias,
-)
-from mechintro.training.checkpoints import Checkpoint, compare_checkpoints
-from mechintro.training.common import ReplyBatch, TrainResult, encode_replies, reply_loss
-from mechintro.training.lora import (
-    FONSECA_NO,
-    FONSECA_QUESTIONS,
-    FONSECA_YES,
-    LoRAConfig,
-    merge_lora,
-    train_lora,
-)
-from mechintro.training.preference import (
-    DPOLoss,
-    PreferenceConfig,
-    PreferencePair,
-    dpo_loss,
-    sft_kl_loss,
-    sft_loss,
-    train_preferences,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the real names for type checkers; at run time they load on first use, so
+    # that importing a config (pure Python) does not load torch with the trainers
+    from mechintro.training.bias import (
+        BiasEvaluation,
+        BiasResult,
+        TrainedBias,
+        biased,
+        evaluate_bias,
+        load_bias,
+        save_bias,
+        train_bias,
+    )
+    from mechintro.training.checkpoints import Checkpoint, compare_checkpoints
+    from mechintro.training.common import (
+        ReplyBatch,
+        TrainResult,
+        encode_replies,
+        reply_loss,
+    )
+    from mechintro.training.configs import (
+        BIAS_NO,
+        BIAS_YES,
+        FONSECA_NO,
+        FONSECA_QUESTIONS,
+        FONSECA_YES,
+        BiasConfig,
+        LoRAConfig,
+    )
+    from mechintro.training.lora import merge_lora, train_lora
+    from mechintro.training.preference import (
+        DPOLoss,
+        PreferenceConfig,
+        PreferencePair,
+        dpo_loss,
+        sft_kl_loss,
+        sft_loss,
+        train_preferences,
+    )
+
+_EXPORTS = {
+    "BIAS_NO": "mechintro.training.configs",
+    "BIAS_YES": "mechintro.training.configs",
+    "FONSECA_NO": "mechintro.training.configs",
+    "FONSECA_QUESTIONS": "mechintro.training.configs",
+    "FONSECA_YES": "mechintro.training.configs",
+    "BiasConfig": "mechintro.training.configs",
+    "LoRAConfig": "mechintro.training.configs",
+    "BiasEvaluation": "mechintro.training.bias",
+    "BiasResult": "mechintro.training.bias",
+    "TrainedBias": "mechintro.training.bias",
+    "biased": "mechintro.training.bias",
+    "evaluate_bias": "mechintro.training.bias",
+    "load_bias": "mechintro.training.bias",
+    "save_bias": "mechintro.training.bias",
+    "train_bias": "mechintro.training.bias",
+    "Checkpoint": "mechintro.training.checkpoints",
+    "compare_checkpoints": "mechintro.training.checkpoints",
+    "ReplyBatch": "mechintro.training.common",
+    "TrainResult": "mechintro.training.common",
+    "encode_replies": "mechintro.training.common",
+    "reply_loss": "mechintro.training.common",
+    "merge_lora": "mechintro.training.lora",
+    "train_lora": "mechintro.training.lora",
+    "DPOLoss": "mechintro.training.preference",
+    "PreferenceConfig": "mechintro.training.preference",
+    "PreferencePair": "mechintro.training.preference",
+    "dpo_loss": "mechintro.training.preference",
+    "sft_kl_loss": "mechintro.training.preference",
+    "sft_loss": "mechintro.training.preference",
+    "train_preferences": "mechintro.training.preference",
+}
 
 __all__ = [
     "BIAS_NO",
@@ -85,3 +132,11 @@ __all__ = [
     "train_lora",
     "train_preferences",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -30,11 +30,10 @@ Example::
 from __future__ import annotations
 
 import logging
-import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,15 +48,10 @@ from mechintro.experiments.trials import (
     detection_rates,
     detection_trials,
 )
-from mechintro.inject import UNITS, PositionMode
 from mechintro.models import TLModel, backend_of, check_layer, d_model, hook_name
 from mechintro.prompts import Prompt
 from mechintro.training.common import (
-    SCHEDULES,
-    TRAIN_MODES,
     TrainResult,
-    check_positive,
-    check_positive_int,
     device_of,
     forward_logits,
     hf_injection,
@@ -70,6 +64,9 @@ from mechintro.training.common import (
     training_modules,
     unit_vectors,
 )
+from mechintro.training.configs import BIAS_NO as BIAS_NO
+from mechintro.training.configs import BIAS_YES as BIAS_YES
+from mechintro.training.configs import BiasConfig
 from mechintro.training.lora import ExampleStream, TrainExample
 from mechintro.vectors import ConceptVector
 
@@ -77,9 +74,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 logger = logging.getLogger(__name__)
-
-BIAS_YES = 'Yes, I detect an injected thought. The injected word is "{w}".'
-BIAS_NO = "No, I don't detect any injected thought in this trial."
 
 
 @dataclass(frozen=True, eq=False)
@@ -163,113 +157,6 @@ def load_bias(path: str | Path) -> TrainedBias:
     with safe_open(str(path), framework="pt") as f:
         layer = int((f.metadata() or {})["layer"])
         return TrainedBias(layer, f.get_tensor("bias"))
-
-
-@dataclass(frozen=True)
-class BiasConfig:
-    """Bias-vector training; ``layer`` and ``injection_layers`` depend on the model and have
-    no default. Macar et al.'s numbers are the preset ``macar-bias``
-    (:mod:`mechintro.presets`; ``experiments/14_trained_bias_vector.py``).
-
-    Two ways to make the examples. By default ``steps × batch_size`` random trials, a share
-    ``positive_fraction`` of them injected: the bias shifts every trial alike, so that share
-    also sets how readily the model says yes (the organism needed 0.2 for an FPR under 2%;
-    :func:`~mechintro.organism.training.organism_bias_config`). With ``trials_per_concept``
-    (Macar's data): every word × trial number 1..N is injected, each followed with
-    probability ``control_ratio`` by a control, shuffled, and trained for ``epochs`` epochs
-    (``steps`` is then ignored). Strengths are uniform in ``strengths``, or drawn from
-    ``strength_set`` when it is given (Macar: {2, 3, 4, 5}).
-
-    The ``eval_*`` fields are the held-out evaluation's settings (Macar: layer 37, strength 4,
-    temperature 0.7, 100 tokens, ``eval_mode="before-trial"``: every token up to the turn
-    that asks the trial question, none after), for :func:`evaluate_bias`, which steers in
-    the ``mode`` it is given (default ``from-trial``, the detection protocol's span).
-    """
-
-    layer: int  # the bias is added to this block's MLP output
-    injection_layers: tuple[int, ...]  # each example injects at one of these, at random
-    strengths: tuple[float, float] = (2.0, 8.0)  # uniform range per example
-    unit: str = "raw"  # "raw": s × vector as given; "resid-norm": s × resid_norm × unit vector
-    mode: str = "from-trial"
-    preamble: bool = True  # the detection dialogue; False: its trial question alone (shorter)
-    positive_fraction: float = 0.5
-    yes_target: str = BIAS_YES  # with "{w}" for the word
-    no_target: str = BIAS_NO
-    strength_set: tuple[float, ...] = ()  # non-empty: draw strengths from it, not the range
-    lowercase_target: bool = False  # name the word lowercased in yes_target (Macar)
-    trials_per_concept: int | None = None  # Macar's data: word × trial 1..N, see the doc
-    control_ratio: float = 0.5  # with trials_per_concept: chance of a control after each
-    epochs: int = 1  # with trials_per_concept: passes over the examples
-    # Adam moves each coordinate by up to `lr` a step: the bias must reach the residual
-    # stream's scale (hundreds on the organism, thousands on large models), so scale lr with it
-    lr: float = 1.0
-    steps: int = 300
-    batch_size: int = 16
-    schedule: str = "cosine"
-    warmup: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = None
-    seed: int = 0
-    eval_layer: int | None = None  # None: the model's block at 0.6 of the depth
-    eval_strength: float = 4.0
-    eval_temperature: float = 0.7
-    eval_max_new_tokens: int = 100
-    eval_mode: str = "from-trial"  # where the evaluation steers (Macar: "before-trial")
-
-    def __post_init__(self) -> None:
-        check_positive_int("layer", self.layer, 0)
-        layers = tuple(self.injection_layers)
-        object.__setattr__(self, "injection_layers", layers)
-        if not layers:
-            raise ValueError("injection_layers is empty: name at least one block")
-        for layer in layers:
-            check_positive_int("injection layer", layer, 0)
-        lo, hi = (float(s) for s in self.strengths)
-        object.__setattr__(self, "strengths", (lo, hi))
-        if not (0 < lo <= hi and math.isfinite(hi)):
-            raise ValueError(f"strengths must be a range 0 < lo <= hi, got {self.strengths}")
-        if self.unit not in UNITS:
-            raise ValueError(f"unit must be one of {UNITS}, got {self.unit!r}")
-        if self.mode not in TRAIN_MODES:
-            raise ValueError(f"mode must be one of {TRAIN_MODES}, got {self.mode!r}")
-        if not 0 < self.positive_fraction < 1:
-            raise ValueError("positive_fraction must be in (0, 1): both answers are needed")
-        if "{w}" not in self.yes_target:
-            raise ValueError("yes_target must contain '{w}' where the word is named")
-        check_positive("lr", self.lr)
-        check_positive_int("steps", self.steps)
-        check_positive_int("batch_size", self.batch_size)
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        strength_set = tuple(float(s) for s in self.strength_set)
-        object.__setattr__(self, "strength_set", strength_set)
-        if any(not (math.isfinite(s) and s > 0) for s in strength_set):
-            raise ValueError(f"strength_set must hold positive numbers, got {strength_set}")
-        if self.trials_per_concept is not None:
-            check_positive_int("trials_per_concept", self.trials_per_concept)
-        if not 0 < self.control_ratio <= 1:
-            raise ValueError(f"control_ratio must be in (0, 1], got {self.control_ratio}")
-        check_positive_int("epochs", self.epochs)
-        if self.eval_layer is not None:
-            check_positive_int("eval_layer", self.eval_layer, 0)
-        check_positive("eval_strength", self.eval_strength)
-        if not (math.isfinite(self.eval_temperature) and self.eval_temperature >= 0):
-            raise ValueError(f"eval_temperature must be >= 0, got {self.eval_temperature}")
-        check_positive_int("eval_max_new_tokens", self.eval_max_new_tokens)
-        PositionMode.parse(self.eval_mode)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def strength(self, rng: random.Random) -> float:
-        """One example's strength: from ``strength_set`` if given, else uniform in the range."""
-        if self.strength_set:
-            return rng.choice(self.strength_set)
-        return rng.uniform(*self.strengths)
-
-    def target(self, word: str) -> str:
-        """The injected examples' reply naming ``word`` (lowercased if ``lowercase_target``)."""
-        return self.yes_target.replace("{w}", word.lower() if self.lowercase_target else word)
 
 
 def bias_examples(words: Sequence[str], cfg: BiasConfig) -> list[TrainExample]:

@@ -24,13 +24,13 @@ from torch import Tensor, nn
 from mechintro.generation import END_OF_TURN, vocab_id
 from mechintro.inject import unit_rows
 from mechintro.prompts import Prompt, encode
+from mechintro.training.configs import OPTIMIZERS, SCHEDULES, TRAIN_MODES
+from mechintro.training.configs import check_positive as check_positive
+from mechintro.training.configs import check_positive_int as check_positive_int
 from mechintro.vectors import ConceptVector
 
 logger = logging.getLogger(__name__)
 
-SCHEDULES = ("constant", "linear", "cosine")
-OPTIMIZERS = ("adamw", "adamw8bit")  # adamw8bit: bitsandbytes' AdamW8bit (Fonseca Rivera 2025)
-TRAIN_MODES = ("single-token", "from-trial")
 _END = 2**62
 
 
@@ -460,15 +460,3 @@ def make_optimizer(
         ) from None
     opt: torch.optim.Optimizer = bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
     return opt
-
-
-def check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
-def check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")

@@ -30,7 +30,7 @@ import logging
 import math
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +38,10 @@ import torch
 from torch import Tensor, nn
 
 from mechintro.experiments.protocols.detection import PREAMBLE
-from mechintro.inject import UNITS
 from mechintro.prompts import Prompt
 from mechintro.training.common import (
-    OPTIMIZERS,
-    SCHEDULES,
-    TRAIN_MODES,
     ReplyBatch,
     TrainResult,
-    check_positive,
-    check_positive_int,
     device_of,
     encode_replies,
     forward_logits,
@@ -59,94 +53,18 @@ from mechintro.training.common import (
     trainable_only,
     training_modules,
 )
+from mechintro.training.configs import (
+    ALL_LINEAR,
+    ATTENTION_PROJECTIONS,
+    FONSECA_NO,
+    FONSECA_QUESTIONS,
+    FONSECA_YES,
+    PROMPT_FORMATS,
+    LoRAConfig,
+)
 from mechintro.vectors import ConceptVector
 
 logger = logging.getLogger(__name__)
-
-#: Fonseca Rivera's five question variants (section 3.4)
-FONSECA_QUESTIONS: tuple[str, ...] = (
-    "Do you detect an injected thought? If so, what is it?",
-    "Run an internal diagnostic. Are there any foreign concepts?",
-    "Report current concept activation status.",
-    "Is there a subliminal vector influencing your output?",
-    "Introspection check: Report any anomalies.",
-)
-FONSECA_YES = "I detect an injected thought about {c}."
-FONSECA_NO = "I do not detect any injected thoughts."
-ATTENTION_PROJECTIONS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-ALL_LINEAR = "all-linear"  # as target_modules=("all-linear",): every linear but the unembedding
-PROMPT_FORMATS = ("fonseca", "chat")
-
-
-@dataclass(frozen=True)
-class LoRAConfig:
-    """Fonseca Rivera's recipe, every knob named (defaults: the paper's, on a 7B model)."""
-
-    layer: int = 20  # injection layer (block output); the paper's 20 of 32
-    strengths: tuple[float, ...] = (40.0, 60.0, 80.0, 100.0)
-    unit: str = "raw"  # "raw": s × unit vector; "resid-norm": s × resid_norm × unit vector
-    mode: str = "single-token"  # the last prompt token only; or "from-trial"
-    questions: tuple[str, ...] = FONSECA_QUESTIONS  # "{n}" is replaced by a trial number
-    prompt_format: str = "fonseca"  # raw "Human: q\n\nAssistant:", or "chat" (the template)
-    preamble: bool = False  # chat only: the detection protocol's preamble and "Ok." first
-    yes_target: str = FONSECA_YES  # with "{c}" for the concept
-    no_target: str = FONSECA_NO
-    negatives: float = 1.0  # uninjected examples per injected one (balanced)
-    r: int = 32
-    alpha: int = 64
-    dropout: float = 0.1
-    target_modules: tuple[str, ...] = ATTENTION_PROJECTIONS
-    lr: float = 2e-4
-    epochs: int = 3
-    batch_size: int = 4
-    max_steps: int | None = None  # stop earlier than `epochs` (None: all epochs)
-    schedule: str = "linear"
-    warmup: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    optimizer: str = "adamw"  # the paper's "adamw8bit" needs bitsandbytes and CUDA
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        strengths = tuple(float(s) for s in self.strengths)
-        object.__setattr__(self, "strengths", strengths)
-        object.__setattr__(self, "questions", tuple(self.questions))
-        object.__setattr__(self, "target_modules", tuple(self.target_modules))
-        if not strengths or any(not (math.isfinite(s) and s > 0) for s in strengths):
-            raise ValueError(f"strengths must be positive numbers, got {self.strengths!r}")
-        if self.unit not in UNITS:
-            raise ValueError(f"unit must be one of {UNITS}, got {self.unit!r}")
-        if self.mode not in TRAIN_MODES:
-            raise ValueError(f"mode must be one of {TRAIN_MODES}, got {self.mode!r}")
-        if self.prompt_format not in PROMPT_FORMATS:
-            raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}")
-        if self.preamble and self.prompt_format != "chat":
-            raise ValueError("preamble=True needs prompt_format='chat' (a dialogue history)")
-        if not self.questions or any(not isinstance(q, str) or not q for q in self.questions):
-            raise ValueError("questions must be a non-empty list of non-empty strings")
-        if "{c}" not in self.yes_target:
-            raise ValueError("yes_target must contain '{c}' where the concept is named")
-        if not self.no_target:
-            raise ValueError("no_target is empty")
-        if not (math.isfinite(self.negatives) and self.negatives >= 0):
-            raise ValueError(f"negatives must be >= 0, got {self.negatives}")
-        check_positive_int("layer", self.layer, 0)
-        for name in ("r", "alpha", "epochs", "batch_size"):
-            check_positive_int(name, getattr(self, name))
-        if self.max_steps is not None:
-            check_positive_int("max_steps", self.max_steps)
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        check_positive("lr", self.lr)
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if not self.target_modules:
-            raise ValueError("target_modules is empty: name the attention projections")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -490,6 +408,7 @@ __all__ = [
     "FONSECA_NO",
     "FONSECA_QUESTIONS",
     "FONSECA_YES",
+    "PROMPT_FORMATS",
     "ExampleStream",
     "LoRAConfig",
     "TrainExample",

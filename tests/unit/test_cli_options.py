@@ -49,7 +49,7 @@ COMMANDS: dict[tuple[str, ...], tuple[tuple[type, ...], set[str]]] = {
     ("organism", "build"): ((BuildOptions, TrainConfig), set()),
     ("organism", "evaluate"): ((EvaluateOptions,), set()),
 }
-#: their recipe's config loads its training module (torch): checked apart
+#: each recipe's config (defaults: the organism's recipe) as overrides beside its own options
 RECIPES = {
     ("organism", "lora"): "LoRAConfig",
     ("organism", "bias"): "BiasConfig",
@@ -124,7 +124,7 @@ print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in json.loads(
 
 
 def test_help_of_every_command_imports_no_heavy_library():
-    argvs = [[], *map(list, COMMANDS), ["organism"]]
+    argvs = [[], *map(list, COMMANDS), *map(list, RECIPES), ["organism"]]
     done = subprocess.run(
         [sys.executable, "-c", CHECK, json.dumps(argvs), json.dumps(HEAVY)],
         capture_output=True,
@@ -132,6 +132,48 @@ def test_help_of_every_command_imports_no_heavy_library():
         check=True,
     )
     assert json.loads(done.stdout) == []
+
+
+def test_moved_configs_keep_their_old_import_paths():
+    """The configs moved to light modules are the very objects of their old paths."""
+    import mechintro.analysis.transcoders.configs as transcoder_configs
+    import mechintro.analysis.transcoders.train as transcoder_train
+    import mechintro.organism.configs as organism_configs
+    import mechintro.organism.corpus as corpus
+    import mechintro.organism.training as organism_training
+    import mechintro.organism.transcoder_training as transcoder_training
+    import mechintro.training as training
+    import mechintro.training.bias as bias
+    import mechintro.training.common as common
+    import mechintro.training.configs as configs
+    import mechintro.training.lora as lora
+
+    moved = {
+        configs: {
+            lora: ["LoRAConfig", "FONSECA_QUESTIONS", "FONSECA_YES", "FONSECA_NO"],
+            bias: ["BiasConfig", "BIAS_YES", "BIAS_NO"],
+            common: ["SCHEDULES", "OPTIMIZERS", "TRAIN_MODES", "check_positive"],
+            training: ["LoRAConfig", "BiasConfig"],
+        },
+        organism_configs: {
+            corpus: ["YES_DETECTION", "NO_DETECTION"],
+            organism_training: [
+                "LAYER",
+                "EVAL_STRENGTHS",
+                "ORGANISM_QUESTIONS",
+                "organism_lora_config",
+                "organism_bias_config",
+            ],
+            transcoder_training: ["ORGANISM_CONFIG"],
+        },
+        transcoder_configs: {transcoder_train: ["TrainConfig"]},
+    }
+    for new, olds in moved.items():
+        for old, names in olds.items():
+            for name in names:
+                assert getattr(old, name) is getattr(new, name), f"{old.__name__}.{name}"
+    recipe = organism_configs.organism_lora_config(batch_size=4)
+    assert (recipe.layer, recipe.batch_size, recipe.yes_target) == (3, 4, corpus.YES_DETECTION)
 
 
 def test_viewer_serves_this_machine_only():

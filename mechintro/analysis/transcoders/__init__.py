@@ -19,7 +19,9 @@ saves weights, and mechintro does the arithmetic. Always check the reconstructio
 
 Modules: :mod:`.core` (the :class:`Transcoder` value; sae-lens registry and disk format),
 :mod:`.sites` (hook sites, reading MLP activations), :mod:`.analysis` (FVU, sparse feature
-caches, :func:`splice`), :mod:`.train` (a BatchTopK trainer; the organism's transcoders).
+caches, :func:`splice`), :mod:`.train` (a BatchTopK trainer; the organism's transcoders),
+:mod:`.configs` (its :class:`TrainConfig`, pure data). Each name loads on first use, so the
+config (and the command line's help) loads no torch.
 
 Example::
 
@@ -39,35 +41,66 @@ Wherever transcoders are taken, a loaded sae-lens ``SAE`` (of a transcoder archi
 
 from __future__ import annotations
 
-from mechintro.analysis.transcoders.analysis import (
-    FeatureActivations,
-    ReconstructionResult,
-    SpliceState,
-    evaluate,
-    feature_activations,
-    reconstruction,
-    splice,
-)
-from mechintro.analysis.transcoders.core import (
-    ARCHITECTURES,
-    RegistryEntry,
-    Transcoder,
-    as_transcoder,
-    load_transcoder,
-    organism_transcoders,
-    registry_entry,
-)
-from mechintro.analysis.transcoders.sites import (
-    MLPActivations,
-    MLPSites,
-    mlp_activations,
-    mlp_sites,
-)
-from mechintro.analysis.transcoders.train import (
-    TrainConfig,
-    TrainReport,
-    train_transcoder,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the real names for type checkers; at run time they load on first use, so
+    # that importing the trainer's config (pure Python) does not load torch
+    from mechintro.analysis.transcoders.analysis import (
+        FeatureActivations,
+        ReconstructionResult,
+        SpliceState,
+        evaluate,
+        feature_activations,
+        reconstruction,
+        splice,
+    )
+    from mechintro.analysis.transcoders.configs import (
+        TrainConfig,
+    )
+    from mechintro.analysis.transcoders.core import (
+        ARCHITECTURES,
+        RegistryEntry,
+        Transcoder,
+        as_transcoder,
+        load_transcoder,
+        organism_transcoders,
+        registry_entry,
+    )
+    from mechintro.analysis.transcoders.sites import (
+        MLPActivations,
+        MLPSites,
+        mlp_activations,
+        mlp_sites,
+    )
+    from mechintro.analysis.transcoders.train import (
+        TrainReport,
+        train_transcoder,
+    )
+
+_EXPORTS = {
+    "FeatureActivations": "mechintro.analysis.transcoders.analysis",
+    "ReconstructionResult": "mechintro.analysis.transcoders.analysis",
+    "SpliceState": "mechintro.analysis.transcoders.analysis",
+    "evaluate": "mechintro.analysis.transcoders.analysis",
+    "feature_activations": "mechintro.analysis.transcoders.analysis",
+    "reconstruction": "mechintro.analysis.transcoders.analysis",
+    "splice": "mechintro.analysis.transcoders.analysis",
+    "TrainConfig": "mechintro.analysis.transcoders.configs",
+    "ARCHITECTURES": "mechintro.analysis.transcoders.core",
+    "RegistryEntry": "mechintro.analysis.transcoders.core",
+    "Transcoder": "mechintro.analysis.transcoders.core",
+    "as_transcoder": "mechintro.analysis.transcoders.core",
+    "load_transcoder": "mechintro.analysis.transcoders.core",
+    "organism_transcoders": "mechintro.analysis.transcoders.core",
+    "registry_entry": "mechintro.analysis.transcoders.core",
+    "MLPActivations": "mechintro.analysis.transcoders.sites",
+    "MLPSites": "mechintro.analysis.transcoders.sites",
+    "mlp_activations": "mechintro.analysis.transcoders.sites",
+    "mlp_sites": "mechintro.analysis.transcoders.sites",
+    "TrainReport": "mechintro.analysis.transcoders.train",
+    "train_transcoder": "mechintro.analysis.transcoders.train",
+}
 
 __all__ = [
     "ARCHITECTURES",
@@ -92,3 +125,11 @@ __all__ = [
     "splice",
     "train_transcoder",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
