@@ -16,7 +16,9 @@ that generate ``new_tokens`` each:
   fp32 and the sampling noise in fp64;
 * **activations**: the largest layer's transient buffers during the prompt forward: the
   residual stream and its norms, the MLP's hidden layer, and eager attention's score matrix
-  (its softmax is computed in fp32).
+  (its softmax is computed in fp32). A prefix of ``shared_tokens`` that every row shares is
+  run once, for one row (:func:`mechintro.generation.shared_prefix`), and each row's
+  forward covers only the rest of its prompt (attending to all of it).
 
 Everything but the weights grows linearly with the batch, so :func:`plan_batch` gives the
 largest batch that fits a device's memory (less a safety margin) directly, and raises a
@@ -255,6 +257,7 @@ class MemoryPlan:
     weights_resident: bool = False
     memory: int | None = None
     budget: int | None = None
+    shared_tokens: int = 0
 
     @property
     def total(self) -> int:
@@ -289,10 +292,12 @@ def estimate(
     memory: int | None = None,
     margin: float = 0.1,
     reserve: int = GIB // 2,
+    shared_tokens: int = 0,
 ) -> MemoryPlan:
     """The memory of one batch on each device (module doc); ``memory``: bytes the device
     offers (free, plus the weights if ``weights_resident``), of which ``margin`` and
-    ``reserve`` bytes are kept back for the allocator and library workspaces.
+    ``reserve`` bytes are kept back for the allocator and library workspaces;
+    ``shared_tokens``: the prompts' shared prefix, run once for one row (0: none).
 
     With ``n_devices`` > 1 the layers, so the weights and the KV cache, are split evenly;
     the logits and a layer's activations stay whole on one device.
@@ -302,12 +307,17 @@ def estimate(
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or new_tokens < 0:
         raise ValueError(f"new_tokens must be an int >= 0, got {new_tokens!r}")
+    if not (isinstance(shared_tokens, int) and 0 <= shared_tokens < prompt_tokens):
+        raise ValueError(
+            f"shared_tokens must be an int from 0 to prompt_tokens - 1, got {shared_tokens!r}"
+        )
     elt = dtype_bytes(dtype)
-    B, T, s = batch_size, prompt_tokens, shape
+    B, T, S, s = batch_size, prompt_tokens, shared_tokens, shape
     kv = B * s.kv_positions(T + new_tokens) * 2 * s.n_kv_heads * s.d_head * elt
     logits = B * (T if s.prompt_logits else 1) * s.vocab * elt + B * s.vocab * (4 + 8 + 8)
-    hidden = B * T * (6 * s.d_model + 3 * s.d_mlp) * elt
-    scores = B * s.n_heads * T * T * (2 * elt + 4)
+    # the shared prefix once for one row, then each row's rest of the prompt; both counted
+    hidden = (B * (T - S) + S) * (6 * s.d_model + 3 * s.d_mlp) * elt
+    scores = s.n_heads * (B * (T - S) * T + S * S) * (2 * elt + 4)
     budget = None
     if memory is not None:
         budget = max(0, int(memory * (1 - margin)) - reserve)
@@ -324,6 +334,7 @@ def estimate(
         weights_resident=weights_resident,
         memory=memory,
         budget=budget,
+        shared_tokens=S,
     )
 
 
@@ -339,8 +350,10 @@ def plan_batch(
     max_batch: int = 512,
     margin: float = 0.1,
     reserve: int = GIB // 2,
+    shared_tokens: int = 0,
 ) -> MemoryPlan:
-    """The plan of the largest batch (at most ``max_batch``) that fits ``memory`` bytes.
+    """The plan of the largest batch (at most ``max_batch``) that fits ``memory`` bytes
+    (``shared_tokens`` as in :func:`estimate`).
 
     Raises:
         MemoryPlanError: even a batch of one does not fit; the message names the fixes.
@@ -354,11 +367,12 @@ def plan_batch(
         memory=memory,
         margin=margin,
         reserve=reserve,
+        shared_tokens=shared_tokens,
     )
     one = estimate(shape, batch_size=1, **kw)
     assert one.budget is not None
-    fixed = one.need - (one.kv_cache + one.logits + one.activations)
-    per_row = one.need - fixed
+    per_row = estimate(shape, batch_size=2, **kw).need - one.need  # the plan is linear in it
+    fixed = one.need - per_row
     batch = min(max_batch, (one.budget - fixed) // per_row) if one.fits else 0
     if batch < 1:
         raise MemoryPlanError(no_fit_message(one))

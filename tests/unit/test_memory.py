@@ -188,6 +188,34 @@ def test_plan_batch_takes_the_largest_batch_that_fits():
     assert d["batch_size"] == plan.batch_size and d["gib"]["weights"] == pytest.approx(2.3, 0.01)
 
 
+def test_a_shared_prefix_is_planned_once_for_one_row():
+    """The detection sweep at the studies' scale (benchmarks/RESULTS.md): 128-token prompts of
+    which 106 are shared, 32 new tokens. Only the activations change: the shared prefix's for
+    one row, and each row's rest of the prompt attending to all of it."""
+    gemma = ModelShape.from_config(GEMMA3_27B)
+    kw = dict(prompt_tokens=128, new_tokens=32, dtype="bfloat16")
+    B, T, S = 512, 128, 106
+    whole = estimate(gemma, batch_size=B, **kw)
+    shared = estimate(gemma, batch_size=B, shared_tokens=S, **kw)
+    assert (shared.kv_cache, shared.logits) == (whole.kv_cache, whole.logits)
+    width = (6 * gemma.d_model + 3 * gemma.d_mlp) * 2
+    scores = gemma.n_heads * (2 * 2 + 4)
+    assert whole.activations == B * T * width + B * T * T * scores
+    assert shared.activations == (B * (T - S) + S) * width + (B * (T - S) * T + S * S) * scores
+    assert shared.to_dict()["shared_tokens"] == S and whole.to_dict()["shared_tokens"] == 0
+    # the largest batch that fits, computed with the prefix counted once
+    plan = plan_batch(gemma, memory=40 * GIB, weights_resident=True, shared_tokens=S, **kw)
+    more = estimate(gemma, batch_size=plan.batch_size + 1, memory=40 * GIB,
+                    weights_resident=True, shared_tokens=S, **kw)  # fmt: skip
+    assert plan.fits and not more.fits
+    assert (
+        plan.batch_size > plan_batch(gemma, memory=40 * GIB, weights_resident=True, **kw).batch_size
+    )
+    for bad in (-1, T):
+        with pytest.raises(ValueError, match="shared_tokens must be an int"):
+            estimate(gemma, batch_size=1, shared_tokens=bad, **kw)
+
+
 def test_a_plan_that_cannot_fit_names_the_fixes():
     gemma = ModelShape.from_config(GEMMA3_27B)
     kw = dict(prompt_tokens=600, new_tokens=100)

@@ -49,8 +49,14 @@ from mechintro.experiments.sweeps.store import (
     read_trials,
     shard_path,
 )
-from mechintro.generation import generate, generation_path, readout, release_captures
-from mechintro.inject import Injection
+from mechintro.generation import (
+    generate,
+    generation_path,
+    readout,
+    release_captures,
+    shared_prefix,
+)
+from mechintro.inject import Injection, steered_from
 from mechintro.memory import (
     ModelShape,
     device_memory,
@@ -59,7 +65,7 @@ from mechintro.memory import (
     no_fit_message,
     plan_batch,
 )
-from mechintro.models import TLModel, check_layer, fingerprint, model_info, tokenizer_of
+from mechintro.models import TLModel, check_layer, d_model, fingerprint, model_info, tokenizer_of
 from mechintro.progress import progress_bar
 from mechintro.prompts import encode
 from mechintro.record import library_versions
@@ -237,14 +243,26 @@ def _run_meta(
 
 def _prompt_tokens(
     model: TLModel, spec: SweepSpec, trials: Sequence[Trial], builders: Mapping[str, PromptBuilder]
-) -> int:
-    """The longest prompt of ``trials``, in tokens (each distinct prompt encoded once)."""
+) -> tuple[int, int]:
+    """The longest prompt of ``trials``, in tokens (each distinct prompt encoded once), and
+    how many leading tokens all of them share before the first position the spec's modes
+    steer: generation runs those once, for one row (:func:`shared_prefix`); 0 when the
+    prompts differ in length, or where the steered positions cannot be read."""
     tok = tokenizer_of(model)
     seen: dict[tuple[str, int, str | None], Trial] = {}
     for t in trials:
         seen.setdefault((t.protocol, t.trial_number, t.concept), t)
     prompts = [build_prompt(builders[t.protocol], t, tok) for t in seen.values()]
-    return int(encode(tok, prompts, **spec.template_kwargs).length)
+    batch = encode(tok, prompts, **spec.template_kwargs)
+    start = batch.length
+    if any(t.injected for t in trials):
+        probe = torch.ones(d_model(model))
+        try:
+            injs = [Injection(0, probe, 1.0, mode=m, start=spec.start) for m in spec.modes]
+            start = steered_from(injs, batch)
+        except (KeyError, ValueError):  # a prompt without the start position: plan it all
+            start = 0
+    return batch.length, shared_prefix(batch, start)
 
 
 def _memory_plan(
@@ -265,8 +283,10 @@ def _memory_plan(
     devices = model_devices(model)
     free = [device_memory(d) for d in devices]
     memory = None if None in free else min(f for f in free if f is not None)
+    length, shared = _prompt_tokens(model, spec, trials, builders)
     kw: dict[str, Any] = dict(
-        prompt_tokens=_prompt_tokens(model, spec, trials, builders),
+        prompt_tokens=length,
+        shared_tokens=shared,
         new_tokens=spec.max_new_tokens,
         dtype=next(model.parameters()).dtype,
         n_devices=len(devices),
