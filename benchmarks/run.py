@@ -85,6 +85,12 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="dense bf16 FLOP/s for the roofline's prefill (default 989e12)",
     )
     p.add_argument("--attn", default="sdpa", help="HF attention implementation (sdpa, eager)")
+    p.add_argument(
+        "--norms",
+        default="eager",
+        choices=("eager", "compiled"),
+        help="the bridge twin's RMSNorms (mechintro.generation.use_norms; compiled on CUDA)",
+    )
     p.add_argument("--groups", default=",".join(GROUPS), help=f"of: {', '.join(GROUPS)}")
     p.add_argument("--backends", default=",".join(BACKENDS), help=f"of: {', '.join(BACKENDS)}")
     args = p.parse_args(argv)
@@ -134,7 +140,7 @@ def header(meta: dict[str, Any]) -> str:
         f"- settings: batch {st['batch']}, {st['new_tokens']} new tokens (greedy, no early "
         f"stop), {st['repeats']} repeats after {st['warmup']} warm-up, patching "
         f"{st['patch_tokens']} positions × {st['patch_batch']} rows/forward, "
-        f"{st['concepts']} concepts, attention {st['attn']}",
+        f"{st['concepts']} concepts, attention {st['attn']}, the twin's norms {st['norms']}",
         f"- wall time: {meta['wall_seconds']:.0f} s"
         + ("" if meta["complete"] else " (**partial**: the run has not finished, or was stopped)"),
         "",
@@ -179,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tc_width=args.tc_width,
         tc_l0=args.tc_l0,
         attn=args.attn,
+        norms=args.norms,
         groups=args.groups,
         backends=args.backends,
         hardware=hardware(device, args.bandwidth, args.peak_flops),

@@ -148,6 +148,10 @@ def run_shape(shape: Shape, s: Settings, work: Path) -> tuple[list[Row], dict[st
                 f"{type(e).__name__}: {e}"[:160],
             )
             continue
+        if backend == "bridge":
+            from mechintro.generation import use_norms
+
+            use_norms(model, s.norms)
         sync(s.device)
         meta[f"build_{backend}_seconds"] = time.perf_counter() - t0
         tl_phase(b, model, x, backend, plain)

@@ -41,6 +41,7 @@ class Settings:
     tc_l0: int = 64  # active features per token the random transcoders are calibrated to
     tc_layers: int = 3  # transcoders cached per call (one on the device at a time)
     attn: str = "sdpa"
+    norms: str = "eager"  # the bridge twin's RMSNorms (use_norms)
     groups: tuple[str, ...] = GROUPS
     backends: tuple[str, ...] = BACKENDS
     hardware: Hardware = field(default_factory=lambda: Hardware("unknown", 3.35e12, 989e12))
