@@ -343,6 +343,7 @@ class TrainRun:
     heldout: tuple[str, ...] = ()  # evaluation concepts (never trained on)
     baseline: tuple[str, ...] = ()  # the concept vectors' baseline words
     eval_strengths: tuple[float, ...] = ()  # evaluation strengths (default: the training ones)
+    eval_layer: int | None = None  # the bias vector's evaluation layer (default: the last one)
     n_controls: int = 20  # uninjected evaluation trials
     max_new_tokens: int = 20  # evaluation reply length
     temperature: float = 1.0  # evaluation sampling temperature
@@ -361,10 +362,11 @@ TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainRun))
 def split_train(
     cfg: Mapping[str, Any], config_cls: Any, where: str, *, small: bool = False
 ) -> tuple[TrainRun, Any]:
-    """(the run's keys, the config class built from the rest), each checked."""
-    run = {k: v for k, v in cfg.items() if k in TRAIN_KEYS}
-    rest = {k: v for k, v in cfg.items() if k not in TRAIN_KEYS}
+    """(the run's keys, the config class built from the rest), each checked; a key that is a
+    field of ``config_cls`` goes there."""
     names = [f.name for f in dataclasses.fields(config_cls)]
+    run = {k: v for k, v in cfg.items() if k in TRAIN_KEYS and k not in names}
+    rest = {k: v for k, v in cfg.items() if k not in run}
     unknown = sorted(set(rest) - set(names))
     if unknown:
         raise UsageError(
@@ -546,7 +548,9 @@ def run_bias_kind(
     result = train_bias(model, vecs, list(run.words), c)
     save_bias(result.bias, out / "bias.safetensors")
     atomic_write_text(out / "training.json", json.dumps(_plain(result.training), indent=2))
-    at = layers[0]
+    at = getattr(c, "eval_layer", None) or run.eval_layer or layers[-1]
+    if at not in vecs:
+        vecs[at] = _vectors(model, run.heldout, at, "lindsey", run.baseline)
     held = {w: vecs[at][w] for w in run.heldout}
     resid = next(iter(held.values())).resid_norm or 1.0
     ev = evaluate_bias(
