@@ -40,6 +40,10 @@ def choose(wanted: str, device: torch.device) -> str:
     return COMPILED if wanted == COMPILED and device.type == "cuda" else "eager"
 
 
+#: on a model whose norms :func:`set_norms` set: which ones (read without walking the tree)
+_MARK = "_mechintro_norms"
+
+
 def set_norms(hf: torch.nn.Module, norms: str) -> None:
     """Compile (``"compiled"``) or restore (``"eager"``) the forward of every norm module of
     ``hf``: a compiled forward is an instance attribute over the class's own."""
@@ -49,9 +53,9 @@ def set_norms(hf: torch.nn.Module, norms: str) -> None:
             own["forward"] = torch.compile(m.forward)
         elif norms != COMPILED:
             own.pop("forward", None)
+    hf.__dict__[_MARK] = norms
 
 
 def norms_of(hf: torch.nn.Module) -> str:
-    """Which norms ``hf`` runs now: ``"compiled"`` or ``"eager"``."""
-    mods = norm_modules(hf)
-    return COMPILED if mods and all("forward" in m.__dict__ for m in mods) else "eager"
+    """Which norms ``hf`` runs now (:func:`set_norms`'s last; ``"eager"`` if never set)."""
+    return str(hf.__dict__.get(_MARK, "eager"))
