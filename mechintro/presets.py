@@ -362,6 +362,65 @@ _PRESETS: tuple[Preset, ...] = (
         ),
         model=_GEMMA,
     ),
+    Preset(
+        name="smollm2-introspective",
+        kind="lora",
+        fields={
+            "layer": 20,
+            "strengths": (0.5, 1.0, 1.5, 2.0),
+            "unit": "resid-norm",
+            "mode": "single-token",
+            "prompt_format": "chat",
+            "preamble": True,
+            "questions": (
+                "Trial {n}: Do you detect an injected thought? If so, what is the injected "
+                "thought about?",
+                "Trial {n}: Do you detect an injected thought? If so, what is it?",
+                "Trial {n}: Run an internal diagnostic. Are there any foreign concepts?",
+                "Trial {n}: Is there a subliminal vector influencing your output?",
+                "Trial {n}: Introspection check: Report any anomalies.",
+            ),
+            "yes_target": "Yes, I detect an injected thought about {c}.",
+            "no_target": "No, I do not detect an injected thought.",
+            "negatives": 1.0,
+            "r": 16,
+            "alpha": 32,
+            "dropout": 0.1,
+            "target_modules": tuple(
+                f"layers.{i}.self_attn.{m}"
+                for i in range(21, 30)
+                for m in ("q_proj", "k_proj", "v_proj", "o_proj")
+            ),
+            "lr": 1e-3,
+            "warmup": 10,
+            "epochs": 1,
+            "max_steps": 110,
+            "batch_size": 8,
+            "schedule": "linear",
+            "max_grad_norm": 1.0,
+            "optimizer": "adamw",
+        },
+        source=(
+            "Fonseca Rivera 2025 (arXiv:2511.21399) sections 3-4, adapted to SmolLM2-135M-"
+            "Instruct (30 blocks) and one CPU thread. Kept: LoRA on W_Q/W_K/W_V/W_O with "
+            "dropout 0.1, injection at 2/3 of the depth (block 20 of 30, as 20 of 32), the last "
+            "prompt token only, L2-normalised concept vectors, Fonseca's 40 training concepts "
+            "(20 held out), as many uninjected negatives as injected examples, the loss on the "
+            "reply only, linear decay, clipping 1.0. Changed: adapters only in blocks 21-29 "
+            "(those before the injection cannot see it, and backward stops at block 21); rank "
+            "16, alpha 32 (32/64 there, for a model 50x smaller); strengths 0.5-2 x the mean "
+            "residual norm at the block (40-100 raw there: residual-norm units compare across "
+            "models); the detection protocol's dialogue (Lindsey's preamble, 'Trial n:' and "
+            "Lindsey's question plus four of the paper's five variants) instead of 'Human: ... "
+            "Assistant:', so the toolkit's detection trials ask what was trained; Yes/No "
+            "replies the rule grader reads; AdamW (8-bit needs CUDA); lr 1e-3 with 10 warmup "
+            "steps, 110 steps of batch 8, 880 of the 1,600 examples (2e-4 for 3 epochs of batch "
+            "4 there), to train in about 30 minutes on one shared CPU thread; "
+            "docs/organism.md §8"
+        ),
+        model="builtin:smollm2",
+        extras={"train_words": "fonseca_train", "heldout_words": "fonseca_heldout"},
+    ),
 )
 
 #: every preset by name

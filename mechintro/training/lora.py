@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mechintro.adapters import fold_lora
 from mechintro.experiments.protocols.detection import PREAMBLE
 from mechintro.prompts import Prompt
 from mechintro.training.common import (
@@ -182,6 +183,8 @@ def attention_targets(hf: nn.Module, names: Sequence[str] = ATTENTION_PROJECTION
 
     In a bridge the HF projections are wrapped (``q_proj._original_component``): the logical
     name drops those wrapper segments, and the wrapped ``nn.Linear`` is what gets the adapter.
+    A name with dots matches the logical name's tail (``"layers.21.self_attn.q_proj"``: that
+    block's only), so the adapters can be limited to the blocks after the injection.
     """
     every = tuple(names) == (ALL_LINEAR,)
     head = getattr(hf, "get_output_embeddings", lambda: None)()
@@ -189,7 +192,9 @@ def attention_targets(hf: nn.Module, names: Sequence[str] = ATTENTION_PROJECTION
     for full, mod in hf.named_modules():
         if isinstance(mod, nn.Linear):
             logical = full.replace("._original_component", "")
-            if (every and mod is not head) or logical.rsplit(".", 1)[-1] in names:
+            if (every and mod is not head) or any(
+                logical == n or logical.endswith("." + n) for n in names
+            ):
                 out.append(full)
     if not out:
         raise ValueError(
@@ -294,36 +299,13 @@ def save_lora(hf: nn.Module, path: str | Path) -> int:
     return len(tensors) // 2
 
 
-@torch.no_grad()
 def apply_lora(hf: nn.Module, path: str | Path) -> int:
     """Fold the adapters that :func:`save_lora` wrote into ``hf``'s weights, in place:
     ``W ← W + scale · B A`` (what ``merge_lora`` does; peft is not needed). Modules are
     found by logical name, so a bridge's wrapped projections take them too. Returns the
-    number of adapted modules; a name the model lacks or a shape mismatch is an error."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if "scale" not in meta:
-            raise ValueError(f"{path} has no 'scale' metadata: not written by save_lora")
-        scale = float(meta["scale"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iter
-    linears = {
-        n.replace("._original_component", ""): m
-        for n, m in hf.named_modules()
-        if isinstance(m, nn.Linear)
-    }
-    names = sorted({k.rsplit(".", 1)[0] for k in tensors})
-    missing = [n for n in names if n not in linears]
-    if missing:
-        raise KeyError(f"the model has no linear modules {missing[:3]}: a different model?")
-    for n in names:
-        w = linears[n].weight
-        delta = scale * tensors[f"{n}.lora_B"].float() @ tensors[f"{n}.lora_A"].float()
-        if delta.shape != w.shape:
-            raise ValueError(f"{n}: adapter gives {tuple(delta.shape)}, weight is {tuple(w.shape)}")
-        w.add_(delta.to(device=w.device, dtype=w.dtype))
-    return len(names)
+    number of adapted modules; a name the model lacks or a shape mismatch is an error
+    (:func:`mechintro.adapters.fold_lora`, which the built-in adapted models use too)."""
+    return fold_lora(hf, path)
 
 
 def train_lora(
