@@ -23,6 +23,7 @@ import functools
 import importlib.util
 import io
 import logging
+import math
 import sys
 import time
 import warnings
@@ -98,8 +99,9 @@ def _log_above_bars() -> None:
 
 class LoggedBar(tqdm):
     """A tqdm bar whose state is a log line (``desc: 4/10 [elapsed<left, rate]``) at most
-    every 30 s and once at the end, never twice for one count: for output that cannot redraw
-    in place."""
+    every 30 s and once at the end, never twice for one count, and at the start where it
+    starts past 0 (a resumed sweep says where it resumes): for output that cannot redraw in
+    place."""
 
     def __init__(self, iterable: Iterable[Any] | None = None, **kwargs: Any) -> None:
         kwargs["mininterval"] = max(float(kwargs.get("mininterval", 0.0)), LOG_INTERVAL)
@@ -107,7 +109,7 @@ class LoggedBar(tqdm):
             file=io.StringIO(),
             bar_format="{desc}: {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]",
         )
-        self._logged, self._logged_at = 0, time.monotonic()
+        self._logged, self._logged_at = 0, -math.inf  # the first count past 0 is logged
         super().__init__(iterable, **kwargs)
 
     def display(self, msg: Any = None, pos: Any = None) -> bool:

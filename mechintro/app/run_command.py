@@ -144,9 +144,9 @@ KINDS: dict[str, Kind] = {
         ours=False,
     ),
     "geometry": Kind(
-        "mechintro.analysis.directions.geometry:run_geometry",
+        "mechintro.experiments.geometry:run_geometry",
         "geometry",
-        config_class="mechintro.analysis.directions.geometry:GeometryConfig",
+        config_class="mechintro.experiments.geometry:GeometryConfig",
         ours=False,
     ),
     "dpo-grid": Kind(

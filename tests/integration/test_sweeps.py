@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -409,9 +410,11 @@ def test_progress_bar_starts_at_the_trials_already_done(
     shutil.copytree(reference, tmp_path, dirs_exist_ok=True)
     lines = (tmp_path / "trials.jsonl").read_text().splitlines(keepends=True)
     (tmp_path / "trials.jsonl").write_text("".join(lines[:15]))
-    run_sweep(llama, SPEC, tmp_path, vectors=vectors, prompts=PROMPTS, batch_size=5)
-    err = capsys.readouterr().err
-    assert "15/20" in err and "20/20" in err
+    with caplog.at_level(logging.INFO, logger="mechintro"):
+        run_sweep(llama, SPEC, tmp_path, vectors=vectors, prompts=PROMPTS, batch_size=5)
+    # not a terminal: the bar is a log line where it starts (resumed at 15) and where it ends
+    bar = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sweep:")]
+    assert [b.split()[1] for b in bar] == ["15/20", "20/20"], bar
     assert_same_results(by_id(tmp_path), by_id(reference))
     # the reference ran in one batch of 20: the rest of a batch runs alone, and that is said
     assert "in batches of 5 where earlier runs used 64" in caplog.text
