@@ -114,19 +114,12 @@ def _spec(spec_data: Mapping[str, Any], where: str, layers: Sequence[int] = ()) 
 # the commands
 
 
-def _load(model: str, backend: str, dtype: str, device: str, n_devices: int = 1) -> Any:
-    import torch
+def _load(
+    model: str, backend: str, dtype: str, device: str, n_devices: int = 1, revision: str = ""
+) -> Any:
+    from mechintro.app.loading import load
 
-    from mechintro.models import Backend, load_model
-
-    split = f" over {n_devices} GPUs" if n_devices > 1 else ""
-    logger.info("loading %s (%s, %s, %s%s)", model, backend, dtype, device, split)
-    kind = typing.cast(Backend, backend)  # checked by the config
-    if n_devices > 1 and backend == "bridge":
-        device = "cpu"  # the default: accelerate's map places the modules
-    return load_model(
-        model, backend=kind, dtype=getattr(torch, dtype), device=device, n_devices=n_devices
-    )
+    return load(model, backend, dtype, device, revision=revision or None, n_devices=n_devices)
 
 
 def cmd_extract(args: Mapping[str, Any]) -> int:
@@ -138,7 +131,7 @@ def cmd_extract(args: Mapping[str, Any]) -> int:
         words = list(cfg.words) or word_list(cfg.word_list)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    model = _load(cfg.model, cfg.backend, cfg.dtype, cfg.device)
+    model = _load(cfg.model, cfg.backend, cfg.dtype, cfg.device, revision=cfg.revision)
     layer = cfg.layer if cfg.layer is not None else layer_at_depth(model, float(cfg.depth or 0))
     vecs = extract_vectors(
         model,
@@ -206,8 +199,19 @@ def cmd_sweep(args: Mapping[str, Any]) -> int:
         check_before_loading(
             model_name, run.n_devices, device, meta["model"]["dtype"], spec.max_new_tokens
         )
+        revision = meta["model"].get("revision") or ""
+        if run.revision and run.revision != revision:
+            raise UsageError(
+                f"{out} holds a sweep of {model_name} at revision {revision or 'main'}: resume "
+                "it without --revision, or start another sweep in a new folder"
+            )
         model = _load(
-            model_name, meta["model"]["backend"], meta["model"]["dtype"], device, run.n_devices
+            model_name,
+            meta["model"]["backend"],
+            meta["model"]["dtype"],
+            device,
+            run.n_devices,
+            revision,
         )
     else:
         _spec(spec_data, where, layers=[0] if run.depths else ())  # fail before loading
@@ -215,7 +219,7 @@ def cmd_sweep(args: Mapping[str, Any]) -> int:
             raise UsageError('give --model M (or model = "M" in the config file)')
         new_tokens = int(spec_data.get("max_new_tokens", 100))
         check_before_loading(run.model, run.n_devices, device, run.dtype, new_tokens)
-        model = _load(run.model, run.backend, run.dtype, device, run.n_devices)
+        model = _load(run.model, run.backend, run.dtype, device, run.n_devices, run.revision)
         spec = _spec(spec_data, where, layers=[layer_at_depth(model, d) for d in run.depths])
     n = len(plan(spec))
     logger.info(
@@ -333,7 +337,7 @@ def cmd_noise(args: Mapping[str, Any]) -> int:
     from mechintro.vectors import extract_vectors
 
     cfg = build_config(NoiseConfig, args)
-    model = _load(cfg.model, cfg.backend, cfg.dtype, cfg.device)
+    model = _load(cfg.model, cfg.backend, cfg.dtype, cfg.device, revision=cfg.revision)
     layers = sorted({*cfg.layers, *(layer_at_depth(model, d, rule="floor") for d in cfg.depths)})
     out = Path(cfg.out)
     vectors: Any
@@ -375,7 +379,8 @@ def cmd_patch(args: Mapping[str, Any]) -> int:
     from mechintro.app.patch_sweep import run_patch_sweep
 
     cfg = build_config(PatchConfig, args)
-    frames = run_patch_sweep(cfg, _load(cfg.model, cfg.backend, cfg.dtype, cfg.device))
+    model = _load(cfg.model, cfg.backend, cfg.dtype, cfg.device, revision=cfg.revision)
+    frames = run_patch_sweep(cfg, model)
     for component, frame in frames.items():
         top = frame.reindex(frame.effect.abs().sort_values(ascending=False).index).head(5)
         print(component, top[["label", "effect"]].round(4).to_string(index=False), sep="\n")

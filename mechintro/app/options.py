@@ -275,6 +275,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
 # the commands' configs
 
 MODEL_HELP = "model folder, .gguf file, Hub name, or builtin:smollm2"
+REVISION_HELP = "Hub revision of the model (branch, tag or commit; default: main)"
 
 
 def _check_model_options(backend: str, dtype: str, batch_size: int) -> None:
@@ -291,6 +292,7 @@ class RunConfig:
     the top-level keys; the grid goes in a ``[spec]`` table of SweepSpec fields."""
 
     model: str = opt("", MODEL_HELP)
+    revision: str = opt("", REVISION_HELP)
     out: str = opt("", "results folder (spec.json, trials.jsonl)")
     backend: str = opt("bridge", "TransformerLens model class")
     dtype: str = opt("float32", "weights and activations dtype")
@@ -329,6 +331,7 @@ class ExtractConfig:
 
     model: str = arg(MODEL_HELP)
     out: str = arg("cache folder; use RESULTS/vectors to prefill a sweep's")
+    revision: str = opt("", REVISION_HELP)
     words: tuple[str, ...] = opt((), "concept words")
     word_list: str = opt("", "a shipped word list instead (e.g. lindsey_concepts)")
     layer: int | None = opt(None, "block index")
@@ -391,6 +394,7 @@ class NoiseConfig:
 
     model: str = arg(MODEL_HELP)
     out: str = arg("results folder (a sweep's, to report both together)")
+    revision: str = opt("", REVISION_HELP)
     layers: tuple[int, ...] = opt((), "block indices")
     depths: tuple[float, ...] = opt((), "or depth fractions, e.g. 0.6 (layer int(n·f), as Godet)")
     strengths: tuple[float, ...] = opt(

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mechintro.app.options import arg, opt
+from mechintro.app.options import REVISION_HELP, arg, opt
 from mechintro.io import atomic_write_text
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ class PatchConfig:
     layers: tuple[int, ...] = opt((), "patched layers (default: every layer after --layer)")
     positions: tuple[str, ...] = opt(("each",), "each, all, or indices / named positions")
     method: str = opt("activation", "activation (exact) or attribution (fast screen)")
-    revision: str = opt("", "Hub revision of the model (branch, tag or commit; default: main)")
+    revision: str = opt("", REVISION_HELP)
     backend: str = opt("bridge", "TransformerLens model class")
     dtype: str = opt("float32", "weights and activations dtype")
     device: str = opt("cpu", "torch device, e.g. cuda")

@@ -301,9 +301,11 @@ def _run_section(
         f"{len(trials)} of {planned} planned trials: {int((inj & ~forced).sum())} injected, "
         f"{int((~inj & ~forced).sum())} uninjected (controls), {int(forced.sum())} of forced "
         f"identification protocols. Model {model.get('name')} ({model.get('backend')}, "
-        f"{model.get('dtype')}), weights fingerprint {model.get('fingerprint')}; spec key "
-        f"{meta.get('spec_key')}, created {meta.get('created')}.",
+        f"{model.get('dtype')}{', revision ' + model['revision'] if model.get('revision') else ''}"
+        f"), weights fingerprint {model.get('fingerprint')}; spec key {meta.get('spec_key')}, "
+        f"created {meta.get('created')}.",
         grading,
+        *(f"Note: {n}" for n in meta.get("notes", [])),  # e.g. no chat template: raw format
     ]
     if len(trials) < planned:
         text.append(

@@ -361,27 +361,11 @@ def entries(config: Mapping[str, Any], where: str) -> list[Entry]:
 
 
 def load(entry: Entry, revision: str | None = None, model: str | None = None) -> TLModel:
-    """The entry's model, at its revision."""
-    import torch
-
-    from mechintro.models import load_model
+    """The entry's model, at its revision (``model``: another model, at ``revision``)."""
+    from mechintro.app.loading import load as load_named
 
     name, rev = model or entry.model, revision if model else entry.revision
-    logger.info(
-        "loading %s%s (%s, %s, %s)",
-        name,
-        f"@{rev}" if rev else "",
-        entry.backend,
-        entry.dtype,
-        entry.device,
-    )
-    return load_model(
-        name,
-        backend=entry.backend,  # type: ignore[arg-type]  # checked by _entry
-        revision=rev,
-        dtype=getattr(torch, entry.dtype),
-        device=entry.device,
-    )
+    return load_named(name, entry.backend, entry.dtype, entry.device, revision=rev)
 
 
 def template_note(model: TLModel, entry: Entry) -> str | None:

@@ -183,3 +183,33 @@ def test_viewer_serves_this_machine_only():
     with pytest.raises(ValueError, match="between 0 and 65535"):
         ViewerConfig(dir="runs", port=70000)
     assert ViewerConfig(dir="runs").port == 0  # a free port
+
+
+class _Loaded(Exception):
+    """Raised by a stand-in load_model: the command got as far as loading, with these."""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["extract", "--model", "M", "--out", "OUT", "--words", "cat", "--layer", "1"],
+        ["noise", "--model", "M", "--out", "OUT", "--layers", "1"],
+        ["sweep", "--model", "M", "--out", "OUT", "--concepts", "cat", "--layers", "1"],
+        ["patch", "--model", "M", "--out", "OUT", "--concept", "cat", "--layer", "1"],
+    ],
+    ids=lambda a: a[0],
+)
+def test_every_command_that_loads_a_model_passes_its_revision(argv, tmp_path, monkeypatch):
+    import mechintro.models
+
+    seen: dict[str, object] = {}
+
+    def fake_load(name, **kw):
+        seen.update(kw, name=name)
+        raise _Loaded
+
+    monkeypatch.setattr(mechintro.models, "load_model", fake_load)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(_Loaded):
+        main([*argv, "--revision", "stage1-step1000"])
+    assert (seen["name"], seen["revision"]) == ("M", "stage1-step1000")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -153,6 +154,10 @@ def test_a_base_checkpoint_sweeps_raw_and_says_so(base_checkpoint, tmp_path, cap
     meta = json.loads((tmp_path / "b" / "spec.json").read_text())
     assert meta["notes"][0].startswith("no chat template") and meta["spec"]["method"] == "fonseca"
     assert load_runs(tmp_path / "b")[0]["notes"] == meta["notes"]
+    from mechintro.app.report import write_report  # and the report says so
+
+    page = Path(write_report(tmp_path / "b")).read_text("utf-8")
+    assert "Note: no chat template: raw format, method fonseca" in page
     # resuming with the spec as written adapts it the same way: nothing runs again
     again = run_sweep(model, spec, tmp_path / "b", batch_size=4, progress=False)
     assert len(again) == len(df) == 2
