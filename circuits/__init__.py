@@ -8,8 +8,9 @@ load on first use, so ``import circuits`` is instant::
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mechintro._lazy import lazy_exports
 
 if TYPE_CHECKING:  # what IDEs and type checkers see: the real names, imported eagerly there
     from circuits.graph import AttributionGraph, Edge, EdgeCheck, Node, pearson_r
@@ -27,9 +28,4 @@ _EXPORTS = {
 __all__ = ["AttributionGraph", "Edge", "EdgeCheck", "Node", "pearson_r", "to_viewer_json"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'circuits' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -8,10 +8,10 @@ Heavy libraries (torch, transformers, TransformerLens) load on first use of a na
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mechintro import _moved
+from mechintro._lazy import lazy_exports
 
 __version__ = "0.1.0"
 _moved.install()  # mechintro 0.1's flat module names still import, with a DeprecationWarning
@@ -111,11 +111,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        # a function may share its module's name (mechintro.generation.generate): importing the
-        # submodule binds the module here, so bind the function over it
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'mechintro' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -56,6 +56,7 @@ from mechintro.analysis.directions.refusal import (
     refusal_prompts,
 )
 from mechintro.models import TLModel, n_layers
+from mechintro.presets import MACAR_SEARCH_REGIONS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -68,22 +69,7 @@ SEARCHES = ("grid", "optuna", "none")
 
 #: Macar et al.'s 14 search regions of Gemma3-27B's 62 blocks with their starting weights
 #: (03e_optimize_abliteration.py, BASE_WEIGHTS); scaled to other depths by region_weights
-DEFAULT_REGIONS: tuple[Region, ...] = (
-    (0, 5, 0.01),
-    (6, 10, 0.01),
-    (11, 15, 0.015),
-    (16, 20, 0.06),
-    (21, 24, 0.024),
-    (25, 28, 0.01),
-    (29, 32, 0.0005),
-    (33, 35, 0.006),
-    (36, 41, 0.02),
-    (42, 47, 0.004),
-    (48, 51, 0.077),
-    (52, 55, 0.033),
-    (56, 58, 0.0001),
-    (59, 61, 0.004),
-)
+DEFAULT_REGIONS: tuple[Region, ...] = MACAR_SEARCH_REGIONS
 REFERENCE_BLOCKS = 62  # the depth the default regions' block numbers refer to
 
 

@@ -41,8 +41,9 @@ Wherever transcoders are taken, a loaded sae-lens ``SAE`` (of a transcoder archi
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mechintro._lazy import lazy_exports
 
 if TYPE_CHECKING:  # the real names for type checkers; at run time they load on first use, so
     # that importing the trainer's config (pure Python) does not load torch
@@ -127,9 +128,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
