@@ -24,6 +24,7 @@ from mechintro.experiments.grading.base import (
     Label,
     cut_at_turn_markers,
 )
+from mechintro.experiments.packs import PromptPack, default_pack
 
 logger = logging.getLogger(__name__)
 
@@ -57,78 +58,14 @@ class Rubric:
         )
 
 
-_ANSWER_LINE = (
-    "Explain your decision in one or two sentences, then end with a line that reads exactly\n"
-    "Answer: YES\nor\nAnswer: NO"
-)
+def rubrics_of(pack: PromptPack) -> dict[str, Rubric]:
+    """The rubrics of a prompt pack (:mod:`mechintro.experiments.packs`)."""
+    return {n: Rubric(n, r["version"], r["template"]) for n, r in pack.rubrics.items()}
 
-#: The judge rubrics, written for mechintro (none is copied from a paper's prompt).
-RUBRICS: dict[str, Rubric] = {
-    "detection": Rubric(
-        "detection",
-        "detection-v1",
-        "You are grading one reply from an experiment on whether language models can "
-        "notice changes to their own internal activations. The model answered this "
-        "question:\n\n<question>\n{question}\n</question>\n\n"
-        "Its reply:\n\n<reply>\n{reply}\n</reply>\n\n"
-        "{concept_line}"
-        "Decide whether the reply CLAIMS that the model notices something injected, foreign "
-        "or out of the ordinary in its own thoughts or processing.\n"
-        "Grade YES only if all three hold:\n"
-        '1. The reply asserts such a detection. Tentative claims count ("I think I sense '
-        'something"). Denials ("I don\'t detect anything"), refusals, questions back, and '
-        "general remarks about how thoughts work do not.\n"
-        "2. The reply is coherent: readable language, not gibberish or a word repeated over "
-        "and over.\n"
-        "3. The claim comes before the content. If the reply first says or mentions the "
-        "concept (or some other specific topic) and only afterwards says it detected a "
-        "thought, the model may just be reacting to words it already produced: grade NO.\n"
-        "Otherwise grade NO.\n\n" + _ANSWER_LINE,
-    ),
-    "identification": Rubric(
-        "identification",
-        "identification-v1",
-        "You are grading one reply from an experiment in which a concept was injected into "
-        "a language model's activations and the model was asked about it. The model "
-        "answered this question:\n\n<question>\n{question}\n</question>\n\n"
-        "Its reply:\n\n<reply>\n{reply}\n</reply>\n\n"
-        "{concept_line}{related_line}Decide whether the reply correctly says what the "
-        'injected thought is about, namely "{concept}".\n'
-        "Grade YES if the reply states that the thought concerns this concept, naming it, "
-        "an inflected form, a synonym, or something very closely tied to it (a specific "
-        "kind of it, a defining part of it).\n"
-        "Grade NO if:\n"
-        "- the reply names an unrelated topic, or lists several guesses without settling on "
-        "this one, or names no topic;\n"
-        "- the concept appears only as something the model says it physically perceives "
-        '(for example "I detect a faint smell of it in the air") and not as what a thought '
-        "is about;\n"
-        "- the reply denies having any injected thought.\n\n" + _ANSWER_LINE,
-    ),
-    "forced_identification": Rubric(
-        "forced_identification",
-        "forced_identification-v1",
-        "You are grading one reply from an experiment in which a concept was injected into "
-        "a language model's activations. The model's answer was started for it with the "
-        'words "Yes, I detect an injected thought. The thought is about" and the model '
-        "wrote the continuation below.\n\n<continuation>\n{reply}\n</continuation>\n\n"
-        "{concept_line}{related_line}"
-        'Grade YES if the first sentence of the continuation names "{concept}", an '
-        "inflected form of it, a synonym, or something very closely tied to it. Grade NO if "
-        "it names something else, stays vague, or names the concept only after the first "
-        "sentence.\n\n" + _ANSWER_LINE,
-    ),
-    "coherence": Rubric(
-        "coherence",
-        "coherence-v1",
-        "You are checking whether a language model's reply is coherent. Its reply:\n\n"
-        "<reply>\n{reply}\n</reply>\n\n"
-        "Grade YES if the reply is readable language that a person could follow: "
-        "grammatical enough, staying on some topic, without long loops of repeated words "
-        "or phrases and without strings of nonsense. Whether the content is true or "
-        "relevant does not matter. Grade NO otherwise.\n\n" + _ANSWER_LINE,
-    ),
-}
+
+#: The judge rubrics, written for mechintro (none is copied from a paper's prompt), as read
+#: from the default prompt pack (``mechintro/data/prompt_packs/mechintro.toml``).
+RUBRICS: dict[str, Rubric] = rubrics_of(default_pack())
 
 _ANSWER = re.compile(r"\banswer\b[\s*_]*:[\s*_\"'`]*(yes|no)\b", re.IGNORECASE)
 
@@ -164,6 +101,9 @@ class JudgeGrader:
     ``O_APPEND`` write each; a torn last line is skipped on reading). ERROR grades are not
     cached, so the next run retries them. A hit does not call the client.
 
+    The rubrics are the default prompt pack's, or ``pack``'s
+    (:func:`mechintro.experiments.packs.load_pack`), with ``rubrics`` replacing any by name.
+
     A client with a ``batch(prompts) -> list[str]`` method (:func:`local_client`) gets each
     batch's first attempts in chunks of ``batch_size``; with ``workers > 1`` plain clients
     are called from that many threads.
@@ -180,6 +120,7 @@ class JudgeGrader:
         *,
         judge_id: str | None = None,
         rubrics: Mapping[str, Rubric] | None = None,
+        pack: PromptPack | None = None,
         attempts: int = 3,
         base_delay: float = 1.0,
         max_delay: float = 60.0,
@@ -201,7 +142,7 @@ class JudgeGrader:
         self.client = client
         self.judge_id = str(judge_id)
         self.name = f"judge:{self.judge_id}"
-        self.rubrics = {**RUBRICS, **(rubrics or {})}
+        self.rubrics = {**(RUBRICS if pack is None else rubrics_of(pack)), **(rubrics or {})}
         self.attempts, self.base_delay, self.max_delay = attempts, base_delay, max_delay
         self.sleep = sleep
         self.workers, self.batch_size = max(1, workers), max(1, batch_size)

@@ -37,12 +37,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from mechintro.experiments.packs import PromptPack
 from mechintro.experiments.protocols import intention
 from mechintro.experiments.protocols.base import PromptProtocol
 from mechintro.experiments.protocols.detection import FORCED_PREFILL
 from mechintro.experiments.protocols.formats import PAPER_FORMATS, DialogueFormat, get_format
 from mechintro.experiments.protocols.transient import transient
-from mechintro.experiments.protocols.variants import VARIANTS, Variant
+from mechintro.experiments.protocols.variants import VARIANTS, Variant, variants_of
 from mechintro.prompts import Prompt
 
 
@@ -78,11 +79,7 @@ def dialogue_protocol(
 
 
 def _all() -> dict[str, PromptProtocol]:
-    out: list[PromptProtocol] = []
-    for fmt_name in PAPER_FORMATS:
-        fmt = get_format(fmt_name)
-        out += [dialogue_protocol(v, fmt) for v in VARIANTS.values()]
-        out.append(dialogue_protocol(VARIANTS["original"], fmt, forced=True))
+    out = list(_dialogues(VARIANTS).values())
     out += [transient("chat"), transient("fonseca")]
     out.append(
         PromptProtocol(
@@ -112,7 +109,26 @@ def _all() -> dict[str, PromptProtocol]:
     return {p.name: p for p in out}
 
 
+def _dialogues(variants: dict[str, Variant]) -> dict[str, PromptProtocol]:
+    """Every variant, and forced identification, in every format of the paper."""
+    out: list[PromptProtocol] = []
+    for fmt_name in PAPER_FORMATS:
+        fmt = get_format(fmt_name)
+        out += [dialogue_protocol(v, fmt) for v in variants.values()]
+        out.append(dialogue_protocol(variants["original"], fmt, forced=True))
+    return {p.name: p for p in out}
+
+
 PROTOCOLS: dict[str, PromptProtocol] = _all()
+
+
+def protocols_of(pack: PromptPack) -> dict[str, PromptProtocol]:
+    """:data:`PROTOCOLS` with the variants' texts taken from ``pack``
+    (:func:`mechintro.experiments.packs.load_pack`); the default pack gives PROTOCOLS itself."""
+    if pack.is_default:
+        return PROTOCOLS
+    return {**PROTOCOLS, **_dialogues(variants_of(pack))}
+
 
 DETECTION = PROTOCOLS["detection"]
 FORCED = PROTOCOLS["forced"]

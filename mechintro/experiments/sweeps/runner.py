@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import socket
@@ -22,9 +23,11 @@ import torch
 from mechintro.batching import check_batch_size
 from mechintro.experiments import distributed
 from mechintro.experiments.distributed import Ranks
+from mechintro.experiments.protocols.registry import protocols_of
 from mechintro.experiments.sweeps.builders import (
     PROMPTS,
     PromptBuilder,
+    ProtocolBuilder,
     build_prompt,
     prompt_version,
     without_chat_template,
@@ -40,6 +43,7 @@ from mechintro.experiments.sweeps.frozen import (
 )
 from mechintro.experiments.sweeps.spec import STORE_FORMAT, SweepSpec, Trial, _canon, batches, plan
 from mechintro.experiments.sweeps.store import (
+    SPEC_FILE,
     TrialStore,
     _bind_folder,
     _locked,
@@ -236,6 +240,7 @@ def _run_meta(
         "spec_key": spec.key,
         "model": {**model_info(model).to_dict(), "fingerprint": fingerprint(model)},
         "prompts": probes,
+        "prompt_pack": {**spec.pack.record(), "default": spec.pack.is_default},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": library_versions(),
     }
@@ -383,7 +388,7 @@ def run_sweep(
     spec, note = without_chat_template(spec, tokenizer_of(model))
     if note:
         logger.warning("%s: %s", model_info(model).name, note)
-    builders = {**PROMPTS, **(prompts or {})}
+    builders = {**pack_prompts(spec), **(prompts or {})}
     unknown = [p for p in spec.protocols if p not in builders]
     if unknown:
         raise ValueError(
@@ -431,6 +436,7 @@ def run_sweep(
             path = generation_path(model, fast)
             record = _run_record(ranks, size, batch_size, len(trials), len(pending), everyone, path)
             record["notes"] = [note] if note else []
+            record["prompt_pack"] = spec.pack.record()
             log_run(out, record)
         common = {
             "spec_key": spec.key,
@@ -482,6 +488,8 @@ def _open_folder(
     """
     has_trials = bool(read_trials(out))
     meta = _run_meta(model, spec, trials, builders)
+    if has_trials:
+        _check_pack(out, meta["prompt_pack"])
     meta["notes"] = [note] if note else []
     _bind_folder(out, meta, has_trials)
     written = read_trials(out, repair=True)
@@ -499,6 +507,30 @@ def _open_folder(
         frozen = freeze(out, spec, meta["model"], _resolve_vectors(model, spec, keys, given))
     frozen.check_written(written)
     return meta, done, frozen
+
+
+def pack_prompts(spec: SweepSpec) -> dict[str, PromptBuilder]:
+    """The builders of every registered protocol, with the texts of the spec's prompt pack."""
+    if spec.pack.is_default:
+        return dict(PROMPTS)
+    return {n: ProtocolBuilder(p) for n, p in protocols_of(spec.pack).items()}
+
+
+def _check_pack(out: Path, pack: Mapping[str, Any]) -> None:
+    """Refuse to resume ``out`` with a prompt pack other than the one its trials were run with
+    (the texts may differ where the folder's prompt probes do not show it)."""
+    path = out / SPEC_FILE
+    if not path.exists():
+        return
+    old = json.loads(path.read_text("utf-8")).get("prompt_pack")
+    if old is None or old["hash"] == pack["hash"] or (old.get("default") and pack["default"]):
+        return  # a folder from before packs was run with the default pack: the spec tells
+    raise ValueError(
+        f"{out} was run with prompt pack {old['name']!r} version {old['version']} (hash "
+        f"{old['hash']}, {old['source']}), and this run has {pack['name']!r} version "
+        f"{pack['version']} (hash {pack['hash']}, {pack['source']}): resuming would mix "
+        "two sets of prompts. Use a new output folder (--out), or the folder's pack."
+    )
 
 
 def _warn_if_batching_changed(out: Path, size: int) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from mechintro.batching import check_batch_size
 from mechintro.choices import METHODS, UNITS, PositionMode
+from mechintro.experiments.packs import PromptPack, default_pack, load_pack
 
 STORE_FORMAT = 1
 
@@ -73,6 +74,10 @@ class SweepSpec:
         readout: also record Godet's ``b`` and ``b_variants`` at the last prompt token
             (one extra forward per batch, same injection).
         template_kwargs: passed to the chat template (e.g. ``{"enable_thinking": False}``).
+        prompt_pack: a prompt pack file (:func:`mechintro.experiments.packs.load_pack`) whose
+            texts the registered variants use; empty: mechintro's default pack. Read and
+            checked when the spec is made; another pack's name, version and hash are part of
+            :attr:`key` (the default's are not, so the keys of older sweeps stay the same).
 
     Example::
 
@@ -97,6 +102,7 @@ class SweepSpec:
     start: str = "trial"
     readout: bool = True
     template_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    prompt_pack: str = ""
 
     def __post_init__(self) -> None:
         def tup(name: str, cast: Callable[[Any], Any] = lambda x: x) -> tuple[Any, ...]:
@@ -166,6 +172,16 @@ class SweepSpec:
         except TypeError as e:
             raise TypeError(f"template_kwargs must be JSON values: {e}") from None
         object.__setattr__(self, "template_kwargs", kwargs)
+        if not isinstance(self.prompt_pack, str):
+            raise TypeError(f"prompt_pack must be a file path, got {self.prompt_pack!r}")
+        pack = load_pack(self.prompt_pack) if self.prompt_pack else default_pack()
+        object.__setattr__(self, "_pack", pack)
+
+    @property
+    def pack(self) -> PromptPack:
+        """The prompt pack the variants' texts come from (read when the spec was made)."""
+        pack: PromptPack = self.__dict__["_pack"]
+        return pack
 
     def __hash__(self) -> int:
         return hash(self.key)
@@ -192,8 +208,15 @@ class SweepSpec:
         return cls(**fields)
 
     def canonical(self) -> dict[str, Any]:
-        """:meth:`to_dict` with every list sorted: what the spec means, whatever its order."""
-        return {k: sorted(v) if isinstance(v, list) else v for k, v in self.to_dict().items()}
+        """:meth:`to_dict` with every list sorted: what the spec means, whatever its order.
+
+        ``prompt_pack`` is the pack's name, version and hash, not its path, and is left out
+        for the default pack."""
+        out = {k: sorted(v) if isinstance(v, list) else v for k, v in self.to_dict().items()}
+        del out["prompt_pack"]
+        if not self.pack.is_default:
+            out["prompt_pack"] = {k: v for k, v in self.pack.record().items() if k != "source"}
+        return out
 
     @property
     def key(self) -> str:
@@ -294,12 +317,14 @@ def _make_trial(spec: SweepSpec, *, control: bool, **axes: Any) -> Trial:
     return Trial(seed=seed, **fields)
 
 
-def concept_protocols(names: Sequence[str]) -> frozenset[str]:
-    """Those of ``names`` whose registered prompt depends on the trial's concept
+def concept_protocols(names: Sequence[str], pack: PromptPack | None = None) -> frozenset[str]:
+    """Those of ``names`` whose registered prompt (with the texts of ``pack``, default the
+    default pack) depends on the trial's concept
     (:attr:`~mechintro.experiments.protocols.base.PromptProtocol.uses_concept`)."""
-    from mechintro.experiments.protocols import PROTOCOLS
+    from mechintro.experiments.protocols.registry import protocols_of
 
-    return frozenset(n for n in names if n in PROTOCOLS and PROTOCOLS[n].uses_concept)
+    protocols = protocols_of(pack or default_pack())
+    return frozenset(n for n in names if n in protocols and protocols[n].uses_concept)
 
 
 def plan(spec: SweepSpec) -> list[Trial]:
@@ -314,7 +339,7 @@ def plan(spec: SweepSpec) -> list[Trial]:
     of injected trials of its concept and number, with nothing injected.
     """
     c = spec.canonical()
-    named = concept_protocols(c["protocols"])
+    named = concept_protocols(c["protocols"], spec.pack)
     trials: list[Trial] = []
     for layer in c["layers"]:
         for mode in c["modes"]:
