@@ -77,7 +77,7 @@ class SweepSpec:
         prompt_pack: a prompt pack file (:func:`mechintro.experiments.packs.load_pack`) whose
             texts the registered variants use; empty: mechintro's default pack. Read and
             checked when the spec is made; another pack's name, version and hash are part of
-            :attr:`key` (the default's are not, so the keys of older sweeps stay the same).
+            the spec's :attr:`key` (the default's are not: older sweeps keep their keys).
 
     Example::
 
