@@ -181,6 +181,8 @@ def test_a_sweep_records_its_pack_and_refuses_another(llama, pack_file, tmp_path
     assert set(df.prompt_version) == {protocols_of(pack)["skeptical"].version}
     recorded = json.loads((out / "spec.json").read_text())["prompt_pack"]
     assert recorded == {**pack.record(), "default": False}
+    again = run_sweep(llama, spec, out, batch_size=4, progress=False)  # resumes: all done
+    assert sorted(again.trial_id) == sorted(df.trial_id)
     refused = "was run with prompt pack 'test-pack' version 3"
     with pytest.raises(ValueError, match=refused):
         run_sweep(llama, default, out, batch_size=4, progress=False)
