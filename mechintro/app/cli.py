@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from mechintro.app import organism_commands
 from mechintro.app.epilogs import EPILOGS
+from mechintro.app.kinds import NOISE_FILE
 from mechintro.app.options import (
     DTYPES,
     GRADERS,
@@ -298,9 +299,6 @@ def read_table(path: str) -> pd.DataFrame:
     return readers[p.suffix](p)
 
 
-NOISE_FILE = "noise.csv"
-
-
 def _noise_table(cfg: ReportConfig) -> pd.DataFrame | None:
     if cfg.noise:
         return read_table(cfg.noise)
@@ -326,52 +324,15 @@ def cmd_report(args: Mapping[str, Any]) -> int:
 
 
 def cmd_noise(args: Mapping[str, Any]) -> int:
-    from mechintro.experiments.protocols.noise import (
-        CONTROL_BATTERY,
-        INTROSPECTION,
-        NoiseControls,
-        godet_vectors,
-    )
-    from mechintro.io import atomic_write_text
-    from mechintro.models import layer_at_depth
-    from mechintro.vectors import extract_vectors
+    from mechintro.app.kinds import run_noise
 
     cfg = build_config(NoiseConfig, args)
     model = _load(cfg.model, cfg.backend, cfg.dtype, cfg.device, revision=cfg.revision)
-    layers = sorted({*cfg.layers, *(layer_at_depth(model, d, rule="floor") for d in cfg.depths)})
     out = Path(cfg.out)
-    vectors: Any
-    if cfg.concepts:
-        vectors = {
-            L: extract_vectors(
-                model,
-                cfg.concepts,
-                layer=L,
-                baseline=cfg.baseline or None,
-                cache_dir=out / "vectors",
-            )
-            for L in layers
-        }
-    else:
-        vectors = godet_vectors(model, layers)
-    battery = {q.id: q for q in CONTROL_BATTERY}  # the ids were checked with the options
-    chosen = [battery[c] for c in cfg.controls] or CONTROL_BATTERY[: cfg.battery]
-    controls = NoiseControls(
-        layers=tuple(layers),
-        strengths=cfg.strengths,
-        questions=(INTROSPECTION, *chosen),
-        n_random=cfg.n_random,
-        seed=cfg.seed,
-        yes=cfg.yes,
-        no=cfg.no,
-    )
-    df = controls.run(model, vectors, batch_size=cfg.batch_size)
-    path = out / NOISE_FILE
-    atomic_write_text(path, df.to_csv(index=False))
-    cells = controls.specificity(df)
+    cells = run_noise(model, cfg, out, batch_size=cfg.batch_size)
     shown = cells[cells.strength > 0].dropna(axis=1, how="all")  # one control: no spread
     print(shown.round(3).to_string(index=False))
-    print(f"wrote {path}; mechintro report {out} shows it")
+    print(f"wrote {out / NOISE_FILE}; mechintro report {out} shows it")
     return 0
 
 

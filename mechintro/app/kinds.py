@@ -53,6 +53,8 @@ logger = logging.getLogger("mechintro")
 SWEEP_EXTRAS: tuple[str, ...] = ("depths", "word_list")
 
 
+NOISE_FILE = "noise.csv"  # where the noise controls are written (mechintro report reads it)
+
 # ---------------------------------------------------------------------------------------------
 # sweeps
 
@@ -214,6 +216,12 @@ def run_noise_kind(
     model: TLModel, cfg: Mapping[str, Any], out: Path, *, small: bool, batch_size: int = 64
 ) -> pd.DataFrame:
     """``experiment = "noise"``: Godet's noise controls (docs/protocols.md §5)."""
+    return run_noise(model, noise_config(cfg, small=small), out, batch_size=batch_size)
+
+
+def run_noise(model: TLModel, c: Any, out: Path, *, batch_size: int) -> pd.DataFrame:
+    """Godet's noise controls as a NoiseConfig ``c`` says, into ``out/noise.csv``; returns the
+    specificity table (the command line's ``mechintro noise`` and ``experiment = "noise"``)."""
     from mechintro.experiments.protocols.noise import (
         CONTROL_BATTERY,
         INTROSPECTION,
@@ -223,7 +231,6 @@ def run_noise_kind(
     from mechintro.models import layer_at_depth
     from mechintro.vectors import extract_vectors
 
-    c = noise_config(cfg, small=small)
     layers = sorted({*c.layers, *(layer_at_depth(model, d, rule="floor") for d in c.depths)})
     vectors: Any
     if c.concepts:
@@ -235,7 +242,7 @@ def run_noise_kind(
         }
     else:
         vectors = godet_vectors(model, layers)
-    battery = {q.id: q for q in CONTROL_BATTERY}
+    battery = {q.id: q for q in CONTROL_BATTERY}  # the ids were checked with the options
     chosen = [battery[q] for q in c.controls] or CONTROL_BATTERY[: c.battery]
     controls = NoiseControls(
         layers=tuple(layers),
@@ -247,7 +254,7 @@ def run_noise_kind(
         no=c.no,
     )
     df = controls.run(model, vectors, batch_size=batch_size)
-    atomic_write_text(out / "noise.csv", df.to_csv(index=False))
+    atomic_write_text(out / NOISE_FILE, df.to_csv(index=False))
     return controls.specificity(df)
 
 

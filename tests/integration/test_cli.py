@@ -34,11 +34,12 @@ _MODELS: dict = {}
 _REAL_LOAD = cli._load
 
 
-def _cached_load(*args):
+def _cached_load(*args, **kw):
     """Load each tiny model once for the module (the CLI would load it per command)."""
-    if args not in _MODELS:
-        _MODELS[args] = _REAL_LOAD(*args)
-    return _MODELS[args]
+    key = (*args, *sorted(kw.items()))
+    if key not in _MODELS:
+        _MODELS[key] = _REAL_LOAD(*args, **kw)
+    return _MODELS[key]
 
 
 @pytest.fixture(autouse=True)
@@ -395,7 +396,10 @@ def test_grade_and_report_an_intention_sweep(llama, config, tmp_path, monkeypatc
     assert "Prefill intention" in page and "Grades by rule" in page
     assert "<th>condition</th>" in page and "<th>apology</th>" in page
     assert "<td>uninjected</td>" in page and "<td>word</td>" in page
-    assert "<td>bread</td>" in page  # the uninjected controls prefill the default word
+    # each uninjected control prefills its trial's own word: it differs from it only by the
+    # injection (Lindsey's control), so each word has its own uninjected row
+    for word in ("Dust", "Peace"):
+        assert f"<tr><td>{word}</td><td>uninjected</td>" in page
     assert "No unrelated-concept control in these trials" in page
     assert "Detection and identification" not in page  # nothing of the kind to rate
 
