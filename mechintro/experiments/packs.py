@@ -34,7 +34,7 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -147,16 +147,20 @@ def _check(path: Path, data: Mapping[str, Any], base: Mapping[str, Any] | None) 
                 if not isinstance(text, str):
                     raise fail(f"{where}.{f}", f"must be a string, got {text!r}")
             if section == "rubrics":
-                _check_rubric(entry, lambda what, w=where: fail(w, what))
-            elif "Trial {n}" not in entry.get("question", "Trial {n}"):
+                _check_rubric(entry, functools.partial(fail, where))
+                continue
+            if "Trial {n}" not in entry.get("question", "Trial {n}"):
                 raise fail(
                     f"{where}.question",
                     "must hold 'Trial {n}' (the trial number, where from-trial injection "
                     "starts): begin it with 'Trial {n}: '",
                 )
+            for f in ("preamble", "ack", "system"):
+                if "Trial {n}" in entry.get(f, ""):
+                    raise fail(f"{where}.{f}", "only the question may hold 'Trial {n}'")
 
 
-def _check_rubric(entry: Mapping[str, str], fail: Any) -> None:
+def _check_rubric(entry: Mapping[str, str], fail: Callable[[str], ValueError]) -> None:
     missing = [f for f in RUBRIC_FIELDS if f not in entry]
     if missing:
         raise fail(f"missing {missing}: a rubric gives both its version and its template")

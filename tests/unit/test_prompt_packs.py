@@ -148,6 +148,7 @@ def test_a_json_pack_gives_the_judge_its_rubric(tmp_path):
         ),
         ('name = "x"\nversion = "1"\n[rubrics.coherence]\ntemplate = "{reply}"', "version"),
         ('name = "x"\nversion = "1"\ncolour = "red"', "colour"),
+        ('name = "x"\nversion = "1"\n[variants.hints]\nack = "Trial {n}: ok"', "hints.ack"),
         ('version = "1"', "name"),
     ],
 )
