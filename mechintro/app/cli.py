@@ -273,8 +273,12 @@ def cmd_grade(args: Mapping[str, Any]) -> int:
                 f"--judge {cfg.judge!r}: use PROVIDER:MODEL with PROVIDER one of "
                 f"{sorted(JUDGE_CLIENTS)}, e.g. openai:gpt-4o-mini or local:Qwen/Qwen3-8B"
             )
+        from mechintro.experiments.packs import load_pack
+
+        pack = load_pack(cfg.rubrics) if cfg.rubrics else None  # checked before any call
         grader = JudgeGrader(
             JUDGE_CLIENTS[provider](name, cfg),
+            pack=pack,
             attempts=cfg.attempts,
             workers=cfg.workers,
             cache_path=Path(cfg.results) / JUDGE_CACHE_FILE,

@@ -375,8 +375,13 @@ class GradeConfig:
     workers: int = opt(1, "parallel judge calls")
     batch_size: int = opt(64, "replies per batch written")
     device: str = opt("cpu", "device of a local judge model")
+    rubrics: str = opt(
+        "", "with --grader judge: a prompt pack file (TOML/JSON) whose rubrics the judge uses"
+    )
 
     def __post_init__(self) -> None:
+        if self.rubrics and self.grader != "judge":
+            raise ValueError("--rubrics gives the judge its rubrics: use it with --grader judge")
         if self.grader not in GRADERS:
             raise ValueError(f"grader must be one of {GRADERS}, got {self.grader!r}")
         if (self.grader == "judge") != bool(self.judge):

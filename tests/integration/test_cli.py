@@ -484,3 +484,30 @@ def test_patch_command_writes_resumes_and_refuses_other_settings(llama, tmp_path
     monkeypatch.setattr("mechintro.analysis.patching.knock_out", no_patching)
     assert main(argv) == 0  # resumed: both components were already written
     assert main([*argv[:-1], "8"]) != 0  # another strength in the same folder: refused
+
+
+def test_grade_takes_the_judges_rubrics_from_a_prompt_pack(swept, tmp_path, monkeypatch, capsys):
+    pack = tmp_path / "pack.toml"
+    pack.write_text(
+        'name = "mine"\nversion = "1"\n\n[rubrics.detection]\nversion = "mine-1"\n'
+        'template = "MY RUBRIC. Reply: {reply}"\n'
+    )
+    seen: list[str] = []
+
+    class Recording(FlakyJudge):
+        judge_id = "fake:recording"
+
+        def __call__(self, prompt: str) -> str:
+            seen.append(prompt)
+            return "Answer: NO"
+
+    monkeypatch.setitem(cli.JUDGE_CLIENTS, "fake", lambda name, cfg: Recording())
+    argv = ["grade", str(swept), "--grader", "judge", "--judge", "fake:recording"]
+    assert main([*argv, "--rubrics", str(pack)]) == 0
+    mine = load_grades(swept).query("grader == 'judge:fake:recording'")
+    detection = mine[mine.rubric == "detection"]
+    assert len(detection) and set(detection.version) == {"mine-1"}
+    # the judge saw the pack's rubric (one call per distinct reply: the cache takes repeats)
+    assert 1 <= sum(p.startswith("MY RUBRIC. Reply: ") for p in seen) <= len(detection)
+    code, err = error_of(capsys, ["grade", str(swept), "--rubrics", str(pack)])
+    assert code == 2 and "--grader judge" in err
