@@ -415,7 +415,7 @@ _PRESETS: tuple[Preset, ...] = (
             "Assistant:', so the toolkit's detection trials ask what was trained; Yes/No "
             "replies the rule grader reads; AdamW (8-bit needs CUDA); lr 1e-3 with 10 warmup "
             "steps, 110 steps of batch 8, 880 of the 1,600 examples (2e-4 for 3 epochs of batch "
-            "4 there), to train in about 30 minutes on one shared CPU thread; "
+            "4 there), to train in about 20 minutes on one CPU thread; "
             "docs/organism.md §8"
         ),
         model="builtin:smollm2",
