@@ -4,7 +4,7 @@ DLA and patching result types, and mechintro.plotting. Run as a script (``python
 tests/light_parts.py``): it prints ``light parts ok`` and fails if a heavy package was imported.
 
 tests/unit/test_light_install.py runs it with those packages blocked from importing;
-tests/integration/test_light_install.py in a fresh venv holding only the light install.
+tests/integration/test_light_install_venv.py in a fresh venv holding only the light install.
 """
 
 from __future__ import annotations

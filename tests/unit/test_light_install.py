@@ -1,6 +1,6 @@
 """The light parts run without TransformerLens, sae-lens and transformers (docs/architecture.md
 §7): tests/light_parts.py in a fresh interpreter where importing any of them fails, as it does
-where they are not installed. tests/integration/test_light_install.py does the same in a real
+where they are not installed. tests/integration/test_light_install_venv.py does the same in a real
 venv holding only ``pip install "mechintro[graph]"``."""
 
 from __future__ import annotations
