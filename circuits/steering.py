@@ -44,9 +44,9 @@ import torch.autograd.forward_ad as fwad
 from torch import Tensor
 
 from circuits.graph import AttributionGraph, Edge, Node
-from circuits.trace import FeatureSet, Trace, trace, transcoder_layers
-from mechintro.analysis.dla import LogitDirection
-from mechintro.inject import Injection
+from circuits.trace import FeatureSet, Trace, forward, trace, transcoder_layers
+from mechintro.analysis.dla import LogitDirection, logit_direction
+from mechintro.inject import Injection, injected
 from mechintro.models import TLModel, n_layers, tokenizer_of
 from mechintro.prompts import PromptLike, as_prompt_batch
 
@@ -239,9 +239,27 @@ def steering_graph(
         if e.weight < 0 and _is_gate(e.target, gate_set) and e.source in grows
     }
     n_out = n_layers(model)
+    # the root stands for the Yes - No gap; the viewers show it as the Yes token most likely at
+    # the end of the steered prompt, with its probability (circuit-tracer's logit node)
+    tok = tokenizer_of(model)
+    steered = Injection(layer, vector, float(strength), mode=mode, unit="resid-norm",
+                        resid_norm=resid_norm)  # fmt: skip
+    with torch.no_grad(), injected(model, steered, batch):
+        probs = torch.softmax(forward(model, batch)[0, -1].float(), dim=-1)
+    yes = max((direction or logit_direction(model)).pos_ids, key=lambda i: float(probs[i]))
+    p_yes = float(probs[yes])
     nodes = [
         Node("concept", "concept", layer=-1, role="concept", label=concept),
-        Node("root", "logit", layer=n_out, position=int(tr.pos[0]), role="logit", label="Yes - No"),
+        Node(
+            "root",
+            "logit",
+            layer=n_out,
+            position=int(tr.pos[0]),
+            role="logit",
+            feature=yes,
+            label=tok.decode([yes]),
+            probability=p_yes,
+        ),
         Node(
             "error",
             "error",
@@ -270,13 +288,16 @@ def steering_graph(
         edges.append(Edge("concept", nid, float(r.sg)))
         edges.append(Edge(nid, "root", float(r.ga * r.sg)))
     edges.append(Edge("error", "root", sa.error))
-    tok = tokenizer_of(model)
+    ids = batch.input_ids[0].tolist()
     meta = {
         "concept": concept,
         "strength": float(strength),
         "injection_layer": layer,
         "root": "mean logit(Yes) - mean logit(No), last prompt token",
-        "tokens": tok.convert_ids_to_tokens(batch.input_ids[0].tolist()),
+        "root_token": {"id": yes, "text": tok.decode([yes]), "probability": p_yes},
+        "prompt": tok.decode(ids),
+        "prompt_tokens": [tok.decode([i]) for i in ids],
+        "tokens": tok.convert_ids_to_tokens(ids),
         "delta": sa.delta,
         "explained": sa.explained,
         "error": sa.error,

@@ -31,7 +31,6 @@ end of the prompt (the organism's replies begin with "yes" or "no").
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +41,13 @@ import torch
 from circuits.carriers import evidence_carriers
 from circuits.examples import contexts, feature_examples
 from circuits.gates import classify, gate_scores, ranked, select_gates, strength_curves
-from circuits.graph import AttributionGraph, pearson_r
+from circuits.graph import pearson_r
 from circuits.interventions import control_unchanged, intervene, progressive
 from circuits.steering import EDGE_KINDS, edge_kind, edge_measure, steering_graph
-from circuits.trace import forward, trace, transcoder_layers
-from mechintro.analysis.dla import logit_direction
-from mechintro.inject import Injection, injected
+from circuits.trace import trace, transcoder_layers
+from mechintro.inject import Injection
 from mechintro.models import TLModel, tokenizer_of
-from mechintro.prompts import Prompt, PromptBatch, encode
+from mechintro.prompts import Prompt, encode
 
 PROGRESSIVE_KS = (0, 2, 4, 8, 16, 32, 64)
 SIGNED_STRENGTHS = (-1.0, -0.5, 0.5, 1.0)
@@ -129,20 +127,6 @@ def organism_circuits(
     concept, graph, sa = graphs[0]
     if out is not None:
         folder = Path(out)
-        one = encode(tok, [detection_prompt(1)])
-        graph = _decoded(
-            graph,
-            model,
-            one,
-            Injection(
-                L,
-                world.vectors[concept],
-                strength,
-                mode="from-trial",
-                unit="resid-norm",
-                resid_norm=norm,
-            ),
-        )
         graph.save_json(folder / "graph.json")
         features = [
             (n.layer, n.feature)
@@ -225,31 +209,3 @@ def organism_circuits(
 def _rates(d: dict[str, Any], what: str) -> dict[str, Any]:
     keep = ("unsteered", "steered", what, "b_unsteered", "b_steered", f"b_{what}", "n_rows")
     return {k: (None if isinstance(d[k], float) and np.isnan(d[k]) else d[k]) for k in keep}
-
-
-def _decoded(
-    graph: AttributionGraph, model: TLModel, batch: PromptBatch, injection: Injection
-) -> AttributionGraph:
-    """``graph`` with its prompt decoded (``prompt``, ``prompt_tokens``) and its root (the
-    Yes − No gap) shown as the Yes variant most likely at the end of the steered prompt: its
-    token id, decoded text and probability."""
-    tok = tokenizer_of(model)
-    ids = batch.input_ids[0].tolist()
-    with torch.no_grad(), injected(model, injection, batch):
-        logits = forward(model, batch)[0, -1].float()
-    probs = torch.softmax(logits, dim=-1)
-    yes = max(logit_direction(model).pos_ids, key=lambda i: float(probs[i]))
-    root = graph.node(graph.root_id)
-    nodes = [
-        replace(n, feature=yes, label=tok.decode([yes]), probability=float(probs[yes]))
-        if n is root
-        else n
-        for n in graph.nodes
-    ]
-    meta = {
-        **graph.metadata,
-        "prompt": tok.decode(ids),
-        "prompt_tokens": [tok.decode([i]) for i in ids],
-        "root_token": {"id": yes, "text": tok.decode([yes]), "probability": float(probs[yes])},
-    }
-    return AttributionGraph(nodes, graph.edges, meta, root=graph.root_id)

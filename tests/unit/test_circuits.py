@@ -14,7 +14,7 @@ from circuits.interventions import intervene, progressive
 from circuits.steering import edge_measure, steering_attribution, steering_graph
 from circuits.trace import forward, readouts, set_features, trace, zero_features
 from mechintro.analysis.transcoders import Transcoder
-from mechintro.inject import Injection
+from mechintro.inject import Injection, injected
 from mechintro.prompts import Prompt, encode
 
 ARCHS = ("llama", "gemma3")
@@ -230,6 +230,20 @@ def test_steering_graph_edges_and_their_interventions(tiny_dirs):
     feats = nodes[nodes.kind == "feature"]
     assert sorted(feats.influence) == pytest.approx(sorted(top.sa.head(12)), rel=1e-6)
     assert len(g.metadata["tokens"]) == batch.length
+    # decoded for the viewers: the prompt as text, and the root as the most likely Yes token
+    # at the end of the steered prompt, with its probability
+    ids = batch.input_ids[0].tolist()
+    assert g.metadata["prompt"] == model.tokenizer.decode(ids)
+    assert g.metadata["prompt_tokens"] == [model.tokenizer.decode([i]) for i in ids]
+    from mechintro.analysis.dla import logit_direction
+
+    root = g.node("root")
+    steered = Injection(0, v, 3.0, mode="from-trial", unit="resid-norm", resid_norm=1.0)
+    with injected(model, steered, batch):
+        p = torch.softmax(forward(model, batch)[0, -1].float(), -1)
+    yes = logit_direction(model).pos_ids
+    assert root.feature in yes and root.feature == max(yes, key=lambda i: float(p[i]))
+    assert root.probability == pytest.approx(float(p[root.feature]))
     measure = edge_measure(model, tcs, batch, v, **kw)
     hi = trace(
         model,
