@@ -242,13 +242,27 @@ def _last_turn_at(tokenizer: Any, prompt: Prompt, text: str, **template_kwargs: 
     message precedes it); -1 for raw text or a template that renders the history otherwise."""
     if prompt.raw is not None:
         return -1
-    if len(_messages(tokenizer, prompt)) < 2:
+    msgs = _messages(tokenizer, prompt)
+    if len(msgs) < 2:
         return 0
-    before = tokenizer.apply_chat_template(
-        _messages(tokenizer, prompt)[:-1], tokenize=False, add_generation_prompt=False,
-        **template_kwargs,
-    )  # fmt: skip
+    # a sweep's prompts share a few histories (the preamble): each is rendered once per
+    # template, keyed as system_support keys the template
+    key = (
+        *(str(getattr(tokenizer, n, None)) for n in ("chat_template", "bos_token", "eos_token")),
+        repr(msgs[:-1]),
+        repr(sorted(template_kwargs.items())),
+    )
+    if key not in _HISTORIES:
+        if len(_HISTORIES) >= 4096:
+            _HISTORIES.clear()
+        _HISTORIES[key] = tokenizer.apply_chat_template(
+            msgs[:-1], tokenize=False, add_generation_prompt=False, **template_kwargs
+        )
+    before = _HISTORIES[key]
     return len(before) if text.startswith(before) and len(before) < len(text) else -1
+
+
+_HISTORIES: dict[tuple[str, ...], str] = {}  # rendered histories, by template and messages
 
 
 def _bos_prefix(tokenizer: Any, ids: list[int]) -> list[int]:
