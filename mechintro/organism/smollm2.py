@@ -45,6 +45,10 @@ logger = logging.getLogger(__name__)
 
 PRESET = "smollm2-introspective"
 ADAPTER = "adapter.safetensors"
+#: the MLP projections of the blocks after the injection (``--mlp``)
+MLP_TARGETS = tuple(
+    f"layers.{i}.mlp.{m}" for i in range(21, 30) for m in ("gate_proj", "up_proj", "down_proj")
+)
 #: where the shipped run lives (``builtin:smollm2-introspective``)
 SHIPPED = Path(__file__).resolve().parent / "trained" / PRESET
 
@@ -68,12 +72,14 @@ def smollm2_config(**overrides: Any) -> LoRAConfig:
     return apply_preset(LoRAConfig, PRESET, **overrides)
 
 
-def smollm2_world(model: TLModel, layer: int) -> SmolWorld:
-    """Lindsey vectors of Fonseca's 40 training and 20 held-out concepts at block ``layer``
-    (baseline: ``lindsey_baseline``), L2-normalised, with the mean residual norm there."""
+def smollm2_world(model: TLModel, layer: int, train_words: str = "fonseca_train") -> SmolWorld:
+    """Lindsey vectors of the training concepts (the word list ``train_words`` less any of
+    Fonseca's 20 held-out ones) and the held-out concepts at block ``layer`` (baseline:
+    ``lindsey_baseline``), L2-normalised, with the mean residual norm there."""
     from mechintro.vectors import extract_vectors, word_list
 
-    train, heldout = word_list("fonseca_train"), word_list("fonseca_heldout")
+    heldout = word_list("fonseca_heldout")
+    train = [w for w in word_list(train_words) if w not in set(heldout)]
     vecs = extract_vectors(model, [*train, *heldout], layer=layer, method="lindsey")
     unit = {w: v.vector / v.vector.norm() for w, v in vecs.items()}
     norm = next(iter(vecs.values())).resid_norm
@@ -152,18 +158,22 @@ def train_smollm2_introspective(
     n_controls: int = 200,
     seed: int = 0,
     device: str = "cpu",
+    train_words: str | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Train the preset's adapter into SmolLM2-135M-Instruct and measure held-out detection
-    before and after; writes ``out/adapter.safetensors`` and ``out/result.json``."""
+    before and after; writes ``out/adapter.safetensors`` and ``out/result.json``.
+    ``train_words``: a word list's name (default: the preset's)."""
+    from mechintro.presets import get_preset
     from mechintro.training.common import hf_model_of
     from mechintro.training.lora import merge_lora, save_lora, train_lora
 
     t0 = time.perf_counter()
     out = Path(out)
     cfg = smollm2_config(seed=seed, **overrides)
+    train_words = train_words or str(get_preset(PRESET).extras["train_words"])
     model = smollm2_introspective(None, device)
-    world = smollm2_world(model, cfg.layer)
+    world = smollm2_world(model, cfg.layer, train_words)
     t1 = time.perf_counter()
     before = evaluate(model, world, cfg, n_controls=n_controls, seed=seed)
     logger.info("before: %s", {k: before[k] for k in ("tpr", "fpr", "introspection_rate")})
@@ -205,6 +215,8 @@ def train_smollm2_introspective(
             "total": time.perf_counter() - t0,
         },
         "threads": torch.get_num_threads(),
+        "device": str(device),
+        "train_word_list": train_words,
         "config": res.config,
         "n_examples": res.extra["n_examples"],
         "targets": res.extra["targets"],
@@ -227,12 +239,39 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--n-controls", type=int, default=200, help="uninjected controls")
     p.add_argument("--seed", type=int, default=0, help="training and sampling seed")
     p.add_argument("--max-steps", type=int, default=None, help="stop training earlier")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (preset: 1)")
+    p.add_argument("--batch-size", type=int, default=None, help="examples per step (preset: 8)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (preset: 1e-3)")
+    p.add_argument(
+        "--train-words",
+        default=None,
+        help="the training concepts, a word list's name (preset: fonseca_train; e.g. "
+        "macar_train, Fonseca's held-out words are always left out)",
+    )
+    p.add_argument(
+        "--mlp",
+        action="store_true",
+        help="adapters on the MLP projections of blocks 21-29 too (preset: attention only)",
+    )
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    extra = {} if a.max_steps is None else {"max_steps": a.max_steps}
-    train_smollm2_introspective(a.out, n_controls=a.n_controls, seed=a.seed, **extra)
+    knobs = {"max_steps": a.max_steps, "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr}
+    extra: dict[str, Any] = {k: v for k, v in knobs.items() if v is not None}
+    if a.epochs is not None and a.max_steps is None:
+        extra["max_steps"] = None  # whole epochs, not the preset's step cap
+    if a.mlp:
+        extra["target_modules"] = (*smollm2_config().target_modules, *MLP_TARGETS)
+    train_smollm2_introspective(
+        a.out,
+        n_controls=a.n_controls,
+        seed=a.seed,
+        device=a.device,
+        train_words=a.train_words,
+        **extra,
+    )
 
 
 if __name__ == "__main__":
