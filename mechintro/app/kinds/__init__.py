@@ -4,7 +4,8 @@ Each runner is ``(model, cfg, out, *, small, batch_size) -> DataFrame``: ``cfg``
 experiment's parameter table (a preset's fields under the config's own), ``out`` its results
 folder, ``small`` shrinks it to a CI size (:func:`shrink_sweep` and each kind's own cuts),
 and the DataFrame is the kind's main table, which :mod:`mechintro.app.run_command` writes.
-Each parameter table is checked by :func:`check` before any model loads.
+Each parameter table is checked by :func:`~mechintro.app.run_entries.check_params` before any
+model loads.
 
 =====================  =============================================  ==========================
 kind                   what runs                                      resumable
