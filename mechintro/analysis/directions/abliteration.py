@@ -55,6 +55,7 @@ from mechintro.analysis.directions.refusal import (
     refusal_directions,
     refusal_prompts,
 )
+from mechintro.batching import in_batches
 from mechintro.models import TLModel, n_layers
 from mechintro.presets import MACAR_SEARCH_REGIONS
 
@@ -410,7 +411,7 @@ def small_config(cfg: AbliterationConfig) -> AbliterationConfig:
     regions = cfg.regions
     if len(regions) > 4:
         per = math.ceil(len(regions) / 4)
-        groups = [regions[i : i + per] for i in range(0, len(regions), per)]
+        groups = [g for _, g in in_batches(regions, per)]
         regions = tuple((g[0][0], g[-1][1], max(w for *_, w in g)) for g in groups)
     return replace(
         cfg,
@@ -482,8 +483,8 @@ def run_abliteration(
         per_block = region_weights(regions, layers, config.reference_blocks)
         abl = Abliteration.from_refusal(ref, weight=per_block) if per_block.any() else None
         replies: list[str] = []
-        for i in range(0, len(rows), config.batch_size):
-            batch = encode(model.tokenizer, rows[i : i + config.batch_size])
+        for i, part in in_batches(rows, config.batch_size):
+            batch = encode(model.tokenizer, part)
             with abliterated(model, abl) if abl is not None else nullcontext():
                 gen = generate(
                     model,
