@@ -5,28 +5,20 @@
 
 Needs Debian's chromium (/usr/bin/chromium; `apt-get install chromium`) and playwright (the
 test extra). The report is opened as a file with the network blocked, the viewer served by
-`circuits.viewer_server` on 127.0.0.1, as the browser tests do (tests/browser).
+`circuits.viewer_server` on 127.0.0.1, as the browser tests do (tests/browser), in the same
+Chromium with the same flags (tests/browsers.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "images"
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [  # off the network: no background requests, updates or sync
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs" / "images"
 
 
 def offline(page: Any, allowed: str) -> None:
@@ -39,12 +31,15 @@ def shoot(run: Path, out: Path) -> None:
 
     from circuits.viewer_server import serve
 
+    sys.path.insert(0, str(ROOT / "tests"))  # the page tests' browser and flags
+    from browsers import CHROMIUM, CHROMIUM_ARGS
+
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as profile, sync_playwright() as p:
         browser = p.chromium.launch_persistent_context(
             profile,
-            executable_path=CHROMIUM,
-            args=ARGS,
+            executable_path=str(CHROMIUM),
+            args=list(CHROMIUM_ARGS),
             headless=True,
             viewport={"width": 1400, "height": 900},
         )

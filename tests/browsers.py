@@ -12,6 +12,18 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
+#: the flags Chromium starts with, here (tests/browser) and in scripts/screenshots.py: headless
+#: and off the network (no background requests, updates or sync)
+CHROMIUM_ARGS: tuple[str, ...] = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
 
 
 def _missing(why: str | None) -> None:

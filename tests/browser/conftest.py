@@ -12,18 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browsers import CHROMIUM, need_browser
-
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from browsers import CHROMIUM, CHROMIUM_ARGS, need_browser
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +25,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         context = p.chromium.launch_persistent_context(
             str(tmp_path_factory.mktemp("chromium-profile")),
             executable_path=str(CHROMIUM),
-            args=ARGS,
+            args=list(CHROMIUM_ARGS),
             headless=True,
             viewport={"width": 1400, "height": 900},
         )
