@@ -3,7 +3,7 @@
 :func:`organism_circuits` runs, on ``builtin:organism`` with its shipped transcoders (blocks
 3–5; the injection is at block 3's output, so the gates and carriers live in blocks 4 and
 5), one detection prompt per held-out concept (trial numbers 1–10 in turn), steered at
-``strength`` (× the residual norm, from-trial):
+``strength`` (× the residual norm, from-trial unless ``mode`` says otherwise):
 
 1. gate scores (feature DLA to Yes − No, unsteered) and the gates: Macar et al.'s share per
    layer (200 of 16,384 features → :func:`circuits.gates.gate_count`);
@@ -61,13 +61,17 @@ def organism_circuits(
     strength: float,
     n_graphs: int = 3,
     out: str | Path | None = None,
+    mode: str = "from-trial",
+    scan: str = "organism",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run the analyses (module docstring). ``world``: the organism's concepts and unit
     vectors (:func:`mechintro.organism.training.organism_world`). Returns ``(metrics,
     frames)``: the numbers for ``metrics.json["circuits"]`` and the tables the report
     draws (``progressive``, ``curves``, ``graph``). With ``out``, the first graph is
     written there as ``graph.json`` and, with its features' examples, for the graph viewers
-    in ``out/viewer`` (module docstring, step 6)."""
+    in ``out/viewer`` (module docstring, step 6). ``mode``: the injection's positions
+    (``single-token`` for a model trained on last-token injection, as
+    ``builtin:smollm2-introspective``); ``scan``: the model's name in the viewer export."""
     from mechintro.experiments.protocols.detection import detection_prompt
     from mechintro.experiments.protocols.noise import ONE_PLUS_ONE, question_prompt
 
@@ -78,13 +82,13 @@ def organism_circuits(
     tok = tokenizer_of(model)
     batch = encode(tok, [detection_prompt(1 + i % 10) for i in range(len(held))])
     V = torch.stack([world.vectors[c] for c in held])
-    inj = Injection(L, V, strength, mode="from-trial", unit="resid-norm", resid_norm=norm)
+    inj = Injection(L, V, strength, mode=mode, unit="resid-norm", resid_norm=norm)
 
     scores = gate_scores(model, transcoders, batch, injection_layer=L)
     width = int(scores.feature.max()) + 1
     gates = select_gates(scores, d_sae=width)
     curves = strength_curves(
-        model, transcoders, batch, V, SIGNED_STRENGTHS, gates, layer=L, resid_norm=norm
+        model, transcoders, batch, V, SIGNED_STRENGTHS, gates, layer=L, resid_norm=norm, mode=mode
     )
     classes = classify(curves)
 
@@ -105,13 +109,14 @@ def organism_circuits(
         resid_norm=norm,
         strengths=(strength / 2, strength),
         concepts=held,
+        mode=mode,
     )
 
     graphs: list[Any] = []
     pairs: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in EDGE_KINDS}
     for i, c in enumerate(held[:n_graphs]):
         one = encode(tok, [detection_prompt(1 + i % 10)])
-        kw = dict(layer=L, strength=strength, resid_norm=norm)
+        kw = dict(layer=L, strength=strength, resid_norm=norm, mode=mode)
         g, sa = steering_graph(
             model, transcoders, one, world.vectors[c], gates=gates, concept=c, **kw
         )
@@ -146,10 +151,8 @@ def organism_circuits(
                 for name, run in (("detection trials, unsteered", runs[0]), (steered, runs[1]))
             },
         }
-        cards = feature_examples(model, transcoders, sections, "organism")
-        graph.to_viewer_json(
-            folder / "viewer", slug=f"organism-{concept}", scan="organism", features=cards
-        )
+        cards = feature_examples(model, transcoders, sections, scan)
+        graph.to_viewer_json(folder / "viewer", slug=f"{scan}-{concept}", scan=scan, features=cards)
     gate_roles = graph.to_frames()[0].role.value_counts().to_dict()
 
     metrics = {
