@@ -391,35 +391,36 @@ _PRESETS: tuple[Preset, ...] = (
                 for i in range(21, 30)
                 for m in ("q_proj", "k_proj", "v_proj", "o_proj")
             ),
-            "lr": 1e-3,
+            "lr": 5e-4,
             "warmup": 10,
-            "epochs": 1,
-            "max_steps": 110,
-            "batch_size": 8,
+            "epochs": 2,
+            "max_steps": None,
+            "batch_size": 16,
             "schedule": "linear",
             "max_grad_norm": 1.0,
             "optimizer": "adamw",
         },
         source=(
             "Fonseca Rivera 2025 (arXiv:2511.21399) sections 3-4, adapted to SmolLM2-135M-"
-            "Instruct (30 blocks) and one CPU thread. Kept: LoRA on W_Q/W_K/W_V/W_O with "
-            "dropout 0.1, injection at 2/3 of the depth (block 20 of 30, as 20 of 32), the last "
-            "prompt token only, L2-normalised concept vectors, Fonseca's 40 training concepts "
-            "(20 held out), as many uninjected negatives as injected examples, the loss on the "
-            "reply only, linear decay, clipping 1.0. Changed: adapters only in blocks 21-29 "
-            "(those before the injection cannot see it, and backward stops at block 21); rank "
-            "16, alpha 32 (32/64 there, for a model 50x smaller); strengths 0.5-2 x the mean "
-            "residual norm at the block (40-100 raw there: residual-norm units compare across "
-            "models); the detection protocol's dialogue (Lindsey's preamble, 'Trial n:' and "
-            "Lindsey's question plus four of the paper's five variants) instead of 'Human: ... "
-            "Assistant:', so the toolkit's detection trials ask what was trained; Yes/No "
-            "replies the rule grader reads; AdamW (8-bit needs CUDA); lr 1e-3 with 10 warmup "
-            "steps, 110 steps of batch 8, 880 of the 1,600 examples (2e-4 for 3 epochs of batch "
-            "4 there), to train in about 20 minutes on one CPU thread; "
+            "Instruct (30 blocks). Kept: LoRA on W_Q/W_K/W_V/W_O with dropout 0.1, injection at "
+            "2/3 of the depth (block 20 of 30, as 20 of 32), the last prompt token only, "
+            "L2-normalised concept vectors, Fonseca's 20 held-out concepts never trained on, as "
+            "many uninjected negatives as injected examples, the loss on the reply only, linear "
+            "decay, clipping 1.0. Changed: adapters only in blocks 21-29 (those before the "
+            "injection cannot see it, and backward stops at block 21); rank 16, alpha 32 (32/64 "
+            "there, for a model 50x smaller); strengths 0.5-2 x the mean residual norm at the "
+            "block (40-100 raw there: residual-norm units compare across models); the detection "
+            "protocol's dialogue (Lindsey's preamble, 'Trial n:' and Lindsey's question plus four "
+            "of the paper's five variants) instead of 'Human: ... Assistant:', so the toolkit's "
+            "detection trials ask what was trained; Yes/No replies the rule grader reads; AdamW "
+            "(8-bit needs CUDA); 395 training concepts (macar_train less the 5 of Fonseca's "
+            "held-out words in it; 40 there) for 2 epochs of batch 16 at lr 5e-4 with 10 warmup "
+            "steps (1,976 steps, 15,800 examples; 3 epochs of batch 4 at 2e-4 there): 5 minutes "
+            "on one H200; "
             "docs/organism.md §8"
         ),
         model="builtin:smollm2",
-        extras={"train_words": "fonseca_train", "heldout_words": "fonseca_heldout"},
+        extras={"train_words": "macar_train", "heldout_words": "fonseca_heldout"},
     ),
 )
 
