@@ -233,8 +233,7 @@ def _forwards(
             return out.logits
 
         entry = _Captured(ids, mask, pos, masks, step.slots, Replay(fn, True, ids.device))
-        calls = iter([fn])  # the first eagerly, then the replay
-        yield lambda: next(calls, entry.replay)(), masks
+        yield entry.replay, masks  # its first call runs eagerly, its second is captured
     if entry.replay.graph is not None and key is not None:
         store(twin, key, entry)
 

@@ -144,6 +144,34 @@ def test_patching_replays_its_forward_bit_for_bit(tiny_dirs, monkeypatch):
         assert twin() is None
 
 
+def test_a_sweep_of_two_forwards_keeps_its_capture(tiny_dirs, monkeypatch):
+    """A sweep whose cells fill exactly two forwards (the first eager, the second captured)
+    keeps its capture, and the next sweep of that shape replays it: no forward runs eagerly
+    twice before the capture (a regression: 1.38 ms per head cell on gemma3-1b where the
+    kept capture gives 0.45, benchmarks/RESULTS.md)."""
+    made: list[bool] = []
+
+    def spy(fn, capture, device):
+        made.append(capture)
+        return decode.Replay(fn, capture, device)
+
+    monkeypatch.setattr(patch_forwards, "Replay", spy)
+    for arch in ("llama", "gemma3"):
+        model = load_model(tiny_dirs[arch], backend="bridge", device="cuda")
+        batch = encode(model.tokenizer, [Prompt.text("Is it?"), Prompt.text("So it?")])
+        inj = Injection(LAYER, vecs(model, 2, seed=0), [1.0, 0.5], mode="all")
+        cells = model.cfg.n_layers * model.cfg.n_heads
+        per = -(-(cells + 1) // 2)  # two forwards (patching.activation_patch's split)
+        kw = {"component": "head", "positions": "all", "batch_size": (per + 1) * len(batch)}
+        eager = knock_in(model, batch, inj, cuda_graph=False, **kw)
+        made.clear()
+        first = knock_in(model, batch, inj, **kw)
+        assert made == [True] and decode.held(twin_of(model), "forward") is not None, arch
+        second = knock_in(model, batch, inj, **kw)
+        assert made == [True], arch  # replayed the kept capture, none made
+        assert torch.equal(first.rows, eager.rows) and torch.equal(second.rows, eager.rows)
+
+
 def test_compiled_norms_match_eager_norms_through_the_graph(tiny_dirs, tmp_path):
     """fp32 on the GPU: compiled RMSNorms (one fused kernel each) give the eager norms'
     greedy tokens and logits within 1e-4, through the captured decode step (each new shape
