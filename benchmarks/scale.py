@@ -208,6 +208,8 @@ def _parity(model: Any, tok: Any, layer: int, d_model: int, entries: Sequence[st
             {
                 "attentions": [ref, name],
                 "max_abs_diff": float((la - lb).abs().max()),
+                # the prompt's own logits: no earlier token can differ there
+                "first_step_max_abs_diff": float((la[0] - lb[0]).abs().max()),
                 "max_abs_logit": float(lb.abs().max()),
                 "relative": float((la - lb).abs().max() / lb.abs().max()),
                 "first_tokens_equal": sum(a[0] == b[0] for a, b in zip(ta, tb, strict=True)),
@@ -289,7 +291,9 @@ def markdown(meta: dict[str, Any], sweeps: list[dict[str, Any]], extra: dict[str
             "",
             f"Parity, {parity['attentions'][0]} vs {parity['attentions'][1]} (8 rows, 4 "
             f"tokens): largest logit difference {parity['max_abs_diff']:.3g} of logits up to "
-            f"{parity['max_abs_logit']:.3g} ({parity['relative']:.2g}); first tokens equal "
+            f"{parity['max_abs_logit']:.3g} ({parity['relative']:.2g}), at the first token "
+            f"(the prompt's logits, before any token can differ) "
+            f"{parity.get('first_step_max_abs_diff', float('nan')):.3g}; first tokens equal "
             f"in {parity['first_tokens_equal']} of {parity['rows']} rows, "
             f"{parity['tokens_equal']} of {parity['tokens']} tokens.",
         ]
