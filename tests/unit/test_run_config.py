@@ -178,3 +178,19 @@ def test_a_base_checkpoint_runs_raw_and_the_record_and_page_say_so(base_checkpoi
     assert "detection → detection/raw" in note and "forced → forced/raw" in note
     assert json.loads((out / "spec.json").read_text())["notes"] == [note]
     assert "no chat template: raw format, method fonseca" in (out / "run.html").read_text()
+
+
+def test_training_words_can_name_a_shipped_word_list():
+    from mechintro.app.kinds.training import split_train
+    from mechintro.training.lora import LoRAConfig
+    from mechintro.vectors import word_list
+
+    cfg = {"words": "macar_train", "heldout": "fonseca_heldout", "baseline": "lindsey_baseline"}
+    run, _ = split_train(cfg, LoRAConfig, "train-lora")
+    held = word_list("fonseca_heldout")
+    assert list(run.heldout) == held and list(run.baseline) == word_list("lindsey_baseline")
+    # the named training list less the held-out words among it (5 of Fonseca's 20)
+    assert list(run.words) == [w for w in word_list("macar_train") if w not in set(held)]
+    assert len(run.words) == 395
+    with pytest.raises(UsageError, match=r"\[train-lora\]: no word list named 'nope'"):
+        split_train({"words": "nope", "heldout": ["x"]}, LoRAConfig, "train-lora")

@@ -48,6 +48,22 @@ class TrainRun:
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainRun))
 
 
+def named(run: dict[str, Any]) -> None:
+    """Replace, in place, a word-list name given for ``heldout``, ``baseline`` or ``words``
+    by the list it names (:func:`mechintro.vectors.word_list`); training words from a named
+    list leave out the held-out ones (e.g. ``words = "macar_train"`` beside Fonseca's 20
+    held-out concepts, five of which are among those 400)."""
+    from mechintro.vectors import word_list
+
+    for key in ("heldout", "baseline", "words"):
+        if isinstance(run.get(key), str):
+            words = word_list(run[key])
+            if key == "words":
+                held = set(run.get("heldout", ()))
+                words = [w for w in words if w not in held]
+            run[key] = words
+
+
 def split_train(
     cfg: Mapping[str, Any], config_cls: Any, where: str, *, small: bool = False
 ) -> tuple[TrainRun, Any]:
@@ -61,6 +77,10 @@ def split_train(
         raise UsageError(
             f"[{where}]: unknown keys {unknown}: valid keys are {[*TRAIN_KEYS, *names]}"
         )
+    try:
+        named(run)
+    except ValueError as e:
+        raise UsageError(f"[{where}]: {e}") from None
     if small:
         run["words"] = list(run.get("words", ()))[:4]
         run["heldout"] = list(run.get("heldout", ()))[:2]
