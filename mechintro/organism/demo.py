@@ -26,7 +26,11 @@ generation, the rule grader, Wilson intervals):
 7. the circuit: gate features, their ablation and patching, evidence carriers and the
    steering graph with its edges checked by intervention
    (:func:`mechintro.organism.circuit.organism_circuits`; the demo, an application like the CLI, is
-   the one place in ``mechintro`` that imports ``circuits``).
+   the one place in ``mechintro`` that imports ``circuits``);
+8. with ``--real``: the real-LM organism ``builtin:smollm2-introspective`` (SmolLM2-135M-Instruct
+   with mechintro's LoRA adapter), held-out detection before and after, Godet's controls
+   and its circuit (:mod:`mechintro.organism.real_lm`), under ``real_lm`` in
+   ``metrics.json``, its sections in the report and its graph in ``DIR/real_lm/viewer``.
 
 It writes ``DIR/metrics.json`` (for each organism and concept split, at the organism's best
 strength: ``tpr``, ``fpr``, ``identification``, ``identification_category``,
@@ -112,6 +116,8 @@ class DemoResult:
     rates: pd.DataFrame  # per organism, split and strength, at the injection layer
     config: DemoConfig
     wall_seconds: float
+    #: with ``--real``: the real-LM organism (:func:`mechintro.organism.real_lm.measure_real_lm`)
+    real_lm: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -130,6 +136,7 @@ class DemoResult:
             "rates": self.rates.to_dict(orient="records"),
             "config": asdict(self.config),
             "wall_seconds": self.wall_seconds,
+            **({} if self.real_lm is None else {"real_lm": self.real_lm}),
         }
 
 
@@ -172,12 +179,15 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     t0 = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    from mechintro.organism.real_lm import REAL_STEPS
+
+    total = N_STEPS + (len(REAL_STEPS) if cfg.real else 0)
     steps = progress_bar(
-        total=N_STEPS, desc="demo", unit="step", bar_format="{desc}: {n}/{total} {postfix}"
+        total=total, desc="demo", unit="step", bar_format="{desc}: {n}/{total} {postfix}"
     )
 
     def step(what: str) -> None:
-        logger.info("[%d/%d] %s (%.0f s)", steps.n + 1, N_STEPS, what, time.perf_counter() - t0)
+        logger.info("[%d/%d] %s (%.0f s)", steps.n + 1, total, what, time.perf_counter() - t0)
         steps.set_postfix_str(what)
         steps.update(1)
 
@@ -301,6 +311,15 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         out=out / "circuits",
     )
 
+    real_lm: dict[str, Any] | None = None
+    real_sections: list[Any] = []
+    if cfg.real:
+        from mechintro.organism.real_lm import measure_real_lm
+
+        real_lm, real_sections = measure_real_lm(
+            out / "real_lm", n_controls=cfg.n_controls, seed=cfg.seed, step=step
+        )
+
     step("writing metrics.json and report.html")
     transcoders = _transcoder_fvu(models["introspective"], words, unit, resid, layer, best)
     # which forward generated the replies, and the exact libraries that computed them
@@ -368,6 +387,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         rates=table,
         config=cfg,
         wall_seconds=time.perf_counter() - t0,
+        real_lm=real_lm,
     )
     metrics = result.to_dict()
     atomic_write_text(out / "metrics.json", json.dumps(_plain(metrics), indent=2))
@@ -381,7 +401,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         sdf,
         noise_grid,
         path=out / "report.html",
-        extra=[circuits_section(circuits, circuit_frames)],
+        extra=[circuits_section(circuits, circuit_frames), *real_sections],
     )
     steps.close()
     return result

@@ -98,10 +98,12 @@ def evaluate(
     seed: int = 0,
     max_new_tokens: int = 12,
     batch_size: int = 64,
+    keep_trials: bool = False,
 ) -> dict[str, Any]:
     """Held-out detection (``words``, default all 20) at ``cfg``'s strengths and mode, and
     ``n_controls`` uninjected controls, sampled at temperature 1 with seeds ``seed + i``;
-    :func:`~mechintro.experiments.trials.detection_rates` plus identification | claim."""
+    :func:`~mechintro.experiments.trials.detection_rates` plus identification | claim (and,
+    with ``keep_trials``, the trials themselves under ``trials``)."""
     from mechintro.experiments.trials import detection_rates, detection_trials
 
     words = list(world.heldout if words is None else words)
@@ -122,6 +124,8 @@ def evaluate(
     rates = detection_rates(df, {w: w for w in world.vectors}).to_dict()
     tpr, intro = rates["tpr"], rates["introspection_rate"]
     rates["identification_given_claim"] = intro / tpr if tpr else None
+    if keep_trials:
+        rates["trials"] = df
     return rates
 
 
