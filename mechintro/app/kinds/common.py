@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mechintro.app.options import UsageError
+from mechintro.io import json_ready
 
 if TYPE_CHECKING:
     from mechintro.models import TLModel
@@ -62,22 +63,7 @@ def flat_row(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         if isinstance(v, Mapping):
             out.update(flat_row(v, key + "."))
         elif isinstance(v, (list, tuple)):
-            out[key] = json.dumps(plain(v))
+            out[key] = json.dumps(json_ready(v))
         else:
             out[key] = v
     return out
-
-
-def plain(x: Any) -> Any:
-    """JSON values of a result (dataclasses, tensors, numpy numbers)."""
-    if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return plain(dataclasses.asdict(x))
-    if isinstance(x, Mapping):
-        return {str(k): plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [plain(v) for v in x]
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    if isinstance(x, (str, int, float, bool)) or x is None:
-        return x
-    return str(x)

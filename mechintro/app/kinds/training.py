@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mechintro.app.kinds.common import concept_vectors, flat_row, plain, tuples
+from mechintro.app.kinds.common import concept_vectors, flat_row, tuples
 from mechintro.app.kinds.sweeps import sweep_table
 from mechintro.app.options import UsageError
-from mechintro.io import atomic_write_text
+from mechintro.io import atomic_write_text, json_ready
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -166,7 +166,7 @@ def run_lora_kind(
         result = train_lora(model, vecs, list(run.words), c, merge=False)
         save_lora(hf_model_of(model), out / "adapter.safetensors")
         merge_lora(hf_model_of(model))
-        atomic_write_text(out / "training.json", json.dumps(plain(result), indent=2))
+        atomic_write_text(out / "training.json", json.dumps(json_ready(result), indent=2))
 
     return _before_after(
         model,
@@ -215,7 +215,7 @@ def run_dpo_kind(
     def train() -> None:
         pairs = introspection_pairs(list(run.words), pairs_cfg)
         result = train_preferences(model, pairs, c, vectors=vecs)
-        atomic_write_text(out / "training.json", json.dumps(plain(result), indent=2))
+        atomic_write_text(out / "training.json", json.dumps(json_ready(result), indent=2))
 
     return _before_after(
         model,
@@ -249,7 +249,7 @@ def run_bias_kind(
     }
     result = train_bias(model, vecs, list(run.words), c)
     save_bias(result.bias, out / "bias.safetensors")
-    atomic_write_text(out / "training.json", json.dumps(plain(result.training), indent=2))
+    atomic_write_text(out / "training.json", json.dumps(json_ready(result.training), indent=2))
     at = getattr(c, "eval_layer", None) or run.eval_layer or layers[-1]
     if at not in vecs:
         vecs[at] = concept_vectors(model, run.heldout, at, "lindsey", run.baseline)

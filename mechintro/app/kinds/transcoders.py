@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mechintro.app.kinds.common import build, concept_vectors, flat_row, plain
+from mechintro.app.kinds.common import build, concept_vectors, flat_row
 from mechintro.app.kinds.sweeps import sweep_spec, sweep_table
 from mechintro.app.options import UsageError
-from mechintro.io import atomic_write_text
+from mechintro.io import atomic_write_text, json_ready
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -89,7 +89,7 @@ def run_circuits_kind(
         n_graphs=1 if small else p.n_graphs,
         out=out,
     )
-    atomic_write_text(out / "circuits.json", json.dumps(plain(metrics), indent=2))
+    atomic_write_text(out / "circuits.json", json.dumps(json_ready(metrics), indent=2))
     for name in ("progressive", "curves", "carriers", "verification"):
         atomic_write_text(out / f"{name}.csv", frames[name].to_csv(index=False))
     html_report("Circuits", [circuits_section(metrics, frames)], path=out / "circuits.html")
