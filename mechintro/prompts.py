@@ -302,34 +302,14 @@ def encode(
     rows: list[list[int]] = []
     texts: list[str] = []
     found: list[dict[str, tuple[int, int]]] = []
+    # a sweep's batch repeats a few prompts (the trial numbers): each distinct one is
+    # rendered and tokenised once (equal reprs: equal fields, so equal results)
+    encoded: dict[str, tuple[list[int], str, dict[str, tuple[int, int]]]] = {}
     for prompt in prompts:
-        text, prefill_at = render(tokenizer, prompt, **template_kwargs)
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
-        pre = _bos_prefix(tokenizer, ids)
-        ids, offsets = pre + ids, [(0, 0)] * len(pre) + offsets
-        named: dict[str, tuple[int, int]] = {"last": (len(ids) - 1, len(ids))}
-        trials = list(TRIAL_PATTERN.finditer(text))
-        if trials:
-            t0, _ = _token_span(offsets, trials[-1].start(), trials[-1].end())
-            if t0 == 0:
-                raise ValueError("'Trial n' is the first token: there is no token before it")
-            named["trial"] = (t0 - 1, t0)
-        turn = _last_turn_at(tokenizer, prompt, text, **template_kwargs)
-        if turn >= 0:  # the first token of the last turn (Macar's end of pre-trial steering)
-            at = 0 if turn == 0 else next(i for i, (a, b) in enumerate(offsets) if a >= turn)
-            named["last-turn"] = (at, at + 1)
-        if prompt.prefill:
-            a, _ = _token_span(offsets, prefill_at, len(text))
-            named["prefill"] = (a, len(ids))
-        for name, sub in prompt.marks.items():
-            at = text.rfind(sub)
-            if at < 0:
-                raise ValueError(
-                    f"marked text {name!r} ({sub!r}) was not found in the prompt; marks must be "
-                    "exact substrings of a message, the system prompt or the prefill"
-                )
-            named[name] = _token_span(offsets, at, at + len(sub))
+        key = repr(prompt)
+        if key not in encoded:
+            encoded[key] = _encode_one(tokenizer, prompt, **template_kwargs)
+        ids, text, named = encoded[key]
         rows.append(ids)
         texts.append(text)
         found.append(named)
@@ -358,6 +338,40 @@ def encode(
         positions={k: v.to(device) for k, v in positions.items()},
         spans={k: v.to(device) for k, v in spans.items()},
     )
+
+
+def _encode_one(
+    tokenizer: Any, prompt: Prompt, **template_kwargs: Any
+) -> tuple[list[int], str, dict[str, tuple[int, int]]]:
+    """One prompt's token ids (BOS included), rendered text and named token spans."""
+    text, prefill_at = render(tokenizer, prompt, **template_kwargs)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    pre = _bos_prefix(tokenizer, ids)
+    ids, offsets = pre + ids, [(0, 0)] * len(pre) + offsets
+    named: dict[str, tuple[int, int]] = {"last": (len(ids) - 1, len(ids))}
+    trials = list(TRIAL_PATTERN.finditer(text))
+    if trials:
+        t0, _ = _token_span(offsets, trials[-1].start(), trials[-1].end())
+        if t0 == 0:
+            raise ValueError("'Trial n' is the first token: there is no token before it")
+        named["trial"] = (t0 - 1, t0)
+    turn = _last_turn_at(tokenizer, prompt, text, **template_kwargs)
+    if turn >= 0:  # the first token of the last turn (Macar's end of pre-trial steering)
+        at = 0 if turn == 0 else next(i for i, (a, b) in enumerate(offsets) if a >= turn)
+        named["last-turn"] = (at, at + 1)
+    if prompt.prefill:
+        a, _ = _token_span(offsets, prefill_at, len(text))
+        named["prefill"] = (a, len(ids))
+    for name, sub in prompt.marks.items():
+        at = text.rfind(sub)
+        if at < 0:
+            raise ValueError(
+                f"marked text {name!r} ({sub!r}) was not found in the prompt; marks must be "
+                "exact substrings of a message, the system prompt or the prefill"
+            )
+        named[name] = _token_span(offsets, at, at + len(sub))
+    return ids, text, named
 
 
 PromptLike = str | Prompt | Sequence[str | Prompt] | Tensor | PromptBatch

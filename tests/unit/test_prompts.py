@@ -35,6 +35,29 @@ def test_positions_in_a_batch_are_each_rows_own_positions_shifted_by_padding(tin
     assert together.positions["last"].tolist() == [together.length - 1] * 2
 
 
+def test_a_batch_repeating_prompts_equals_each_row_encoded_alone(tiny_dirs):
+    """encode() renders and tokenises each distinct prompt once: the repeats' rows, texts and
+    positions must still be their own prompt's, in the batch's order."""
+    tok = _tok(tiny_dirs, "gemma3")
+    one = Prompt.chat("Trial 1: yes?", system="Be brief.", marks={"q": "yes?"})
+    ten = Prompt.chat("Trial 10: a longer question?", prefill="I", marks={"q": "question"})
+    prompts = [one, ten, Prompt.chat("Trial 1: yes?", system="Be brief.", marks={"q": "yes?"}),
+               ten, one]  # fmt: skip
+    together = encode(tok, prompts)
+    assert set(together.positions) == {"first", "last", "trial", "last-turn", "prefill", "q"}
+    for i, p in enumerate(prompts):
+        alone = encode(tok, [p])
+        pad = int(together.n_pad[i])
+        assert together.input_ids[i, pad:].tolist() == alone.input_ids[0].tolist()
+        assert together.texts[i] == alone.texts[0]
+        for name, at in together.positions.items():
+            if name in alone.positions and name != "first":
+                assert int(at[i]) - pad == int(alone.positions[name][0]), name
+            else:
+                assert name == "first" or int(at[i]) == -1, name
+        assert (together.spans["q"][i] - pad).tolist() == alone.spans["q"][0].tolist()
+
+
 def test_named_positions_point_at_the_right_tokens(tiny_dirs):
     tok = _tok(tiny_dirs, "llama")
     batch = encode(
