@@ -144,9 +144,13 @@ def _run_batch(
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     ids, pad = batch.input_ids.tolist(), batch.n_pad.tolist()
     starts = batch.positions.get(spec.start)
+    digests: dict[tuple[int, ...], str] = {}  # a batch repeats a few prompts: hash each once
     records = []
     for i, t in enumerate(trials):
         prompt_ids = ids[i][pad[i] :]
+        key = tuple(prompt_ids)
+        if key not in digests:
+            digests[key] = hashlib.sha256(_canon(prompt_ids).encode()).hexdigest()
         injection = None
         if t.layer is not None and t.concept is not None:  # not a control
             at = None if starts is None or int(starts[i]) < 0 else int(starts[i]) - pad[i]
@@ -171,7 +175,7 @@ def _run_batch(
                 "b": b[i],
                 "b_variants": bv[i],
                 "prompt_text": batch.texts[i],
-                "prompt_ids_sha256": hashlib.sha256(_canon(prompt_ids).encode()).hexdigest(),
+                "prompt_ids_sha256": digests[key],
                 "n_prompt_tokens": len(prompt_ids),
                 "prompt_version": common["prompt_versions"][t.protocol],
                 "injection": injection,
