@@ -233,7 +233,7 @@ def generate(
                 "or fewer new tokens"
             )
         row_seeds = seeds.to(device)
-        out = torch.empty(B, 0, dtype=torch.long, device=device)
+        picked: list[Tensor] = []  # each step's tokens, stacked into [batch, steps] at the end
         done = torch.zeros(B, dtype=torch.bool, device=device)
         history: list[Tensor] = []
         t0 = time.perf_counter()
@@ -262,7 +262,7 @@ def generate(
                     noise = gumbel_noise(row_seeds, step, logits.shape[-1]).to(logits.device)
                     nxt = (logits.double() / temperature + noise).argmax(-1)
                 nxt = torch.where(done, pad, nxt)
-                out = torch.cat([out, nxt[:, None]], dim=1)
+                picked.append(nxt)
                 done |= torch.isin(nxt, stops)
                 if bool(done.all()) or step == max_new_tokens - 1:
                     break
@@ -276,6 +276,7 @@ def generate(
         captured.preamble = runner.preamble
         keep(twin, key, captured)
     seconds = time.perf_counter() - t0
+    out = torch.stack(picked, dim=1)
     tokens, finished = _trim(out, stops, done)
     replies = tokenizer_of(model).batch_decode(tokens, skip_special_tokens=True)
     record = make_record(
@@ -404,6 +405,6 @@ def readout(
     y1, n1 = first_token_ids(tok, [yes[0], no[0]])
     b = logits[:, y1] - logits[:, n1]
     bv = Belief.of(tok, yes, no)(logits)
-    probs = logits.softmax(-1)
-    wp = probs[:, first_token_ids(tok, words)] if words else probs[:, :0]
+    # without words, no softmax over the vocabulary: an empty [batch, 0] of the same dtype
+    wp = logits.softmax(-1)[:, first_token_ids(tok, words)] if words else logits[:, :0]
     return Readout(b=b, b_variants=bv, word_probs=wp, words=tuple(words), logits=logits)
