@@ -21,10 +21,14 @@ NO_VARIANTS = ("No", " No", "no", " no", "NO", " NO")
 
 
 def first_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
-    """The first token of each word (as it would continue the prompt, no BOS)."""
+    """The first token of each word (as it would continue the prompt, no BOS).
+
+    One call of the tokenizer for all the words (each word's ids are those it gets alone).
+    """
+    words = list(words)
+    encoded = tokenizer(words, add_special_tokens=False)["input_ids"] if words else []
     ids = []
-    for w in words:
-        enc = tokenizer(w, add_special_tokens=False)["input_ids"]
+    for w, enc in zip(words, encoded, strict=True):
         if not enc:
             raise ValueError(f"{w!r} tokenizes to nothing")
         ids.append(int(enc[0]))

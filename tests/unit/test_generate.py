@@ -209,6 +209,23 @@ def test_stop_tokens_found_by_lookup_equal_the_whole_vocabulary_scan(model):
     assert tok.eos_token_id in stop_token_ids(model)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_first_token_ids_of_many_words_are_each_words_own(tiny_dirs, arch):
+    """first_token_ids tokenises all its words in one call: each must get the first id it
+    gets alone."""
+    from transformers import AutoTokenizer
+
+    from mechintro.tokens import NO_VARIANTS, YES_VARIANTS, first_token_ids
+
+    tok = AutoTokenizer.from_pretrained(tiny_dirs[arch])
+    words = [*YES_VARIANTS, *NO_VARIANTS, "Dust", " a longer phrase", "é"]
+    alone = [tok(w, add_special_tokens=False)["input_ids"][0] for w in words]
+    assert first_token_ids(tok, words) == alone
+    assert first_token_ids(tok, []) == []
+    with pytest.raises(ValueError, match="tokenizes to nothing"):
+        first_token_ids(tok, ["Yes", ""])
+
+
 def test_the_belief_is_logsumexp_of_the_variants_first_tokens(llama):
     from mechintro.tokens import NO_VARIANTS, YES_VARIANTS, Belief, first_token_ids
 
