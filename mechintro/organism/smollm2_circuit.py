@@ -54,7 +54,7 @@ LAYERS = tuple(range(21, 30))
 TRANSCODERS = SHIPPED / "transcoders"
 #: small enough to ship nine layers in fp16 (about 0.6 MB each): 256 features, no skip
 SMOLLM2_TRANSCODER_CONFIG = TrainConfig(
-    d_sae=256, k=32, steps=1500, batch_size=512, skip=False, dead_steps=100
+    d_sae=256, k=32, steps=1000, batch_size=512, skip=False, dead_steps=100
 )
 #: the concept prompts' templates (plain chat, one turn)
 CONCEPT_TEMPLATES = ("Tell me about {w}", "Write one sentence about {w}.", "What is {w}?")
@@ -73,9 +73,9 @@ class SmolData:
     ``strengths``, sign flipped with probability ``negative``)."""
 
     trials: tuple[int, ...] = tuple(range(1, 11))
-    pool: tuple[str, ...] = ("lindsey_baseline", "macar_train")  # word lists, uninjected
+    pool: tuple[str, ...] = ("lindsey_baseline",)  # word lists, uninjected
     n_single: int = 200
-    n_from_trial: int = 200
+    n_from_trial: int = 120
     strengths: tuple[float, float] = (0.25, 2.5)  # × the mean residual norm at block 20
     negative: float = 0.2
     seed: int = 0
@@ -86,10 +86,10 @@ class SmolData:
 
 #: the training dialogues (the training concepts)
 TRAIN_DATA = SmolData()
-#: fresh dialogues for the FVU: other seeds, the held-out concepts (see :func:`smollm2_prompts`)
-HELDOUT_DATA = SmolData(
-    trials=(11, 12, 13), pool=("macar_heldout",), n_single=80, n_from_trial=40, seed=1
-)
+#: fresh dialogues for the FVU: the held-out concepts injected (other seed), other words
+#: (``macar_heldout``) in the concept prompts; the questions and trial numbers are those the
+#: circuit reads, so their unsteered tokens are the training set's
+HELDOUT_DATA = SmolData(pool=("macar_heldout",), n_single=80, n_from_trial=40, seed=1)
 
 
 @dataclass(frozen=True)
