@@ -49,6 +49,7 @@ from mechintro.io import atomic_write_text
 from mechintro.organism.demo import _plain
 from mechintro.organism.smollm2 import (
     ADAPTER,
+    PRESET,
     SHIPPED,
     SmolWorld,
     smollm2_config,
@@ -356,6 +357,7 @@ def measure_controls(
 ) -> dict[str, Any]:
     """The three controls (module docstring) on the base model, then with ``adapter`` folded
     into the same model; a plain JSON-able dict (``before``, ``after``, ``config``, ...)."""
+    from mechintro.presets import get_preset
     from mechintro.training.common import hf_model_of
     from mechintro.training.lora import apply_lora
 
@@ -371,12 +373,13 @@ def measure_controls(
         raise ValueError(f"layers {cfg.layers} must include the organism's layer {lcfg.layer}")
     t0 = time.perf_counter()
     model = smollm2_introspective(None, device)
-    world = smollm2_world(model, lcfg.layer)
+    world = smollm2_world(model, lcfg.layer, str(get_preset(PRESET).extras["train_words"]))
     world = replace(world, heldout=world.heldout[: cfg.concepts])
     given, norms = _grid_vectors(model, world, cfg)
     random = _random_vectors(world, cfg)
     t1 = time.perf_counter()
     before = _measure(model, world, given, random, lcfg, cfg)
+    sha256 = hashlib.sha256(adapter.read_bytes()).hexdigest()  # the file folded in
     n_adapted = apply_lora(hf_model_of(model), adapter)
     after = _measure(model, world, given, random, lcfg, cfg)
     concept_norm = world.resid_norm  # every concept vector is scaled to it
@@ -390,7 +393,7 @@ def measure_controls(
     result = {
         "model": "builtin:smollm2",
         "adapter": "shipped" if adapter.resolve() == (SHIPPED / ADAPTER) else str(adapter),
-        "adapter_sha256": hashlib.sha256(adapter.read_bytes()).hexdigest(),
+        "adapter_sha256": sha256,
         "n_adapted_modules": n_adapted,
         "layer": world.layer,
         "mode": lcfg.mode,
@@ -406,7 +409,7 @@ def measure_controls(
             "max_relative_norm_error": max(abs(v.norm / concept_norm - 1) for v in random.values()),
         },
         "config": asdict(cfg),
-        "preset": "smollm2-introspective",
+        "preset": PRESET,
         "target": target,
         "before": before,
         "after": after,

@@ -51,7 +51,7 @@ GOLDEN = {
         "control": 0,
         "forced": 0,
         "forced_from_trial": 0,
-        "specificity": -1.79,
+        "specificity": -0.57,
     },
 }
 
