@@ -45,8 +45,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from mechintro.io import atomic_write_text
-from mechintro.organism.demo import _plain
+from mechintro.io import atomic_write_text, json_ready
 from mechintro.organism.smollm2 import (
     ADAPTER,
     PRESET,
@@ -167,7 +166,7 @@ def _random_vectors(world: SmolWorld, cfg: ControlsConfig) -> dict[str, ConceptV
 
 
 def _records(df: pd.DataFrame, cols: Sequence[str]) -> list[dict[str, Any]]:
-    return [_plain(r) for r in df[list(cols)].to_dict(orient="records")]
+    return [json_ready(r) for r in df[list(cols)].to_dict(orient="records")]
 
 
 _SPEC_COLS = (
@@ -233,7 +232,7 @@ def _noise(
 
 
 def _rate(row: pd.Series, metric: str) -> dict[str, Any]:
-    return _plain(
+    return json_ready(
         {
             "rate": row[metric],
             "lo": row[f"{metric}_lo"],
@@ -423,7 +422,7 @@ def measure_controls(
         "device": device,
         "versions": _versions(),
     }
-    return _plain(result)
+    return json_ready(result)
 
 
 def _contains_0(row: Mapping[str, Any]) -> bool:
