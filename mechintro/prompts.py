@@ -281,16 +281,26 @@ def _token_span(offsets: list[tuple[int, int]], start: int, end: int) -> tuple[i
     return first, last + 1
 
 
+#: one prompt encoded alone: its token ids (BOS included), rendered text and named token spans
+EncodedPrompt = tuple[list[int], str, dict[str, tuple[int, int]]]
+
+
 def encode(
     tokenizer: Any,
     prompts: Sequence[Prompt],
     *,
     device: str | torch.device = "cpu",
+    known: dict[tuple[str, str], EncodedPrompt] | None = None,
     **template_kwargs: Any,
 ) -> PromptBatch:
     """Render, tokenise and left-pad ``prompts``; compute every named position.
 
     ``template_kwargs`` go to ``apply_chat_template`` (e.g. ``enable_thinking=False``).
+    Each distinct prompt (by ``repr``: equal fields) is rendered once per call, and tokenised
+    once per rendered text. ``known``: what earlier calls with this tokenizer and these
+    ``template_kwargs`` tokenised, by prompt and text; used, and filled in with this call's
+    (a sweep tokenises each distinct prompt once for all its batches; a template that reads
+    the clock, as Llama 3's date line does, is still rendered by every call).
     """
     if not prompts:
         raise ValueError("encode() needs at least one prompt")
@@ -302,13 +312,15 @@ def encode(
     rows: list[list[int]] = []
     texts: list[str] = []
     found: list[dict[str, tuple[int, int]]] = []
-    # a sweep's batch repeats a few prompts (the trial numbers): each distinct one is
-    # rendered and tokenised once (equal reprs: equal fields, so equal results)
-    encoded: dict[str, tuple[list[int], str, dict[str, tuple[int, int]]]] = {}
+    rendered: dict[str, tuple[str, int]] = {}
+    encoded: dict[tuple[str, str], EncodedPrompt] = {} if known is None else known
     for prompt in prompts:
-        key = repr(prompt)
+        name = repr(prompt)
+        if name not in rendered:
+            rendered[name] = render(tokenizer, prompt, **template_kwargs)
+        key = (name, rendered[name][0])
         if key not in encoded:
-            encoded[key] = _encode_one(tokenizer, prompt, **template_kwargs)
+            encoded[key] = _encode_one(tokenizer, prompt, *rendered[name], **template_kwargs)
         ids, text, named = encoded[key]
         rows.append(ids)
         texts.append(text)
@@ -341,10 +353,10 @@ def encode(
 
 
 def _encode_one(
-    tokenizer: Any, prompt: Prompt, **template_kwargs: Any
-) -> tuple[list[int], str, dict[str, tuple[int, int]]]:
-    """One prompt's token ids (BOS included), rendered text and named token spans."""
-    text, prefill_at = render(tokenizer, prompt, **template_kwargs)
+    tokenizer: Any, prompt: Prompt, text: str, prefill_at: int, **template_kwargs: Any
+) -> EncodedPrompt:
+    """One prompt's token ids (BOS included), text and named token spans, from its
+    :func:`render`."""
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
     pre = _bos_prefix(tokenizer, ids)

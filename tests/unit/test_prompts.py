@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from transformers import AutoTokenizer
 
 from mechintro.prompts import Message, Prompt, encode, render, system_support
@@ -56,6 +57,25 @@ def test_a_batch_repeating_prompts_equals_each_row_encoded_alone(tiny_dirs):
             else:
                 assert name == "first" or int(at[i]) == -1, name
         assert (together.spans["q"][i] - pad).tolist() == alone.spans["q"][0].tolist()
+
+
+def test_prompts_known_from_earlier_calls_encode_as_fresh_ones(tiny_dirs):
+    """encode(known=...) reuses what earlier calls tokenised: the batch equals a fresh one."""
+    tok = _tok(tiny_dirs, "llama")
+    a = Prompt.chat("Trial 1: yes?", prefill="Yes", marks={"q": "yes?"})
+    b = Prompt.chat("Trial 2: yes?", history=[("user", "Hi."), ("assistant", "Ok.")])
+    known: dict = {}
+    encode(tok, [a, a], known=known)
+    assert len(known) == 1
+    again = encode(tok, [b, a, b], known=known)
+    assert len(known) == 2
+    fresh = encode(tok, [b, a, b])
+    assert torch.equal(again.input_ids, fresh.input_ids)
+    assert torch.equal(again.attention_mask, fresh.attention_mask)
+    assert again.texts == fresh.texts
+    for got, want in ((again.positions, fresh.positions), (again.spans, fresh.spans)):
+        assert got.keys() == want.keys()
+        assert all(torch.equal(got[k], want[k]) for k in got)
 
 
 def test_named_positions_point_at_the_right_tokens(tiny_dirs):

@@ -71,7 +71,7 @@ from mechintro.memory import (
 )
 from mechintro.models import TLModel, check_layer, d_model, fingerprint, model_info, tokenizer_of
 from mechintro.progress import progress_bar
-from mechintro.prompts import encode
+from mechintro.prompts import EncodedPrompt, encode
 from mechintro.record import library_versions
 from mechintro.vectors import ConceptVector, extract_vectors
 
@@ -116,10 +116,13 @@ def _run_batch(
     frozen: Frozen,
     common: Mapping[str, Any],
     fast: bool | None,
+    known: dict[tuple[str, str], EncodedPrompt],
 ) -> list[dict[str, Any]]:
+    """Run one batch; return its records. ``known``: the prompts tokenised by earlier batches
+    of the sweep (:func:`~mechintro.prompts.encode`), filled in with this one's."""
     tok = tokenizer_of(model)
     prompts = [build_prompt(builders[t.protocol], t, tok) for t in trials]
-    batch = encode(tok, prompts, **spec.template_kwargs)
+    batch = encode(tok, prompts, known=known, **spec.template_kwargs)
     injections = _injections(trials, frozen.rows)
     inj = injections or None
     t0 = time.perf_counter()
@@ -143,7 +146,7 @@ def _run_batch(
     wall = time.perf_counter() - t0
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     ids, pad = batch.input_ids.tolist(), batch.n_pad.tolist()
-    starts = batch.positions.get(spec.start)
+    starts = batch.positions[spec.start].tolist() if spec.start in batch.positions else None
     digests: dict[tuple[int, ...], str] = {}  # a batch repeats a few prompts: hash each once
     records = []
     for i, t in enumerate(trials):
@@ -153,7 +156,7 @@ def _run_batch(
             digests[key] = hashlib.sha256(_canon(prompt_ids).encode()).hexdigest()
         injection = None
         if t.layer is not None and t.concept is not None:  # not a control
-            at = None if starts is None or int(starts[i]) < 0 else int(starts[i]) - pad[i]
+            at = None if starts is None or starts[i] < 0 else starts[i] - pad[i]
             injection = {
                 "layer": t.layer,
                 "strength": t.strength,
@@ -458,9 +461,10 @@ def run_sweep(
             disable=not (progress and ranks.is_main),
         )
         store = TrialStore(shard_path(out, ranks.rank, ranks.world_size))
+        known: dict[tuple[str, str], EncodedPrompt] = {}  # each prompt tokenised once
         try:
             for chunk in mine:
-                store.append(_run_batch(model, spec, chunk, builders, frozen, common, fast))
+                store.append(_run_batch(model, spec, chunk, builders, frozen, common, fast, known))
                 bar.update(len(chunk))
         except KeyboardInterrupt:
             logger.warning(
