@@ -55,9 +55,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import torch
 
-from mechintro.io import atomic_write_text
+from mechintro.io import atomic_write_text, json_ready
 from mechintro.organism.configs import DemoConfig
 
 if TYPE_CHECKING:
@@ -390,7 +389,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         real_lm=real_lm,
     )
     metrics = result.to_dict()
-    atomic_write_text(out / "metrics.json", json.dumps(_plain(metrics), indent=2))
+    atomic_write_text(out / "metrics.json", json.dumps(json_ready(metrics), indent=2))
     from circuits.figures import circuits_section
     from mechintro.organism.report import demo_report
 
@@ -538,16 +537,3 @@ def _noise(
             }
         best_rows[name] = per_split
     return pd.concat(grids, ignore_index=True), best_rows
-
-
-def _plain(x: Any) -> Any:
-    """JSON-safe: NaN → None, numpy scalars → Python numbers, tuples → lists."""
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if hasattr(x, "item") and not isinstance(x, torch.Tensor):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
