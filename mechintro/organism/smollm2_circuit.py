@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mechintro.analysis.transcoders.configs import TrainConfig
-from mechintro.io import atomic_write_text
+from mechintro.io import atomic_write_text, json_ready
 from mechintro.organism.smollm2 import SHIPPED, SmolWorld, smollm2_config
 
 if TYPE_CHECKING:
@@ -396,17 +396,6 @@ def smollm2_circuits(
     return metrics, frames
 
 
-def _jsonable(x: Any) -> Any:
-    """numpy scalars → Python numbers, NaN → None (for ``circuit.json``)."""
-    if hasattr(x, "item"):
-        x = x.item()
-    if isinstance(x, float) and x != x:
-        return None
-    if isinstance(x, (int, float, str)) or x is None:
-        return x
-    raise TypeError(f"not JSON-serialisable: {type(x).__name__}")
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog="python -m mechintro.organism.smollm2_circuit",
@@ -448,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         n_graphs=a.n_graphs,
     )
     metrics["threads"] = torch.get_num_threads()
-    atomic_write_text(out / "circuit.json", json.dumps(metrics, indent=2, default=_jsonable))
+    atomic_write_text(out / "circuit.json", json.dumps(json_ready(metrics), indent=2))
     logger.info("wrote %s (%.0f s)", out / "circuit.json", metrics["seconds_total"])
 
 
