@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 #: the steps :func:`measure_real_lm` reports to ``step``
 REAL_STEPS = ("real LM: detection before and after", "real LM: controls", "real LM: circuit")
+#: held-out concepts of the circuit analyses (all 20 take about 25 minutes on one thread)
+CIRCUIT_CONCEPTS = 6
 #: the word a trained claim names ("Yes, I detect an injected thought about X.")
 _NAMED = re.compile(r"about\s+([A-Za-z][A-Za-z' -]*)")
 
@@ -116,7 +118,9 @@ def measure_real_lm(
 
     t2 = time.perf_counter()
     step(REAL_STEPS[2])
-    circuit, frames = smollm2_circuits(out, model=model, world=world)
+    circuit, frames = smollm2_circuits(
+        out, model=model, world=world, n_concepts=CIRCUIT_CONCEPTS, n_graphs=2
+    )
     seconds["circuit"] = time.perf_counter() - t2
 
     metrics: dict[str, Any] = {

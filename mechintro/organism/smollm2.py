@@ -72,11 +72,15 @@ def smollm2_config(**overrides: Any) -> LoRAConfig:
     return apply_preset(LoRAConfig, PRESET, **overrides)
 
 
-def smollm2_world(model: TLModel, layer: int, train_words: str = "fonseca_train") -> SmolWorld:
-    """Lindsey vectors of the training concepts (the word list ``train_words`` less any of
-    Fonseca's 20 held-out ones) and the held-out concepts at block ``layer`` (baseline:
-    ``lindsey_baseline``), L2-normalised, with the mean residual norm there."""
+def smollm2_world(model: TLModel, layer: int, train_words: str | None = None) -> SmolWorld:
+    """Lindsey vectors of the training concepts (the word list ``train_words``, default the
+    preset's, less any of Fonseca's 20 held-out ones) and the held-out concepts at block
+    ``layer`` (baseline: ``lindsey_baseline``), L2-normalised, with the mean residual norm
+    there (over these words' prompts: the strength unit the adapter was trained in)."""
+    from mechintro.presets import get_preset
     from mechintro.vectors import extract_vectors, word_list
+
+    train_words = train_words or str(get_preset(PRESET).extras["train_words"])
 
     heldout = word_list("fonseca_heldout")
     train = [w for w in word_list(train_words) if w not in set(heldout)]
