@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 LAYERS = tuple(range(21, 30))
 #: where the shipped transcoders live (``layer_L`` folders in sae-lens's layout, and fvu.json)
 TRANSCODERS = SHIPPED / "transcoders"
+#: the training concepts whose dialogues the shipped transcoders were trained on
+TC_WORDS = "fonseca_train"
 #: small enough to ship nine layers in fp16 (about 0.6 MB each): 256 features, no skip
 SMOLLM2_TRANSCODER_CONFIG = TrainConfig(
     d_sae=256, k=32, steps=1000, batch_size=512, skip=False, dead_steps=100
@@ -263,7 +265,8 @@ def train_smollm2_transcoders(
 
     t0 = time.perf_counter()
     model = model if model is not None else smollm2_introspective()
-    world = world if world is not None else smollm2_world(model, smollm2_config().layer)
+    # the shipped transcoders' data: Fonseca's 40 training concepts (fvu.json records it)
+    world = world if world is not None else smollm2_world(model, smollm2_config().layer, TC_WORDS)
     from mechintro.vectors import word_list
 
     # neither split's pool holds a word of the other split, or of the other's pool
