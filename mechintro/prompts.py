@@ -296,7 +296,7 @@ def encode(
     """Render, tokenise and left-pad ``prompts``; compute every named position.
 
     ``template_kwargs`` go to ``apply_chat_template`` (e.g. ``enable_thinking=False``).
-    Each distinct prompt (by ``repr``: equal fields) is rendered once per call, and tokenised
+    Each distinct prompt (equal fields) is rendered once per call, and tokenised
     once per rendered text. ``known``: what earlier calls with this tokenizer and these
     ``template_kwargs`` tokenised, by prompt and text; used, and filled in with this call's
     (a sweep tokenises each distinct prompt once for all its batches; a template that reads
@@ -315,7 +315,7 @@ def encode(
     rendered: dict[str, tuple[str, int]] = {}
     encoded: dict[tuple[str, str], EncodedPrompt] = {} if known is None else known
     for prompt in prompts:
-        name = repr(prompt)
+        name = _key(prompt)
         if name not in rendered:
             rendered[name] = render(tokenizer, prompt, **template_kwargs)
         key = (name, rendered[name][0])
@@ -350,6 +350,12 @@ def encode(
         positions={k: v.to(device) for k, v in positions.items()},
         spans={k: v.to(device) for k, v in spans.items()},
     )
+
+
+def _key(prompt: Prompt) -> str:
+    """What a prompt's encoding depends on, as text: equal for prompts with equal fields."""
+    fields = (prompt.messages, prompt.raw, prompt.system, prompt.prefill)
+    return repr((*fields, sorted(prompt.marks.items())))
 
 
 def _encode_one(
