@@ -62,6 +62,27 @@ def named_concepts(
     return counts
 
 
+def concept_ranks(model: Any, world: Any) -> dict[str, int]:
+    """Where each held-out concept's first token ranks (0: first) among the vocabulary when
+    its injected direction (unit vector × the residual norm at the layer) is read through
+    the model's final norm and unembedding: whether the direction spells its word out. The
+    lowest rank over the word with and without a leading space."""
+    import torch
+
+    from mechintro.models import tokenizer_of
+
+    tok = tokenizer_of(model)
+    out = {}
+    with torch.no_grad():
+        for w in world.heldout:
+            v = (world.vectors[w] * world.resid_norm).to(model.W_U.device, model.W_U.dtype)
+            logits = (model.ln_final(v[None, None, :]) @ model.W_U)[0, 0]
+            order = logits.argsort(descending=True)
+            ids = {tok.encode(p + w, add_special_tokens=False)[0] for p in (" ", "")}
+            out[w] = min(int((order == i).nonzero()[0]) for i in ids)
+    return out
+
+
 def _detection(
     model: Any, world: Any, cfg: Any, n_controls: int, seed: int
 ) -> tuple[dict[str, Any], pd.DataFrame]:
@@ -109,6 +130,7 @@ def measure_real_lm(
     train = word_list(str(get_preset("smollm2-introspective").extras["train_words"]))
     claims = trials[trials.claim & trials.word.notna()]
     after["claims_name"] = named_concepts(list(claims.reply), world.heldout, train)
+    after["concept_token_rank"] = concept_ranks(model, world)
     seconds["detection"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
