@@ -231,14 +231,11 @@ class InjectionLog:
 
     def steered_positions(self, index: int = 0) -> list[list[int]]:
         """Absolute positions that injection ``index`` steered, per row (deduplicated)."""
-        lo, hi = self.bounds[index]
+        lo, hi = (t.cpu() for t in self.bounds[index])  # one copy each, not one per row
         seen = sorted({p for off, n in self.calls[index] for p in range(off, off + n)})
         steered = torch.tensor(seen, dtype=torch.long)
-        out = []
-        for b in range(lo.shape[0]):
-            keep = (steered >= lo[b]) & (steered < hi[b])
-            out.append(steered[keep].tolist())
-        return out
+        keep = (steered[None] >= lo[:, None]) & (steered[None] < hi[:, None])
+        return [steered[row].tolist() for row in keep]
 
 
 @dataclass
