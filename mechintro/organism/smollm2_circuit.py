@@ -197,13 +197,7 @@ def smollm2_activations(
                 token=acts.token[keep],
             )
         )
-    return MLPActivations(
-        x={L: torch.cat([a.x[L] for a in parts]) for L in layers},
-        y={L: torch.cat([a.y[L] for a in parts]) for L in layers},
-        prompt=torch.cat([a.prompt for a in parts]),
-        position=torch.cat([a.position for a in parts]),
-        token=torch.cat([a.token for a in parts]),
-    )
+    return MLPActivations.cat(parts)
 
 
 def _new_prefixes(batch: Any) -> torch.Tensor:
@@ -312,24 +306,10 @@ def smollm2_transcoders(
 ) -> dict[int, Transcoder]:
     """The transcoders of ``builtin:smollm2-introspective`` (default: the shipped ones), by
     layer, in fp32."""
-    from mechintro.analysis.transcoders.core import CFG_FILE, load_transcoder
+    from mechintro.analysis.transcoders.core import transcoders_in
 
-    folder = Path(folder)
-    found = {
-        int(p.name.removeprefix("layer_")): p
-        for p in sorted(folder.glob("layer_*"))
-        if (p / CFG_FILE).is_file()
-    }
-    if not found:
-        raise FileNotFoundError(
-            f"no transcoders under {folder}: train them with "
-            "python -m mechintro.organism.smollm2_circuit --out DIR --retrain"
-        )
-    want = sorted(found) if layers is None else list(layers)
-    missing = [L for L in want if L not in found]
-    if missing:
-        raise ValueError(f"no transcoder for layers {missing} under {folder}: {sorted(found)}")
-    return {L: load_transcoder(found[L]) for L in want}
+    how = "train them with python -m mechintro.organism.smollm2_circuit --out DIR --retrain"
+    return transcoders_in(folder, layers, how)
 
 
 def smollm2_circuits(

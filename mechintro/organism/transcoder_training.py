@@ -118,13 +118,7 @@ def organism_activations(
                 resid_norm=resid,
             )
         parts.append(mlp_activations(model, prompts, layers, injection=inj, batch_size=batch_size))
-    return MLPActivations(
-        x={x: torch.cat([p.x[x] for p in parts]) for x in layers},
-        y={x: torch.cat([p.y[x] for p in parts]) for x in layers},
-        prompt=torch.cat([p.prompt for p in parts]),
-        position=torch.cat([p.position for p in parts]),
-        token=torch.cat([p.token for p in parts]),
-    )
+    return MLPActivations.cat(parts)
 
 
 @dataclass(frozen=True)

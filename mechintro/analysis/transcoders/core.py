@@ -39,6 +39,8 @@ from torch import Tensor
 from mechintro.models import hook_name
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from sae_lens import SAE
 
 logger = logging.getLogger(__name__)
@@ -497,20 +499,31 @@ def organism_transcoders(
 
         tcs = organism_transcoders()  # {3: Transcoder, 4: ..., 5: ...}
     """
+    how = "reinstall mechintro, or train them with mechintro organism transcoders"
+    return transcoders_in(ORGANISM_DIR, layers, how, device=device, dtype=dtype)
+
+
+def transcoders_in(
+    folder: str | Path,
+    layers: Sequence[int] | None,
+    how: str,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> dict[int, Transcoder]:
+    """The transcoders saved under ``folder/layer_L`` (each with its config file), by layer:
+    ``layers`` (default all found). ``how``: how to get them, for the error when none is
+    there."""
+    folder = Path(folder)
     found = {
         int(p.name.removeprefix("layer_")): p
-        for p in sorted(ORGANISM_DIR.glob("layer_*"))
+        for p in sorted(folder.glob("layer_*"))
         if (p / CFG_FILE).is_file()
     }
     if not found:
-        raise FileNotFoundError(
-            f"no organism transcoders under {ORGANISM_DIR}: reinstall mechintro, or train them "
-            "with mechintro organism transcoders"
-        )
+        raise FileNotFoundError(f"no transcoders under {folder}: {how}")
     want = sorted(found) if layers is None else list(layers)
     missing = [x for x in want if x not in found]
     if missing:
-        raise ValueError(
-            f"no organism transcoder for layers {missing}; trained layers: {sorted(found)}"
-        )
+        raise ValueError(f"no transcoder for layers {missing} under {folder}: {sorted(found)}")
     return {x: load_transcoder(found[x], device=device, dtype=dtype) for x in want}

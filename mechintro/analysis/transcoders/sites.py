@@ -246,6 +246,18 @@ class MLPActivations:
     def __len__(self) -> int:
         return int(self.prompt.shape[0])
 
+    @staticmethod
+    def cat(parts: Sequence[MLPActivations]) -> MLPActivations:
+        """The rows of ``parts`` (each with the same layers), one after another."""
+        layers = list(parts[0].x)
+        return MLPActivations(
+            x={L: torch.cat([p.x[L] for p in parts]) for L in layers},
+            y={L: torch.cat([p.y[L] for p in parts]) for L in layers},
+            prompt=torch.cat([p.prompt for p in parts]),
+            position=torch.cat([p.position for p in parts]),
+            token=torch.cat([p.token for p in parts]),
+        )
+
 
 def _saver(store: dict[str, Tensor], name: str) -> Callable[[Tensor], None]:
     return lambda t: store.__setitem__(name, t)
