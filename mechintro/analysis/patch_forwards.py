@@ -189,11 +189,13 @@ def _forwards(
     source rows and the target's): every call of ``forward`` runs it, steered and with the
     patch hooks reading ``masks`` (``[site layer, row, pos(, head)]``); returns its logits.
 
-    ``graph``: on the twin, with the 4D mask built once (:func:`~mechintro.engine.twin.full_mask`):
-    the first call runs eagerly (the hooks make their device tensors), the second is
-    captured as a CUDA graph, every later one replays it (returning the same tensor,
-    overwritten). A capture kept from an earlier sweep of the same shape, on the same
-    tensors, replays from the first call with this batch and these vectors written in.
+    On the twin where :func:`~mechintro.engine.twin.full_mask_applies`, every forward takes
+    the 4D mask built once (:func:`~mechintro.engine.twin.full_mask`), captured or not: the
+    same kernels on both paths. ``graph``: the first call runs eagerly (the hooks make their
+    device tensors), the second is captured as a CUDA graph, every later one replays it
+    (returning the same tensor, overwritten). A capture kept from an earlier sweep of the
+    same shape, on the same tensors, replays from the first call with this batch and these
+    vectors written in.
     """
     injs = _row_injections(len(batch), *injections, B)
     heads = () if sites.heads is None else (int(model.cfg.n_heads),)
@@ -214,10 +216,12 @@ def _forwards(
     step = StepPosition(torch.zeros(1, dtype=torch.long)) if graph else None
     steer = injected_on(model, twin, injs, batch, step=step) if injs else nullcontext()
     with steer, _hooks(model, hooks, twin):
-        if not graph:
+        if twin is None or not full_mask_applies(twin, batch.length):
             yield lambda: logits_of(model, batch.input_ids, batch.attention_mask, twin, keep), masks
             return
-        assert step is not None
+        # on the twin, eager or captured, the same 4D mask: the same kernels either way (with
+        # grouped attention transformers builds none for an unpadded batch, whose causal
+        # kernel rounds otherwise than the masked one)
         ids, pos = batch.input_ids.clone(), positions(batch.attention_mask)
         mask = full_mask(twin, batch.attention_mask)
         ref = weakref.ref(twin)  # a kept capture must not keep its model alive
@@ -232,6 +236,10 @@ def _forwards(
             )
             return out.logits
 
+        if not graph:
+            yield fn, masks
+            return
+        assert step is not None
         entry = _Captured(ids, mask, pos, masks, step.slots, Replay(fn, True, ids.device))
         yield entry.replay, masks  # its first call runs eagerly, its second is captured
     if entry.replay.graph is not None and key is not None:

@@ -392,9 +392,11 @@ def twin_logits(twin: Any, ids: Tensor, mask: Tensor, keep: int = 0) -> Tensor:
 
 
 def full_mask_applies(twin: Any, length: int) -> bool:
-    """Whether :func:`full_mask` is the mask every layer of ``twin`` would build for prompts
-    of ``length`` tokens: eager attention (or grouped, which takes the same additive mask),
-    no sliding window shorter than them, and only full or sliding attention layers."""
+    """Whether :func:`full_mask` is the mask every layer of ``twin`` would apply to prompts
+    of ``length`` tokens: eager attention (or grouped, which takes the same additive mask;
+    for an unpadded batch transformers builds it none and sdpa runs its causal kernel, the
+    same function rounded otherwise), no sliding window shorter than them, and only full or
+    sliding attention layers."""
     config = twin.config
     window = getattr(config, "sliding_window", None)
     kinds = set(getattr(config, "layer_types", None) or ("full_attention",))
