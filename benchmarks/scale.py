@@ -87,6 +87,12 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--sweep-batches", type=int, default=3, help="batches per timed sweep")
     p.add_argument("--profile", type=int, default=0, help="profile one batch of this size")
+    p.add_argument(
+        "--host",
+        type=int,
+        default=0,
+        help="profile the host (cProfile) over one batch of this size",
+    )
     p.add_argument("--bandwidth", type=float, default=None, help="HBM B/s (default: datasheet)")
     p.add_argument("--peak-flops", type=float, default=None, help="bf16 FLOP/s (default 989e12)")
     args = p.parse_args(argv)
@@ -257,6 +263,63 @@ def _profile(sweep: Callable[[], Any], device: str, tokens: int) -> dict[str, An
     }
 
 
+def _host(sweep: Callable[[], Any], device: str, top: int = 20) -> dict[str, Any]:
+    """Where the host's time goes in one call of ``sweep``: cProfile's functions by self time
+    (a call that waits for the GPU, ``tolist``, ``item`` or a tensor's truth value, has the
+    wait as its self time or its caller's) and mechintro's by cumulative time."""
+    import cProfile
+    import pstats
+
+    _sync(device)
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    try:
+        sweep()
+        _sync(device)
+    finally:
+        prof.disable()
+    wall = time.perf_counter() - t0
+    rows = []
+    stats: dict[Any, Any] = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    for (file, line, name), (_, calls, own, cumulative, _) in stats.items():
+        where = name if file == "~" else f"{Path(file).name}:{line}({name})"
+        rows.append(
+            {"function": where, "file": file, "calls": calls,
+             "self_ms": own * 1e3, "cumulative_ms": cumulative * 1e3}
+        )  # fmt: skip
+    ours = [r for r in rows if f"{os.sep}mechintro{os.sep}" in r["file"]]
+    return {
+        "wall_ms": wall * 1e3,
+        "by_self": sorted(rows, key=lambda r: -r["self_ms"])[:top],
+        "mechintro_by_cumulative": sorted(ours, key=lambda r: -r["cumulative_ms"])[:top],
+    }
+
+
+def _host_lines(batch: int, hosts: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, h in hosts.items():
+        lines += [
+            "",
+            f"Host profile, {name}, one batch of {batch} (cProfile, its overhead included): "
+            f"wall {h['wall_ms']:.0f} ms.",
+            "",
+            "| function (by self time) | calls | self ms | cumulative ms |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| `{r['function']}` | {r['calls']} | {r['self_ms']:.1f} | {r['cumulative_ms']:.1f} |"
+            for r in h["by_self"]
+        ]
+        lines += ["", "| mechintro (by cumulative time) | calls | self ms | cumulative ms |"]
+        lines += ["|---|---|---|---|"]
+        lines += [
+            f"| `{r['function']}` | {r['calls']} | {r['self_ms']:.1f} | {r['cumulative_ms']:.1f} |"
+            for r in h["mechintro_by_cumulative"]
+        ]
+    return lines
+
+
 def markdown(meta: dict[str, Any], sweeps: list[dict[str, Any]], extra: dict[str, Any]) -> str:
     hw = meta["hardware"]
     lines = [
@@ -329,6 +392,7 @@ def markdown(meta: dict[str, Any], sweeps: list[dict[str, Any]], extra: dict[str
                 f"- {k['ms']:.0f} ms, {k['launches']}×, {k['part']}: `{k['kernel'][:100]}`"
                 for k in p["top"][:6]
             ]
+    lines += _host_lines(extra.get("host_batch", 0), extra.get("hosts") or {})
     return "\n".join(lines) + "\n"
 
 
@@ -393,7 +457,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "build_seconds": build,
     }
     sweeps: list[dict[str, Any]] = []
-    extra: dict[str, Any] = {"profile_batch": args.profile, "profiles": {}}
+    extra: dict[str, Any] = {
+        "profile_batch": args.profile, "profiles": {}, "host_batch": args.host, "hosts": {}
+    }  # fmt: skip
     count = iter(range(10**6))
 
     def write(final: bool) -> None:
@@ -468,6 +534,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 one = sweep_of(args.profile, args.profile)
                 prof = _profile(one, device, args.new_tokens)
                 extra["profiles"][ran] = prof
+                write(False)
+            if args.host and requested == str(args.host):
+                extra["hosts"][ran] = _host(sweep_of(args.host, args.host), device)
                 write(False)
     use_attention(model)
     use_norms(model)

@@ -259,7 +259,7 @@ def test_the_scale_benchmark_runs_on_the_cpu(tmp_path):
     """benchmarks.scale on the tiny Gemma-3 shape: a sweep per batch and attention, the
     roofline per batch, the parity row and a profile (no GPU kernels on the CPU)."""
     argv = ["--device", "cpu", "--shape", "tiny-gemma3", "--batches", "2,auto", "--new-tokens"]
-    argv += ["2", "--sweep-batches", "1", "--profile", "2", "--out", str(tmp_path)]
+    argv += ["2", "--sweep-batches", "1", "--profile", "2", "--host", "2", "--out", str(tmp_path)]
     assert scale.main(argv) == 0
     data = json.loads((tmp_path / "scale.json").read_text())
     assert data["meta"]["complete"]
@@ -273,6 +273,10 @@ def test_the_scale_benchmark_runs_on_the_cpu(tmp_path):
     assert parity["tokens_equal"] == parity["tokens"] > 0  # fp32: same tokens
     assert parity["relative"] < 1e-5
     assert set(data["profiles"]) == {"eager", "mechintro_grouped"}
+    assert set(data["hosts"]) == {"eager", "mechintro_grouped"}  # --host: cProfile per attention
+    ours = data["hosts"]["eager"]["mechintro_by_cumulative"]
+    assert any("run_sweep" in r["function"] for r in ours)
+    assert "Host profile, eager, one batch of 2" in (tmp_path / "scale.md").read_text()
     assert "| mechintro_grouped | 2 |" in (tmp_path / "scale.md").read_text()
 
 
