@@ -84,6 +84,7 @@ class _Twin:
         from transformer_lens.hook_points import HookPoint
 
         hf: Any = model.original_model
+        self.source = hf  # the wrapped model it mirrors (replaced: a new twin, _entry)
         config = copy.deepcopy(hf.config)
         self.native: str = config._attn_implementation  # the bridge's own attention
         self.wanted = "auto"  # what a caller asked for (use_attention)
@@ -133,7 +134,9 @@ class _Twin:
         once something changed the HF modules' structure (unmerged LoRA adapters, say), and
         then the twin is not used. Checking that walks the whole wrapped tree (too slow for
         every call: benchmarks/RESULTS.md), so it is done again only after a module, parameter
-        or buffer was registered anywhere since the last check (:data:`_REGISTRATIONS`).
+        or buffer was registered on one of the tree's modules since the last check
+        (:data:`_REGISTRATIONS`; a forward's own registrations, on the ``ModuleList`` that
+        slicing ``layers[:n]`` makes each call, change no tree and are not counted).
         """
         for dst, src, key in self.links:
             dst[key] = src[key]
@@ -143,9 +146,11 @@ class _Twin:
         self.checked = _REGISTRATIONS[0]
         ours = {id(dst[key]) for dst, _, key in self.links if dst[key] is not None}
         hf: Any = model.original_model
+        modules = list(hf.modules())
+        _WATCHED.update([model, *modules])  # the bridge too: its original_model replaced
         theirs = {
             id(t)
-            for m in hf.modules()
+            for m in modules
             for slot in (m._parameters, m._buffers)
             for t in slot.values()
             if t is not None
@@ -166,14 +171,20 @@ class _Twin:
             forget(self.hf)
 
 
-#: how many modules, parameters and buffers were registered in this process, anywhere, since
-#: the first twin was built (``setattr`` of a module or parameter, ``register_*``: how adapters
-#: get inserted); the second entry: whether the counting hooks are installed
+#: how many modules, parameters and buffers were registered in this process on a module of
+#: a checked tree (:data:`_WATCHED`) since the first twin was built (``setattr`` of a module or
+#: parameter, ``register_*``: how adapters get inserted; a new module joins a tree only by
+#: such a registration on one of its modules); the second entry: whether the counting hooks
+#: are installed
 _REGISTRATIONS = [0, 0]
 
+#: the modules of every wrapped tree a twin's completeness check walked
+_WATCHED: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
 
-def _registered(*_: Any) -> None:
-    _REGISTRATIONS[0] += 1
+
+def _registered(module: torch.nn.Module, *_: Any) -> None:
+    if module in _WATCHED:
+        _REGISTRATIONS[0] += 1
 
 
 def _count_registrations() -> None:
@@ -207,7 +218,12 @@ def _entry(model: TLModel, bind: bool = True) -> _Twin:
     if backend_of(model) != "bridge":
         raise TypeError("only a TransformerBridge has a twin (HookedTransformer runs as is)")
     entry = _TWINS.get(model)
-    if entry is None:
+    if entry is not None and entry.source is not model.original_model:  # replaced by a setter
+        old, entry = entry, _Twin(model)  # (which registers nothing: no recheck would see it)
+        entry.wanted, entry.norms = old.wanted, old.norms
+        entry.attend()
+        _TWINS[model] = entry
+    elif entry is None:
         _count_registrations()
         entry = _TWINS[model] = _Twin(model)
     elif bind:

@@ -22,7 +22,7 @@ from mechintro.engine.twin import (
     twin_logits,
     twin_of,
 )
-from mechintro.generation import fast_path, generate, readout
+from mechintro.generation import fast_path, generate, readout, use_attention
 from mechintro.inject import Injection, PositionMode, injected
 from mechintro.models import load_model, resid_post
 from mechintro.prompts import Prompt, encode
@@ -463,6 +463,9 @@ def test_the_twin_rechecks_the_bridges_tree_only_after_a_registration(tiny_dirs,
     real = type(hf).modules
     monkeypatch.setattr(type(hf), "modules", lambda self: (walks.append(1), real(self))[1])
     assert fast_twin(model) is not None and fast_twin(model) is not None
+    batch = encode(model.tokenizer, _mixed()[:1])
+    generate(model, batch, max_new_tokens=2)  # a forward registers its own ModuleList slice
+    assert fast_twin(model) is not None
     assert walks == []
     hf.register_buffer("extra", torch.zeros(1))  # a tensor the twin does not have
     assert fast_twin(model, fast=True) is None
@@ -485,3 +488,26 @@ def test_with_sdpa_the_twin_agrees_to_rounding(tiny_dirs):
     for static in (False, True):  # the static cache's decode steps build sdpa's bool mask
         slow, fast = _both(model, batch, injection=inj, max_new_tokens=6, static_cache=static)
         _same_generation(slow, fast, exact=False)
+
+
+def test_a_replaced_wrapped_model_gets_a_new_twin(tiny_dirs):
+    """The bridge's ``original_model`` setter rewires its components to another HF model
+    without registering anything: the next call builds a twin of that model (the old one
+    would compute with the old weights), keeping the attention asked for."""
+    model = load_model(tiny_dirs["llama"], backend="bridge")
+    other = load_model(tiny_dirs["llama"], backend="bridge")
+    with torch.no_grad():
+        for p in other.original_model.parameters():
+            p.add_(0.01)
+    batch = encode(model.tokenizer, _mixed()[:1])
+    use_attention(model, "sdpa")
+    before = twin_of(model)
+    model.original_model = other.original_model
+    after = fast_twin(model)
+    assert after is not None and after is not before
+    assert after.config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        got = twin_logits(after, batch.input_ids, batch.attention_mask)
+        want = model(batch.input_ids, attention_mask=batch.attention_mask)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    use_attention(model)
