@@ -25,7 +25,9 @@ planned and measured peak memory (the first batch's included). Rows:
 * ``--profile B``: ``torch.profiler`` over one sweep of one batch of B (its capture kept
   from the timed sweep) per attention; every GPU kernel's time grouped by part from its name
   (:data:`PARTS`: attention, GEMM, copies, norm and reductions, elementwise, sampling,
-  other), in ms per batch and per generated token (the prefill's share included).
+  other), in ms per batch and per generated token (the prefill's share included);
+* ``--host B``: cProfile over one more sweep of one batch of B per attention (the host's
+  functions by self time, mechintro's by cumulative time).
 
 Writes ``DIR/scale.md`` (paste it into benchmarks/RESULTS.md) and ``DIR/scale.json``,
 rewritten after every sweep. ``--device cpu --shape tiny-gemma3`` runs it in seconds (the
