@@ -66,8 +66,8 @@ def named_concepts(
 def concept_ranks(model: Any, world: Any) -> dict[str, int]:
     """Where each held-out concept's first token ranks (0: first) among the vocabulary when
     its injected direction (unit vector × the residual norm at the layer) is read through
-    the model's final norm and unembedding: whether the direction spells its word out. The
-    lowest rank over the word with and without a leading space."""
+    the model's final norm and unembedding (its bias included): whether the direction spells
+    its word out. The lowest rank over the word with and without a leading space."""
     import torch
 
     from mechintro.models import tokenizer_of
@@ -77,7 +77,7 @@ def concept_ranks(model: Any, world: Any) -> dict[str, int]:
     with torch.no_grad():
         for w in world.heldout:
             v = (world.vectors[w] * world.resid_norm).to(model.W_U.device, model.W_U.dtype)
-            logits = (model.ln_final(v[None, None, :]) @ model.W_U)[0, 0]
+            logits = (model.ln_final(v[None, None, :]) @ model.W_U + model.b_U)[0, 0]
             order = logits.argsort(descending=True)
             ids = {tok.encode(p + w, add_special_tokens=False)[0] for p in (" ", "")}
             out[w] = min(int((order == i).nonzero()[0]) for i in ids)

@@ -34,3 +34,33 @@ def test_the_table_gives_identification_among_claims_with_its_interval():
     table = detection_table(metrics)
     assert list(table["identification | claim"]) == ["–", "0.075 [0.035, 0.154]"]
     assert list(table["n injected"]) == [80, 80]
+
+
+def test_concept_ranks_read_each_direction_through_the_final_norm_and_unembedding(tiny_dirs):
+    """The rank of a concept's first token (with or without a leading space) among the
+    logits of its scaled direction, checked against the HF model's own final norm and
+    ``lm_head`` (its bias included), counted as how many tokens score higher."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from mechintro.models import load_model
+    from mechintro.organism.real_lm import concept_ranks
+
+    model = load_model(tiny_dirs["llama"], backend="bridge")
+    hf = model.original_model
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a bias that moves the ranks (the bridge shares the tensor)
+        hf.lm_head.bias.copy_(3 * torch.randn(hf.lm_head.bias.shape, generator=g))
+    words = ["cat", "zebra", "moon"]
+    d = model.cfg.d_model
+    unit = {w: torch.nn.functional.normalize(torch.randn(d, generator=g), dim=0) for w in words}
+    world = SimpleNamespace(heldout=words, vectors=unit, resid_norm=7.5)
+    got = concept_ranks(model, world)
+    tok = model.tokenizer
+    for w in words:
+        with torch.no_grad():
+            logits = hf.lm_head(hf.model.norm(world.vectors[w] * world.resid_norm))
+        ids = {tok.encode(p + w, add_special_tokens=False)[0] for p in (" ", "")}
+        assert got[w] == min(int((logits > logits[i]).sum()) for i in ids), w
+    assert any(v > 0 for v in got.values())
