@@ -299,26 +299,22 @@ def _host(sweep: Callable[[], Any], device: str, top: int = 20) -> dict[str, Any
 
 
 def _host_lines(batch: int, hosts: dict[str, Any]) -> list[str]:
+    def table(title: str, rows: list[dict[str, Any]]) -> list[str]:
+        head = ["", f"| {title} | calls | self ms | cumulative ms |", "|---|---|---|---|"]
+        return head + [
+            f"| `{r['function']}` | {r['calls']} | {r['self_ms']:.1f} | {r['cumulative_ms']:.1f} |"
+            for r in rows
+        ]
+
     lines = []
     for name, h in hosts.items():
         lines += [
             "",
             f"Host profile, {name}, one batch of {batch} (cProfile, its overhead included): "
             f"wall {h['wall_ms']:.0f} ms.",
-            "",
-            "| function (by self time) | calls | self ms | cumulative ms |",
-            "|---|---|---|---|",
         ]
-        lines += [
-            f"| `{r['function']}` | {r['calls']} | {r['self_ms']:.1f} | {r['cumulative_ms']:.1f} |"
-            for r in h["by_self"]
-        ]
-        lines += ["", "| mechintro (by cumulative time) | calls | self ms | cumulative ms |"]
-        lines += ["|---|---|---|---|"]
-        lines += [
-            f"| `{r['function']}` | {r['calls']} | {r['self_ms']:.1f} | {r['cumulative_ms']:.1f} |"
-            for r in h["mechintro_by_cumulative"]
-        ]
+        lines += table("function (by self time)", h["by_self"])
+        lines += table("mechintro (by cumulative time)", h["mechintro_by_cumulative"])
     return lines
 
 

@@ -222,7 +222,8 @@ def _forwards(
         # on the twin, eager or captured, the same 4D mask: the same kernels either way (with
         # grouped attention transformers builds none for an unpadded batch, whose causal
         # kernel rounds otherwise than the masked one)
-        ids, pos = batch.input_ids.clone(), positions(batch.attention_mask)
+        ids = batch.input_ids.clone() if graph else batch.input_ids  # a graph's own buffer
+        pos = positions(batch.attention_mask)
         mask = full_mask(twin, batch.attention_mask)
         ref = weakref.ref(twin)  # a kept capture must not keep its model alive
 
